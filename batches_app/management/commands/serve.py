@@ -1,0 +1,97 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from batches_app.fake_openai import FakeOpenAI
+
+
+class Command(BaseCommand):
+    help = (
+        "Apply migrations, then run the web server (gunicorn, port 9487) and the scheduler "
+        "(django-q2's qcluster) together until stopped."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9487)))
+        parser.add_argument(
+            "--role",
+            choices=["all", "web", "scheduler"],
+            default="all",
+            help="run only the web server or only the scheduler (default: both)",
+        )
+        parser.add_argument(
+            "--fake-openai",
+            action="store_true",
+            help="send batches to the built-in fake OpenAI instead of OPENAI_BASE_URL (a try-out)",
+        )
+        parser.add_argument("--no-migrate", action="store_true")
+
+    def handle(
+        self, *args, port: int, role: str, fake_openai: bool, no_migrate: bool, **options
+    ) -> None:
+        env = dict(os.environ, PORT=str(port))
+        if fake_openai:
+            fake = FakeOpenAI(step_seconds=5).start()
+            env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "fake-openai"}
+            self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
+        elif not settings.OPENAI_API_KEY:
+            raise CommandError(
+                "OPENAI_API_KEY is not set. Set it (and OPENAI_BASE_URL for another "
+                "OpenAI-compatible API), or pass --fake-openai to try the proxy without OpenAI."
+            )
+        if not settings.ENV_API_KEY_HASHES:
+            self.stderr.write(
+                "No BATCH_SERVER_API_KEY set: only keys made with `manage.py create_api_key` work."
+            )
+        if not no_migrate:
+            call_command("migrate", interactive=False, verbosity=0)
+        commands = []
+        if role in ("all", "web"):
+            commands.append(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-c",
+                    str(settings.BASE_DIR / "batchproxy" / "gunicorn.conf.py"),
+                    "batchproxy.wsgi",
+                ]
+            )
+        if role in ("all", "scheduler"):
+            commands.append([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
+        self.stdout.write(f"batchproxy listening on http://0.0.0.0:{port}/v1 (role: {role})")
+        raise SystemExit(self._supervise(commands, env))
+
+    def _supervise(self, commands: list[list[str]], env: dict) -> int:
+        """Run the children; when one ends or a signal comes, stop them all."""
+        # Our own fixed argument lists: nothing from the outside reaches them.
+        children = [
+            subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR)  # noqa: S603
+            for cmd in commands
+        ]
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return 0 if stopping else max(child.returncode or 0 for child in children) or 1

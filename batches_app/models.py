@@ -1,0 +1,95 @@
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class Batch(models.Model):
+    """One upstream batch, from the claim of its requests until its results are ingested.
+
+    `state` is the proxy's own state machine; every step records its intent before the upstream
+    call it makes, so that a crash at any point is finished (or undone) by the next tick:
+
+        building --upload--> uploaded --create--> running --poll--> ingesting --> done
+                                  \\________________________________________/
+                                           (a permanent upstream refusal) --> done
+    """
+
+    class State(models.TextChoices):
+        BUILDING = "building", "building (input not uploaded)"
+        UPLOADED = "uploaded", "uploaded (batch not created)"
+        RUNNING = "running"
+        INGESTING = "ingesting"
+        DONE = "done"
+
+    class CancelMode(models.TextChoices):
+        NONE = "", "not cancelled"
+        REQUEUE = "requeue", "cancel and requeue"
+        CANCEL = "cancel", "cancel its requests"
+
+    ACTIVE = (State.BUILDING, State.UPLOADED, State.RUNNING, State.INGESTING)
+    UPSTREAM_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.BUILDING)
+    request_count = models.PositiveIntegerField(default=0)
+    input_bytes = models.PositiveBigIntegerField(default=0)
+
+    upstream_id = models.CharField(max_length=100, blank=True, db_index=True)
+    upstream_status = models.CharField(max_length=20, blank=True)
+    input_file_id = models.CharField(max_length=100, blank=True)
+    output_file_id = models.CharField(max_length=100, blank=True)
+    error_file_id = models.CharField(max_length=100, blank=True)
+    request_counts = models.JSONField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(null=True, blank=True)
+    upstream_created_at = models.DateTimeField(null=True, blank=True)
+
+    # Intent and back-off bookkeeping.
+    create_attempted_at = models.DateTimeField(null=True, blank=True)
+    cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    upstream_failures = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "batches"
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="batch_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.model} {self.upstream_id or self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state == self.State.DONE
+
+    @property
+    def input_filename(self) -> str:
+        return f"batchproxy-{self.id}.jsonl"
+
+
+class UpstreamFile(models.Model):
+    """A file the proxy holds upstream, kept until it is deleted there."""
+
+    class Purpose(models.TextChoices):
+        INPUT = "input"
+        OUTPUT = "output"
+        ERROR = "error"
+
+    file_id = models.CharField(max_length=100, primary_key=True)
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="files")
+    purpose = models.CharField(max_length=8, choices=Purpose.choices)
+    bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ingested_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.file_id

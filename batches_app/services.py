@@ -1,0 +1,447 @@
+"""The engine: flush queued requests into batches, drive each batch upstream, ingest results.
+
+A batch moves through its states one step at a time (`batch_step`). Each step records its intent
+before the upstream call it makes and its result right after, so a crash anywhere is finished by
+the next tick, and a batch is never created upstream twice: before creating again, the step
+looks for an upstream batch whose metadata names ours.
+"""
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import batched
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.utils import timezone
+
+from requests_app.models import BatchRequest, jsonl_line
+
+from . import upstream
+from .models import Batch, UpstreamFile
+from .outcomes import batch_settle_rest, lines_apply, requests_retry
+from .upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+Status = BatchRequest.Status
+State = Batch.State
+METADATA_KEY = "batchproxy_batch_id"
+LEASE_SECONDS = 600
+BACKOFF_CAP = 3600
+
+
+def crash_point(name: str) -> None:
+    """Test-only: die here, as a `kill -9` would, when BATCHPROXY_CRASH_AT names this point."""
+    if name == settings.CRASH_AT:
+        os._exit(137)
+
+
+def _line_overhead(endpoint: str) -> int:
+    return len(jsonl_line("00000000-0000-0000-0000-000000000000", endpoint, "").encode())
+
+
+# --- Flush ----------------------------------------------------------------------------------
+
+
+def _ready(now: datetime) -> QuerySet:
+    return BatchRequest.objects.filter(status=Status.QUEUED).filter(
+        Q(not_before__isnull=True) | Q(not_before__lte=now)
+    )
+
+
+def _group_due(group: dict, now: datetime) -> bool:
+    wait = timedelta(seconds=settings.BATCH_MAX_WAIT)
+    line_bytes = group["bytes"] + group["n"] * _line_overhead(group["endpoint"])
+    return (
+        group["n"] >= settings.BATCH_MAX_REQUESTS
+        or line_bytes >= settings.BATCH_MAX_BYTES
+        or group["inputs"] >= settings.BATCH_MAX_EMBEDDING_INPUTS
+        or group["oldest"] <= now - wait
+    )
+
+
+def batch_flush(
+    *, force: bool = False, endpoint: str | None = None, model: str | None = None
+) -> list[Batch]:
+    """Claim every due group of queued requests into batches.
+
+    1. Group the ready queued requests (back-off over) by endpoint and model.
+    2. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
+       requests a batch at a time, each within OpenAI's limits.
+    The new batches are in state `building`; `batches_advance` uploads and creates them.
+    """
+    now = timezone.now()
+    ready = _ready(now)
+    if endpoint:
+        ready = ready.filter(endpoint=endpoint)
+    if model:
+        ready = ready.filter(model=model)
+    groups = ready.values("endpoint", "model").annotate(
+        n=Count("pk"),
+        bytes=Sum("body_bytes"),
+        inputs=Sum("embedding_inputs"),
+        oldest=Min("created_at"),
+    )
+    created = []
+    for group in groups:
+        if force or _group_due(group, now):
+            while batch := _claim_one_batch(group["endpoint"], group["model"], force=force):
+                created.append(batch)
+    return created
+
+
+def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Batch | None:
+    """Claim the oldest ready requests of one group into a new batch, if a batch is due.
+
+    `SKIP LOCKED` lets flushers run side by side on PostgreSQL, each claiming other rows; the
+    status filter in the update keeps SQLite (which serialises writers) just as safe.
+    """
+    now = timezone.now()
+    overhead = _line_overhead(endpoint)
+    with transaction.atomic():
+        rows = list(
+            _ready(now)
+            .filter(endpoint=endpoint, model=model)
+            .order_by("created_at", "pk")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "body_bytes", "embedding_inputs", "created_at")[
+                : settings.BATCH_MAX_REQUESTS
+            ]
+        )
+        if not rows:
+            return None
+        taken, size, inputs, full = 0, 0, 0, len(rows) == settings.BATCH_MAX_REQUESTS
+        for _pk, body_bytes, embedding_inputs, _created in rows:
+            if taken and (
+                size + body_bytes + overhead > settings.BATCH_MAX_BYTES
+                or inputs + embedding_inputs > settings.BATCH_MAX_EMBEDDING_INPUTS
+            ):
+                full = True
+                break
+            taken, size, inputs = taken + 1, size + body_bytes + overhead, inputs + embedding_inputs
+        aged = rows[0][3] <= now - timedelta(seconds=settings.BATCH_MAX_WAIT)
+        if not (full or force or aged):
+            return None
+        batch = Batch.objects.create(endpoint=endpoint, model=model, input_bytes=size)
+        claimed = 0
+        for chunk in batched((row[0] for row in rows[:taken]), 2000):
+            claimed += BatchRequest.objects.filter(pk__in=chunk, status=Status.QUEUED).update(
+                status=Status.SUBMITTED, batch=batch, attempts=F("attempts") + 1, updated_at=now
+            )
+        Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
+    crash_point("after_claim")
+    log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
+    return batch
+
+
+# --- Steps ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AdvanceReport:
+    stepped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def batches_advance(
+    *, states: tuple[str, ...] = Batch.ACTIVE, force: bool = False, batch_id=None
+) -> AdvanceReport:
+    """Take one step for every active batch that is due (all of them with `force`)."""
+    due = Batch.objects.filter(state__in=states)
+    if batch_id:
+        due = due.filter(pk=batch_id)
+    if not force:
+        due = due.filter(next_attempt_at__lte=timezone.now())
+    report = AdvanceReport()
+    for pk in due.order_by("created_at").values_list("pk", flat=True):
+        error = batch_step(batch_id=pk)
+        report.stepped += 1
+        if error:
+            report.failures.append(f"{pk}: {error}")
+    return report
+
+
+def _lease(batch_id) -> Batch | None:
+    """Hold the batch for one worker: no two workers run its upstream steps at once."""
+    now = timezone.now()
+    got = (
+        Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(
+            lease_until=now
+            + timedelta(seconds=getattr(settings, "BATCH_LEASE_SECONDS", LEASE_SECONDS))
+        )
+    )
+    return Batch.objects.get(pk=batch_id) if got else None
+
+
+def batch_step(*, batch_id) -> str | None:
+    """Advance one batch as far as it goes now; return the upstream error that stopped it."""
+    batch = _lease(batch_id)
+    if batch is None:
+        return None
+    try:
+        if batch.state in (State.BUILDING, State.UPLOADED):
+            _submit(batch)
+        elif batch.state == State.RUNNING:
+            _poll(batch)
+        elif batch.state == State.INGESTING:
+            _ingest(batch)
+    except UpstreamError as exc:
+        _upstream_failed(batch, exc)
+        return str(exc)
+    finally:
+        Batch.objects.filter(pk=batch_id).update(lease_until=None)
+    return None
+
+
+def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
+    batch.refresh_from_db()
+    if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
+        # OpenAI refused the file or the batch itself: give the requests back to the queue.
+        log.warning("batch %s refused upstream: %s", batch.pk, exc)
+        requests_retry(
+            BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
+            code=exc.code,
+            message=str(exc),
+        )
+        _finish(batch, last_error=str(exc))
+        return
+    failures = batch.upstream_failures + 1
+    delay = min(settings.UPSTREAM_BACKOFF * 2 ** (failures - 1), BACKOFF_CAP)
+    log.warning("batch %s: upstream error, retry in %ss: %s", batch.pk, delay, exc)
+    Batch.objects.filter(pk=batch.pk).update(
+        upstream_failures=failures,
+        last_error=str(exc)[:2000],
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+    )
+
+
+def _move(batch: Batch, old: str, new: str, **fields) -> bool:
+    """Compare-and-set a state transition; False when someone else moved the batch first."""
+    fields |= {"state": new, "upstream_failures": 0, "last_error": ""}
+    if Batch.objects.filter(pk=batch.pk, state=old).update(**fields) != 1:
+        return False
+    for name, value in fields.items():
+        setattr(batch, name, value)
+    return True
+
+
+def _finish(batch: Batch, **fields) -> None:
+    Batch.objects.filter(pk=batch.pk).update(
+        state=State.DONE, finished_at=timezone.now(), lease_until=None, **fields
+    )
+
+
+# --- Submit: building -> uploaded -> running -------------------------------------------------
+
+
+def _submit(batch: Batch) -> None:
+    if batch.cancel_mode and not batch.create_attempted_at:
+        _cancel_before_upstream(batch)
+        return
+    if batch.state == State.BUILDING:
+        _upload(batch)
+    if batch.state == State.UPLOADED:
+        _create(batch)
+
+
+def _upload(batch: Batch) -> None:
+    rows = (
+        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
+        .order_by("pk")
+        .values_list("pk", "body")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / batch.input_filename
+        written = 0
+        with path.open("w", encoding="utf-8") as fh:
+            for pk, body in rows.iterator(chunk_size=2000):
+                fh.write(jsonl_line(pk, batch.endpoint, body))
+                written += 1
+        if not written:
+            _finish(batch, last_error="no requests left to submit")
+            return
+        file_id = upstream.upload_file(path, batch.input_filename)
+    crash_point("after_upload")
+    with transaction.atomic():
+        UpstreamFile.objects.get_or_create(
+            file_id=file_id, defaults={"batch": batch, "purpose": UpstreamFile.Purpose.INPUT}
+        )
+        _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
+
+
+def _create(batch: Batch) -> None:
+    if batch.create_attempted_at and (found := _find_upstream(batch)):
+        _record_running(batch, found)
+        return
+    Batch.objects.filter(pk=batch.pk).update(create_attempted_at=timezone.now())
+    crash_point("before_create")
+    created = upstream.create_batch(
+        input_file_id=batch.input_file_id,
+        endpoint=batch.endpoint,
+        metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
+    )
+    crash_point("after_create")
+    _record_running(batch, created)
+
+
+def _find_upstream(batch: Batch) -> dict | None:
+    """The upstream batch an earlier, interrupted create made for this batch, if any."""
+    since = batch.create_attempted_at.timestamp() - 3600
+    for found in upstream.list_batches():
+        if (found.get("metadata") or {}).get(METADATA_KEY) == str(batch.pk):
+            return found
+        if found.get("created_at", 0) < since:
+            break
+    return None
+
+
+def _record_running(batch: Batch, data: dict) -> None:
+    _move(
+        batch,
+        State.UPLOADED,
+        State.RUNNING,
+        upstream_id=data["id"],
+        upstream_status=data.get("status") or "",
+        next_attempt_at=timezone.now(),
+        upstream_created_at=_timestamp(data.get("created_at")) or timezone.now(),
+    )
+    log.info("batch %s created upstream as %s", batch.pk, data["id"])
+
+
+def _cancel_before_upstream(batch: Batch) -> None:
+    """Cancelled before anything was created upstream: settle locally."""
+    batch.upstream_status = "cancelled"
+    batch_settle_rest(batch=batch)
+    if batch.input_file_id:
+        _delete_files(batch)
+    _finish(batch, upstream_status="cancelled")
+
+
+# --- Poll: running -> ingesting -> done ------------------------------------------------------
+
+
+def _timestamp(value) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
+
+
+def _poll(batch: Batch) -> None:
+    data = upstream.retrieve_batch(batch.upstream_id)
+    status = data.get("status") or ""
+    if batch.cancel_mode and status not in ("cancelling", *Batch.UPSTREAM_TERMINAL):
+        data = upstream.cancel_batch(batch.upstream_id)
+        status = data.get("status") or status
+    fields = {
+        "upstream_status": status,
+        "output_file_id": data.get("output_file_id") or "",
+        "error_file_id": data.get("error_file_id") or "",
+        "request_counts": data.get("request_counts"),
+        "usage": data.get("usage"),
+        "errors": data.get("errors"),
+    }
+    stuck = batch.upstream_created_at and timezone.now() - batch.upstream_created_at > timedelta(
+        seconds=settings.BATCH_STUCK_AFTER
+    )
+    if status in Batch.UPSTREAM_TERMINAL or stuck:
+        if stuck and status not in Batch.UPSTREAM_TERMINAL:
+            log.warning("batch %s stuck upstream in %s: treated as expired", batch.pk, status)
+            fields["upstream_status"] = "expired"
+        if _move(batch, State.RUNNING, State.INGESTING, **fields):
+            _ingest(batch)
+        return
+    next_poll = timezone.now() + timedelta(seconds=settings.POLL_INTERVAL)
+    Batch.objects.filter(pk=batch.pk).update(next_attempt_at=next_poll, **fields)
+
+
+def _ingest(batch: Batch) -> None:
+    """Deliver what the output and error files say, settle the rest, delete the files.
+
+    1. Stream each file not yet ingested and apply its lines (idempotent per request).
+    2. Mark the file ingested.
+    3. Settle the requests no file answered, by how the batch ended.
+    4. Delete the batch's files upstream; then the batch is done.
+    """
+    purposes = (
+        (batch.output_file_id, UpstreamFile.Purpose.OUTPUT),
+        (batch.error_file_id, UpstreamFile.Purpose.ERROR),
+    )
+    for file_id, purpose in purposes:
+        if not file_id:
+            continue
+        upstream_file, _ = UpstreamFile.objects.get_or_create(
+            file_id=file_id, defaults={"batch": batch, "purpose": purpose}
+        )
+        if upstream_file.ingested_at:
+            continue
+        settled = lines_apply(batch=batch, lines=upstream.iter_file_lines(file_id))
+        crash_point("after_ingest_file")
+        UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
+        log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)
+    batch_settle_rest(batch=batch)
+    _delete_files(batch)
+    _finish(batch)
+
+
+def _delete_files(batch: Batch) -> None:
+    if not settings.DELETE_UPSTREAM_FILES:
+        return
+    for file_id in UpstreamFile.objects.filter(batch=batch, deleted_at=None).values_list(
+        "pk", flat=True
+    ):
+        upstream.delete_file(file_id)
+        UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
+
+
+# --- Operator actions -----------------------------------------------------------------------
+
+
+def batch_cancel(*, batch_id, requeue: bool) -> bool:
+    """Cancel a batch upstream; its unfinished requests are requeued or cancelled.
+
+    Records the operator's choice, then takes the batch's next step right away; a failed
+    upstream cancel is retried by later ticks. False when the batch had already ended.
+    """
+    mode = Batch.CancelMode.REQUEUE if requeue else Batch.CancelMode.CANCEL
+    changed = Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE).update(
+        cancel_mode=mode, next_attempt_at=timezone.now()
+    )
+    if changed:
+        batch_step(batch_id=batch_id)
+    return bool(changed)
+
+
+def requests_requeue(*, request_ids) -> int:
+    """Give failed or cancelled requests a fresh start, with all their attempts."""
+    return BatchRequest.objects.filter(
+        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED)
+    ).update(
+        status=Status.QUEUED,
+        batch=None,
+        attempts=0,
+        deferrals=0,
+        not_before=None,
+        response_status=None,
+        response_body=None,
+        error_code="",
+        error_message="",
+        finished_at=None,
+        created_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+
+
+def requests_purge(*, now: datetime | None = None) -> int:
+    """Delete answers older than RESULT_RETENTION; an identical call then starts afresh."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.RESULT_RETENTION)
+    expired = BatchRequest.objects.filter(
+        status__in=(Status.COMPLETED, Status.FAILED, Status.CANCELLED), finished_at__lt=cutoff
+    )
+    purged = 0
+    while ids := list(expired.values_list("pk", flat=True)[:5000]):
+        purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
+    return purged

@@ -1,0 +1,114 @@
+"""Every call to OpenAI goes through this module.
+
+Each function raises `UpstreamError` on failure, which says whether retrying later can help.
+The SDK retries reads on its own; calls that create something upstream (upload, create batch)
+are made with `max_retries=0`, because a lost response followed by a blind retry would create a
+second file or batch: the services reconcile first and retry on a later tick.
+"""
+
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import openai
+from django.conf import settings
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+
+
+@cache
+def _client(base_url: str, api_key: str, max_retries: int) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=api_key or "missing",
+        base_url=base_url,
+        timeout=settings.OPENAI_TIMEOUT,
+        max_retries=max_retries,
+    )
+
+
+def client(*, retries: bool = True) -> openai.OpenAI:
+    return _client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, 2 if retries else 0)
+
+
+def _translate(exc: openai.OpenAIError) -> UpstreamError:
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        # A refused key or a missing permission is the operator's to fix: keep retrying.
+        transient = status in (401, 403, 408, 409, 429) or status >= 500
+        code = getattr(exc, "code", None) or f"http_{status}"
+        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError("timed out", permanent=False, code="timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("connection error", permanent=False, code="connection_error")
+    return UpstreamError(str(exc), permanent=False)
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except openai.OpenAIError as exc:
+        raise _translate(exc) from exc
+
+
+def upload_file(path: Path, filename: str) -> str:
+    with path.open("rb") as fh:
+        created = _call(client(retries=False).files.create, file=(filename, fh), purpose="batch")
+    return created.id
+
+
+def create_batch(*, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
+    batch = _call(
+        client(retries=False).batches.create,
+        input_file_id=input_file_id,
+        endpoint=endpoint,
+        completion_window="24h",
+        metadata=metadata,
+    )
+    return batch.to_dict()
+
+
+def retrieve_batch(batch_id: str) -> dict:
+    return _call(client().batches.retrieve, batch_id).to_dict()
+
+
+def cancel_batch(batch_id: str) -> dict:
+    return _call(client().batches.cancel, batch_id).to_dict()
+
+
+def list_batches(*, limit: int = 100, max_pages: int = 10) -> Iterator[dict]:
+    """The newest batches first, a page at a time."""
+    after = None
+    for _ in range(max_pages):
+        kwargs = {"limit": limit} | ({"after": after} if after else {})
+        page = _call(client().batches.list, **kwargs)
+        for batch in page.data:
+            yield batch.to_dict()
+        if not page.has_more or not page.data:
+            return
+        after = page.data[-1].id
+
+
+def iter_file_lines(file_id: str) -> Iterator[str]:
+    """The lines of a file, streamed: an output file can be hundreds of megabytes."""
+    try:
+        with client().files.with_streaming_response.content(file_id) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield line
+    except openai.OpenAIError as exc:
+        raise _translate(exc) from exc
+
+
+def delete_file(file_id: str) -> None:
+    try:
+        client().files.delete(file_id)
+    except openai.NotFoundError:
+        return  # already gone: what we wanted
+    except openai.OpenAIError as exc:
+        raise _translate(exc) from exc

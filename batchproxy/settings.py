@@ -1,0 +1,167 @@
+"""Settings for batchproxy, read from the environment (see .env.example for every variable)."""
+
+import hashlib
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    # The embedded default: one random key per data directory, kept across restarts.
+    from django.core.management.utils import get_random_secret_key
+
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(get_random_secret_key())
+        key_file.chmod(0o600)
+    SECRET_KEY = key_file.read_text().strip()
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+    "requests_app",
+    "batches_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "batchproxy.urls"
+ADMIN_URL = env.str("ADMIN_URL", default="admin/").strip("/") + "/"
+WSGI_APPLICATION = "batchproxy.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# POSTGRES_URL is the original proxy's name, DATABASE_URL the usual one; else embedded SQLite.
+_database_url = env.str("POSTGRES_URL", default="") or env.str("DATABASE_URL", default="")
+if _database_url:
+    DATABASES = {"default": env.db_url_config(_database_url)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "batchproxy.sqlite3",
+            "OPTIONS": {
+                # WAL lets the web server read while the scheduler writes; IMMEDIATE avoids
+                # lock-upgrade deadlocks between the two processes.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    }
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default=None)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- The proxy's own knobs (CONTRACT.md §4) ---------------------------------------------------
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
+BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
+# Only the hashes are kept in memory beyond this point.
+ENV_API_KEY_HASHES = frozenset(
+    hashlib.sha256(key.encode()).hexdigest() for key in BATCH_SERVER_API_KEY if key
+)
+del BATCH_SERVER_API_KEY
+
+BATCH_MAX_REQUESTS = env.int("BATCH_MAX_REQUESTS", default=50_000)
+BATCH_MAX_BYTES = env.int("BATCH_MAX_BYTES", default=190_000_000)
+BATCH_MAX_EMBEDDING_INPUTS = 50_000
+BATCH_MAX_WAIT = env.int("BATCH_MAX_WAIT", default=300)
+POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
+MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
+UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
+TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
+RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
+MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
+DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
+# A batch still running this long after creation is treated as expired (24 h window + margin).
+BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "requests_app.errors.drf_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# django-q2: the timeout stays well below retry, so a slow task is never handed to a second
+# worker while the first still runs it (and every task is safe to run twice anyway).
+Q_CLUSTER = {
+    "name": "batchproxy",
+    "orm": "default",
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": env.int("Q_TIMEOUT", default=900),
+    "retry": env.int("Q_RETRY", default=1200),
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 250,
+    "ack_failures": True,
+}
+if env.str("Q_REDIS_URL", default=""):
+    Q_CLUSTER.pop("orm")
+    Q_CLUSTER["redis"] = env.str("Q_REDIS_URL")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"httpx2": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}
+
+# Test-only: a named point at which a worker process kills itself, for crash tests.
+CRASH_AT = env.str("BATCHPROXY_CRASH_AT", default="")

@@ -1,0 +1,121 @@
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+ENDPOINTS = ("responses", "chat/completions", "embeddings", "completions", "moderations")
+
+
+class Endpoint(models.TextChoices):
+    RESPONSES = "/v1/responses"
+    CHAT_COMPLETIONS = "/v1/chat/completions"
+    EMBEDDINGS = "/v1/embeddings"
+    COMPLETIONS = "/v1/completions"
+    MODERATIONS = "/v1/moderations"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    """A proxy key: one tenant. Only the SHA-256 of the secret is stored."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    from_env = models.BooleanField(default=False, help_text="Defined by BATCH_SERVER_API_KEY.")
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    # A key stands in for the user in DRF views.
+    is_authenticated = True
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return not self.from_env or self.key_hash in settings.ENV_API_KEY_HASHES
+
+    @staticmethod
+    def new_secret() -> str:
+        return "bp-" + secrets.token_urlsafe(32)
+
+
+class BatchRequest(models.Model):
+    """One client call, from intake until its answer is purged."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        SUBMITTED = "submitted"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    PENDING = (Status.QUEUED, Status.SUBMITTED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="requests")
+    endpoint = models.CharField(max_length=32, choices=Endpoint.choices)
+    model = models.CharField(max_length=200)
+    # The canonical JSON text: what the fingerprint covers and what the batch line carries.
+    body = models.TextField()
+    body_bytes = models.PositiveIntegerField()
+    embedding_inputs = models.PositiveIntegerField(default=0)
+    fingerprint = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    deferrals = models.PositiveSmallIntegerField(
+        default=0, help_text="Token-limit requeues, which back off without using attempts."
+    )
+    not_before = models.DateTimeField(null=True, blank=True)
+    batch = models.ForeignKey(
+        "batches_app.Batch",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="requests",
+    )
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # NULL is "no answer yet", which an empty answer is not.
+    response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "fingerprint"], name="one_request_per_key_and_body"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "endpoint", "model", "created_at"], name="queue_idx"),
+            models.Index(fields=["status", "finished_at"], name="finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.model} {self.id}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in self.PENDING
+
+    def as_jsonl_line(self) -> str:
+        return jsonl_line(self.id, self.endpoint, self.body)
+
+
+def jsonl_line(request_id: uuid.UUID | str, endpoint: str, body: str) -> str:
+    """One line of a batch input file; `body` is already canonical JSON."""
+    return f'{{"custom_id":"{request_id}","method":"POST","url":"{endpoint}","body":{body}}}\n'

@@ -1,0 +1,187 @@
+import math
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import serializers
+from rest_framework.generics import RetrieveAPIView
+
+from .auth import api_key_for_hash, bearer_token
+from .errors import ClientError, client_error_response, error_response, invalid_api_key
+from .models import ApiKey, BatchRequest, hash_key
+from .services import call_parse, requests_enqueue
+
+# What the hot path reads of a request: no body, no ORM instance.
+ANSWER_FIELDS = (
+    "id",
+    "status",
+    "created_at",
+    "not_before",
+    "response_status",
+    "response_body",
+    "error_code",
+    "error_message",
+)
+
+
+def retry_after(row: dict) -> int:
+    """An honest estimate of the seconds until the answer could be there."""
+    now = timezone.now()
+    if row["status"] == BatchRequest.Status.QUEUED:
+        start = max(row["not_before"] or now, row["created_at"])
+        flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
+        wait = max(flush_in, 0) + settings.POLL_INTERVAL
+    else:
+        wait = settings.POLL_INTERVAL
+    return max(1, math.ceil(wait))
+
+
+def answer(row: dict) -> HttpResponse:
+    """The contract's answer for a request in any state (CONTRACT.md §1)."""
+    request_id = str(row["id"])
+    status = row["status"]
+    if status in BatchRequest.PENDING:
+        return error_response(
+            422,
+            f"Request {request_id} is {status} for the Batch API. "
+            "Repeat the identical call later to get its answer.",
+            type="batch_pending",
+            code="batch_pending",
+            Retry_After=str(retry_after(row)),
+            X_Batch_Request_Id=request_id,
+        )
+    if status == BatchRequest.Status.COMPLETED:
+        response = HttpResponse(
+            row["response_body"], status=row["response_status"], content_type="application/json"
+        )
+        response["X-Batch-Request-Id"] = request_id
+        return response
+    if status == BatchRequest.Status.CANCELLED:
+        return error_response(
+            409,
+            f"Request {request_id} was cancelled by an operator.",
+            type="batch_cancelled",
+            code="batch_cancelled",
+            X_Should_Retry="false",
+            X_Batch_Request_Id=request_id,
+        )
+    return error_response(
+        502,
+        f"Request {request_id} failed in the Batch API: "
+        f"{row['error_message'] or row['error_code']}",
+        type="batch_failed",
+        code=row["error_code"] or "batch_failed",
+        X_Should_Retry="false",
+        X_Batch_Request_Id=request_id,
+    )
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if not declared.isdigit() or int(declared) > settings.MAX_REQUEST_BYTES:
+        raise ClientError(
+            413,
+            f"The body is larger than the proxy accepts ({settings.MAX_REQUEST_BYTES} bytes).",
+            code="request_too_large",
+        )
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise ClientError(413, "The body is too large.", code="request_too_large") from None
+
+
+@csrf_exempt
+def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
+    """POST /v1/<endpoint>: queue the call, or answer how it stands.
+
+    A plain Django view rather than DRF: this is the hot path, and a repeated call costs one
+    query (the request joined with its key).
+    """
+    if request.method != "POST":
+        response = error_response(405, f"Use POST for {request.path}.", code="method_not_allowed")
+        response["Allow"] = "POST"
+        return response
+    token = bearer_token(request)
+    if token is None:
+        return invalid_api_key()
+    key_hash = hash_key(token)
+    try:
+        call = call_parse(endpoint=endpoint, raw=_read_body(request))
+    except ClientError as exc:
+        # Only a valid key learns what is wrong with its input.
+        if api_key_for_hash(key_hash, token) is None:
+            return invalid_api_key()
+        return client_error_response(exc)
+
+    row = (
+        BatchRequest.objects.filter(api_key__key_hash=key_hash, fingerprint=call.fingerprint)
+        .values(*ANSWER_FIELDS, "api_key__revoked_at", "api_key__from_env")
+        .first()
+    )
+    if row is not None:
+        if row["api_key__revoked_at"] is not None or (
+            row["api_key__from_env"] and key_hash not in settings.ENV_API_KEY_HASHES
+        ):
+            return invalid_api_key()
+        return answer(row)
+    key = api_key_for_hash(key_hash, token)
+    if key is None:
+        return invalid_api_key()
+    created = requests_enqueue(api_key_id=key.pk, call=call)
+    return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
+
+
+class BatchRequestSerializer(serializers.ModelSerializer):
+    object = serializers.SerializerMethodField()
+    batch = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BatchRequest
+        fields = (
+            "id",
+            "object",
+            "status",
+            "endpoint",
+            "model",
+            "attempts",
+            "batch",
+            "error",
+            "response_status",
+            "created_at",
+            "updated_at",
+            "finished_at",
+        )
+
+    def get_object(self, obj: BatchRequest) -> str:
+        return "batch_request"
+
+    def get_batch(self, obj: BatchRequest) -> dict | None:
+        if obj.batch is None:
+            return None
+        return {
+            "id": str(obj.batch_id),
+            "upstream_id": obj.batch.upstream_id or None,
+            "status": obj.batch.upstream_status or obj.batch.state,
+        }
+
+    def get_error(self, obj: BatchRequest) -> dict | None:
+        if not obj.error_code:
+            return None
+        return {"code": obj.error_code, "message": obj.error_message}
+
+
+class BatchRequestDetail(RetrieveAPIView):
+    """GET /v1/batch_requests/{id}: how one of the caller's own requests stands."""
+
+    serializer_class = BatchRequestSerializer
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        return (
+            BatchRequest.objects.filter(api_key=key)
+            .select_related("batch")
+            .defer("body", "response_body")
+        )

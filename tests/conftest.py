@@ -1,0 +1,31 @@
+import pytest
+
+from requests_app.models import ApiKey, hash_key
+
+
+def make_key(name: str = "team") -> tuple[ApiKey, str]:
+    secret = ApiKey.new_secret()
+    key = ApiKey.objects.create(name=name, prefix=secret[:8], key_hash=hash_key(secret))
+    return key, secret
+
+
+@pytest.fixture
+def api_key(db) -> tuple[ApiKey, str]:
+    return make_key()
+
+
+@pytest.fixture
+def other_key(db) -> tuple[ApiKey, str]:
+    return make_key("other team")
+
+
+@pytest.fixture
+def post(client, api_key):
+    """POST a JSON body to the proxy with the test key, like an SDK would."""
+
+    def _post(path: str, body, *, secret: str | None = None, **extra):
+        data = body if isinstance(body, bytes | str) else __import__("json").dumps(body)
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {secret or api_key[1]}"} | extra
+        return client.post(path, data=data, content_type="application/json", **headers)
+
+    return _post

@@ -1,0 +1,225 @@
+"""The client-facing contract (CONTRACT.md §1), through Django's test client."""
+
+import json
+
+import pytest
+from django.utils import timezone
+
+from requests_app.models import BatchRequest
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+ENDPOINTS = ["responses", "chat/completions", "embeddings", "completions", "moderations"]
+
+pytestmark = pytest.mark.django_db
+
+
+def error_of(response) -> dict:
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+@pytest.mark.parametrize("prefix", ["/v1/", "/"])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_new_call_is_queued_and_answered_422_pending(post, prefix, endpoint):
+    response = post(prefix + endpoint, {"model": "m", "input": "x"})
+
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["type"] == error["code"] == "batch_pending"
+    assert "repeat" in error["message"].lower()
+    assert int(response["Retry-After"]) >= 1
+    stored = BatchRequest.objects.get()
+    assert response["X-Batch-Request-Id"] == str(stored.id)
+    assert stored.endpoint == f"/v1/{endpoint}"
+
+
+def test_identical_call_is_one_request_whatever_key_order(post):
+    first = post("/v1/chat/completions", CHAT)
+    reordered = '{"messages":[{"content":"hi","role":"user"}],   "model":"gpt-4o-mini"}'
+    second = post("/v1/chat/completions", reordered)
+
+    assert first["X-Batch-Request-Id"] == second["X-Batch-Request-Id"]
+    assert BatchRequest.objects.count() == 1
+
+
+def test_same_body_on_another_endpoint_is_another_request(post):
+    post("/v1/completions", {"model": "m", "prompt": "p"})
+    post("/v1/responses", {"model": "m", "prompt": "p"})
+    assert BatchRequest.objects.count() == 2
+
+
+def test_keys_do_not_share_requests(post, other_key):
+    mine = post("/v1/chat/completions", CHAT)
+    theirs = post("/v1/chat/completions", CHAT, secret=other_key[1])
+    assert mine["X-Batch-Request-Id"] != theirs["X-Batch-Request-Id"]
+    assert BatchRequest.objects.count() == 2
+
+
+def test_retry_after_estimates_the_flush_and_one_poll(post, settings):
+    settings.BATCH_MAX_WAIT, settings.POLL_INTERVAL = 300, 60
+    response = post("/v1/chat/completions", CHAT)
+    assert 355 <= int(response["Retry-After"]) <= 360
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer wrong", "Basic abc", "Bearer "],
+    ids=["none", "wrong", "basic", "empty"],
+)
+def test_missing_or_wrong_key_is_401_and_nothing_else(client, header):
+    headers = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = client.post(
+        "/v1/chat/completions", data="not json", content_type="application/json", **headers
+    )
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "invalid_api_key"
+    assert not BatchRequest.objects.exists()
+
+
+def test_revoked_key_is_refused_even_for_its_old_requests(post, api_key):
+    post("/v1/chat/completions", CHAT)
+    api_key[0].revoked_at = timezone.now()
+    api_key[0].save()
+    assert post("/v1/chat/completions", CHAT).status_code == 401
+
+
+def test_key_from_environment_is_a_tenant(client, settings):
+    from requests_app.models import hash_key
+
+    settings.ENV_API_KEY_HASHES = frozenset({hash_key("env-key-1"), hash_key("env-key-2")})
+    for secret in ("env-key-1", "env-key-2"):
+        response = client.post(
+            "/v1/embeddings",
+            data=json.dumps({"model": "e", "input": "x"}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {secret}",
+        )
+        assert response.status_code == 422
+    assert BatchRequest.objects.values("api_key").distinct().count() == 2
+    settings.ENV_API_KEY_HASHES = frozenset()
+    response = client.post(
+        "/v1/embeddings",
+        data=json.dumps({"model": "e", "input": "x"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Bearer env-key-1",
+    )
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ("not json", 400, None),
+        ("[1, 2]", 400, None),
+        ('"text"', 400, None),
+        (b"\xff\xfe{", 400, None),
+        ("[" * 5000 + "]" * 5000, 400, None),
+        ('{"model": 1, "messages": []}', 400, "model"),
+        ('{"messages": []}', 400, "model"),
+        ('{"model": "m", "stream": true}', 400, "stream"),
+        ('{"model": "m", "n": 1' + "0" * 400 + "}", 400, None),
+    ],
+    ids=[
+        "not-json",
+        "array",
+        "string",
+        "bad-utf8",
+        "deep",
+        "model-int",
+        "no-model",
+        "stream",
+        "huge-int",
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_stores_nothing(post, body, status, param):
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == status
+    assert error_of(response)["param"] == param
+    assert not BatchRequest.objects.exists()
+
+
+def test_body_over_the_limit_is_413(post, settings):
+    settings.MAX_REQUEST_BYTES = 1000
+    response = post("/v1/chat/completions", {"model": "m", "input": "x" * 2000})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "request_too_large"
+    assert not BatchRequest.objects.exists()
+
+
+def test_unknown_path_is_404_and_wrong_method_405(client, api_key):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    assert error_of(client.post("/v1/images/generations", **auth))["code"] == "unknown_url"
+    response = client.get("/v1/chat/completions", **auth)
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    error_of(response)
+
+
+def answered(request_id, **fields) -> BatchRequest:
+    BatchRequest.objects.filter(pk=request_id).update(finished_at=timezone.now(), **fields)
+
+
+def test_done_answer_is_the_upstream_body_unchanged(post):
+    request_id = post("/v1/chat/completions", CHAT)["X-Batch-Request-Id"]
+    body = '{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'
+    answered(request_id, status="completed", response_status=200, response_body=body)
+
+    response = post("/v1/chat/completions", CHAT)
+    assert response.status_code == 200
+    assert response.content.decode() == body
+    assert response["X-Batch-Request-Id"] == request_id
+
+
+def test_upstream_error_for_a_line_is_passed_through(post):
+    request_id = post("/v1/chat/completions", CHAT)["X-Batch-Request-Id"]
+    body = '{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":"x"}}'
+    answered(request_id, status="completed", response_status=400, response_body=body)
+    response = post("/v1/chat/completions", CHAT)
+    assert (response.status_code, response.content.decode()) == (400, body)
+
+
+def test_failed_for_good_is_502_and_cancelled_409(post):
+    request_id = post("/v1/chat/completions", CHAT)["X-Batch-Request-Id"]
+    answered(request_id, status="failed", error_code="batch_expired", error_message="expired")
+    response = post("/v1/chat/completions", CHAT)
+    assert response.status_code == 502
+    assert error_of(response)["type"] == "batch_failed"
+    assert error_of(response)["code"] == "batch_expired"
+    assert response["x-should-retry"] == "false"
+
+    answered(request_id, status="cancelled")
+    response = post("/v1/chat/completions", CHAT)
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "batch_cancelled"
+    assert response["x-should-retry"] == "false"
+
+
+def test_batch_request_status_is_visible_to_its_owner_only(post, client, api_key, other_key):
+    request_id = post("/v1/chat/completions", CHAT)["X-Batch-Request-Id"]
+
+    mine = client.get(f"/v1/batch_requests/{request_id}", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    assert mine.status_code == 200
+    assert mine.json() | {"created_at": None, "updated_at": None} == {
+        "id": request_id,
+        "object": "batch_request",
+        "status": "queued",
+        "endpoint": "/v1/chat/completions",
+        "model": "gpt-4o-mini",
+        "attempts": 0,
+        "batch": None,
+        "error": None,
+        "response_status": None,
+        "created_at": None,
+        "updated_at": None,
+        "finished_at": None,
+    }
+    theirs = client.get(
+        f"/v1/batch_requests/{request_id}", HTTP_AUTHORIZATION=f"Bearer {other_key[1]}"
+    )
+    assert theirs.status_code == 404
+    error_of(theirs)
+    nobody = client.get(f"/v1/batch_requests/{request_id}")
+    assert nobody.status_code == 401
+    assert error_of(nobody)["code"] == "invalid_api_key"
