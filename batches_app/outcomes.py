@@ -7,7 +7,6 @@ so ingesting the same file twice (after a crash, or two pollers at once) changes
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import batched
 
 import orjson
 from django.conf import settings
@@ -15,6 +14,7 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
 from .models import Batch

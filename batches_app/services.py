@@ -11,7 +11,6 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import batched
 from pathlib import Path
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from django.db import transaction
 from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from batchproxy.utils import batched
 from requests_app.models import BatchRequest, jsonl_line
 
 from . import upstream
@@ -133,6 +133,7 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Batch | None:
                 status=Status.SUBMITTED, batch=batch, attempts=F("attempts") + 1, updated_at=now
             )
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
+        batch.request_count = claimed
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return batch

@@ -29,3 +29,30 @@ def post(client, api_key):
         return client.post(path, data=data, content_type="application/json", **headers)
 
     return _post
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    from batches_app.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_openai(fake_server, settings):
+    """The fake OpenAI, reset, with the proxy pointed at it."""
+    fake_server.reset()
+    settings.OPENAI_BASE_URL = fake_server.url
+    settings.OPENAI_API_KEY = "sk-upstream-test-secret"
+    settings.UPSTREAM_BACKOFF = 0
+    return fake_server
+
+
+@pytest.fixture
+def sdk(live_server, api_key, fake_openai):
+    """The official OpenAI SDK pointed at a live proxy, which points at the fake OpenAI."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key[1], max_retries=0)
