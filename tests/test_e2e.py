@@ -16,11 +16,11 @@ CALLS = {
     "chat": lambda c, text: c.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
     ),
-    "completions": lambda c, text: c.completions.create(model="gpt-3.5-turbo-instruct",
-                                                        prompt=text),
+    "completions": lambda c, text: c.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt=text
+    ),
     "embeddings": lambda c, text: c.embeddings.create(model="text-embedding-3-small", input=text),
-    "moderations": lambda c, text: c.moderations.create(model="omni-moderation-latest",
-                                                        input=text),
+    "moderations": lambda c, text: c.moderations.create(model="omni-moderation-latest", input=text),
 }
 
 
@@ -32,21 +32,25 @@ def pending(call) -> str:
     return excinfo.value.response.headers["x-batch-request-id"]
 
 
-
-
 @pytest.mark.parametrize("with_v1", [True, False], ids=["v1", "no-v1"])
-def test_sdk_gets_422_then_its_own_answer_on_every_endpoint(sdk, live_server, api_key,
-                                                           fake_openai, with_v1):
-    client = sdk if with_v1 else openai.OpenAI(base_url=live_server.url, api_key=api_key[1],
-                                               max_retries=0)
+def test_sdk_gets_422_then_its_own_answer_on_every_endpoint(
+    sdk, live_server, api_key, fake_openai, with_v1
+):
+    client = (
+        sdk
+        if with_v1
+        else openai.OpenAI(base_url=live_server.url, api_key=api_key[1], max_retries=0)
+    )
     for name, call in CALLS.items():
         for who in ("alice", "bob"):
             pending(lambda call=call, text=f"{name} for {who}": call(client, text))
     cycle()
 
     for who in ("alice", "bob"):
-        assert client.responses.create(model="gpt-4.1-mini", input=f"responses for {who}"
-                                       ).output_text == f"echo: responses for {who}"
+        assert (
+            client.responses.create(model="gpt-4.1-mini", input=f"responses for {who}").output_text
+            == f"echo: responses for {who}"
+        )
         chat = CALLS["chat"](client, f"chat for {who}")
         assert chat.choices[0].message.content == f"echo: chat for {who}"
         completion = CALLS["completions"](client, f"completions for {who}")

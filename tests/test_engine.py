@@ -87,7 +87,10 @@ def test_input_file_lines_follow_the_contract(enqueue, fake_openai):
     [line] = fake_openai.submitted_lines()
     batch = Batch.objects.get()
     assert {k: line[k] for k in ("custom_id", "method", "url")} == {
-        "custom_id": request_id, "method": "POST", "url": "/v1/chat/completions"}
+        "custom_id": request_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+    }
     assert line["body"] == chat("hello")
     upstream = fake_openai.batches[batch.upstream_id]
     assert upstream["completion_window"] == "24h"
@@ -174,8 +177,9 @@ def test_expired_batch_delivers_finished_half_and_resubmits_only_the_rest(
         assert post("/v1/chat/completions", chat(text)).status_code == 200
     lines = fake_openai.submitted_lines()
     second = [line for line in lines if line["batch_id"] != first.upstream_id]
-    resubmitted = {orjson.dumps(line["body"], option=orjson.OPT_SORT_KEYS).decode()
-                   for line in second}
+    resubmitted = {
+        orjson.dumps(line["body"], option=orjson.OPT_SORT_KEYS).decode() for line in second
+    }
     assert len(lines) == 9
     assert len(resubmitted) == 3
     assert not resubmitted & finished
@@ -188,7 +192,10 @@ def test_token_limit_requeues_after_backoff_without_spending_attempts(enqueue, f
 
     request = BatchRequest.objects.get(pk=request_id)
     assert (request.status, request.attempts, request.error_code) == (
-        Status.QUEUED, 0, "token_limit_exceeded")
+        Status.QUEUED,
+        0,
+        "token_limit_exceeded",
+    )
     assert request.not_before is not None
     assert services.batch_flush(force=True) == []  # still backing off
 

@@ -30,14 +30,27 @@ class Command(BaseCommand):
             action="store_true",
             help="send batches to the built-in fake OpenAI instead of OPENAI_BASE_URL (a try-out)",
         )
+        parser.add_argument(
+            "--fake-step-seconds",
+            type=float,
+            default=5.0,
+            help="with --fake-openai: seconds the fake spends in each batch status",
+        )
         parser.add_argument("--no-migrate", action="store_true")
 
     def handle(
-        self, *args, port: int, role: str, fake_openai: bool, no_migrate: bool, **options
+        self,
+        *args,
+        port: int,
+        role: str,
+        fake_openai: bool,
+        fake_step_seconds: float,
+        no_migrate: bool,
+        **options,
     ) -> None:
         env = dict(os.environ, PORT=str(port))
         if fake_openai:
-            fake = FakeOpenAI(step_seconds=5).start()
+            fake = FakeOpenAI(step_seconds=fake_step_seconds).start()
             env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "fake-openai"}
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
         elif not settings.OPENAI_API_KEY:
