@@ -1,6 +1,14 @@
 import pytest
+from django.db import connections
 
 from requests_app.models import ApiKey, hash_key
+
+
+def pytest_configure(config):
+    # Live-server threads must not keep connections open past the test: PostgreSQL refuses to
+    # drop a test database that still has sessions.
+    for alias in connections:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
 
 
 def make_key(name: str = "team") -> tuple[ApiKey, str]:
