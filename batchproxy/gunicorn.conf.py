@@ -1,4 +1,8 @@
-"""gunicorn settings for the proxy's web role; each can be overridden from the environment."""
+"""gunicorn settings for the proxy's web role; each can be overridden from the environment.
+
+Request bodies are limited by the proxy itself (MAX_REQUEST_BYTES, answered with an OpenAI-shaped
+413); gunicorn has no body limit of its own, only the header limits below.
+"""
 
 import os
 
@@ -7,11 +11,22 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 # Answers never wait on a batch, so a slow request is a stuck one.
 timeout = int(os.environ.get("WEB_TIMEOUT", "60"))
-graceful_timeout = 20
-keepalive = 5
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.environ.get("WEB_KEEPALIVE", "5"))
+# Recycle workers now and then, staggered, so a slow leak never becomes an outage.
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "10000"))
+max_requests_jitter = max_requests // 10
+# Header limits: a request line up to 8 KiB, 100 headers of up to 16 KiB each.
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 16384
-accesslog = os.environ.get("ACCESS_LOG", None)
+# X-Forwarded-* are trusted only from these addresses (the load balancer); Django's own
+# USE_X_FORWARDED decides what the application makes of them.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# ACCESS_LOG=- writes gunicorn's access log to stdout; it carries the request id, never the
+# Authorization header.
+accesslog = os.environ.get("ACCESS_LOG") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus id=%({x-request-id}o)s'
+errorlog = "-"
 # Heartbeat files in memory, not on a slow or read-only disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108

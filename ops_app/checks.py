@@ -1,0 +1,41 @@
+"""System checks for production configuration: fail loudly on nonsense, warn on risky defaults."""
+
+import os
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.db import connection
+
+
+@register()
+def secret_key_check(app_configs, **kwargs) -> list:
+    problems = []
+    from_env = bool(os.environ.get("SECRET_KEY"))
+    if from_env and len(settings.SECRET_KEY) < 32 and not settings.DEBUG:
+        problems.append(
+            Error(
+                "SECRET_KEY is shorter than 32 characters.",
+                hint="Generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+                id="ops_app.E001",
+            )
+        )
+    shared_database = connection.vendor == "postgresql"
+    if shared_database and not from_env and not settings.DEBUG:
+        # Each container would generate its own key: admin sessions signed on one machine are
+        # refused on another. The proxy API itself does not depend on it (keys are hashed).
+        problems.append(
+            Warning(
+                "SECRET_KEY is not set: this process uses a key generated into DATA_DIR.",
+                hint="Set SECRET_KEY to the same value on every machine that shares the database.",
+                id="ops_app.W001",
+            )
+        )
+    return problems
+
+
+@register()
+def metrics_token_check(app_configs, **kwargs) -> list:
+    token = settings.METRICS_TOKEN
+    if token and len(token) < 16:
+        return [Error("METRICS_TOKEN is shorter than 16 characters.", id="ops_app.E002")]
+    return []

@@ -1,0 +1,101 @@
+"""Request ids and log hygiene: every log line names its request, and no secret reaches a log."""
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+
+from django.conf import settings
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# A caller's own id is kept if it looks like one; anything else is replaced, not trusted.
+INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
+# (pattern, replacement): bearer tokens, OpenAI and proxy keys, `api_key=...` pairs.
+SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b(bearer)\s+[^\s'\",]+"), r"\1 [redacted]"),
+    (re.compile(r"\b(?:sk|bp)-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+    (re.compile(r"(?i)(api[_-]?key['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+"), r"\1[redacted]"),
+)
+access_log = logging.getLogger("batchproxy.access")
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    upstream_key = getattr(settings, "OPENAI_API_KEY", "")
+    if upstream_key and upstream_key in text:
+        text = text.replace(upstream_key, "[redacted]")
+    return text
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds `request_id` to every record and masks secrets in its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+        }
+        for field in ("method", "path", "status", "duration_ms"):
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (the caller's X-Request-Id, or a new one), echoed in the answer.
+
+    With LOG_REQUESTS=true it also logs one line per request: method, path, status and time,
+    never a header or a body.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-Id", "")
+        request_id = incoming if INCOMING_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.monotonic()
+        try:
+            response = self.get_response(request)
+            response["X-Request-Id"] = request_id
+            if settings.LOG_REQUESTS:
+                duration_ms = round((time.monotonic() - started) * 1000, 1)
+                access_log.info(
+                    "%s %s %s %.1fms",
+                    request.method,
+                    request.path,
+                    response.status_code,
+                    duration_ms,
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "duration_ms": duration_ms,
+                    },
+                )
+            return response
+        finally:
+            request_id_var.reset(token)

@@ -1,0 +1,137 @@
+"""The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
+
+The intake endpoints are plain Django views (the hot path skips DRF), so drf-spectacular cannot
+see them: `add_intake_paths` describes them by hand, from the contract's table of answers.
+"""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+from requests_app.models import ENDPOINTS
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+REQUEST_ID_HEADER = {
+    "description": "The proxy's id of this request (GET /v1/batch_requests/{id}).",
+    "schema": {"type": "string", "format": "uuid"},
+}
+NO_RETRY_HEADER = {
+    "description": "Always 'false': repeating the call gives the same answer.",
+    "schema": {"type": "string", "enum": ["false"]},
+}
+
+
+class ProxyKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "requests_app.auth.ProxyKeyAuthentication"
+    name = "proxyKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A proxy key."}
+
+
+def only_v1_paths(endpoints, **kwargs):
+    """Describe the /v1 paths only; the same endpoints without /v1 are aliases."""
+    return [endpoint for endpoint in endpoints if endpoint[0].startswith("/v1/")]
+
+
+def _error(description: str, **headers: dict) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _intake_operation(endpoint: str) -> dict:
+    return {
+        "operationId": "create_" + endpoint.replace("/", "_"),
+        "summary": f"Queue a /v1/{endpoint} call for the Batch API, or get its answer",
+        "description": (
+            "Repeat the identical call (same key, same body) until it stops answering 422. "
+            "The body is passed to OpenAI unchanged; only `model` and `stream` are checked."
+        ),
+        "tags": ["batched calls"],
+        "security": [{"proxyKey": []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "Done: the upstream answer, unchanged.",
+                "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER},
+                "content": {
+                    "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+                },
+            },
+            "400": _error(
+                "The body is not a JSON object, `model` is missing, or `stream` is true."
+            ),
+            "401": _error("Missing or wrong proxy key (`invalid_api_key`)."),
+            "409": _error(
+                "Cancelled by an operator (`batch_cancelled`).",
+                **{"x-should-retry": NO_RETRY_HEADER},
+            ),
+            "413": _error("The body is larger than MAX_REQUEST_BYTES."),
+            "422": _error(
+                "Pending (`batch_pending`): queued or running upstream; repeat the call later.",
+                **{
+                    "Retry-After": {
+                        "description": "Seconds until the answer could be there (at least 1).",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    "X-Batch-Request-Id": REQUEST_ID_HEADER,
+                },
+            ),
+            "502": _error(
+                "Failed for good in the Batch API (`batch_failed`; `code` is the upstream's).",
+                **{"x-should-retry": NO_RETRY_HEADER},
+            ),
+            "4XX": _error("Done: the upstream answered this line with an HTTP error, unchanged."),
+        },
+    }
+
+
+COMPONENTS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": "string", "nullable": True},
+                    "code": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    },
+    "Call": {
+        "type": "object",
+        "description": "An OpenAI request body for the endpoint; passed upstream unchanged.",
+        "required": ["model"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+            "stream": {
+                "type": "boolean",
+                "enum": [False],
+                "description": "Batches cannot stream: true is refused with 400.",
+            },
+        },
+        "additionalProperties": True,
+    },
+}
+
+
+def add_intake_paths(result, generator, request, public):
+    """Add the five POST endpoints and the answers DRF cannot infer (401, 404)."""
+    components = result.setdefault("components", {})
+    components.setdefault("schemas", {}).update(COMPONENTS)
+    for endpoint in ENDPOINTS:
+        result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
+    for path, operations in result["paths"].items():
+        if path.startswith("/v1/batch_requests/"):
+            for operation in operations.values():
+                operation["responses"].setdefault("401", _error("Missing or wrong proxy key."))
+                operation["responses"].setdefault("404", _error("No such request for this key."))
+    return result
