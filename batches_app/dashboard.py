@@ -1,0 +1,326 @@
+"""The figures on the operator's dashboard, and the operator actions it offers.
+
+Money: OpenAI's Batch API charges half the synchronous price, so for every model with a price
+(`ModelPrice`) the dashboard shows what the batches cost and what the same tokens would have
+cost synchronously. Per model, tokens come from each batch's upstream `usage` (batches are kept);
+per key, from each answer's own `usage`, counted into `BatchRequest.input_tokens/output_tokens`
+(answers are purged after RESULT_RETENTION, so per-key figures reach back that far at most).
+"""
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Count, Min, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from batchproxy.utils import batched
+from requests_app.models import ApiKey, BatchRequest
+
+from . import services
+from .models import Batch, ModelPrice
+from .usage import usage_tokens
+
+Status = BatchRequest.Status
+SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+CHUNK = 1000
+
+
+# --- Tokens ---------------------------------------------------------------------------------
+
+
+# --- Prices ---------------------------------------------------------------------------------
+
+
+class PriceBook:
+    """The price table, read once, matching dated snapshots to their model."""
+
+    def __init__(self) -> None:
+        self.prices = {p.model: p for p in ModelPrice.objects.all()}
+
+    def find(self, model: str) -> ModelPrice | None:
+        return self.prices.get(model) or self.prices.get(SNAPSHOT.sub("", model))
+
+
+@dataclass
+class Spend:
+    """Tokens and money of one model, one key or one day."""
+
+    label: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    synchronous: Decimal = Decimal(0)
+    unpriced_tokens: int = 0  # tokens of models with no price: not counted as free
+    models: set = field(default_factory=set)
+
+    def add(self, price: ModelPrice | None, model: str, tokens_in: int, tokens_out: int) -> None:
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.models.add(model)
+        if price is None:
+            self.unpriced_tokens += tokens_in + tokens_out
+        else:
+            self.synchronous += price.synchronous_cost(tokens_in, tokens_out)
+
+    @property
+    def priced(self) -> bool:
+        return self.unpriced_tokens == 0
+
+    @property
+    def spent(self) -> Decimal:
+        return self.synchronous * ModelPrice.BATCH_DISCOUNT
+
+    @property
+    def saved(self) -> Decimal:
+        return self.synchronous - self.spent
+
+
+def _batch_tokens(batches: list[dict]) -> dict:
+    """Tokens per batch: its upstream `usage`, else the sum its answers report."""
+    missing = [b["pk"] for b in batches if not b["usage"]]
+    from_requests = {
+        row["batch"]: (row["tin"] or 0, row["tout"] or 0)
+        for row in BatchRequest.objects.filter(batch__in=missing)
+        .values("batch")
+        .annotate(tin=Sum("input_tokens"), tout=Sum("output_tokens"))
+    }
+    return {
+        b["pk"]: usage_tokens(b["usage"]) if b["usage"] else from_requests.get(b["pk"], (0, 0))
+        for b in batches
+    }
+
+
+def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
+    batches = list(
+        Batch.objects.filter(state=Batch.State.DONE, finished_at__gte=since).values(
+            "pk", "model", "usage", "request_counts"
+        )
+    )
+    tokens = _batch_tokens(batches)
+    by_model: dict[str, Spend] = {}
+    for b in batches:
+        spend = by_model.setdefault(b["model"], Spend(b["model"]))
+        spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]])
+        spend.requests += (b["request_counts"] or {}).get("completed", 0)
+    return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+
+
+def spend_by_key(*, since: datetime, book: PriceBook, api_key_id: int | None = None) -> list[Spend]:
+    answered = BatchRequest.objects.filter(status=Status.COMPLETED, finished_at__gte=since)
+    if api_key_id is not None:
+        answered = answered.filter(api_key_id=api_key_id)
+    rows = answered.values("api_key", "model").annotate(
+        n=Count("pk"), tin=Sum("input_tokens"), tout=Sum("output_tokens")
+    )
+    names = {k.pk: str(k) for k in ApiKey.objects.all()}
+    by_key: dict[int, Spend] = {}
+    for row in rows:
+        spend = by_key.setdefault(row["api_key"], Spend(names.get(row["api_key"], "?")))
+        spend.add(book.find(row["model"]), row["model"], row["tin"] or 0, row["tout"] or 0)
+        spend.requests += row["n"]
+    return sorted(by_key.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+
+
+def total(spends: list[Spend], label: str = "all") -> Spend:
+    result = Spend(label)
+    for s in spends:
+        result.tokens_in += s.tokens_in
+        result.tokens_out += s.tokens_out
+        result.requests += s.requests
+        result.synchronous += s.synchronous
+        result.unpriced_tokens += s.unpriced_tokens
+    return result
+
+
+# --- Health ---------------------------------------------------------------------------------
+
+
+def queue_depth(*, now: datetime) -> list[dict]:
+    """Waiting requests per endpoint and model: queued, submitted, and the oldest's age."""
+    rows = (
+        BatchRequest.objects.filter(status__in=BatchRequest.PENDING)
+        .values("endpoint", "model")
+        .annotate(
+            queued=Count("pk", filter=Q(status=Status.QUEUED)),
+            submitted=Count("pk", filter=Q(status=Status.SUBMITTED)),
+            oldest=Min("created_at", filter=Q(status=Status.QUEUED)),
+        )
+        .order_by("endpoint", "model")
+    )
+    return [row | {"age": now - row["oldest"] if row["oldest"] else None} for row in rows]
+
+
+def finished_counts(*, since: datetime) -> dict:
+    return BatchRequest.objects.filter(finished_at__gte=since).aggregate(
+        completed=Count("pk", filter=Q(status=Status.COMPLETED)),
+        failed=Count("pk", filter=Q(status=Status.FAILED)),
+        cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
+    )
+
+
+def upstream_errors(*, since: datetime) -> dict:
+    """Batches the proxy is retrying upstream, and request failures by code."""
+    retrying = list(
+        Batch.objects.filter(state__in=Batch.ACTIVE, upstream_failures__gt=0)
+        .order_by("-upstream_failures")
+        .values("pk", "model", "state", "upstream_failures", "last_error")[:10]
+    )
+    codes = list(
+        BatchRequest.objects.filter(finished_at__gte=since)
+        .exclude(error_code="")
+        .values("error_code")
+        .annotate(n=Count("pk"))
+        .order_by("-n")[:10]
+    )
+    failed_batches = Batch.objects.filter(
+        finished_at__gte=since, upstream_status__in=("failed", "expired")
+    ).count()
+    return {"retrying": retrying, "codes": codes, "failed_batches": failed_batches}
+
+
+# --- Charts ---------------------------------------------------------------------------------
+
+
+def _bars(points: list[tuple[str, dict]], keys: tuple[str, ...]) -> list[dict]:
+    """Chart rows with each value's share of the tallest bar, for CSS widths/heights."""
+    top = max((sum(v[k] for k in keys) for _, v in points), default=0) or 1
+    rows = []
+    for label, values in points:
+        shares = {f"{k}_pct": float(values[k]) * 100 / float(top) for k in keys}
+        rows.append({"label": label, **values, **shares})
+    return rows
+
+
+def hourly_requests(*, now: datetime) -> list[dict]:
+    """Requests finished in each of the last 24 hours."""
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    rows = (
+        BatchRequest.objects.filter(finished_at__gte=start)
+        .annotate(hour=TruncHour("finished_at"))
+        .values("hour")
+        .annotate(
+            completed=Count("pk", filter=Q(status=Status.COMPLETED)),
+            failed=Count("pk", filter=Q(status=Status.FAILED)),
+        )
+    )
+    by_hour = {row["hour"]: row for row in rows}
+    points = []
+    for i in range(24):
+        hour = start + timedelta(hours=i)
+        row = by_hour.get(hour, {})
+        points.append(
+            (
+                hour.strftime("%H:00"),
+                {"completed": row.get("completed", 0), "failed": row.get("failed", 0)},
+            )
+        )
+    return _bars(points, ("completed", "failed"))
+
+
+def daily_money(*, now: datetime, book: PriceBook) -> list[dict]:
+    """Money spent and saved on each of the last 30 days, from the batches that ended then."""
+    first = (now - timedelta(days=29)).date()
+    batches = list(
+        Batch.objects.filter(
+            state=Batch.State.DONE, finished_at__date__gte=first, finished_at__isnull=False
+        ).values("pk", "model", "usage", "finished_at")
+    )
+    tokens = _batch_tokens(batches)
+    days: dict = defaultdict(lambda: Spend(""))
+    for b in batches:
+        days[b["finished_at"].date()].add(book.find(b["model"]), b["model"], *tokens[b["pk"]])
+    points = []
+    for i in range(30):
+        day = first + timedelta(days=i)
+        spend = days.get(day) or Spend("")
+        points.append((day.strftime("%m-%d"), {"spent": spend.spent, "saved": spend.saved}))
+    return _bars(points, ("spent", "saved"))
+
+
+# --- The page -------------------------------------------------------------------------------
+
+
+def dashboard_figures(*, now: datetime | None = None) -> dict:
+    """Everything the dashboard shows, computed in a fixed number of queries."""
+    now = now or timezone.now()
+    book = PriceBook()
+    day, month = now - timedelta(days=1), now - timedelta(days=30)
+    oldest = BatchRequest.objects.filter(status=Status.QUEUED).aggregate(m=Min("created_at"))["m"]
+    by_model_day = spend_by_model(since=day, book=book)
+    by_model_month = spend_by_model(since=month, book=book)
+    by_key_month = spend_by_key(since=month, book=book)
+    queue = queue_depth(now=now)
+    return {
+        "now": now,
+        "queue": queue,
+        "waiting_total": sum(row["queued"] + row["submitted"] for row in queue),
+        "oldest_queued": oldest,
+        "oldest_wait": now - oldest if oldest else None,
+        "retention_days": round(settings.RESULT_RETENTION / 86400, 1),
+        "batches_by_state": list(
+            Batch.objects.values("state").annotate(n=Count("pk")).order_by("state")
+        ),
+        "last_hour": finished_counts(since=now - timedelta(hours=1)),
+        "last_day": finished_counts(since=day),
+        "errors": upstream_errors(since=day),
+        "by_model_day": by_model_day,
+        "by_model_month": by_model_month,
+        "by_key_month": by_key_month,
+        "total_day": total(by_model_day),
+        "total_month": total(by_model_month),
+        "hourly": hourly_requests(now=now),
+        "daily": daily_money(now=now, book=book),
+        "failed_total": BatchRequest.objects.filter(status=Status.FAILED).count(),
+    }
+
+
+# --- Operator actions -----------------------------------------------------------------------
+
+
+@dataclass
+class FlushReport:
+    batches: int
+    requests: int
+    submitted: int
+    failures: list[str]
+
+
+def queue_flush_now(*, endpoint: str | None = None, model: str | None = None) -> FlushReport:
+    """What `manage.py flush_batches` does: flush every waiting group now and submit it."""
+    created = services.batch_flush(force=True, endpoint=endpoint or None, model=model or None)
+    report = services.batches_advance(
+        states=(Batch.State.BUILDING, Batch.State.UPLOADED), force=True
+    )
+    return FlushReport(
+        batches=len(created),
+        requests=sum(b.request_count for b in created),
+        submitted=report.stepped - len(report.failures),
+        failures=report.failures,
+    )
+
+
+def batches_poll_now(*, batch_ids=None) -> services.AdvanceReport:
+    """What `manage.py poll_batches` does, for all running batches or the given ones."""
+    states = (Batch.State.RUNNING, Batch.State.INGESTING)
+    if batch_ids is None:
+        return services.batches_advance(states=states, force=True)
+    report = services.AdvanceReport()
+    for pk in batch_ids:
+        one = services.batches_advance(states=states, force=True, batch_id=pk)
+        report.stepped += one.stepped
+        report.failures += one.failures
+    return report
+
+
+def requests_retry_failed(*, request_ids=None) -> int:
+    """Requeue failed requests (all of them, or those among `request_ids`) with fresh attempts."""
+    failed = BatchRequest.objects.filter(status=Status.FAILED)
+    if request_ids is not None:
+        failed = failed.filter(pk__in=request_ids)
+    ids = list(failed.values_list("pk", flat=True))
+    return sum(services.requests_requeue(request_ids=chunk) for chunk in batched(ids, CHUNK))

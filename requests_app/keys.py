@@ -1,0 +1,54 @@
+"""Proxy keys made by operators: create, revoke, rotate.
+
+A secret is returned once, to be shown once; only its SHA-256 is stored. Keys from
+BATCH_SERVER_API_KEY live in the environment: they can be revoked here but not rotated.
+"""
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ApiKey, hash_key
+
+PREFIX_LENGTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: ApiKey
+    secret: str
+
+
+def api_key_create(*, name: str) -> IssuedKey:
+    secret = ApiKey.new_secret()
+    key = ApiKey.objects.create(
+        name=name.strip() or "unnamed",
+        prefix=secret[:PREFIX_LENGTH],
+        key_hash=hash_key(secret),
+    )
+    return IssuedKey(key, secret)
+
+
+def api_key_revoke(*, key_id: int) -> bool:
+    """Revoke a key at once; False when it was already revoked (or does not exist)."""
+    return bool(ApiKey.objects.filter(pk=key_id, revoked_at=None).update(revoked_at=timezone.now()))
+
+
+def api_key_rotate(*, key_id: int) -> IssuedKey:
+    """Give a key a new secret; the old one stops working now.
+
+    The key row (the tenant) stays, so its requests, answers and figures stay with it.
+    """
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().get(pk=key_id)
+        if key.from_env:
+            raise ValueError(
+                "A BATCH_SERVER_API_KEY key lives in the environment: change it there."
+            )
+        if key.revoked_at is not None:
+            raise ValueError("A revoked key cannot be rotated: create a new key.")
+        secret = ApiKey.new_secret()
+        key.prefix, key.key_hash = secret[:PREFIX_LENGTH], hash_key(secret)
+        key.save(update_fields=["prefix", "key_hash"])
+    return IssuedKey(key, secret)

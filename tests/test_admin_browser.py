@@ -1,0 +1,127 @@
+"""The operator's cockpit in a real browser (headless Chromium) against a live server.
+
+Real requests go through the engine and the fake OpenAI; the operator logs in, reads the
+dashboard, flushes a queue, cancels a running batch, and requeues a failed request. A screenshot
+of the dashboard is kept in tests/artifacts/.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from batches_app.models import Batch
+from requests_app.models import BatchRequest
+
+from .cockpit import chat, send
+from .conftest import make_key
+from .engine import cycle
+
+Status = BatchRequest.Status
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+    ),
+]
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1400,1900")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(10)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def cockpit(live_server, fake_openai, settings, client):
+    """Answered, failed and queued requests, made through the engine; and an operator."""
+    settings.MAX_ATTEMPTS = 1
+    get_user_model().objects.create_superuser("operator", "op@example.com", "op-password")
+    _, secret = make_key("data team")
+    send(client, secret, chat("a" * 4000))
+    send(client, secret, chat("b" * 4000))
+    failed = send(client, secret, chat("boom [[error:server_error]]"))
+    send(client, secret, {"model": "text-embedding-3-small", "input": "c" * 400}, "embeddings")
+    cycle()
+    # From here on batches take a minute per step upstream: flushed ones stay running.
+    fake_openai.configure(step_seconds=60)
+    queued = [send(client, secret, chat(text, model="gpt-4.1-mini")) for text in ("x", "y")]
+    return {"failed": failed, "queued": queued, "url": live_server.url}
+
+
+def run_action(browser, action: str, pk) -> str:
+    """Tick one row of a changelist, run an action on it, and return the message shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.find_element(By.CSS_SELECTOR, f'input[name="_selected_action"][value="{pk}"]').click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value(action)
+    browser.find_element(By.NAME, "index").click()
+    return browser.find_element(By.CSS_SELECTOR, "ul.messagelist li").text
+
+
+def test_operator_reads_dashboard_flushes_cancels_and_requeues(browser, cockpit):
+    from selenium.webdriver.common.by import By
+
+    url = cockpit["url"]
+    browser.get(f"{url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("op-password")
+    browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+
+    # The index links to the dashboard, which shows the figures of the requests above.
+    browser.find_element(By.LINK_TEXT, "▸ Dashboard").click()
+    assert browser.find_element(By.ID, "bp-completed-day").text == "3"
+    assert browser.find_element(By.ID, "bp-failed-day").text == "1"
+    assert browser.find_element(By.ID, "bp-waiting").text == "2"
+    by_model = browser.find_element(By.ID, "bp-by-model").text
+    assert "gpt-4o-mini 2 2000 2004" in by_model  # 2 x 1000 in; 2 x 1002 out
+    assert "text-embedding-3-small 1 100 0" in by_model
+    assert "data team" in browser.find_element(By.ID, "bp-by-key").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+    # Flush now: the waiting group becomes a batch, running upstream.
+    browser.find_element(By.CSS_SELECTOR, "input.bp-flush-group").click()
+    message = browser.find_element(By.CSS_SELECTOR, "ul.messagelist li").text
+    assert message.startswith(
+        "Flushed /v1/chat/completions gpt-4.1-mini: 1 batches with 2 requests"
+    )
+    assert browser.find_element(By.ID, "bp-waiting").text == "2"  # now in a batch
+    assert "Nothing is waiting" not in browser.find_element(By.ID, "bp-queue").text
+    running = Batch.objects.get(model="gpt-4.1-mini")
+    assert running.state == Batch.State.RUNNING
+
+    # Cancel it, requeueing its requests; a poll sees the upstream cancel through.
+    browser.get(f"{url}/admin/batches_app/batch/?state__exact=running")
+    assert run_action(browser, "cancel_requeue", running.pk).startswith(
+        "1 batches cancelled upstream"
+    )
+    browser.get(f"{url}/admin/batches_app/batch/?upstream_status__exact=cancelling")
+    run_action(browser, "poll_now", running.pk)
+    browser.get(f"{url}/admin/requests_app/batchrequest/?status__exact=queued")
+    listed = browser.find_element(By.ID, "result_list").text
+    assert all(request_id[:8] in listed for request_id in cockpit["queued"])
+
+    # Requeue the failed request.
+    browser.get(f"{url}/admin/requests_app/batchrequest/?status__exact=failed")
+    assert run_action(browser, "requeue", cockpit["failed"]) == (
+        "1 requests requeued; 0 were not failed or cancelled."
+    )
+    assert BatchRequest.objects.get(pk=cockpit["failed"]).status == Status.QUEUED

@@ -1,0 +1,193 @@
+"""Dashboard figures against hand-computed values from the usage the fake OpenAI reports.
+
+The fake counts a token per four characters, rounded up: a chat message of N characters costs
+N/4 tokens in, and its answer "echo: <message>" (N + 6 characters) costs (N + 9) // 4 tokens out.
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from batches_app import dashboard
+from batches_app.models import Batch, ModelPrice
+from batches_app.prices import prices_ensure
+from batches_app.usage import usage_tokens
+from requests_app.models import BatchRequest
+
+from .cockpit import chat, send
+from .conftest import make_key
+from .engine import cycle
+
+pytestmark = pytest.mark.django_db
+Status = BatchRequest.Status
+MILLION = Decimal(1_000_000)
+
+
+@pytest.fixture
+def traffic(client, fake_openai):
+    """Two keys' answered requests: three models, one of them without a price."""
+    team_a, secret_a = make_key("team a")
+    team_b, secret_b = make_key("team b")
+    send(client, secret_a, chat("a" * 4000))  # 1000 in, 1002 out
+    send(client, secret_a, chat("b" * 8000))  # 2000 in, 2002 out
+    send(client, secret_b, chat("c" * 4000))  # 1000 in, 1002 out
+    send(client, secret_b, {"model": "text-embedding-3-small", "input": "d" * 40000}, "embeddings")
+    send(client, secret_b, chat("e" * 400, model="mystery-model"))  # 100 in, 102 out
+    cycle()
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 5
+    return team_a, team_b
+
+
+def test_prices_for_current_models_are_installed_by_migration():
+    price = ModelPrice.objects.get(model="gpt-4o-mini")
+    assert (price.input_per_million, price.output_per_million) == (Decimal("0.15"), Decimal("0.6"))
+    assert ModelPrice.objects.filter(model="text-embedding-3-small").exists()
+
+
+def test_dated_snapshot_is_priced_as_its_model_and_unknown_model_is_not_priced():
+    book = dashboard.PriceBook()
+    assert book.find("gpt-4o-mini-2024-07-18").model == "gpt-4o-mini"
+    assert book.find("gpt-4o-mini-tts") is None
+    assert book.find("mystery-model") is None
+
+
+def test_tokens_per_model_come_from_upstream_usage(traffic):
+    figures = {s.label: s for s in dashboard.dashboard_figures()["by_model_month"]}
+
+    mini = figures["gpt-4o-mini"]
+    assert (mini.tokens_in, mini.tokens_out, mini.requests) == (4000, 4006, 3)
+    sync = (4000 * Decimal("0.15") + 4006 * Decimal("0.60")) / MILLION
+    assert mini.synchronous == sync == Decimal("0.0030036")
+    assert mini.spent == Decimal("0.0015018")
+    assert mini.saved == Decimal("0.0015018")
+
+    embeddings = figures["text-embedding-3-small"]
+    assert (embeddings.tokens_in, embeddings.tokens_out) == (10000, 0)
+    assert embeddings.spent == embeddings.saved == Decimal("0.0001")
+
+    mystery = figures["mystery-model"]
+    assert (mystery.tokens_in, mystery.tokens_out) == (100, 102)
+    assert not mystery.priced and mystery.unpriced_tokens == 202
+    assert mystery.synchronous == 0  # unknown, not free: `priced` is False
+
+
+def test_totals_leave_out_unpriced_tokens_and_say_so(traffic):
+    figures = dashboard.dashboard_figures()
+    month = figures["total_month"]
+    assert month.spent == Decimal("0.0015018") + Decimal("0.0001")
+    assert month.saved == month.spent
+    assert month.unpriced_tokens == 202
+    assert (month.tokens_in, month.tokens_out) == (4000 + 10000 + 100, 4006 + 102)
+
+
+def test_tokens_and_money_per_key_come_from_each_answer(traffic):
+    team_a, team_b = traffic
+    by_key = {s.label: s for s in dashboard.dashboard_figures()["by_key_month"]}
+
+    a = by_key[str(team_a)]
+    assert (a.tokens_in, a.tokens_out, a.requests) == (3000, 3004, 2)
+    assert a.priced
+    assert a.spent == (3000 * Decimal("0.15") + 3004 * Decimal("0.60")) / MILLION / 2
+    assert a.spent == Decimal("0.0011262")
+
+    b = by_key[str(team_b)]
+    assert (b.tokens_in, b.tokens_out, b.requests) == (1000 + 10000 + 100, 1002 + 102, 3)
+    assert not b.priced  # one of its models has no price
+
+
+def test_token_counts_are_recorded_at_ingest(traffic):
+    assert BatchRequest.objects.filter(input_tokens=None, status=Status.COMPLETED).count() == 0
+    row = BatchRequest.objects.get(body__contains="a" * 4000)
+    assert (row.input_tokens, row.output_tokens) == (1000, 1002)
+
+
+def test_per_model_figures_fall_back_to_answers_when_batch_has_no_usage(traffic):
+    Batch.objects.update(usage=None)  # an OpenAI-compatible API that reports no batch usage
+    by_model = {s.label: s for s in dashboard.dashboard_figures()["by_model_month"]}
+    assert (by_model["gpt-4o-mini"].tokens_in, by_model["gpt-4o-mini"].tokens_out) == (4000, 4006)
+
+
+def test_queue_depth_and_oldest_wait(client, api_key, fake_openai):
+    send(client, api_key[1], chat("one"))
+    send(client, api_key[1], chat("two"))
+    send(client, api_key[1], chat("three", model="gpt-4o"))
+    BatchRequest.objects.filter(body__contains="one").update(
+        created_at=timezone.now() - timedelta(minutes=10)
+    )
+
+    figures = dashboard.dashboard_figures()
+
+    depth = {(r["endpoint"], r["model"]): (r["queued"], r["submitted"]) for r in figures["queue"]}
+    assert depth == {
+        ("/v1/chat/completions", "gpt-4o-mini"): (2, 0),
+        ("/v1/chat/completions", "gpt-4o"): (1, 0),
+    }
+    assert figures["waiting_total"] == 3
+    assert timedelta(minutes=10) <= figures["oldest_wait"] < timedelta(minutes=11)
+
+
+def test_completed_and_failed_counts_and_error_codes(client, api_key, fake_openai, settings):
+    settings.MAX_ATTEMPTS = 1
+    send(client, api_key[1], chat("fine"))
+    send(client, api_key[1], chat("boom [[error:server_error]]"))
+    cycle()
+
+    figures = dashboard.dashboard_figures()
+
+    assert figures["last_hour"] == {"completed": 1, "failed": 1, "cancelled": 0}
+    assert figures["last_day"] == {"completed": 1, "failed": 1, "cancelled": 0}
+    assert figures["errors"]["codes"] == [{"error_code": "server_error", "n": 1}]
+    assert figures["failed_total"] == 1
+    assert sum(p["completed"] for p in figures["hourly"]) == 1
+    assert sum(p["failed"] for p in figures["hourly"]) == 1
+
+
+def test_batches_retrying_upstream_are_listed(client, api_key, fake_openai):
+    send(client, api_key[1], chat("slow"))
+    fake_openai.inject("create", 500, times=5)
+    cycle()
+
+    retrying = dashboard.dashboard_figures()["errors"]["retrying"]
+
+    assert len(retrying) == 1
+    assert retrying[0]["upstream_failures"] >= 1
+
+
+def test_daily_money_chart_puts_spend_on_the_day_the_batch_ended(traffic):
+    Batch.objects.update(finished_at=timezone.now() - timedelta(days=3))
+    daily = dashboard.dashboard_figures()["daily"]
+    assert len(daily) == 30
+    spent = [p["spent"] for p in daily]
+    assert spent[-4] == Decimal("0.0015018") + Decimal("0.0001")
+    assert sum(spent) == spent[-4]
+    # Stacked bars: the tallest day, spent plus saved, is the full height.
+    assert daily[-4]["spent_pct"] + daily[-4]["saved_pct"] == pytest.approx(100)
+
+
+def test_figures_take_a_fixed_number_of_queries(traffic, django_assert_max_num_queries):
+    dashboard.dashboard_figures()
+    with django_assert_max_num_queries(25):
+        dashboard.dashboard_figures()
+
+
+def test_an_edited_price_table_is_left_alone():
+    ModelPrice.objects.filter(model="gpt-4o").update(input_per_million=Decimal("9"))
+    ModelPrice.objects.filter(model="o1").delete()
+    prices_ensure()
+    assert ModelPrice.objects.get(model="gpt-4o").input_per_million == Decimal("9")
+    assert not ModelPrice.objects.filter(model="o1").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_default_prices_come_back_after_the_database_is_flushed():
+    # Transactional tests empty every table between tests; post_migrate refills the prices.
+    assert ModelPrice.objects.filter(model="gpt-4o-mini").exists()
+
+
+def test_usage_of_every_endpoint_is_read():
+    assert usage_tokens({"prompt_tokens": 3, "completion_tokens": 4}) == (3, 4)  # chat
+    assert usage_tokens({"input_tokens": 5, "output_tokens": 6}) == (5, 6)  # responses, batch
+    assert usage_tokens({"prompt_tokens": 7, "total_tokens": 7}) == (7, 0)  # embeddings
+    assert usage_tokens(None) == (0, 0)  # moderations report none
