@@ -1,0 +1,168 @@
+"""Per-key limits and the admin's sign-in throttle, counted in the database.
+
+The counters live in the database, not in Django's cache: the proxy runs as several gunicorn
+workers (and may run on several hosts), where a per-process LocMem cache would let each process
+count alone, and Redis is optional. One conditional UPDATE per counted call is atomic on
+PostgreSQL and SQLite alike, so a limit holds exactly however many processes share it.
+
+With a limit set to 0 (the default) none of this costs a query.
+"""
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse
+from rest_framework.exceptions import Throttled
+from rest_framework.throttling import BaseThrottle
+
+from .errors import error_response
+from .models import ApiKey, BatchRequest, RateCounter
+from .services import ParsedCall, requests_enqueue
+
+
+class LimitExceeded(Exception):
+    """A key or a client went over a limit: answered 429 with Retry-After."""
+
+    def __init__(self, message: str, *, code: str, retry_after: int):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retry_after = max(1, retry_after)
+
+    def response(self) -> HttpResponse:
+        # `type: "requests"` is what OpenAI itself sends with a request-rate 429.
+        return error_response(
+            429,
+            self.message,
+            type="requests",
+            code=self.code,
+            Retry_After=str(self.retry_after),
+        )
+
+
+def _now() -> float:
+    return time.time()
+
+
+def counter_take(*, scope: str, limit: int, period: int) -> int | None:
+    """Count one hit on `scope` in the current fixed window of `period` seconds.
+
+    Returns None when the hit fits under `limit` (at least 1), else the seconds until the
+    window closes.
+    The UPDATE only succeeds while `hits < limit`, so racing processes can never push a
+    counter past its limit; a window's first hit inserts its row, and the unique constraint
+    sends whoever inserts second back to the UPDATE.
+    """
+    now = _now()
+    window_end = (int(now) // period + 1) * period
+    counters = RateCounter.objects.filter(scope=scope, window_end=window_end)
+    if counters.filter(hits__lt=limit).update(hits=F("hits") + 1):
+        return None
+    if not counters.exists():
+        try:
+            with transaction.atomic():
+                RateCounter.objects.create(scope=scope, window_end=window_end, hits=1)
+        except IntegrityError:
+            if counters.filter(hits__lt=limit).update(hits=F("hits") + 1):
+                return None
+        else:
+            # Once per window and scope: drop the windows that have closed, of every scope.
+            RateCounter.objects.filter(window_end__lte=now).delete()
+            return None
+    return math.ceil(window_end - now)
+
+
+def rate_limit_take(*, api_key_id: int) -> None:
+    """Count one call against the key's RATE_LIMIT_PER_MINUTE; raise when it is over."""
+    limit = settings.RATE_LIMIT_PER_MINUTE
+    if limit <= 0:
+        return
+    wait = counter_take(scope=f"key:{api_key_id}", limit=limit, period=60)
+    if wait is not None:
+        raise LimitExceeded(
+            f"Rate limit reached for this key: {limit} calls per minute. "
+            f"Repeat the call in {wait} seconds.",
+            code="rate_limit_exceeded",
+            retry_after=wait,
+        )
+
+
+class RateLimitThrottled(Throttled):
+    default_code = "rate_limit_exceeded"
+
+
+class KeyRateThrottle(BaseThrottle):
+    """RATE_LIMIT_PER_MINUTE for the DRF views, on the same counter as the intake's calls."""
+
+    def allow_request(self, request, view) -> bool:
+        if isinstance(request.auth, ApiKey):
+            try:
+                rate_limit_take(api_key_id=request.auth.pk)
+            except LimitExceeded as exc:
+                raise RateLimitThrottled(wait=exc.retry_after, detail=exc.message) from None
+        return True
+
+
+def requests_enqueue_capped(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
+    """`requests_enqueue`, refused when the key already has MAX_QUEUED_PER_KEY pending requests.
+
+    Steps, in one transaction: lock the key's row, so that a key's inserts are serialised and
+    racing calls cannot all see room for one more (SQLite's IMMEDIATE transactions serialise
+    every writer anyway); count its pending requests; insert. A call whose identical request
+    was queued by a racing twin gets that request, not a 429.
+    """
+    cap = settings.MAX_QUEUED_PER_KEY
+    if cap <= 0:
+        return requests_enqueue(api_key_id=api_key_id, call=call)
+    with transaction.atomic():
+        list(ApiKey.objects.select_for_update().filter(pk=api_key_id).values_list("pk"))
+        mine = BatchRequest.objects.filter(api_key_id=api_key_id)
+        if mine.filter(status__in=BatchRequest.PENDING).count() >= cap:
+            existing = mine.filter(fingerprint=call.fingerprint).first()
+            if existing is not None:
+                return existing
+            raise LimitExceeded(
+                f"This key has {cap} requests waiting for the Batch API, the most it may have. "
+                "Repeat the call once some of them are answered.",
+                code="queue_limit_exceeded",
+                retry_after=settings.POLL_INTERVAL,
+            )
+        return requests_enqueue(api_key_id=api_key_id, call=call)
+
+
+def login_throttled(login_view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap the admin's login view: at most ADMIN_LOGIN_ATTEMPTS sign-ins per ADMIN_LOGIN_WINDOW
+    seconds from one client address, and as many for one user name from anywhere.
+
+    Every POST counts, successful or not: an operator signs in rarely, a guesser often.
+    """
+
+    def view(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method == "POST" and settings.ADMIN_LOGIN_ATTEMPTS > 0:
+            username = request.POST.get("username", "")
+            scopes = (
+                f"login-ip:{request.META.get('REMOTE_ADDR', '')}",
+                "login-user:" + hashlib.sha256(username.lower().encode()).hexdigest(),
+            )
+            for scope in scopes:
+                wait = counter_take(
+                    scope=scope,
+                    limit=settings.ADMIN_LOGIN_ATTEMPTS,
+                    period=settings.ADMIN_LOGIN_WINDOW,
+                )
+                if wait is not None:
+                    response = HttpResponse(
+                        f"Too many sign-in attempts. Try again in {wait} seconds.\n",
+                        status=429,
+                        content_type="text/plain",
+                    )
+                    response["Retry-After"] = str(wait)
+                    return response
+        return login_view(request, *args, **kwargs)
+
+    return view

@@ -1,0 +1,373 @@
+"""Hostile input: whatever arrives, the answer is an OpenAI-shaped 4xx (or a normal answer),
+never a 5xx, and a refused call leaves the database as it was.
+
+The plain bad-input cases are in test_intake.py; this file adds the nasty corpus in
+tests/fuzz/corpus.py, odd charsets and headers, bodies over a real socket, and generated input
+(hypothesis, and schemathesis against the proxy's own OpenAPI description).
+"""
+
+import itertools
+import json
+import socket
+import urllib.parse
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batches_app.models import Batch
+from requests_app.models import ApiKey, BatchRequest, RateCounter
+
+from .fuzz.corpus import CORPUS, INPUT_CORPUS, MESSAGES_CORPUS
+
+ENDPOINTS = ["responses", "chat/completions", "embeddings", "completions", "moderations"]
+CALL = b'{"model": "m", "messages": [], "input": "x"}'
+
+pytestmark = pytest.mark.django_db
+
+
+def snapshot() -> tuple[int, ...]:
+    """What a refused call must not change."""
+    return (
+        BatchRequest.objects.count(),
+        ApiKey.objects.count(),
+        RateCounter.objects.count(),
+        Batch.objects.count(),
+    )
+
+
+def assert_refused(status: int, content_type: str, content: bytes) -> dict:
+    """A 4xx other than 422 (which means 'pending'), with the OpenAI error shape."""
+    assert 400 <= status < 500 and status != 422, (status, content[:300])
+    assert content_type == "application/json", content[:300]
+    error = json.loads(content)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def send(client, secret: str, path: str, body: bytes, content_type="application/json", **extra):
+    return client.generic(
+        "POST",
+        path,
+        body,
+        content_type=content_type,
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(("name", "body"), CORPUS, ids=[name for name, _ in CORPUS])
+def test_corpus_body_is_refused_on_every_endpoint(client, api_key, name, body):
+    before = snapshot()
+    for endpoint in ENDPOINTS:
+        response = send(client, api_key[1], f"/v1/{endpoint}", body)
+        assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "body"), MESSAGES_CORPUS, ids=[name for name, _ in MESSAGES_CORPUS]
+)
+def test_messages_that_are_not_an_array_are_refused_on_chat(client, api_key, name, body):
+    response = send(client, api_key[1], "/v1/chat/completions", body)
+    assert (
+        assert_refused(response.status_code, response["Content-Type"], response.content)["param"]
+        == "messages"
+    )
+    assert not BatchRequest.objects.exists()
+
+
+@pytest.mark.parametrize(("name", "body"), INPUT_CORPUS, ids=[name for name, _ in INPUT_CORPUS])
+@pytest.mark.parametrize("endpoint", ["embeddings", "moderations"])
+def test_embeddings_and_moderations_need_an_input(client, api_key, name, body, endpoint):
+    response = send(client, api_key[1], f"/v1/{endpoint}", body)
+    error = assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert error["param"] == "input"
+    assert not BatchRequest.objects.exists()
+
+
+def test_other_fields_are_left_for_openai_to_judge(client, api_key):
+    """Decision: only the cheap, certain refusals happen here; a wrong `input` type on
+    responses, say, reaches OpenAI, whose per-line 400 becomes the call's answer."""
+    body = b'{"model": "m", "input": {"odd": true}, "temperature": "hot"}'
+    assert send(client, api_key[1], "/v1/responses", body).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/json; charset=utf-16", '{"model":"m","input":"x"}'.encode("utf-16"), 415),
+        ("application/json; charset=utf-16", CALL, 415),
+        ("application/json; charset=latin-1", CALL, 415),
+        (
+            "application/json; charset=iso-8859-1",
+            '{"model":"m","input":"é"}'.encode("latin-1"),
+            415,
+        ),
+        ("application/json; charset=utf-7", CALL, 415),
+        ("application/json; charset=" + "x" * 60_000, CALL, 415),
+        ("application/json; charset=UTF-8", CALL, 422),
+        ("application/json;charset=utf8", CALL, 422),
+        ("text/plain", CALL, 422),
+    ],
+    ids=[
+        "utf16",
+        "utf16-declared",
+        "latin1",
+        "latin1-bytes",
+        "utf7",
+        "huge",
+        "UTF-8",
+        "utf8",
+        "text",
+    ],
+)
+def test_json_declared_in_another_charset_is_refused(client, api_key, content_type, body, status):
+    response = send(client, api_key[1], "/v1/completions", body, content_type=content_type)
+    assert response.status_code == status
+    if status != 422:
+        error = assert_refused(response.status_code, response["Content-Type"], response.content)
+        assert error["code"] == "unsupported_media_type"
+        assert not BatchRequest.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_AUTHORIZATION": "Bearer " + "k" * 100_000},
+        {"HTTP_AUTHORIZATION": "Bearer \u00e9\u00ff\u0000key"},
+        {"HTTP_AUTHORIZATION": "Bearer a b c"},
+        {"HTTP_AUTHORIZATION": "bearer"},
+    ],
+    ids=["huge-key", "latin1-key", "spaces", "scheme-only"],
+)
+def test_absurd_authorization_headers_are_401(client, headers):
+    before = snapshot()
+    response = client.generic("POST", "/v1/chat/completions", CALL, **headers)
+    assert response.status_code == 401
+    assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("declared", ["abc", "-1", "1e3", "9" * 40, " 12"])
+def test_nonsense_content_length_is_refused(client, api_key, declared):
+    response = send(client, api_key[1], "/v1/completions", CALL, CONTENT_LENGTH=declared)
+    assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert not BatchRequest.objects.exists()
+
+
+def test_long_junk_headers_do_not_matter(client, api_key):
+    response = send(
+        client,
+        api_key[1],
+        "/v1/completions",
+        CALL,
+        HTTP_X_JUNK="j" * 100_000,
+        HTTP_ACCEPT="*" * 50_000,
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/chat/completions/", 404),
+        ("POST", "/v1/v1/chat/completions", 404),
+        ("POST", "/v1/files", 404),
+        ("POST", "/v1/batches", 404),
+        ("POST", "/v1/" + "a" * 20_000, 404),
+        ("POST", "/v1/%00", 404),
+        ("POST", "/v1/%ff%fe", 404),
+        ("POST", "/v1/../admin/", 404),
+        ("GET", "/v1/batch_requests/not-a-uuid", 404),
+        ("GET", "/v1/batch_requests/00000000-0000-0000-0000-000000000000", 404),
+        ("PUT", "/v1/chat/completions", 405),
+        ("PATCH", "/v1/embeddings", 405),
+        ("DELETE", "/v1/responses", 405),
+        ("OPTIONS", "/v1/completions", 405),
+        ("TRACE", "/v1/moderations", 405),
+        ("BREW", "/v1/moderations", 405),
+        ("POST", "/v1/batch_requests/00000000-0000-0000-0000-000000000000", 405),
+        ("DELETE", "/v1/batch_requests/00000000-0000-0000-0000-000000000000", 405),
+    ],
+)
+def test_unknown_paths_and_methods_are_openai_shaped(client, api_key, method, path, status):
+    before = snapshot()
+    response = client.generic(method, path, CALL, HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    assert response.status_code == status
+    assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+# --- Over a real socket: bodies are refused before being read whole -------------------------
+
+
+def raw_exchange(url: str, head: bytes, body_chunks=(), timeout: float = 60) -> tuple[int, bytes]:
+    """Send a hand-made request, possibly without its whole body, and read the answer."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed without reading the rest: what we want
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < answer_length(answer):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    head_part, _, content = answer.partition(b"\r\n\r\n")
+    length = answer_length(answer) - len(head_part) - 4
+    return int(head_part.split(b" ", 2)[1]), content[:length]
+
+
+def answer_length(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return 1 << 62
+
+
+def request_head(path: str, secret: str, *headers: str) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: localhost",
+        f"Authorization: Bearer {secret}",
+        "Content-Type: application/json",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_declared_oversized_body_is_refused_without_reading_it(live_server, api_key):
+    """The server answers 413 while the client has sent no byte of the gigabyte it declared:
+    had the proxy tried to read it, this exchange would hang until the timeout."""
+    head = request_head("/v1/chat/completions", api_key[1], "Content-Length: 1000000000")
+    status, content = raw_exchange(live_server.url, head)
+    assert status == 413
+    assert json.loads(content)["error"]["code"] == "request_too_large"
+    assert not BatchRequest.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chunked_body_without_length_is_refused_unread(live_server, api_key):
+    """No Content-Length: the body counts as empty (Django reads at most what is declared), so
+    30 MB sent in chunks is never taken into memory, and the call is a plain 400."""
+    head = request_head("/v1/chat/completions", api_key[1], "Transfer-Encoding: chunked")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    status, content = raw_exchange(live_server.url, head, [chunk] * 30 + [b"0\r\n\r\n"])
+    assert status == 400
+    assert_refused(status, "application/json", content)
+    assert not BatchRequest.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_understated_length_reads_only_what_was_declared(live_server, api_key):
+    head = request_head("/v1/chat/completions", api_key[1], "Content-Length: 12")
+    status, content = raw_exchange(live_server.url, head, [b'{"model": "m", ' + b" " * (5 << 20)])
+    assert status == 400
+    assert_refused(status, "application/json", content)
+    assert not BatchRequest.objects.exists()
+
+
+# --- Generated input ------------------------------------------------------------------------
+
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+JSON_VALUE = st.recursive(
+    JSON_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+CALL_LIKE = st.fixed_dictionaries(
+    {"model": JSON_VALUE | st.text(max_size=40)},
+    optional={
+        "input": JSON_VALUE,
+        "messages": JSON_VALUE,
+        "stream": JSON_VALUE,
+        "prompt": JSON_VALUE,
+    },
+).map(lambda body: json.dumps(body).encode())
+BODIES = st.one_of(
+    CALL_LIKE,
+    JSON_VALUE.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=300),
+    st.sampled_from([body for _, body in CORPUS]),
+)
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,  # no .hypothesis folder in the work tree
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@FUZZ
+@given(endpoint=st.sampled_from(ENDPOINTS), body=BODIES, prefix=st.sampled_from(["/v1/", "/"]))
+def test_generated_bodies_never_crash_and_refusals_store_nothing(
+    client, api_key, endpoint, body, prefix
+):
+    before = snapshot()
+    response = send(client, api_key[1], prefix + endpoint, body)
+    if response.status_code == 422:  # accepted and queued
+        assert json.loads(response.content)["error"]["code"] == "batch_pending"
+        return
+    assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+@pytest.fixture
+def openapi_schema(db):
+    """The proxy's schema, served by its own WSGI app, which schemathesis then calls.
+
+    As Django's test client does, requests must not close the test's database connection.
+    """
+    from batchproxy.wsgi import application
+
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    yield schemathesis.openapi.from_wsgi("/v1/openapi.json", application)
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
+
+
+def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, api_key):
+    """Every operation of /v1/openapi.json, fed valid and invalid requests by schemathesis."""
+    auth = {"Authorization": f"Bearer {api_key[1]}"}
+    operations = [result.ok() for result in openapi_schema.get_all_operations()]
+    assert {op.path for op in operations} >= {f"/v1/{endpoint}" for endpoint in ENDPOINTS}
+    tried = []
+    for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
+
+        @settings(FUZZ, max_examples=30)
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case):
+            tried.append(case)
+            before = snapshot()
+            response = case.call(headers=auth)
+            content_type = response.headers.get("content-type", [""])
+            content_type = content_type[0] if isinstance(content_type, list) else content_type
+            if response.status_code in (200, 422):
+                return
+            assert_refused(response.status_code, content_type, response.content)
+            assert snapshot() == before
+
+        check()
+    print(f"schemathesis: {len(tried)} cases over {len(operations)} operations")
+    assert len(tried) >= 20 * len(operations)
