@@ -1,0 +1,89 @@
+"""Flush: 50,000 queued requests (about 1 KB each) claimed into a batch, written as one JSONL
+file and uploaded to the fake OpenAI.
+
+    python -m bench.bench_flush [--requests 50000]
+
+The flush runs in a child process of its own, so that its peak memory (ru_maxrss) is only the
+flush's; the fake OpenAI runs in this process.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from bench.common import bench_env, django_setup, machine, peak_rss_mb, run_child, truncate
+
+
+def child() -> None:
+    """Claim, then upload: what the flush schedule and the next tick do."""
+    django_setup(migrate=False)
+    from batches_app import services
+    from batches_app.models import Batch
+
+    start_mb = peak_rss_mb()
+    began = time.perf_counter()
+    batches = services.batch_flush(force=True)
+    claimed = time.perf_counter()
+    for batch in batches:
+        services._upload(batch)  # the step under test: JSONL written and uploaded
+    uploaded = time.perf_counter()
+    states = sorted(Batch.objects.values_list("state", flat=True))
+    print(
+        "JSON "
+        + json.dumps(
+            {
+                "batches": len(batches),
+                "requests": sum(b.request_count for b in batches),
+                "claim_s": claimed - began,
+                "upload_s": uploaded - claimed,
+                "total_s": uploaded - began,
+                "start_mb": start_mb,
+                "peak_mb": peak_rss_mb(),
+                "states": states,
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child()
+    django_setup()
+    from batches_app.fake_openai import FakeOpenAI
+    from bench.engine_data import requests_fill
+    from requests_app.models import ApiKey
+
+    print(machine())
+    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_upstreamfile")
+    key, _ = ApiKey.objects.get_or_create(key_hash="bench-flush", defaults={"name": "bench"})
+    requests_fill(api_key_id=key.pk, count=args.requests, status="queued")
+    fake = FakeOpenAI().start()
+    try:
+        env = bench_env() | {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "sk-bench"}
+        out = run_child("bench.bench_flush", "--child", env=env)
+        result = json.loads(out.split("JSON ", 1)[1])
+        files = [f["object"] for f in fake.files.values() if f["object"]["purpose"] == "batch"]
+    finally:
+        fake.stop()
+    lines = sum(f["bytes"] for f in files)
+    print(
+        f"flush of {result['requests']:,} requests into {result['batches']} batch(es): "
+        f"claim {result['claim_s']:.2f} s + JSONL and upload {result['upload_s']:.2f} s = "
+        f"{result['total_s']:.2f} s (target < 20 s); peak memory {result['peak_mb']:.0f} MB "
+        f"(of which {result['start_mb']:.0f} MB is Django at rest; target < 300 MB); "
+        f"uploaded {len(files)} file(s), {lines / 1e6:.1f} MB"
+    )
+    print("JSON " + json.dumps(result | {"uploaded_bytes": lines}))
+    if result["requests"] != args.requests or len(files) != result["batches"]:
+        sys.exit("the flush did not upload every request")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

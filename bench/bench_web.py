@@ -1,0 +1,270 @@
+"""Intake and repeat asks through gunicorn, side by side with bare-Django baselines.
+
+    python -m bench.bench_web [--seconds 5] [--rounds 3] [--connections 8]
+
+One gunicorn, started with the project's own config (batchproxy/gunicorn.conf.py), serves the
+proxy and the baselines (bench/views.py, mounted only by bench/settings.py). `wrk` drives them in
+alternating order, round after round, on loopback, for a bounded time each, so that noise from
+other processes on the machine falls on both alike.
+
+- intake: new calls to POST /v1/chat/completions (a ~1 KB body, unique per call) against
+  /bare/insert (parse, hash, insert one row).
+- repeat: identical calls for queued requests against /bare/fetch (hash, fetch one row by a
+  unique index).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import ROOT, bench_env, django_setup, load, machine, truncate
+
+PROXY_PATH = "/v1/chat/completions"
+# About 1 KB once the marker is in: a system prompt, a question, some options.
+BODY = (
+    '{"model":"gpt-4o-mini","temperature":0.2,"max_tokens":300,"messages":['
+    '{"role":"system","content":"' + "You answer questions about the catalogue. " * 20 + '"},'
+    '{"role":"user","content":"Question %s: which of the listed items fits a small kitchen?"}]}'
+)
+REPEAT_SET = 1000
+
+LUA = r"""
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  counter = 0; ok = 0; other = 0; first_other = ""
+end
+request = function()
+  counter = counter + 1
+  local body = string.format([[%(body)s]], %(marker)s)
+  return wrk.format("POST", "%(path)s", {["Authorization"] = "Bearer %(secret)s",
+    ["Content-Type"] = "application/json"}, body)
+end
+response = function(status, headers, body)
+  if status == %(expected)d then ok = ok + 1 else
+    other = other + 1
+    if first_other == "" then first_other = status .. " " .. body end
+  end
+end
+done = function(summary, latency, requests)
+  local n_ok, n_other, sample = 0, 0, ""
+  for _, t in ipairs(threads) do
+    n_ok = n_ok + t:get("ok"); n_other = n_other + t:get("other")
+    if sample == "" then sample = t:get("first_other") end
+  end
+  io.write(string.format("RESULT %%d %%d %%.6f %%d %%d %%s\n", n_ok, n_other,
+    summary.duration / 1e6, latency:percentile(50), latency:percentile(99), sample))
+end
+"""
+
+
+def lua_script(tmp: Path, name: str, *, path: str, expected: int, marker: str, secret: str) -> str:
+    script = tmp / f"{name}.lua"
+    script.write_text(
+        LUA % {"body": BODY, "marker": marker, "path": path, "expected": expected, "secret": secret}
+    )
+    return str(script)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)}
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    server = subprocess.Popen(  # noqa: S603 (the venv's gunicorn, fixed arguments)
+        [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "batchproxy.wsgi"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.terminate()
+    raise SystemExit(f"gunicorn did not start; see {log}")
+
+
+def post(port: int, path: str, body: str, secret: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    conn.request("POST", path, body=body.encode(), headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def run_wrk(port: int, script: str, seconds: float, connections: int) -> dict:
+    out = subprocess.run(  # noqa: S603 (wrk from PATH, fixed arguments)
+        [  # noqa: S607 (wrk from PATH, as apt-get installs it)
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    _, ok, other, duration, p50, p99, *sample = line.split(" ", 6)
+    if int(other):
+        print(f"  !! {other} unexpected answers, e.g. {' '.join(sample)[:200]}", flush=True)
+    if not int(ok):
+        print("  !! no answer at all; wrk said:\n" + out, flush=True)
+    return {
+        "rps": int(ok) / float(duration),
+        "ok": int(ok),
+        "other": int(other),
+        "p50_ms": int(p50) / 1000,
+        "p99_ms": int(p99) / 1000,
+    }
+
+
+def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: int) -> dict:
+    """Alternate the two targets, ABBA-wise, and keep every round's figure."""
+    results = {name: [] for name in pair}
+    names = list(pair)
+    for name in names:  # warm-up: connections, caches, the query plans
+        run_wrk(port, pair[name](), 2, connections)
+    for round_no in range(rounds):
+        order = names if round_no % 2 == 0 else names[::-1]
+        for name in order:
+            result = run_wrk(port, pair[name](), seconds, connections)
+            results[name].append(result)
+            print(
+                f"  round {round_no + 1} {name:>6}: {result['rps']:8.0f} req/s  "
+                f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  ({load()})",
+                flush=True,
+            )
+    return {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    django_setup()
+    from requests_app.models import ApiKey, hash_key
+
+    print(machine())
+    print(
+        f"gunicorn: WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 2)} "
+        f"WEB_THREADS={os.environ.get('WEB_THREADS', 4)}; wrk 1 thread, "
+        f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g} s each"
+    )
+    truncate("requests_app_batchrequest", "bench_bare", "batches_app_batch")
+    secret = ApiKey.new_secret()
+    ApiKey.objects.get_or_create(
+        key_hash=hash_key(secret), defaults={"name": "bench", "prefix": secret[:8]}
+    )
+
+    tmp = Path(tempfile.mkdtemp(prefix="batchproxy-bench-"))
+    port = free_port()
+    server = start_server(port, tmp / "gunicorn.log")
+    try:
+        for i in range(REPEAT_SET):  # the queued requests that repeat asks find
+            body = BODY % f"rep-{i}"
+            assert post(port, PROXY_PATH, body, secret) == 422
+            assert post(port, "/bare/insert", body, secret) == 200
+
+        def new(path: str, expected: int):
+            # A fresh marker for every run, so every call of every run is new.
+            return lambda: lua_script(
+                tmp,
+                f"new-{uuid.uuid4().hex}",
+                path=path,
+                expected=expected,
+                marker=f'"{uuid.uuid4().hex[:8]}-" .. tid .. "-" .. counter',
+                secret=secret,
+            )
+
+        def repeat(path: str, expected: int):
+            marker = f'"rep-" .. ((counter * 7 + tid * 131) % {REPEAT_SET})'
+            return lambda: lua_script(
+                tmp,
+                f"rep-{uuid.uuid4().hex}",
+                path=path,
+                expected=expected,
+                marker=marker,
+                secret=secret,
+            )
+
+        print("intake (new requests):", flush=True)
+        intake = measure(
+            {"proxy": new(PROXY_PATH, 422), "bare": new("/bare/insert", 200)},
+            port=port,
+            rounds=args.rounds,
+            seconds=args.seconds,
+            connections=args.connections,
+        )
+        print("repeat asks (queued requests):", flush=True)
+        repeat_ = measure(
+            {"proxy": repeat(PROXY_PATH, 422), "bare": repeat("/bare/fetch", 200)},
+            port=port,
+            rounds=args.rounds,
+            seconds=args.seconds,
+            connections=args.connections,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    summary = {
+        "intake_proxy_rps": round(intake["proxy"]),
+        "intake_bare_rps": round(intake["bare"]),
+        "intake_ratio": round(intake["proxy"] / intake["bare"], 3),
+        "repeat_proxy_rps": round(repeat_["proxy"]),
+        "repeat_bare_rps": round(repeat_["bare"]),
+        "repeat_ratio": round(repeat_["proxy"] / repeat_["bare"], 3),
+    }
+    print(
+        f"intake: proxy {summary['intake_proxy_rps']} req/s, bare Django "
+        f"{summary['intake_bare_rps']} req/s, ratio {summary['intake_ratio']} (target >= 0.8)"
+    )
+    print(
+        f"repeat asks: proxy {summary['repeat_proxy_rps']} req/s, bare Django "
+        f"{summary['repeat_bare_rps']} req/s, ratio {summary['repeat_ratio']} (target >= 1.0)"
+    )
+    print(
+        f"callers asking every 2 minutes that this server answers: "
+        f"{summary['repeat_proxy_rps'] * 120:,}"
+    )
+    print("JSON " + json.dumps(summary))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
