@@ -1,0 +1,89 @@
+"""A worker killed at every step of a batch's life (CONTRACT.md §2): restarted, it loses no
+request and submits none twice.
+
+Each test runs the scheduler's flush and poll tasks in a subprocess on the test database;
+BATCHPROXY_CRASH_AT makes that process `os._exit` at the named point, as `kill -9` would, leaving
+its lease and half-done step behind for the next run to finish.
+"""
+
+import pytest
+from django.utils import timezone
+
+from batches_app.models import Batch, UpstreamFile
+from requests_app.models import BatchRequest
+
+from .workers import CRASHED, assert_each_answered_once, run, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+Status = BatchRequest.Status
+TEXTS = [f"crash {i}" for i in range(5)]
+
+
+@pytest.fixture
+def queued(post, fake_openai):
+    for text in TEXTS:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+        assert post("/v1/chat/completions", body).status_code == 422
+    return fake_openai
+
+
+def tick(fake, crash_at: str = "") -> None:
+    """One scheduler tick (flush, then poll) in a worker process of its own."""
+    done = run(fake, "tick", crash_at=crash_at, INGEST_CHUNK_LINES=2)
+    assert done.returncode == (CRASHED if crash_at else 0), done.stderr[-3000:]
+
+
+def restart(fake) -> None:
+    """Tick again once the dead worker's lease has run out."""
+    wait_for(
+        lambda: not Batch.objects.filter(lease_until__gte=timezone.now()).exists(),
+        what="the dead worker's lease to expire",
+    )
+    tick(fake)
+
+
+@pytest.mark.parametrize(
+    "point, left_in",
+    [
+        ("after_claim", Batch.State.BUILDING),
+        ("after_upload", Batch.State.BUILDING),
+        ("before_create", Batch.State.UPLOADED),
+        ("after_create", Batch.State.UPLOADED),
+    ],
+)
+def test_crash_while_submitting_is_finished_by_the_next_run(queued, point, left_in):
+    tick(queued, crash_at=point)
+
+    batch = Batch.objects.get()
+    assert batch.state == left_in
+    assert BatchRequest.objects.filter(status=Status.SUBMITTED, batch=batch).count() == 5
+    if point == "after_upload":
+        [orphan] = queued.files  # uploaded, never recorded
+        assert not UpstreamFile.objects.exists()
+    upstream_before = len(queued.batches)
+    assert upstream_before == (1 if point == "after_create" else 0)
+
+    restart(queued)
+
+    assert len(queued.batches) == 1  # adopted by its metadata, not created again
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert_each_answered_once(queued)
+    if point == "after_upload":
+        assert ("delete", f"/v1/files/{orphan}") in queued.calls
+
+
+@pytest.mark.parametrize("point", ["mid_ingest", "after_ingest_file"])
+def test_crash_while_ingesting_is_finished_by_the_next_run(queued, point):
+    tick(queued, crash_at=point)
+
+    batch = Batch.objects.get()
+    assert batch.state == Batch.State.INGESTING
+    completed = BatchRequest.objects.filter(status=Status.COMPLETED).count()
+    # INGEST_CHUNK_LINES=2: the first chunk is committed, the rest not yet.
+    assert completed == (2 if point == "mid_ingest" else 5)
+    assert not UpstreamFile.objects.filter(ingested_at__isnull=False).exists()
+
+    restart(queued)
+
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert_each_answered_once(queued)
