@@ -7,6 +7,8 @@ class BatchesAppConfig(AppConfig):
     verbose_name = "Upstream batches"
 
     def ready(self) -> None:
+        from .prices import prices_ensure
         from .schedules import schedules_ensure
 
         post_migrate.connect(schedules_ensure, sender=self)
+        post_migrate.connect(prices_ensure, sender=self)

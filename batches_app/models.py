@@ -1,4 +1,5 @@
 import uuid
+from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
@@ -48,6 +49,7 @@ class Batch(models.Model):
     upstream_created_at = models.DateTimeField(null=True, blank=True)
 
     # Intent and back-off bookkeeping.
+    upload_attempted_at = models.DateTimeField(null=True, blank=True)
     create_attempted_at = models.DateTimeField(null=True, blank=True)
     cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -93,3 +95,37 @@ class UpstreamFile(models.Model):
 
     def __str__(self) -> str:
         return self.file_id
+
+
+class ModelPrice(models.Model):
+    """What OpenAI charges for a model synchronously; the Batch API charges half of it.
+
+    Operators keep this table current in the admin. A model with no row here is shown as
+    "unknown" on the dashboard, never as free.
+    """
+
+    BATCH_DISCOUNT = Decimal("0.5")
+
+    model = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="The model name as clients send it; dated snapshots (name-YYYY-MM-DD) match too.",
+    )
+    input_per_million = models.DecimalField("input $ / 1M tokens", max_digits=10, decimal_places=4)
+    output_per_million = models.DecimalField(
+        "output $ / 1M tokens", max_digits=10, decimal_places=4, default=Decimal(0)
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = "model price"
+
+    def __str__(self) -> str:
+        return self.model
+
+    def synchronous_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+        million = Decimal(1_000_000)
+        return (
+            input_tokens * self.input_per_million + output_tokens * self.output_per_million
+        ) / million

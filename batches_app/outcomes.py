@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -18,6 +18,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
 from .models import Batch
+from .usage import usage_tokens
 
 Status = BatchRequest.Status
 TOKEN_LIMIT_CAP = 6 * 3600
@@ -30,6 +31,8 @@ LINE_FIELDS = (
     "finished_at",
     "batch",
     "not_before",
+    "input_tokens",
+    "output_tokens",
 )
 
 
@@ -42,6 +45,7 @@ class LineOutcome:
     body: str | None
     error_code: str = ""
     error_message: str = ""
+    tokens: tuple[int | None, int | None] = (None, None)
 
     @property
     def delivers(self) -> bool:
@@ -56,7 +60,13 @@ class LineOutcome:
             body = response.get("body")
             code = response.get("status_code")
             if code == 200:
-                return cls(data["custom_id"], code, orjson.dumps(body).decode())
+                usage = body.get("usage") if isinstance(body, dict) else None
+                return cls(
+                    data["custom_id"],
+                    code,
+                    orjson.dumps(body).decode(),
+                    tokens=usage_tokens(usage),
+                )
             error = (body or {}).get("error") if isinstance(body, dict) else None
             return cls(
                 data["custom_id"],
@@ -96,26 +106,61 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
         rows = []
         for pk, attempts in pending:
             outcome = outcomes[str(pk)]
-            row = BatchRequest(
-                pk=pk,
-                finished_at=now,
-                batch=batch,
-                not_before=None,
-                error_code=outcome.error_code,
-                error_message=outcome.error_message,
-            )
+            tokens = (None, None)
             if outcome.delivers:
-                row.status = Status.COMPLETED
-                row.response_status, row.response_body = outcome.status_code, outcome.body
+                status, code, body = Status.COMPLETED, outcome.status_code, outcome.body
+                finished_at, batch_id, tokens = now, batch.pk, outcome.tokens
             elif attempts >= settings.MAX_ATTEMPTS:
-                row.status = Status.FAILED
-                row.response_status = row.response_body = None
+                status, code, body, finished_at, batch_id = Status.FAILED, None, None, now, batch.pk
             else:
-                row.status, row.batch, row.finished_at = Status.QUEUED, None, None
-                row.response_status = row.response_body = None
-            rows.append(row)
-        BatchRequest.objects.bulk_update(rows, LINE_FIELDS, batch_size=500)
+                status, code, body, finished_at, batch_id = Status.QUEUED, None, None, None, None
+            # In the order of LINE_FIELDS, then the key.
+            error_code, error_message = outcome.error_code, outcome.error_message
+            values = (status, code, body, error_code, error_message, finished_at, batch_id)
+            rows.append((*values, None, *tokens, pk))
+        _update_lines(rows)
     return len(rows)
+
+
+def _update_lines(rows: list[tuple]) -> None:
+    """Set LINE_FIELDS of each request (rows: their values, then the key) in one statement.
+
+    Every line has its own answer, and Django's bulk_update builds a CASE expression per field
+    and row whose construction costs about a millisecond of Python per row (50,000 results took
+    minutes). An UPDATE joined to a VALUES list of the rows does the same in one statement, on
+    PostgreSQL and SQLite alike.
+    """
+    if not rows:
+        return
+    meta = BatchRequest._meta
+    fields = [meta.get_field(name) for name in LINE_FIELDS] + [meta.pk]
+    quote = connection.ops.quote_name
+    names = [quote(field.column) for field in fields]
+    if connection.vendor == "postgresql":
+        # A VALUES column of NULLs alone would be text: say each column's type.
+        values = [
+            f"CAST(v.{n} AS {f.cast_db_type(connection)})"
+            for n, f in zip(names, fields, strict=True)
+        ]
+    else:
+        values = [f"v.{name}" for name in names]
+    table, key = quote(meta.db_table), names[-1]
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (
+        f"WITH v ({', '.join(names)}) AS (VALUES {', '.join([row_sql] * len(rows))}) "  # noqa: S608 (names from the model)
+        f"UPDATE {table} SET "
+        + ", ".join(
+            f"{name} = {value}" for name, value in zip(names[:-1], values[:-1], strict=True)
+        )
+        + f" FROM v WHERE {table}.{key} = {values[-1]}"
+    )
+    params = [
+        field.get_db_prep_save(value, connection)
+        for row in rows
+        for field, value in zip(fields, row, strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _unsettled(batch: Batch) -> QuerySet:
@@ -159,8 +204,15 @@ def requests_requeue_unspent(
 
 
 def batch_settle_rest(*, batch: Batch) -> None:
-    """Decide the requests the batch's files did not answer, by how the batch ended."""
-    rest = _unsettled(batch)
+    """Decide the requests the batch's files did not answer, by how the batch ended.
+
+    One transaction: a crash halfway must not leave a token-limit deferral counted twice.
+    """
+    with transaction.atomic():
+        _settle_rest(batch, _unsettled(batch))
+
+
+def _settle_rest(batch: Batch, rest: QuerySet) -> None:
     status = batch.upstream_status
     if batch.cancel_mode == Batch.CancelMode.CANCEL:
         rest.update(

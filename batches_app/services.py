@@ -9,6 +9,7 @@ looks for an upstream batch whose metadata names ours.
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 State = Batch.State
 METADATA_KEY = "batchproxy_batch_id"
-LEASE_SECONDS = 600
 BACKOFF_CAP = 3600
+# Failures after which a call may or may not have done its work upstream.
+AMBIGUOUS = ("timeout", "connection_error")
 
 
 def crash_point(name: str) -> None:
@@ -167,15 +169,16 @@ def batches_advance(
 
 
 def _lease(batch_id) -> Batch | None:
-    """Hold the batch for one worker: no two workers run its upstream steps at once."""
+    """Hold the batch for one worker: no two workers run its upstream steps at once.
+
+    A worker that dies holding the lease blocks the batch until BATCH_LEASE_SECONDS pass.
+    """
     now = timezone.now()
+    until = now + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
     got = (
         Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(
-            lease_until=now
-            + timedelta(seconds=getattr(settings, "BATCH_LEASE_SECONDS", LEASE_SECONDS))
-        )
+        .update(lease_until=until)
     )
     return Batch.objects.get(pk=batch_id) if got else None
 
@@ -185,6 +188,7 @@ def batch_step(*, batch_id) -> str | None:
     batch = _lease(batch_id)
     if batch is None:
         return None
+    lease = batch.lease_until
     try:
         if batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
@@ -195,8 +199,15 @@ def batch_step(*, batch_id) -> str | None:
     except UpstreamError as exc:
         _upstream_failed(batch, exc)
         return str(exc)
+    except Exception as exc:
+        # A bug or a malformed upstream answer must not stall every other batch each tick:
+        # back off this one like an outage, loudly.
+        log.exception("batch %s: unexpected error", batch.pk)
+        _upstream_failed(batch, UpstreamError(repr(exc), permanent=False, code="internal"))
+        return repr(exc)
     finally:
-        Batch.objects.filter(pk=batch_id).update(lease_until=None)
+        # Only our own lease: if it ran out, another worker may hold the batch by now.
+        Batch.objects.filter(pk=batch_id, lease_until=lease).update(lease_until=None)
     return None
 
 
@@ -211,9 +222,14 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
             message=str(exc),
         )
         _finish(batch, last_error=str(exc))
+        # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
     failures = batch.upstream_failures + 1
     delay = min(settings.UPSTREAM_BACKOFF * 2 ** (failures - 1), BACKOFF_CAP)
+    if exc.code in AMBIGUOUS and batch.state in (State.BUILDING, State.UPLOADED):
+        # The upload or create may still be under way upstream: let it land before the next
+        # attempt looks for it, or the look would miss it and make a second one.
+        delay = max(delay, 2 * settings.OPENAI_TIMEOUT)
     log.warning("batch %s: upstream error, retry in %ss: %s", batch.pk, delay, exc)
     Batch.objects.filter(pk=batch.pk).update(
         upstream_failures=failures,
@@ -252,6 +268,13 @@ def _submit(batch: Batch) -> None:
 
 
 def _upload(batch: Batch) -> None:
+    """Write the input file and upload it; an earlier, interrupted upload's file is deleted.
+
+    The file id is recorded only after the upload answers, so a crash or a lost response in
+    between leaves a file upstream that only its name ties to this batch.
+    """
+    if batch.upload_attempted_at:
+        _delete_orphan_inputs(batch)
     rows = (
         BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
         .order_by("pk")
@@ -267,6 +290,8 @@ def _upload(batch: Batch) -> None:
         if not written:
             _finish(batch, last_error="no requests left to submit")
             return
+        Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=timezone.now())
+        batch.upload_attempted_at = timezone.now()
         file_id = upstream.upload_file(path, batch.input_filename)
     crash_point("after_upload")
     with transaction.atomic():
@@ -276,11 +301,23 @@ def _upload(batch: Batch) -> None:
         _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
 
 
+def _delete_orphan_inputs(batch: Batch) -> None:
+    """Delete the upstream files named after this batch that it never recorded."""
+    known = set(UpstreamFile.objects.filter(batch=batch).values_list("pk", flat=True))
+    for found in upstream.list_files(purpose="batch"):
+        if found.get("filename") == batch.input_filename and found["id"] not in known:
+            log.info("batch %s: deleting orphaned upload %s", batch.pk, found["id"])
+            upstream.delete_file(found["id"])
+
+
 def _create(batch: Batch) -> None:
     if batch.create_attempted_at and (found := _find_upstream(batch)):
         _record_running(batch, found)
         return
-    Batch.objects.filter(pk=batch.pk).update(create_attempted_at=timezone.now())
+    if not batch.create_attempted_at:
+        # The first attempt's time bounds how far back `_find_upstream` looks.
+        batch.create_attempted_at = timezone.now()
+        Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
     crash_point("before_create")
     created = upstream.create_batch(
         input_file_id=batch.input_file_id,
@@ -319,8 +356,9 @@ def _cancel_before_upstream(batch: Batch) -> None:
     """Cancelled before anything was created upstream: settle locally."""
     batch.upstream_status = "cancelled"
     batch_settle_rest(batch=batch)
-    if batch.input_file_id:
-        _delete_files(batch)
+    if batch.upload_attempted_at:
+        _delete_orphan_inputs(batch)
+    _delete_files(batch)
     _finish(batch, upstream_status="cancelled")
 
 
@@ -351,12 +389,25 @@ def _poll(batch: Batch) -> None:
     if status in Batch.UPSTREAM_TERMINAL or stuck:
         if stuck and status not in Batch.UPSTREAM_TERMINAL:
             log.warning("batch %s stuck upstream in %s: treated as expired", batch.pk, status)
+            _cancel_stuck(batch, status)
             fields["upstream_status"] = "expired"
         if _move(batch, State.RUNNING, State.INGESTING, **fields):
             _ingest(batch)
         return
     next_poll = timezone.now() + timedelta(seconds=settings.POLL_INTERVAL)
     Batch.objects.filter(pk=batch.pk).update(next_attempt_at=next_poll, **fields)
+
+
+def _cancel_stuck(batch: Batch, status: str) -> None:
+    """Stop a stuck batch upstream: its requests are requeued, and must not be paid twice."""
+    if status == "cancelling":
+        return
+    try:
+        upstream.cancel_batch(batch.upstream_id)
+    except UpstreamError as exc:
+        if not exc.permanent:
+            raise
+        log.warning("batch %s: stuck batch not cancelled upstream: %s", batch.pk, exc)
 
 
 def _ingest(batch: Batch) -> None:
@@ -379,13 +430,22 @@ def _ingest(batch: Batch) -> None:
         )
         if upstream_file.ingested_at:
             continue
-        settled = lines_apply(batch=batch, lines=upstream.iter_file_lines(file_id))
+        lines = _crash_between_chunks(upstream.iter_file_lines(file_id))
+        settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
         log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)
     batch_settle_rest(batch=batch)
     _delete_files(batch)
     _finish(batch)
+
+
+def _crash_between_chunks(lines: Iterator[str]) -> Iterator[str]:
+    """Test-only "mid_ingest" point: reached once the first chunk of lines is committed."""
+    for number, line in enumerate(lines):
+        if number and number % settings.INGEST_CHUNK_LINES == 0:
+            crash_point("mid_ingest")
+        yield line
 
 
 def _delete_files(batch: Batch) -> None:
@@ -396,6 +456,27 @@ def _delete_files(batch: Batch) -> None:
     ):
         upstream.delete_file(file_id)
         UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
+
+
+def files_sweep() -> int:
+    """Delete the upstream files of finished batches that are still there; return how many.
+
+    A batch refused upstream, or cancelled before its batch was created, may leave its input
+    file behind when the delete itself fails; this retries it on every poll tick.
+    """
+    if not settings.DELETE_UPSTREAM_FILES:
+        return 0
+    left = UpstreamFile.objects.filter(deleted_at=None, batch__state=State.DONE)
+    deleted = 0
+    for file_id in left.values_list("pk", flat=True)[:100]:
+        try:
+            upstream.delete_file(file_id)
+        except UpstreamError as exc:
+            log.warning("file %s not deleted yet: %s", file_id, exc)
+            break
+        UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
+        deleted += 1
+    return deleted
 
 
 # --- Operator actions -----------------------------------------------------------------------

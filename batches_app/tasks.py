@@ -22,7 +22,10 @@ def flush() -> str:
 def poll() -> str:
     """Poll every running batch whose POLL_INTERVAL has passed; ingest the finished ones."""
     report = services.batches_advance(states=(Batch.State.RUNNING, Batch.State.INGESTING))
-    return f"{report.stepped} batches polled, {len(report.failures)} upstream errors"
+    summary = f"{report.stepped} batches polled, {len(report.failures)} upstream errors"
+    if swept := services.files_sweep():
+        summary += f", {swept} leftover files deleted"
+    return summary
 
 
 def purge() -> str:

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+import httpx2
 import openai
 from django.conf import settings
+
+from ops_app.metrics import observe_upstream
 
 
 class UpstreamError(Exception):
@@ -22,17 +25,19 @@ class UpstreamError(Exception):
 
 
 @cache
-def _client(base_url: str, api_key: str, max_retries: int) -> openai.OpenAI:
+def _client(base_url: str, api_key: str, max_retries: int, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=api_key or "missing",
-        base_url=base_url,
-        timeout=settings.OPENAI_TIMEOUT,
-        max_retries=max_retries,
+        api_key=api_key or "missing", base_url=base_url, timeout=timeout, max_retries=max_retries
     )
 
 
 def client(*, retries: bool = True) -> openai.OpenAI:
-    return _client(settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, 2 if retries else 0)
+    return _client(
+        settings.OPENAI_BASE_URL,
+        settings.OPENAI_API_KEY,
+        settings.OPENAI_MAX_RETRIES if retries else 0,
+        settings.OPENAI_TIMEOUT,
+    )
 
 
 def _translate(exc: openai.OpenAIError) -> UpstreamError:
@@ -49,6 +54,7 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
     return UpstreamError(str(exc), permanent=False)
 
 
+@observe_upstream  # latency and errors per operation, for /metrics
 def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -94,6 +100,19 @@ def list_batches(*, limit: int = 100, max_pages: int = 10) -> Iterator[dict]:
         after = page.data[-1].id
 
 
+def list_files(*, purpose: str) -> Iterator[dict]:
+    """Every file of this purpose, newest first, a page at a time."""
+    after = None
+    while True:
+        kwargs = {"purpose": purpose, "limit": 10_000} | ({"after": after} if after else {})
+        page = _call(client().files.list, **kwargs)
+        for item in page.data:
+            yield item.to_dict()
+        if not page.has_more or not page.data:
+            return
+        after = page.data[-1].id
+
+
 def iter_file_lines(file_id: str) -> Iterator[str]:
     """The lines of a file, streamed: an output file can be hundreds of megabytes."""
     try:
@@ -103,6 +122,10 @@ def iter_file_lines(file_id: str) -> Iterator[str]:
                     yield line
     except openai.OpenAIError as exc:
         raise _translate(exc) from exc
+    except httpx2.HTTPError as exc:
+        # Past the headers the SDK no longer wraps transport errors: a connection dropped
+        # halfway through the body surfaces as httpx2's own.
+        raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
 
 
 def delete_file(file_id: str) -> None:

@@ -26,7 +26,18 @@ if not SECRET_KEY:
     SECRET_KEY = key_file.read_text().strip()
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+if "*" not in ALLOWED_HOSTS:
+    # The image's HEALTHCHECK asks from inside the container.
+    ALLOWED_HOSTS += ["127.0.0.1", "localhost"]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host (only then, since a
+# client could send them too), and keep the admin's cookies off plain HTTP.
+if env.bool("USE_X_FORWARDED", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -36,12 +47,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "django_q",
     "requests_app",
     "batches_app",
+    "ops_app",
 ]
 
 MIDDLEWARE = [
+    "ops_app.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,11 +118,22 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+if env.bool("STATIC_MANIFEST", default=False):
+    # Set in the Docker image, whose build runs collectstatic: hashed, compressed, cached files.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+else:
+    # A checkout without collectstatic: serve the admin's files straight from the apps.
+    WHITENOISE_USE_FINDERS = True
 
 # --- The proxy's own knobs (CONTRACT.md §4) ---------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
+# The SDK's own retries of reads; calls that create something upstream never retry blindly.
+OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
 # Only the hashes are kept in memory beyond this point.
 ENV_API_KEY_HASHES = frozenset(
@@ -129,14 +154,25 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+# How long a worker holds a batch; a worker that dies holding one blocks it this long.
+BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=600)
+# Output lines applied per transaction while ingesting.
+INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Per-key limits (requests_app.limits); 0 turns a limit off.
+RATE_LIMIT_PER_MINUTE = env.int("RATE_LIMIT_PER_MINUTE", default=0)
+MAX_QUEUED_PER_KEY = env.int("MAX_QUEUED_PER_KEY", default=0)
+# Failed and successful sign-ins on the admin, per client address and per user name.
+ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
+ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "requests_app.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -160,8 +196,20 @@ if env.str("Q_REDIS_URL", default=""):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "ops_app.logs.JsonFormatter"},
+    },
+    # Every record gets the request id, and secrets (bearer tokens, API keys) masked.
+    "filters": {"context": {"()": "ops_app.logs.RequestContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            # LOG_FORMAT=json: one JSON object per line, for log shippers.
+            "formatter": env.str("LOG_FORMAT", default="plain"),
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # 422 is the normal "not yet" answer: Django would log every one as a warning.
     "loggers": {
@@ -169,6 +217,30 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
     },
+}
+
+# --- Operations: health, metrics, OpenAPI ------------------------------------------------------
+# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# One log line per HTTP request (method, path, status, time; never headers or bodies).
+LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
+# /readyz fails when no scheduler has run the flush schedule for this long.
+SCHEDULER_STALE_AFTER = env.int("SCHEDULER_STALE_AFTER", default=300)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "batchproxy",
+    "DESCRIPTION": (
+        "The proxy's own endpoints. Every path is also served without the /v1 prefix. "
+        "Repeat an identical call until it stops answering 422."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "PREPROCESSING_HOOKS": ["ops_app.openapi.only_v1_paths"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "ops_app.openapi.add_intake_paths",
+    ],
 }
 
 # Test-only: a named point at which a worker process kills itself, for crash tests.

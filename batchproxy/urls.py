@@ -1,8 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularJSONAPIView
 
-from requests_app import errors, views
+from batches_app.admin import dashboard_urls
+from ops_app import views as ops_views
+from requests_app import errors, limits, views
 from requests_app.models import ENDPOINTS
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
@@ -17,8 +20,16 @@ client_urls = [
 ]
 
 urlpatterns = [
+    # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.
+    path(f"{settings.ADMIN_URL}login/", limits.login_throttled(admin.site.login)),
+    # The operator's dashboard, ahead of the admin's catch-all route.
+    path(f"{settings.ADMIN_URL}dashboard/", include(dashboard_urls)),
     path(settings.ADMIN_URL, admin.site.urls),
     *client_urls,
+    path("healthz", ops_views.healthz),
+    path("readyz", ops_views.readyz),
+    path("metrics", ops_views.metrics),
+    path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     re_path(r"^(?!static/).*$", errors.not_found),
 ]
 

@@ -64,7 +64,10 @@ class BatchRequest(models.Model):
     PENDING = (Status.QUEUED, Status.SUBMITTED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="requests")
+    # No index of its own: the unique (api_key, fingerprint) index starts with it.
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.PROTECT, related_name="requests", db_index=False
+    )
     endpoint = models.CharField(max_length=32, choices=Endpoint.choices)
     model = models.CharField(max_length=200)
     # The canonical JSON text: what the fingerprint covers and what the batch line carries.
@@ -90,6 +93,10 @@ class BatchRequest(models.Model):
     response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
     error_code = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
+    # Tokens from the answer's own `usage`, kept apart from the body so that per-key figures are
+    # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -100,9 +107,22 @@ class BatchRequest(models.Model):
                 fields=["api_key", "fingerprint"], name="one_request_per_key_and_body"
             ),
         ]
+        # Both partial: a row is in `pending_idx` only while it waits, in `finished_at_idx` only
+        # once it has ended, so each stays small at millions of rows and serves its queries
+        # (flush, queue depth; dashboard counts, purge) from the index alone on PostgreSQL.
         indexes = [
-            models.Index(fields=["status", "endpoint", "model", "created_at"], name="queue_idx"),
-            models.Index(fields=["status", "finished_at"], name="finished_idx"),
+            models.Index(
+                fields=["status", "endpoint", "model", "created_at"],
+                include=["id", "body_bytes", "embedding_inputs", "not_before"],
+                condition=models.Q(status__in=["queued", "submitted"]),
+                name="pending_idx",
+            ),
+            models.Index(
+                fields=["finished_at"],
+                include=["status", "id"],
+                condition=models.Q(finished_at__isnull=False),
+                name="finished_at_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -119,3 +139,23 @@ class BatchRequest(models.Model):
 def jsonl_line(request_id: uuid.UUID | str, endpoint: str, body: str) -> str:
     """One line of a batch input file; `body` is already canonical JSON."""
     return f'{{"custom_id":"{request_id}","method":"POST","url":"{endpoint}","body":{body}}}\n'
+
+
+class RateCounter(models.Model):
+    """Hits on one scope (a proxy key, an admin login address) in one fixed time window.
+
+    In the database rather than a per-process cache, so that every web process counts against
+    the same number (see requests_app.limits).
+    """
+
+    scope = models.CharField(max_length=200)
+    window_end = models.BigIntegerField(help_text="Unix time at which this window closes.")
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "window_end"], name="one_counter_per_window"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} until {self.window_end}: {self.hits}"

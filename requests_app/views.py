@@ -8,10 +8,11 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.generics import RetrieveAPIView
 
+from . import limits
 from .auth import api_key_for_hash, bearer_token
 from .errors import ClientError, client_error_response, error_response, invalid_api_key
 from .models import ApiKey, BatchRequest, hash_key
-from .services import call_parse, requests_enqueue
+from .services import CompiledValues, call_parse, requests_insert
 
 # What the hot path reads of a request: no body, no ORM instance.
 ANSWER_FIELDS = (
@@ -23,6 +24,13 @@ ANSWER_FIELDS = (
     "response_body",
     "error_code",
     "error_message",
+)
+# The request with its key's state, by (key hash, fingerprint): the unique index answers it.
+ANSWER_LOOKUP = CompiledValues(
+    lambda key_hash, fingerprint: BatchRequest.objects.filter(
+        api_key__key_hash=key_hash, fingerprint=fingerprint
+    ).values(*ANSWER_FIELDS, "api_key_id", "api_key__revoked_at", "api_key__from_env")[:1],
+    arity=2,
 )
 
 
@@ -78,7 +86,19 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+# JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
+# than guessed at.
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
 def _read_body(request: HttpRequest) -> bytes:
+    charset = request.content_params.get("charset")
+    if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
+        raise ClientError(
+            415,
+            f"The body must be JSON in UTF-8, not {charset[:40]!r}.",
+            code="unsupported_media_type",
+        )
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not declared.isdigit() or int(declared) > settings.MAX_REQUEST_BYTES:
         raise ClientError(
@@ -96,8 +116,8 @@ def _read_body(request: HttpRequest) -> bytes:
 def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
     """POST /v1/<endpoint>: queue the call, or answer how it stands.
 
-    A plain Django view rather than DRF: this is the hot path, and a repeated call costs one
-    query (the request joined with its key).
+    A plain Django view rather than DRF: this is the hot path. A repeated call costs one
+    query (the request joined with its key), a new call one more (the insert).
     """
     if request.method != "POST":
         response = error_response(405, f"Use POST for {request.path}.", code="method_not_allowed")
@@ -115,21 +135,30 @@ def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
             return invalid_api_key()
         return client_error_response(exc)
 
-    row = (
-        BatchRequest.objects.filter(api_key__key_hash=key_hash, fingerprint=call.fingerprint)
-        .values(*ANSWER_FIELDS, "api_key__revoked_at", "api_key__from_env")
-        .first()
-    )
+    row = ANSWER_LOOKUP.first(key_hash, call.fingerprint)
     if row is not None:
         if row["api_key__revoked_at"] is not None or (
             row["api_key__from_env"] and key_hash not in settings.ENV_API_KEY_HASHES
         ):
             return invalid_api_key()
+        try:
+            limits.rate_limit_take(api_key_id=row["api_key_id"])
+        except limits.LimitExceeded as exc:
+            return exc.response()
         return answer(row)
+    if settings.RATE_LIMIT_PER_MINUTE <= 0 and settings.MAX_QUEUED_PER_KEY <= 0:
+        # No per-key limit to count first: find the key and insert in one statement.
+        created = requests_insert(key_hash=key_hash, call=call)
+        if created is not None:
+            return answer(created)
     key = api_key_for_hash(key_hash, token)
     if key is None:
         return invalid_api_key()
-    created = requests_enqueue(api_key_id=key.pk, call=call)
+    try:
+        limits.rate_limit_take(api_key_id=key.pk)
+        created = limits.requests_enqueue_capped(api_key_id=key.pk, call=call)
+    except limits.LimitExceeded as exc:
+        return exc.response()
     return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
 
 
@@ -177,6 +206,7 @@ class BatchRequestDetail(RetrieveAPIView):
     """GET /v1/batch_requests/{id}: how one of the caller's own requests stands."""
 
     serializer_class = BatchRequestSerializer
+    throttle_classes = [limits.KeyRateThrottle]
 
     def get_queryset(self):
         key: ApiKey = self.request.auth

@@ -5,10 +5,12 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
 from batches_app.fake_openai import FakeOpenAI
+from ops_app.deploy import database_wait, migrations_apply
+from requests_app.operators import superuser_ensure
 
 
 class Command(BaseCommand):
@@ -37,6 +39,12 @@ class Command(BaseCommand):
             help="with --fake-openai: seconds the fake spends in each batch status",
         )
         parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument(
+            "--wait-for-db",
+            type=float,
+            default=float(os.environ.get("DB_WAIT_SECONDS", 60)),
+            help="seconds to wait for the database to accept connections (default 60)",
+        )
 
     def handle(
         self,
@@ -46,6 +54,7 @@ class Command(BaseCommand):
         fake_openai: bool,
         fake_step_seconds: float,
         no_migrate: bool,
+        wait_for_db: float,
         **options,
     ) -> None:
         env = dict(os.environ, PORT=str(port))
@@ -62,8 +71,12 @@ class Command(BaseCommand):
             self.stderr.write(
                 "No BATCH_SERVER_API_KEY set: only keys made with `manage.py create_api_key` work."
             )
+        database_wait(seconds=wait_for_db, say=self.stdout.write)
         if not no_migrate:
-            call_command("migrate", interactive=False, verbosity=0)
+            # Under a lock: several containers starting together migrate once.
+            migrations_apply(say=self.stdout.write)
+        if superuser_ensure():
+            self.stdout.write("Created the admin account named by DJANGO_SUPERUSER_USERNAME.")
         commands = []
         if role in ("all", "web"):
             commands.append(
@@ -78,7 +91,12 @@ class Command(BaseCommand):
             )
         if role in ("all", "scheduler"):
             commands.append([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
-        self.stdout.write(f"batchproxy listening on http://0.0.0.0:{port}/v1 (role: {role})")
+        if role == "scheduler":
+            self.stdout.write("batchproxy scheduler running (role: scheduler)")
+        else:
+            self.stdout.write(f"batchproxy listening on http://0.0.0.0:{port}/v1 (role: {role})")
+        # The children open their own connections; this one would only sit idle.
+        connections.close_all()
         raise SystemExit(self._supervise(commands, env))
 
     def _supervise(self, commands: list[list[str]], env: dict) -> int:
