@@ -9,10 +9,10 @@ log = logging.getLogger(__name__)
 
 
 def flush() -> str:
-    """Claim due groups into batches, then take every due batch step (submit, poll, ingest).
+    """Claim due groups into batches, then take one step for every due batch.
 
-    Taking the poll steps here too means a batch that finishes quickly is ingested on the same
-    run, instead of a minute later.
+    New batches are uploaded and created; batches whose poll is due are polled and ingested
+    too, so one run of either task keeps every batch moving even if the other lags.
     """
     created = services.batch_flush()
     report = services.batches_advance()

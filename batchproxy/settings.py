@@ -1,6 +1,7 @@
 """Settings for batchproxy, read from the environment (see .env.example for every variable)."""
 
 import hashlib
+import hmac
 from pathlib import Path
 
 import environ
@@ -15,6 +16,13 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
+_shared_database = env.str("POSTGRES_URL", default="") or env.str("DATABASE_URL", default="")
+if not SECRET_KEY and _shared_database and env.str("OPENAI_API_KEY", default=""):
+    # Every process on one database needs the same key (django-q2 signs the tasks it queues with
+    # it), and the OpenAI key is the secret they already share. An HMAC does not reveal it.
+    SECRET_KEY = hmac.new(
+        env.str("OPENAI_API_KEY").encode(), b"batchproxy SECRET_KEY", "sha256"
+    ).hexdigest()
 if not SECRET_KEY:
     # The embedded default: one random key per data directory, kept across restarts.
     from django.core.management.utils import get_random_secret_key

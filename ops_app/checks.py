@@ -20,12 +20,14 @@ def secret_key_check(app_configs, **kwargs) -> list:
             )
         )
     shared_database = connection.vendor == "postgresql"
-    if shared_database and not from_env and not settings.DEBUG:
+    derived = bool(settings.OPENAI_API_KEY)  # settings derive a shared key from it
+    if shared_database and not from_env and not derived and not settings.DEBUG:
         # Each container would generate its own key: admin sessions signed on one machine are
         # refused on another. The proxy API itself does not depend on it (keys are hashed).
         problems.append(
             Warning(
-                "SECRET_KEY is not set: this process uses a key generated into DATA_DIR.",
+                "SECRET_KEY and OPENAI_API_KEY are not set: this process uses a key generated "
+                "into DATA_DIR, which other processes on the database do not share.",
                 hint="Set SECRET_KEY to the same value on every machine that shares the database.",
                 id="ops_app.W001",
             )

@@ -232,8 +232,44 @@ def test_a_shared_database_without_secret_key_gets_a_warning(settings, monkeypat
 
     monkeypatch.delenv("SECRET_KEY", raising=False)
     monkeypatch.setattr("ops_app.checks.connection", SimpleNamespace(vendor="postgresql"))
-    settings.DEBUG = False
+    settings.DEBUG, settings.OPENAI_API_KEY = False, ""
     assert [problem.id for problem in secret_key_check(None)] == ["ops_app.W001"]
+    settings.OPENAI_API_KEY = "sk-shared-by-every-container"
+    assert secret_key_check(None) == []
     monkeypatch.setenv("SECRET_KEY", "x" * 50)
     settings.SECRET_KEY = "x" * 50
     assert secret_key_check(None) == []
+
+
+def test_processes_sharing_a_database_derive_one_secret_key(tmp_path):
+    """django-q2 signs queued tasks with SECRET_KEY: two containers on one database must agree."""
+    import os
+    import subprocess
+    import sys
+
+    from .processes import ROOT
+
+    def key_of(data_dir, **env):
+        base = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
+        code = "from django.conf import settings; print(settings.SECRET_KEY)"
+        return subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {code}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=base
+            | {
+                "DJANGO_SETTINGS_MODULE": "batchproxy.settings",
+                "DATA_DIR": str(tmp_path / data_dir),
+            }
+            | env,
+        ).stdout.strip()
+
+    shared = {"POSTGRES_URL": "postgresql://u:p@db:5432/proxy", "OPENAI_API_KEY": "sk-same"}
+    first, second = key_of("a", **shared), key_of("b", **shared)
+    assert first == second
+    assert "sk-same" not in first
+    assert key_of("c", **shared | {"OPENAI_API_KEY": "sk-other"}) != first
+    # Alone on SQLite, each data directory keeps its own generated key.
+    assert key_of("a", POSTGRES_URL="", OPENAI_API_KEY="") != key_of("b", POSTGRES_URL="")
