@@ -1,6 +1,8 @@
 """Intake: turn a client's call into a queued request, exactly once per (key, endpoint, body)."""
 
 import hashlib
+import json
+import re
 import uuid
 import weakref
 from collections.abc import Callable
@@ -53,6 +55,28 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
         )
 
 
+# 19 digits in a row: where an integer beyond 64 bits could hide.
+LONG_DIGITS = re.compile(rb"\d{19}")
+INT64 = range(-(2**63), 2**63)
+
+
+def _has_huge_int(raw: bytes) -> bool:
+    """True when the body holds an integer orjson would silently turn into a float.
+
+    Only bodies with a run of 19 digits pay for this second, exact parse.
+    """
+    stack = [json.loads(raw)]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, int) and value not in INT64:
+            return True
+    return False
+
+
 def call_parse(*, endpoint: str, raw: bytes) -> ParsedCall:
     """Validate a call's body and give its canonical form and fingerprint.
 
@@ -65,6 +89,10 @@ def call_parse(*, endpoint: str, raw: bytes) -> ParsedCall:
         raise ClientError(400, "The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ClientError(400, "The body must be a JSON object.", code="invalid_json")
+    if LONG_DIGITS.search(raw) and _has_huge_int(raw):
+        raise ClientError(
+            400, "The body holds an integer outside the 64-bit range.", code="invalid_json"
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ClientError(

@@ -120,6 +120,8 @@ def test_key_from_environment_is_a_tenant(client, settings):
         ('{"messages": []}', 400, "model"),
         ('{"model": "m", "stream": true}', 400, "stream"),
         ('{"model": "m", "n": 1' + "0" * 400 + "}", 400, None),
+        ('{"model": "m", "seed": 18446744073709551616}', 400, None),
+        ('{"model": "m", "x": [[-9223372036854775809]]}', 400, None),
     ],
     ids=[
         "not-json",
@@ -131,6 +133,8 @@ def test_key_from_environment_is_a_tenant(client, settings):
         "no-model",
         "stream",
         "huge-int",
+        "int-over-64-bits",
+        "int-under-64-bits",
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_stores_nothing(post, body, status, param):
@@ -138,6 +142,13 @@ def test_bad_input_is_a_clear_4xx_and_stores_nothing(post, body, status, param):
     assert response.status_code == status
     assert error_of(response)["param"] == param
     assert not BatchRequest.objects.exists()
+
+
+def test_largest_64_bit_integers_are_accepted_unchanged(post):
+    body = '{"model": "m", "seed": 9223372036854775807, "x": -9223372036854775808}'
+    assert post("/v1/completions", body).status_code == 422
+    stored = BatchRequest.objects.get().body
+    assert "9223372036854775807" in stored and "-9223372036854775808" in stored
 
 
 def test_body_over_the_limit_is_413(post, settings):
