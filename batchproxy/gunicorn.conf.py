@@ -4,7 +4,10 @@ Request bodies are limited by the proxy itself (MAX_REQUEST_BYTES, answered with
 413); gunicorn has no body limit of its own, only the header limits below.
 """
 
+import json
 import os
+
+from gunicorn import util
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9487')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -30,3 +33,27 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus id=%({x-request-id}o)s'
 errorlog = "-"
 # Heartbeat files in memory, not on a slow or read-only disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+
+
+def _openai_shaped_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (a header too large, a broken request line) in OpenAI's error
+    shape, like every other error of the proxy, instead of gunicorn's HTML page."""
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"{reason}: {mesg}"[:500],
+                "type": "invalid_request_error",
+                "param": None,
+                "code": reason.lower().replace(" ", "_"),
+            }
+        }
+    )
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, (head + body).encode("latin-1", "replace"))
+
+
+# Workers are forked from the process that reads this file, so they inherit the replacement.
+util.write_error = _openai_shaped_error
