@@ -99,7 +99,13 @@ def _read_body(request: HttpRequest) -> bytes:
             f"The body must be JSON in UTF-8, not {charset[:40]!r}.",
             code="unsupported_media_type",
         )
-    declared = request.META.get("CONTENT_LENGTH") or "0"
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if not declared:
+        # Django reads a body only as far as its declared length: a chunked one would look
+        # empty. Say what to do instead of calling it invalid JSON.
+        raise ClientError(
+            411, "Send the body with a Content-Length header.", code="length_required"
+        )
     if not declared.isdigit() or int(declared) > settings.MAX_REQUEST_BYTES:
         raise ClientError(
             413,

@@ -260,12 +260,13 @@ def test_declared_oversized_body_is_refused_without_reading_it(live_server, api_
 
 @pytest.mark.django_db(transaction=True)
 def test_chunked_body_without_length_is_refused_unread(live_server, api_key):
-    """No Content-Length: the body counts as empty (Django reads at most what is declared), so
-    30 MB sent in chunks is never taken into memory, and the call is a plain 400."""
+    """No Content-Length: 411 (Django reads at most what is declared), so 30 MB sent in chunks
+    is never taken into memory."""
     head = request_head("/v1/chat/completions", api_key[1], "Transfer-Encoding: chunked")
     chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
     status, content = raw_exchange(live_server.url, head, [chunk] * 30 + [b"0\r\n\r\n"])
-    assert status == 400
+    assert status == 411
+    assert json.loads(content)["error"]["code"] == "length_required"
     assert_refused(status, "application/json", content)
     assert not BatchRequest.objects.exists()
 
