@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -35,7 +36,12 @@ def fresh_postgres(prefix: str):
     """A new, empty PostgreSQL database for processes under test; dropped afterwards."""
     admin = postgres_admin_url()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError:
+        # Several machines sharing one database is what these tests are about; CI has one.
+        pytest.skip("needs a PostgreSQL server (DATABASE_URL, or 127.0.0.1:5432)")
+    with conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield admin.rsplit("/", 1)[0] + f"/{name}"
