@@ -140,7 +140,7 @@ def queries(key_hash: str, fingerprint: str) -> dict:
             lambda: answer.values("id", "status", "api_key__revoked_at")[:1].explain(),
         ),
         "flush selection: due groups (batch_flush)": (lambda: list(groups.all()), groups.explain),
-        "flush selection: one batch's claim, 50,000 rows, FOR UPDATE SKIP LOCKED": (
+        f"flush selection: one batch's claim, FOR UPDATE SKIP LOCKED ({claim.count():,} rows)": (
             claim_locked,
             lambda: explain_locked(claim),
         ),

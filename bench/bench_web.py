@@ -1,6 +1,6 @@
 """Intake and repeat asks through gunicorn, side by side with bare-Django baselines.
 
-    python -m bench.bench_web [--seconds 5] [--rounds 3] [--connections 8]
+    python -m bench.bench_web [--seconds 5] [--rounds 6] [--connections 8]
 
 One gunicorn, started with the project's own config (batchproxy/gunicorn.conf.py), serves the
 proxy and the baselines (bench/views.py, mounted only by bench/settings.py). `wrk` drives them in
@@ -86,7 +86,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)}
+    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | server_settings()
     gunicorn = Path(sys.executable).with_name("gunicorn")
     server = subprocess.Popen(  # noqa: S603 (the venv's gunicorn, fixed arguments)
         [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "batchproxy.wsgi"],
@@ -104,6 +104,21 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
             time.sleep(0.2)
     server.terminate()
     raise SystemExit(f"gunicorn did not start; see {log}")
+
+
+def server_settings() -> dict[str, str]:
+    """gunicorn's settings for the run: the environment's, else one worker that never restarts.
+
+    One worker, because wrk's keep-alive connections stay with the worker that accepted them,
+    and with two workers a run got either half of them each or all of them on one: twice the
+    throughput or half, at random, from run to run. No restarts (WEB_MAX_REQUESTS=0), because a
+    run would measure the second a restarting worker takes.
+    """
+    return {
+        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"),
+        "WEB_THREADS": os.environ.get("WEB_THREADS", "4"),
+        "WEB_MAX_REQUESTS": os.environ.get("WEB_MAX_REQUESTS", "0"),
+    }
 
 
 def post(port: int, path: str, body: str, secret: str) -> int:
@@ -149,7 +164,11 @@ def run_wrk(port: int, script: str, seconds: float, connections: int) -> dict:
 
 
 def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: int) -> dict:
-    """Alternate the two targets, ABBA-wise, and keep every round's figure."""
+    """Alternate the two targets, ABBA-wise; the median of each one's rounds, and the ratio.
+
+    The ratio is the median of the rounds' own ratios: the two runs of a round are seconds
+    apart, so a slow spell of the machine falls on both, where it would shift one median alone.
+    """
     results = {name: [] for name in pair}
     names = list(pair)
     for name in names:  # warm-up: connections, caches, the query plans
@@ -164,7 +183,11 @@ def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: 
                 f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  ({load()})",
                 flush=True,
             )
-    return {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+    medians = {name: statistics.median(r["rps"] for r in rs) for name, rs in results.items()}
+    proxy, bare = (results[name] for name in names)
+    ratios = [p["rps"] / b["rps"] for p, b in zip(proxy, bare, strict=True)]
+    print(f"  ratio of each round: {', '.join(f'{ratio:.2f}' for ratio in ratios)}")
+    return medians | {"ratio": statistics.median(ratios)}
 
 
 def main() -> None:
@@ -172,7 +195,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6, help="even: each side first as often")
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -181,9 +204,9 @@ def main() -> None:
     from requests_app.models import ApiKey, hash_key
 
     print(machine())
+    gunicorn = " ".join(f"{name}={value}" for name, value in server_settings().items())
     print(
-        f"gunicorn: WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 2)} "
-        f"WEB_THREADS={os.environ.get('WEB_THREADS', 4)}; wrk 1 thread, "
+        f"gunicorn: {gunicorn}; wrk 1 thread, "
         f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g} s each"
     )
     truncate("requests_app_batchrequest", "bench_bare", "batches_app_batch")
@@ -245,10 +268,10 @@ def main() -> None:
     summary = {
         "intake_proxy_rps": round(intake["proxy"]),
         "intake_bare_rps": round(intake["bare"]),
-        "intake_ratio": round(intake["proxy"] / intake["bare"], 3),
+        "intake_ratio": round(intake["ratio"], 3),
         "repeat_proxy_rps": round(repeat_["proxy"]),
         "repeat_bare_rps": round(repeat_["bare"]),
-        "repeat_ratio": round(repeat_["proxy"] / repeat_["bare"], 3),
+        "repeat_ratio": round(repeat_["ratio"], 3),
     }
     print(
         f"intake: proxy {summary['intake_proxy_rps']} req/s, bare Django "

@@ -192,6 +192,66 @@ class CompiledValues:
         return dict(zip(names, row, strict=True))
 
 
+# What the hot path reads of a request to answer it: no body, no ORM instance.
+ANSWER_FIELDS = (
+    "id",
+    "status",
+    "created_at",
+    "not_before",
+    "response_status",
+    "response_body",
+    "error_code",
+    "error_message",
+)
+
+
+# What a new request's row takes from its call and the clock; every other column takes its
+# model default, the same for every row.
+CALL_COLUMNS = (
+    "id",
+    "endpoint",
+    "model",
+    "body",
+    "body_bytes",
+    "embedding_inputs",
+    "fingerprint",
+    "created_at",
+    "updated_at",
+)
+_INSERT_SQL: dict[str, tuple[str, list]] = {}
+
+
+def _insert_sql(connection) -> tuple[str, list]:
+    """`requests_insert`'s statement, built once per database, and its constant parameters.
+
+    Its parameters: the key's hash; whether an environment key with that hash is configured;
+    the CALL_COLUMNS; the constants (the other columns' defaults; a NULL default is left to
+    the column). Table and column names come from the model; every value is a parameter.
+    """
+    if connection.vendor in _INSERT_SQL:
+        return _INSERT_SQL[connection.vendor]
+    quote = connection.ops.quote_name
+    columns, constants = [quote(column) for column in CALL_COLUMNS], []
+    for field in BatchRequest._meta.concrete_fields:
+        if field.attname in (*CALL_COLUMNS, "api_key_id") or field.get_default() is None:
+            continue
+        # A default computed per row (a callable) belongs in CALL_COLUMNS.
+        assert not (field.has_default() and callable(field.default)), field.attname
+        columns.append(quote(field.column))
+        constants.append(field.get_db_prep_save(field.get_default(), connection))
+    key_table = quote(ApiKey._meta.db_table)
+    sql = (
+        f"INSERT INTO {quote(BatchRequest._meta.db_table)} "  # noqa: S608
+        f"({', '.join(columns)}, {quote('api_key_id')}) "
+        f"SELECT {', '.join(['%s'] * len(columns))}, {quote('id')} FROM {key_table} "
+        f"WHERE {quote('key_hash')} = %s AND {quote('revoked_at')} IS NULL "
+        f"AND (NOT {quote('from_env')} OR %s) "
+        "ON CONFLICT DO NOTHING"
+    )
+    _INSERT_SQL[connection.vendor] = sql, constants
+    return sql, constants
+
+
 def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     """Queue a new call in one statement, for the active key with this hash; None otherwise.
 
@@ -202,6 +262,7 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     which tells those cases apart.
     """
     connection = connections[DEFAULT_DB_ALIAS]
+    sql, constants = _insert_sql(connection)
     now = timezone.now()
     values = {
         "id": uuid.uuid4(),
@@ -211,38 +272,20 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
         "body_bytes": len(call.canonical),
         "embedding_inputs": call.embedding_inputs,
         "fingerprint": call.fingerprint,
-        "status": BatchRequest.Status.QUEUED,
         "created_at": now,
         "updated_at": now,
     }
-    columns, params = [], []
-    for field in BatchRequest._meta.concrete_fields:
-        if field.attname == "api_key_id":
-            continue
-        value = values[field.attname] if field.attname in values else field.get_default()
-        columns.append(connection.ops.quote_name(field.column))
-        params.append(field.get_db_prep_save(value, connection))
-    quote = connection.ops.quote_name
-    key_table = quote(ApiKey._meta.db_table)
-    # Table and column names come from the model; every value is a parameter.
-    sql = (
-        f"INSERT INTO {quote(BatchRequest._meta.db_table)} "  # noqa: S608
-        f"({', '.join(columns)}, {quote('api_key_id')}) "
-        f"SELECT {', '.join(['%s'] * len(params))}, {key_table}.{quote('id')} FROM {key_table} "
-        f"WHERE {key_table}.{quote('key_hash')} = %s "
-        f"AND {key_table}.{quote('revoked_at')} IS NULL "
-        f"AND ({key_table}.{quote('from_env')} = %s OR %s) "
-        "ON CONFLICT DO NOTHING"
-    )
-    env_key = key_hash in settings.ENV_API_KEY_HASHES
+    field = BatchRequest._meta.get_field
+    params = [field(name).get_db_prep_save(values[name], connection) for name in CALL_COLUMNS]
+    params += [*constants, key_hash, key_hash in settings.ENV_API_KEY_HASHES]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, key_hash, False, env_key])
+        cursor.execute(sql, params)
         if cursor.rowcount != 1:
             return None
-    return values | {
-        "not_before": None,
-        "response_status": None,
-        "response_body": None,
+    return dict.fromkeys(ANSWER_FIELDS) | {
+        "id": values["id"],
+        "status": BatchRequest.Status.QUEUED,
+        "created_at": now,
         "error_code": "",
         "error_message": "",
     }

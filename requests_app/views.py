@@ -12,19 +12,13 @@ from . import limits
 from .auth import api_key_for_hash, bearer_token
 from .errors import ClientError, client_error_response, error_response, invalid_api_key
 from .models import ApiKey, BatchRequest, hash_key
-from .services import CompiledValues, call_parse, requests_insert
-
-# What the hot path reads of a request: no body, no ORM instance.
-ANSWER_FIELDS = (
-    "id",
-    "status",
-    "created_at",
-    "not_before",
-    "response_status",
-    "response_body",
-    "error_code",
-    "error_message",
+from .services import (
+    ANSWER_FIELDS,
+    CompiledValues,
+    call_parse,
+    requests_insert,
 )
+
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
     lambda key_hash, fingerprint: BatchRequest.objects.filter(

@@ -7,17 +7,12 @@ from django.utils import timezone
 
 from requests_app.models import BatchRequest
 
+from .shapes import error_of
+
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 ENDPOINTS = ["responses", "chat/completions", "embeddings", "completions", "moderations"]
 
 pytestmark = pytest.mark.django_db
-
-
-def error_of(response) -> dict:
-    assert response["Content-Type"] == "application/json"
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
 
 
 @pytest.mark.parametrize("prefix", ["/v1/", "/"])

@@ -20,18 +20,12 @@ from requests_app.keys import api_key_revoke
 from requests_app.models import ApiKey, BatchRequest
 
 from .engine import cycle
+from .shapes import error_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "private question"}]}
 
 pytestmark = pytest.mark.django_db
-
-
-def error_of(response) -> dict:
-    assert response["Content-Type"] == "application/json"
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
 
 
 def finish(request_id: str, **fields) -> None:

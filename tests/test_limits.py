@@ -15,6 +15,8 @@ from django.db import connection
 from requests_app import limits
 from requests_app.models import BatchRequest, RateCounter
 
+from .shapes import error_of
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -25,10 +27,7 @@ def chat(text: str) -> dict:
 
 def assert_429(response, code: str) -> None:
     assert response.status_code == 429
-    assert response["Content-Type"] == "application/json"
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == code
+    assert error_of(response)["code"] == code
     assert int(response["Retry-After"]) >= 1
 
 

@@ -117,3 +117,18 @@ def test_validation_error_fails_exactly_the_line_named(enqueue, fake_openai):
         assert (request.status, request.attempts) == (Status.COMPLETED, 1)
         first, second = lines_of(fake_openai, request_id)
         assert first != second
+
+
+def test_ingest_stamps_updated_at_on_every_line_it_writes(enqueue, fake_openai):
+    for i in range(3):
+        enqueue(f"stamp {i}")
+    services.batch_flush(force=True)
+    services.batches_advance(force=True)  # upload and create
+    claimed = timezone.now()
+    BatchRequest.objects.update(updated_at=claimed - timedelta(hours=1))
+
+    cycle()
+
+    stamps = BatchRequest.objects.values_list("status", "updated_at")
+    assert {status for status, _ in stamps} == {Status.COMPLETED}
+    assert all(stamp >= claimed for _, stamp in stamps)
