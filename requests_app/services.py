@@ -126,23 +126,30 @@ def call_parse(*, endpoint: str, raw: bytes) -> ParsedCall:
     return ParsedCall(endpoint, model, canonical, fingerprint, inputs)
 
 
+def request_for_call(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
+    """A new, unsaved, queued request for this call."""
+    return BatchRequest(
+        api_key_id=api_key_id,
+        endpoint=call.endpoint,
+        model=call.model,
+        body=call.canonical.decode(),
+        body_bytes=len(call.canonical),
+        embedding_inputs=call.embedding_inputs,
+        fingerprint=call.fingerprint,
+    )
+
+
 def requests_enqueue(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
     """The key's live request for this call, created if there is none.
 
     The unique constraint on (key, fingerprint) decides races: whoever inserts second gets an
     IntegrityError and reads the winner's row.
     """
+    request = request_for_call(api_key_id=api_key_id, call=call)
     try:
         with transaction.atomic():
-            return BatchRequest.objects.create(
-                api_key_id=api_key_id,
-                endpoint=call.endpoint,
-                model=call.model,
-                body=call.canonical.decode(),
-                body_bytes=len(call.canonical),
-                embedding_inputs=call.embedding_inputs,
-                fingerprint=call.fingerprint,
-            )
+            request.save(force_insert=True)
+            return request
     except IntegrityError:
         return BatchRequest.objects.get(api_key_id=api_key_id, fingerprint=call.fingerprint)
 

@@ -152,7 +152,7 @@ def enqueue_direct(numbers: range, secret: str, stop: threading.Event) -> int:
     import orjson
 
     from requests_app.models import ApiKey, BatchRequest, hash_key
-    from requests_app.services import call_parse
+    from requests_app.services import call_parse, request_for_call
 
     key = ApiKey.objects.get(key_hash=hash_key(secret))
     queued = 0
@@ -162,17 +162,7 @@ def enqueue_direct(numbers: range, secret: str, stop: threading.Event) -> int:
         rows = []
         for i in range(chunk, min(chunk + 1000, numbers.stop)):
             call = call_parse(endpoint="/v1/chat/completions", raw=orjson.dumps(soak_body(i)))
-            rows.append(
-                BatchRequest(
-                    api_key=key,
-                    endpoint=call.endpoint,
-                    model=call.model,
-                    body=call.canonical.decode(),
-                    body_bytes=len(call.canonical),
-                    embedding_inputs=call.embedding_inputs,
-                    fingerprint=call.fingerprint,
-                )
-            )
+            rows.append(request_for_call(api_key_id=key.pk, call=call))
         queued += len(BatchRequest.objects.bulk_create(rows))
         time.sleep(2)  # arrivals spread over time, not one burst
     return queued
