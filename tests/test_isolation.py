@@ -28,6 +28,20 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "privat
 pytestmark = pytest.mark.django_db
 
 
+def run_python(script: str, env: dict) -> str:
+    """What `script` prints in a new Python process with the project's settings and `env`."""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env | {"DJANGO_SETTINGS_MODULE": "batchproxy.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def finish(request_id: str, **fields) -> None:
     BatchRequest.objects.filter(pk=request_id).update(finished_at=timezone.now(), **fields)
 
@@ -167,21 +181,8 @@ def test_admin_moves_with_admin_url(tmp_path):
         "print(c.get('/admin/').status_code, c.get('/admin/')['Content-Type'])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "POSTGRES_URL")}
-    env |= {
-        "ADMIN_URL": "ops-9f3c/",
-        "DATA_DIR": str(tmp_path),
-        "DJANGO_SETTINGS_MODULE": "batchproxy.settings",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    moved, old = out.stdout.split("\n")[:2]
+    env |= {"ADMIN_URL": "ops-9f3c/", "DATA_DIR": str(tmp_path)}
+    moved, old = run_python(script, env).split("\n")[:2]
     assert moved == "302 /ops-9f3c/login/?next=/ops-9f3c/"
     assert old == "404 application/json"
 
@@ -217,13 +218,4 @@ def test_secure_cookies_setting_comes_from_the_environment(tmp_path):
         "print(settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE)\n"
     )
     env = dict(os.environ, SECURE_COOKIES="true", DATA_DIR=str(tmp_path))
-    env["DJANGO_SETTINGS_MODULE"] = "batchproxy.settings"
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.stdout.split() == ["True", "True"], out.stderr
+    assert run_python(script, env).split() == ["True", "True"]
