@@ -12,6 +12,8 @@ from gunicorn import util
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9487')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
+# Open connections (kept-alive ones included) one worker takes before leaving the rest to others.
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "1000"))
 # Answers never wait on a batch, so a slow request is a stuck one.
 timeout = int(os.environ.get("WEB_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))

@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import ROOT, bench_env, django_setup, load, machine, truncate
+from bench.common import ROOT, analyze, bench_env, django_setup, load, machine, truncate
 
 PROXY_PATH = "/v1/chat/completions"
 # About 1 KB once the marker is in: a system prompt, a question, some options.
@@ -85,8 +85,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, log: Path) -> subprocess.Popen:
-    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | server_settings()
+def start_server(port: int, log: Path, connections: int) -> subprocess.Popen:
+    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | server_settings(connections)
     gunicorn = Path(sys.executable).with_name("gunicorn")
     server = subprocess.Popen(  # noqa: S603 (the venv's gunicorn, fixed arguments)
         [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "batchproxy.wsgi"],
@@ -106,17 +106,22 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"gunicorn did not start; see {log}")
 
 
-def server_settings() -> dict[str, str]:
-    """gunicorn's settings for the run: the environment's, else one worker that never restarts.
+def server_settings(connections: int) -> dict[str, str]:
+    """gunicorn's settings for the run: the environment's, else the proxy's defaults (2 workers,
+    4 threads each) with wrk's connections shared evenly between the workers, never recycled.
 
-    One worker, because wrk's keep-alive connections stay with the worker that accepted them,
-    and with two workers a run got either half of them each or all of them on one: twice the
-    throughput or half, at random, from run to run. No restarts (WEB_MAX_REQUESTS=0), because a
-    run would measure the second a restarting worker takes.
+    A keep-alive connection stays with the worker that accepted it, and left alone, wrk's 8
+    landed either on both workers or all on one, at random: twice the throughput or half from
+    one run to the next (746 against about 1,600 req/s for the same view). WEB_WORKER_CONNECTIONS
+    caps each worker's share, so the split is even every time. No recycling (WEB_MAX_REQUESTS=0),
+    because a run would measure the second a recycled worker takes to come back.
     """
+    workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+    share = str(-(-connections // workers))
     return {
-        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"),
+        "WEB_CONCURRENCY": str(workers),
         "WEB_THREADS": os.environ.get("WEB_THREADS", "4"),
+        "WEB_WORKER_CONNECTIONS": os.environ.get("WEB_WORKER_CONNECTIONS", share),
         "WEB_MAX_REQUESTS": os.environ.get("WEB_MAX_REQUESTS", "0"),
     }
 
@@ -204,7 +209,8 @@ def main() -> None:
     from requests_app.models import ApiKey, hash_key
 
     print(machine())
-    gunicorn = " ".join(f"{name}={value}" for name, value in server_settings().items())
+    settings = server_settings(args.connections)
+    gunicorn = " ".join(f"{name}={value}" for name, value in settings.items())
     print(
         f"gunicorn: {gunicorn}; wrk 1 thread, "
         f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g} s each"
@@ -217,12 +223,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="batchproxy-bench-"))
     port = free_port()
-    server = start_server(port, tmp / "gunicorn.log")
+    server = start_server(port, tmp / "gunicorn.log", args.connections)
     try:
         for i in range(REPEAT_SET):  # the queued requests that repeat asks find
             body = BODY % f"rep-{i}"
             assert post(port, PROXY_PATH, body, secret) == 422
             assert post(port, "/bare/insert", body, secret) == 200
+        # Statistics for the tables just emptied and filled, as autovacuum keeps them (it is
+        # off on some development servers): plans made for an empty table would scan it.
+        analyze("requests_app_batchrequest", "bench_bare")
 
         def new(path: str, expected: int):
             # A fresh marker for every run, so every call of every run is new.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
+import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import QuerySet
@@ -157,6 +158,35 @@ def requests_enqueue(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
 # --- The hot path: SQL compiled once per connection ------------------------------------------
 
 
+class _PreparingCursor(psycopg.Cursor):
+    """A psycopg cursor that prepares what it runs, with the parameters sent apart from the SQL."""
+
+    def execute(self, query, params=None, *, prepare=True, binary=None):
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+
+def execute_prepared(connection, sql: str, params: list) -> tuple[int, tuple | None]:
+    """Run one hot-path statement: its row count and first row.
+
+    On PostgreSQL it is prepared once per connection, with its parameters sent apart from the
+    SQL (`prepare_threshold` in the settings allows it; Django's own queries bind on the client
+    and are never prepared). Planning cost more than running these statements
+    (pg_stat_statements: the lookup planned in 0.04 to 0.1 ms and ran in 0.01), and quoting a
+    kilobyte of body into the SQL cost more than sending it. The cursor is wrapped as Django
+    wraps its own, so errors, query logging and query counts are Django's.
+    """
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
+        raw = _PreparingCursor(connection.connection)
+        logged = connection.queries_logged
+        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
+    else:
+        cursor = connection.cursor()
+    with cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount, cursor.fetchone() if cursor.description else None
+
+
 class CompiledValues:
     """A `.values()` query compiled to SQL once per connection, then run with new parameters.
 
@@ -187,9 +217,7 @@ class CompiledValues:
             compiled = self._compiled[connection] = self._compile(connection)
         sql, slots, names, converters = compiled
         params = [args[slot] if isinstance(slot, int) else slot for slot in slots]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        _, row = execute_prepared(connection, sql, params)
         if row is None:
             return None
         row = list(row)
@@ -285,10 +313,9 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     field = BatchRequest._meta.get_field
     params = [field(name).get_db_prep_save(values[name], connection) for name in CALL_COLUMNS]
     params += [*constants, key_hash, key_hash in settings.ENV_API_KEY_HASHES]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if cursor.rowcount != 1:
-            return None
+    inserted, _ = execute_prepared(connection, sql, params)
+    if inserted != 1:
+        return None
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
