@@ -113,10 +113,6 @@ else:
         }
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
-if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    # Lets the intake prepare its two statements (requests_app.services.execute_prepared);
-    # Django's own cursors bind on the client and never prepare, whatever this says.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not Django's shared in-memory database, whose table locks ignore the busy timeout
     # and fail the concurrent tests that a file in WAL mode passes.

@@ -169,8 +169,8 @@ def execute_prepared(connection, sql: str, params: list) -> tuple[int, tuple | N
     """Run one hot-path statement: its row count and first row.
 
     On PostgreSQL it is prepared once per connection, with its parameters sent apart from the
-    SQL (`prepare_threshold` in the settings allows it; Django's own queries bind on the client
-    and are never prepared). Planning cost more than running these statements
+    SQL (`requests_app.apps.allow_prepared_statements` allows it; Django's own queries bind on
+    the client and are never prepared). Planning cost more than running these statements
     (pg_stat_statements: the lookup planned in 0.04 to 0.1 ms and ran in 0.01), and quoting a
     kilobyte of body into the SQL cost more than sending it. The cursor is wrapped as Django
     wraps its own, so errors, query logging and query counts are Django's.

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from requests_app.models import BatchRequest
@@ -229,3 +230,16 @@ def test_batch_request_status_is_visible_to_its_owner_only(post, client, api_key
     nobody = client.get(f"/v1/batch_requests/{request_id}")
     assert nobody.status_code == 401
     assert error_of(nobody)["code"] == "invalid_api_key"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite prepares nothing to show")
+def test_the_two_intake_statements_are_prepared_once_per_connection(post):
+    for text in ("one", "two", "one", "two"):
+        call = {**CHAT, "messages": [{"role": "user", "content": text}]}
+        assert post("/v1/chat/completions", call).status_code == 422
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = sorted(row[0].split()[0] for row in cursor.fetchall())
+    assert prepared == ["INSERT", "SELECT"]  # the insert and the lookup, nothing else
+    # psycopg keeps the text of the other queries it counts: only a few of them.
+    assert connection.connection.prepared_max == 4
