@@ -14,7 +14,7 @@ import httpx2
 import openai
 from django.conf import settings
 
-from ops_app.metrics import observe_upstream
+from ops_app.metrics import observe_upstream, upstream_observed
 
 
 class UpstreamError(Exception):
@@ -114,24 +114,29 @@ def list_files(*, purpose: str) -> Iterator[dict]:
 
 
 def iter_file_lines(file_id: str) -> Iterator[str]:
-    """The lines of a file, streamed: an output file can be hundreds of megabytes."""
-    try:
-        with client().files.with_streaming_response.content(file_id) as response:
-            for line in response.iter_lines():
-                if line.strip():
-                    yield line
-    except openai.OpenAIError as exc:
-        raise _translate(exc) from exc
-    except httpx2.HTTPError as exc:
-        # Past the headers the SDK no longer wraps transport errors: a connection dropped
-        # halfway through the body surfaces as httpx2's own.
-        raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
+    """The lines of a file, streamed: an output file can be hundreds of megabytes.
+
+    Its time in the metrics (`files.content`) runs until the last line is read.
+    """
+    with upstream_observed("files.content"):
+        try:
+            with client().files.with_streaming_response.content(file_id) as response:
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield line
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+        except httpx2.HTTPError as exc:
+            # Past the headers the SDK no longer wraps transport errors: a connection dropped
+            # halfway through the body surfaces as httpx2's own.
+            raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
 
 
 def delete_file(file_id: str) -> None:
-    try:
-        client().files.delete(file_id)
-    except openai.NotFoundError:
-        return  # already gone: what we wanted
-    except openai.OpenAIError as exc:
-        raise _translate(exc) from exc
+    with upstream_observed("files.delete"):
+        try:
+            client().files.delete(file_id)
+        except openai.NotFoundError:
+            return  # already gone: what we wanted
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc

@@ -4,6 +4,7 @@ Nothing is counted in process memory: any web process on any machine answers /me
 the same figures, including the upstream calls that scheduler processes made elsewhere.
 """
 
+import contextlib
 import functools
 import logging
 import time
@@ -43,29 +44,37 @@ def upstream_call_record(*, operation: str, outcome: str, seconds: float) -> Non
     stats.update(**increments)
 
 
-def observe_upstream(call):
-    """Decorate batches_app.upstream._call: time each upstream call and count its outcome.
+@contextlib.contextmanager
+def upstream_observed(operation: str):
+    """Time the upstream call made inside, and count its outcome (an error's code, or "ok").
 
     A failure to record is logged and swallowed: metrics never break the batch engine.
     """
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except Exception as exc:
+        outcome = str(getattr(exc, "code", None) or type(exc).__name__)[:100]
+        raise
+    finally:
+        try:
+            upstream_call_record(
+                operation=operation[:64], outcome=outcome, seconds=time.monotonic() - started
+            )
+        except Exception:
+            log.warning("could not record an upstream call in the metrics", exc_info=True)
+
+
+def observe_upstream(call):
+    """Decorate batches_app.upstream._call: observe each call, named after the SDK method."""
 
     @functools.wraps(call)
     def observed(fn, *args, **kwargs):
-        operation = getattr(fn, "__qualname__", getattr(fn, "__name__", "call")).lower()
-        started = time.monotonic()
-        outcome = "ok"
-        try:
+        with upstream_observed(
+            getattr(fn, "__qualname__", getattr(fn, "__name__", "call")).lower()
+        ):
             return call(fn, *args, **kwargs)
-        except Exception as exc:
-            outcome = str(getattr(exc, "code", None) or type(exc).__name__)[:100]
-            raise
-        finally:
-            try:
-                upstream_call_record(
-                    operation=operation[:64], outcome=outcome, seconds=time.monotonic() - started
-                )
-            except Exception:
-                log.warning("could not record an upstream call in the metrics", exc_info=True)
 
     return observed
 

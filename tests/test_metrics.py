@@ -103,6 +103,11 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         value(done, "batchproxy_upstream_call_seconds_sum", operation="files.create", outcome="ok")
         > 0
     )
+    # Downloads (until the last line) and deletions too: two output files read, and the input
+    # and output files of both batches deleted.
+    calls = "batchproxy_upstream_call_seconds_count"
+    assert value(done, calls, operation="files.content", outcome="ok") == 2
+    assert value(done, calls, operation="files.delete", outcome="ok") == 4
     # Tokens and savings from the batches' usage and the price table.
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="input") > 0
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="output") > 0
