@@ -290,8 +290,8 @@ def _upload(batch: Batch) -> None:
         if not written:
             _finish(batch, last_error="no requests left to submit")
             return
-        Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=timezone.now())
         batch.upload_attempted_at = timezone.now()
+        Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=batch.upload_attempted_at)
         file_id = upstream.upload_file(path, batch.input_filename)
     crash_point("after_upload")
     with transaction.atomic():
@@ -454,8 +454,12 @@ def _delete_files(batch: Batch) -> None:
     for file_id in UpstreamFile.objects.filter(batch=batch, deleted_at=None).values_list(
         "pk", flat=True
     ):
-        upstream.delete_file(file_id)
-        UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
+        _file_delete(file_id)
+
+
+def _file_delete(file_id: str) -> None:
+    upstream.delete_file(file_id)
+    UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
 
 
 def files_sweep() -> int:
@@ -470,11 +474,10 @@ def files_sweep() -> int:
     deleted = 0
     for file_id in left.values_list("pk", flat=True)[:100]:
         try:
-            upstream.delete_file(file_id)
+            _file_delete(file_id)
         except UpstreamError as exc:
             log.warning("file %s not deleted yet: %s", file_id, exc)
             break
-        UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
         deleted += 1
     return deleted
 

@@ -232,7 +232,9 @@ def test_batch_request_status_is_visible_to_its_owner_only(post, client, api_key
     assert error_of(nobody)["code"] == "invalid_api_key"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite prepares nothing to show")
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
+)
 def test_the_two_intake_statements_are_prepared_once_per_connection(post):
     for text in ("one", "two", "one", "two"):
         call = {**CHAT, "messages": [{"role": "user", "content": text}]}
