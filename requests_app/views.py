@@ -2,7 +2,7 @@ import math
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
@@ -11,9 +11,10 @@ from rest_framework.generics import RetrieveAPIView
 from . import limits
 from .auth import api_key_for_hash, bearer_token
 from .errors import ClientError, client_error_response, error_response, invalid_api_key
-from .models import ApiKey, BatchRequest, hash_key
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk, hash_key
 from .services import (
     ANSWER_FIELDS,
+    IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
     requests_insert,
@@ -55,6 +56,8 @@ def answer(row: dict) -> HttpResponse:
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
+        if row["response_chunks"]:
+            return streamed_answer(row)
         response = HttpResponse(
             row["response_body"], status=row["response_status"], content_type="application/json"
         )
@@ -80,9 +83,55 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def streamed_answer(row: dict) -> StreamingHttpResponse:
+    """A large stored answer (images), read from the database and sent one piece at a time.
+
+    Any web process can serve it, and holds one piece (RESPONSE_CHUNK_CHARS) of it at a time,
+    however many such answers it sends at once.
+    """
+    request_id, pieces = row["id"], row["response_chunks"]
+
+    def body():
+        for seq in range(pieces):
+            data = CHUNK_LOOKUP.first(request_id, seq)
+            if data is None:
+                return  # purged while being sent: the short body tells the client
+            yield data["data"].encode()
+
+    response = StreamingHttpResponse(
+        body(), status=row["response_status"], content_type="application/json"
+    )
+    response["Content-Length"] = str(row["response_bytes"])
+    response["X-Batch-Request-Id"] = str(request_id)
+    return response
+
+
+CHUNK_LOOKUP = CompiledValues(
+    lambda request_id, seq: ResponseChunk.objects.filter(request_id=request_id, seq=seq).values(
+        "data"
+    )[:1],
+    arity=2,
+)
+
+
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
 # than guessed at.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def refuse_form_upload(request: HttpRequest, endpoint: str) -> None:
+    """A form or file upload cannot go into a batch: every batch line is a JSON body.
+
+    The SDKs send images.edit as multipart by default; say how to send the JSON form instead
+    of calling the upload invalid JSON.
+    """
+    if request.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return
+    if endpoint == Endpoint.IMAGES_EDITS:
+        message = IMAGES_EDITS_JSON_ONLY
+    else:
+        message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
+    raise ClientError(400, message, code="unsupported_content_type")
 
 
 def _read_body(request: HttpRequest) -> bytes:
@@ -128,6 +177,7 @@ def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
         return invalid_api_key()
     key_hash = hash_key(token)
     try:
+        refuse_form_upload(request, endpoint)
         call = call_parse(endpoint=endpoint, raw=_read_body(request))
     except ClientError as exc:
         # Only a valid key learns what is wrong with its input.

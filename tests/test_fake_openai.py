@@ -458,8 +458,9 @@ def test_file_delete_then_lookups_are_404(fake, client):
 @pytest.mark.parametrize(
     "options",
     [
-        {"endpoint": "/v1/images/generations"},
+        {"endpoint": "/v1/audio/speech"},
         {"completion_window": "48h"},
+        {"output_expires_after": {"anchor": "created_at", "seconds": 60}},
         {"metadata": {f"k{i}": "v" for i in range(17)}},
         {"metadata": {"k" * 65: "v"}},
         {"metadata": {"k": "v" * 513}},
