@@ -177,6 +177,10 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
             rows.append((*values, None, *tokens, images, *stored, pk))
         _update_lines(rows, now)
         _store_chunks(large)
+        # Counted with the lines it settles, so ingesting a file twice counts nothing twice.
+        images = sum(row[LINE_FIELDS.index("output_images")] or 0 for row in rows)
+        if images:
+            Batch.objects.filter(pk=batch.pk).update(output_images=F("output_images") + images)
     return len(rows)
 
 
