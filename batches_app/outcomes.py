@@ -4,6 +4,7 @@ Every write here only touches requests that are still `submitted` in the batch b
 so ingesting the same file twice (after a crash, or two pollers at once) changes nothing.
 """
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ LINE_FIELDS = (
     "response_bytes",
 )
 # Characters per ResponseChunk row: a large answer is read back one such piece at a time.
-RESPONSE_CHUNK_CHARS = 1_048_576
+RESPONSE_CHUNK_CHARS = 262_144
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,13 @@ class LineOutcome:
 
     @classmethod
     def parse(cls, line: str) -> "LineOutcome":
-        data = orjson.loads(line)
+        loads, dumps = _codec(line)
+        data = loads(line)
         response = data.get("response")
         if response:
             body = response.get("body")
             code = response.get("status_code")
-            raw = orjson.dumps(body)
+            raw = dumps(body)
             if len(raw) > settings.MAX_RESPONSE_BYTES:
                 return cls(
                     data["custom_id"],
@@ -105,6 +107,18 @@ class LineOutcome:
             error.get("code") or "server_error",
             error.get("message") or "The upstream gave no answer for this request.",
         )
+
+
+def _compact_json(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _codec(line: str) -> tuple:
+    """orjson for ordinary lines; the standard library for large ones (images), where orjson
+    takes about ten times the line's size in working memory and the standard library one."""
+    if len(line) <= settings.RESPONSE_INLINE_BYTES:
+        return orjson.loads, orjson.dumps
+    return json.loads, _compact_json
 
 
 def _image_count(body) -> int | None:

@@ -90,13 +90,16 @@ def streamed_answer(row: dict) -> StreamingHttpResponse:
     however many such answers it sends at once.
     """
     request_id, pieces = row["id"], row["response_chunks"]
+    chunks = ResponseChunk.objects.filter(request_id=request_id)
 
     def body():
+        # One query per piece: a cursor held open across the whole answer would pin a
+        # connection (and, on PostgreSQL, a snapshot) to a slow client.
         for seq in range(pieces):
-            data = CHUNK_LOOKUP.first(request_id, seq)
+            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
             if data is None:
                 return  # purged while being sent: the short body tells the client
-            yield data["data"].encode()
+            yield data.encode()
 
     response = StreamingHttpResponse(
         body(), status=row["response_status"], content_type="application/json"
@@ -104,14 +107,6 @@ def streamed_answer(row: dict) -> StreamingHttpResponse:
     response["Content-Length"] = str(row["response_bytes"])
     response["X-Batch-Request-Id"] = str(request_id)
     return response
-
-
-CHUNK_LOOKUP = CompiledValues(
-    lambda request_id, seq: ResponseChunk.objects.filter(request_id=request_id, seq=seq).values(
-        "data"
-    )[:1],
-    arity=2,
-)
 
 
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
