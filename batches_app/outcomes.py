@@ -38,7 +38,7 @@ LINE_FIELDS = (
     "response_bytes",
 )
 # Characters per ResponseChunk row: a large answer is read back one such piece at a time.
-RESPONSE_CHUNK_CHARS = 262_144
+RESPONSE_CHUNK_CHARS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
