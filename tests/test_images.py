@@ -7,10 +7,13 @@ The JSON form of images/edits is what the Batch API takes; the SDK sends it when
 import base64
 import io
 import tracemalloc
+from datetime import timedelta
 
 import openai
 import pytest
+from django.utils import timezone
 
+from batches_app import services
 from batches_app.fake_openai import PNG_MAGIC
 from batches_app.models import Batch, ModelPrice
 from batches_app.outcomes import RESPONSE_CHUNK_CHARS, lines_apply
@@ -175,3 +178,13 @@ def test_ingest_holds_a_bounded_number_of_large_answers(post):
     # A chunk of 4 MB of answers and one line being parsed (measured: 13 MB); holding every
     # answer of a 1000-line chunk took 35 MB.
     assert peak < 18_000_000, peak
+
+
+def test_purge_takes_the_pieces_of_a_large_answer_with_it(sdk, fake_openai):
+    prompt = "purged later [[image_bytes:400000]]"
+    pending(lambda: generate_gpt_image(sdk, prompt))
+    cycle()
+    assert ResponseChunk.objects.exists()
+    assert services.requests_purge(now=timezone.now() + timedelta(days=8)) == 1
+    assert not ResponseChunk.objects.exists()
+    pending(lambda: generate_gpt_image(sdk, prompt))  # starts afresh
