@@ -11,6 +11,11 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[status:400]]          the response has that status and an OpenAI error body (error file)
     [[error:server_error]]  no response, only an error with that code (error file)
     [[invalid]]             the whole batch fails validation on that line
+    [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
+
+Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
+for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
+bodies, one model per batch, and image edits in their JSON form only (`images` references).
 
 Run `python -m batches_app.fake_openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
