@@ -13,7 +13,7 @@ def add_image_prices(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches_app', '0004_batch_upload_attempted_at'),
+        ('batches_app', '0005_queue_limits'),
     ]
 
     operations = [
