@@ -50,7 +50,7 @@ class Batch(models.Model):
     request_counts = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)
     # Images its answers held, counted at ingest: DALL-E is priced per image, with no usage.
-    output_images = models.PositiveIntegerField(default=0)
+    output_images = models.PositiveIntegerField(default=0, db_default=0)
     errors = models.JSONField(null=True, blank=True)
     upstream_created_at = models.DateTimeField(null=True, blank=True)
 

@@ -106,8 +106,11 @@ class BatchRequest(models.Model):
     # NULL is "no answer yet", which an empty answer is not. A large answer (an image's
     # b64_json) is kept in `ResponseChunk` rows instead, and this stays NULL.
     response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    # A database default too, so that rows inserted by raw SQL (bench/, scripts/) get it.
     response_chunks = models.PositiveIntegerField(
-        default=0, help_text="How many ResponseChunk rows hold the answer (0: it is inline)."
+        default=0,
+        db_default=0,
+        help_text="How many ResponseChunk rows hold the answer (0: it is inline).",
     )
     response_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=100, blank=True)
