@@ -20,7 +20,7 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import ApiKey, BatchRequest
 
-from . import services
+from . import capacity, services
 from .models import Batch, ModelPrice, base_model
 from .usage import usage_tokens
 
@@ -256,6 +256,7 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
     return {
         "now": now,
         "queue": queue,
+        "capacity": capacity.capacity_rows(),
         "waiting_total": sum(row["queued"] + row["submitted"] for row in queue),
         "oldest_queued": oldest,
         "oldest_wait": now - oldest if oldest else None,
