@@ -55,7 +55,7 @@ def main() -> None:
     if args.child:
         return child()
     django_setup()
-    from batches_app.fake_openai import FakeOpenAI
+    from batchproxy.fakes.openai import FakeOpenAI
     from bench.engine_data import requests_fill
     from requests_app.models import ApiKey
 

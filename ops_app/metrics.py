@@ -156,7 +156,7 @@ def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
 
 def _spend() -> list:
     """Tokens and money per model, over every batch the proxy has finished."""
-    from batches_app import dashboard
+    from batches_app.spend import PriceBook, spend_by_model
 
     tokens = CounterMetricFamily(
         "batchproxy_tokens", "Tokens used by finished batches.", labels=["model", "direction"]
@@ -170,7 +170,7 @@ def _spend() -> list:
     spent = CounterMetricFamily(
         "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=["model"]
     )
-    for spend in dashboard.spend_by_model(since=EPOCH, book=dashboard.PriceBook()):
+    for spend in spend_by_model(since=EPOCH, book=PriceBook()):
         tokens.add_metric([spend.label, "input"], spend.tokens_in)
         tokens.add_metric([spend.label, "output"], spend.tokens_out)
         if spend.priced:

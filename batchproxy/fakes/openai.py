@@ -12,7 +12,7 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[error:server_error]]  no response, only an error with that code (error file)
     [[invalid]]             the whole batch fails validation on that line
 
-Run `python -m batches_app.fake_openai --port 9488 --step-seconds 2` to serve in the foreground.
+Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
 
 from __future__ import annotations
@@ -1033,7 +1033,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m batches_app.fake_openai",
+        prog="python -m batchproxy.fakes.openai",
         description="Serve a fake OpenAI Files + Batches API until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1")
