@@ -5,6 +5,7 @@ import hmac
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -159,8 +160,21 @@ UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
 # The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
 # QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
-QUEUE_LIMITS = env.dict("QUEUE_LIMITS", cast={"value": int}, default={})
-QUEUE_REQUEST_LIMITS = env.dict("QUEUE_REQUEST_LIMITS", cast={"value": int}, default={})
+
+
+def _model_numbers(name: str) -> dict[str, int]:
+    """`MODEL=N,MODEL=N` pairs from the environment."""
+    pairs = {}
+    for pair in env.list(name, default=[]):
+        model, _, number = pair.partition("=")
+        if not model.strip() or not number.strip().isdigit():
+            raise ImproperlyConfigured(f"{name}: {pair!r} is not MODEL=N (e.g. gpt-4o=90000).")
+        pairs[model.strip()] = int(number)
+    return pairs
+
+
+QUEUE_LIMITS = _model_numbers("QUEUE_LIMITS")
+QUEUE_REQUEST_LIMITS = _model_numbers("QUEUE_REQUEST_LIMITS")
 # The share of a configured limit kept free for the difference between our count and OpenAI's.
 QUEUE_LIMIT_MARGIN = env.float("QUEUE_LIMIT_MARGIN", default=0.1)
 # How long a budget learned from a token_limit_exceeded refusal is kept.
@@ -197,8 +211,9 @@ ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["requests_app.auth.HasActiveKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "requests_app.api.FirstRenderer",
     "EXCEPTION_HANDLER": "requests_app.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -1,7 +1,8 @@
 """The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
 
-The intake endpoints are plain Django views (the hot path skips DRF), so drf-spectacular cannot
-see them: `add_intake_paths` describes them by hand, from the contract's table of answers.
+The intake endpoints are DRF views without serializers (`Intake.schema = None`): their bodies
+are OpenAI's and their answers the contract's, so `add_intake_paths` describes them by hand,
+from the contract's table of answers.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension

@@ -1,19 +1,21 @@
 import math
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
+from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
 from rest_framework.generics import RetrieveAPIView
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from batches_app import capacity
 
 from . import limits
-from .auth import api_key_for_hash, bearer_token
-from .errors import ClientError, client_error_response, error_response, invalid_api_key
-from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk, hash_key
+from .api import RawBodyParser
+from .auth import PresentsKey, ProxyKey
+from .errors import ClientError, error_response
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
     IMAGES_EDITS_JSON_ONLY,
@@ -121,13 +123,14 @@ def streamed_answer(row: dict) -> StreamingHttpResponse:
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-def refuse_form_upload(request: HttpRequest, endpoint: str) -> None:
+def refuse_form_upload(request: Request, endpoint: str) -> None:
     """A form or file upload cannot go into a batch: every batch line is a JSON body.
 
     The SDKs send images.edit as multipart by default; say how to send the JSON form instead
     of calling the upload invalid JSON.
     """
-    if request.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+    media_type = request.META.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    if media_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return
     if endpoint == Endpoint.IMAGES_EDITS:
         message = IMAGES_EDITS_JSON_ONLY
@@ -136,7 +139,8 @@ def refuse_form_upload(request: HttpRequest, endpoint: str) -> None:
     raise ClientError(400, message, code="unsupported_content_type")
 
 
-def _read_body(request: HttpRequest) -> bytes:
+def _read_body(request: Request) -> bytes:
+    """The body's bytes (RawBodyParser), once its declared charset and length are acceptable."""
     charset = request.content_params.get("charset")
     if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
         raise ClientError(
@@ -152,66 +156,67 @@ def _read_body(request: HttpRequest) -> bytes:
             411, "Send the body with a Content-Length header.", code="length_required"
         )
     if not declared.isdigit() or int(declared) > settings.MAX_REQUEST_BYTES:
+        # Refused before a byte is read; what is read below is at most what was declared.
         raise ClientError(
             413,
             f"The body is larger than the proxy accepts ({settings.MAX_REQUEST_BYTES} bytes).",
             code="request_too_large",
         )
-    try:
-        return request.body
-    except RequestDataTooBig:
-        raise ClientError(413, "The body is too large.", code="request_too_large") from None
+    # DRF parses nothing when the declared length is 0: an empty body, not JSON (400).
+    return request.data or b""
 
 
-@csrf_exempt
-def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
+class Intake(APIView):
     """POST /v1/<endpoint>: queue the call, or answer how it stands.
 
-    A plain Django view rather than DRF: this is the hot path. A repeated call costs one
-    query (the request joined with its key), a new call one more (the insert).
+    DRF, lean, because this is the hot path: the authentication hashes the key once and leaves
+    the key's row to the call's own query (the request joined with its key), so a repeated call
+    costs one query and a new call two (that lookup, then the insert, which finds the key in the
+    same statement). The answer is the contract's HttpResponse, sent as it is.
     """
-    if request.method != "POST":
-        response = error_response(405, f"Use POST for {request.path}.", code="method_not_allowed")
-        response["Allow"] = "POST"
-        return response
-    token = bearer_token(request)
-    if token is None:
-        return invalid_api_key()
-    key_hash = hash_key(token)
-    try:
-        refuse_form_upload(request, endpoint)
-        call = call_parse(endpoint=endpoint, raw=_read_body(request))
-    except ClientError as exc:
-        # Only a valid key learns what is wrong with its input.
-        if api_key_for_hash(key_hash, token) is None:
-            return invalid_api_key()
-        return client_error_response(exc)
 
-    row = ANSWER_LOOKUP.first(key_hash, call.fingerprint)
-    if row is not None:
-        if row["api_key__revoked_at"] is not None or (
-            row["api_key__from_env"] and key_hash not in settings.ENV_API_KEY_HASHES
-        ):
-            return invalid_api_key()
+    http_method_names = ["post"]
+    permission_classes = [PresentsKey]
+    parser_classes = [RawBodyParser]
+    throttle_classes = [limits.KeyRateThrottle]
+    metadata_class = None
+    schema = None  # described by hand: ops_app/openapi.py
+
+    @property
+    def default_response_headers(self) -> dict:
+        return {}  # DRF would add `Allow` to every answer; a 405 has it (errors.py)
+
+    def initial(self, request, *args, **kwargs) -> None:
+        # A wrong method is 405 whoever asks, before the key is looked at.
+        if request.method != "POST":
+            raise MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+    def post(self, request: Request, endpoint: str) -> HttpResponse:
+        caller: ProxyKey = request.user
         try:
-            limits.rate_limit_take(api_key_id=row["api_key_id"])
-        except limits.LimitExceeded as exc:
-            return exc.response()
-        return answer(row)
-    if settings.RATE_LIMIT_PER_MINUTE <= 0 and settings.MAX_QUEUED_PER_KEY <= 0:
-        # No per-key limit to count first: find the key and insert in one statement.
-        created = requests_insert(key_hash=key_hash, call=call)
-        if created is not None:
-            return answer(created)
-    key = api_key_for_hash(key_hash, token)
-    if key is None:
-        return invalid_api_key()
-    try:
-        limits.rate_limit_take(api_key_id=key.pk)
-        created = limits.requests_enqueue_capped(api_key_id=key.pk, call=call)
-    except limits.LimitExceeded as exc:
-        return exc.response()
-    return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
+            refuse_form_upload(request, endpoint)
+            call = call_parse(endpoint=endpoint, raw=_read_body(request))
+        except ClientError:
+            # Only a valid key learns what is wrong with its input.
+            if not caller.is_authenticated:
+                raise NotAuthenticated from None
+            raise
+
+        row = ANSWER_LOOKUP.first(caller.key_hash, call.fingerprint)
+        if row is not None:
+            if not caller.accepts(row):
+                raise NotAuthenticated
+            return answer(row)
+        if settings.MAX_QUEUED_PER_KEY <= 0:
+            # No queue cap to count under a lock: find the key and insert in one statement.
+            created = requests_insert(key_hash=caller.key_hash, call=call)
+            if created is not None:
+                return answer(created)
+        if not caller.is_authenticated:
+            raise NotAuthenticated
+        created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
+        return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
 
 
 class BatchRequestSerializer(serializers.ModelSerializer):

@@ -24,7 +24,7 @@ from openai.types import (
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from batches_app.fake_openai import PNG_MAGIC, FakeOpenAI
+from batchproxy.fakes.openai import PNG_MAGIC, FakeOpenAI
 
 CHAT = "/v1/chat/completions"
 
@@ -549,7 +549,7 @@ def test_control_endpoints_work_from_another_process(fake, client):
 def test_main_serves_until_sigterm():
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {"PYTHONPATH": str(root)}
-    command = [sys.executable, "-m", "batches_app.fake_openai", "--port", "0"]
+    command = [sys.executable, "-m", "batchproxy.fakes.openai", "--port", "0"]
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().split()[4]

@@ -14,9 +14,9 @@ import pytest
 from django.utils import timezone
 
 from batches_app import services
-from batches_app.fake_openai import PNG_MAGIC
 from batches_app.models import Batch, ModelPrice
 from batches_app.outcomes import RESPONSE_CHUNK_CHARS, lines_apply
+from batchproxy.fakes.openai import PNG_MAGIC
 from requests_app.models import BatchRequest, ResponseChunk
 
 from .engine import cycle

@@ -17,7 +17,7 @@ Image answers draw the prompt: the picture is PNG's signature followed by "echo:
 for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
 bodies, one model per batch, and image edits in their JSON form only (`images` references).
 
-Run `python -m batches_app.fake_openai --port 9488 --step-seconds 2` to serve in the foreground.
+Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
 
 from __future__ import annotations
@@ -1158,7 +1158,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m batches_app.fake_openai",
+        prog="python -m batchproxy.fakes.openai",
         description="Serve a fake OpenAI Files + Batches API until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1")
