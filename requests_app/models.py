@@ -14,6 +14,7 @@ ENDPOINTS = (
     "moderations",
     "images/generations",
     "images/edits",
+    "videos",
 )
 
 
@@ -25,10 +26,12 @@ class Endpoint(models.TextChoices):
     MODERATIONS = "/v1/moderations"
     IMAGES_GENERATIONS = "/v1/images/generations"
     IMAGES_EDITS = "/v1/images/edits"
+    VIDEOS = "/v1/videos"
 
 
-# Answers whose images make them large (b64_json: megabytes each).
+# The endpoints whose calls are a prompt (and whose answers are priced per image or second).
 IMAGE_ENDPOINTS = (Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS)
+PROMPT_ENDPOINTS = (*IMAGE_ENDPOINTS, Endpoint.VIDEOS)
 
 
 def hash_key(secret: str) -> str:
@@ -119,7 +122,8 @@ class BatchRequest(models.Model):
     # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    # Images in the answer, for models priced per image (dall-e-2, dall-e-3).
+    # Images (or seconds of video) in the answer, for models priced per image (dall-e-2,
+    # dall-e-3) or per second (sora-2).
     output_images = models.PositiveSmallIntegerField(null=True, blank=True)
     # Input tokens counted by the proxy (batchproxy.tokens) before batching, for the upstream's
     # enqueued-token limit; counted by the flush, off the intake's hot path.
