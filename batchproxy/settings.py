@@ -190,6 +190,16 @@ BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
 BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=600)
 # Output lines applied per transaction while ingesting.
 INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
+# ... and at most this many bytes of them, so 1000 lines of 5 MB images are never held at once.
+INGEST_CHUNK_BYTES = env.int("INGEST_CHUNK_BYTES", default=16_777_216)
+# The largest answer the proxy keeps (one output line is read whole at ingest); a larger one
+# fails its request with `response_too_large`. Answers over RESPONSE_INLINE_BYTES are stored in
+# pieces and streamed to the client.
+MAX_RESPONSE_BYTES = env.int("MAX_RESPONSE_BYTES", default=104_857_600)
+RESPONSE_INLINE_BYTES = 262_144
+# Files the proxy uploads, and the output and error files of its batches, expire upstream this
+# many seconds after their creation (OpenAI takes 3600 to 2592000), even if deleting them fails.
+UPSTREAM_FILE_EXPIRY = env.int("UPSTREAM_FILE_EXPIRY", default=2_592_000)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.

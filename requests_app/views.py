@@ -1,7 +1,7 @@
 import math
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
@@ -15,9 +15,10 @@ from . import limits
 from .api import RawBodyParser
 from .auth import PresentsKey, ProxyKey
 from .errors import ClientError, error_response
-from .models import ApiKey, BatchRequest
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
+    IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
     requests_insert,
@@ -64,6 +65,8 @@ def answer(row: dict) -> HttpResponse:
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
+        if row["response_chunks"]:
+            return streamed_answer(row)
         response = HttpResponse(
             row["response_body"], status=row["response_status"], content_type="application/json"
         )
@@ -89,9 +92,53 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def streamed_answer(row: dict) -> StreamingHttpResponse:
+    """A large stored answer (images), read from the database and sent one piece at a time.
+
+    Any web process can serve it, and holds one piece (RESPONSE_CHUNK_CHARS) of it at a time,
+    however many such answers it sends at once.
+    """
+    request_id, pieces = row["id"], row["response_chunks"]
+    chunks = ResponseChunk.objects.filter(request_id=request_id)
+
+    def body():
+        # One query per piece: a cursor held open across the whole answer would pin a
+        # connection (and, on PostgreSQL, a snapshot) to a slow client.
+        for seq in range(pieces):
+            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
+            if data is None:
+                return  # purged while being sent: the short body tells the client
+            yield data.encode()
+
+    response = StreamingHttpResponse(
+        body(), status=row["response_status"], content_type="application/json"
+    )
+    response["Content-Length"] = str(row["response_bytes"])
+    response["X-Batch-Request-Id"] = str(request_id)
+    return response
+
+
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
 # than guessed at.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def refuse_form_upload(request: Request, endpoint: str) -> None:
+    """A form or file upload cannot go into a batch: every batch line is a JSON body.
+
+    The SDKs send images.edit as multipart by default; say how to send the JSON form instead
+    of calling the upload invalid JSON.
+    """
+    if request.content_type.split(";")[0].strip() not in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
+        return
+    if endpoint == Endpoint.IMAGES_EDITS:
+        message = IMAGES_EDITS_JSON_ONLY
+    else:
+        message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
+    raise ClientError(400, message, code="unsupported_content_type")
 
 
 def _read_body(request: Request) -> bytes:
@@ -150,6 +197,7 @@ class Intake(APIView):
     def post(self, request: Request, endpoint: str) -> HttpResponse:
         caller: ProxyKey = request.user
         try:
+            refuse_form_upload(request, endpoint)
             call = call_parse(endpoint=endpoint, raw=_read_body(request))
         except ClientError:
             # Only a valid key learns what is wrong with its input.
