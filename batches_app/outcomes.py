@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest
+from requests_app.webhooks import webhook_events_record
 
 from .models import Batch
 from .usage import usage_tokens
@@ -119,6 +120,7 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
             values = (status, code, body, error_code, error_message, finished_at, batch_id)
             rows.append((*values, None, *tokens, pk))
         _update_lines(rows, now)
+        webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at=now))
     return len(rows)
 
 
@@ -212,7 +214,15 @@ def batch_settle_rest(*, batch: Batch) -> None:
     One transaction: a crash halfway must not leave a token-limit deferral counted twice.
     """
     with transaction.atomic():
+        started = timezone.now()
         _settle_rest(batch, _unsettled(batch))
+        webhooks_for_settled(batch=batch, since=started)
+
+
+def webhooks_for_settled(*, batch: Batch, since: datetime) -> None:
+    """Outbox events for the requests of `batch` that ended since `since` (every path that
+    ends a request sets its `finished_at`); in the caller's transaction."""
+    webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at__gte=since))
 
 
 def _settle_rest(batch: Batch, rest: QuerySet) -> None:

@@ -24,7 +24,7 @@ from requests_app.models import BatchRequest, jsonl_line
 
 from . import upstream
 from .models import Batch, UpstreamFile
-from .outcomes import batch_settle_rest, lines_apply, requests_retry
+from .outcomes import batch_settle_rest, lines_apply, requests_retry, webhooks_for_settled
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,14 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
         # OpenAI refused the file or the batch itself: give the requests back to the queue.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        requests_retry(
-            BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-            code=exc.code,
-            message=str(exc),
-        )
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(
+                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
+                code=exc.code,
+                message=str(exc),
+            )
+            webhooks_for_settled(batch=batch, since=started)
         _finish(batch, last_error=str(exc))
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return

@@ -1,16 +1,18 @@
 import math
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
-from rest_framework.generics import RetrieveAPIView
+from rest_framework.generics import ListAPIView, RetrieveAPIView
 
 from . import limits
 from .auth import api_key_for_hash, bearer_token
 from .errors import ClientError, client_error_response, error_response, invalid_api_key
+from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, hash_key
 from .services import (
     ANSWER_FIELDS,
@@ -215,3 +217,39 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class FinishedRequestSerializer(BatchRequestSerializer):
+    """A list entry; with `?include=body`, also the answer as the caller would get it."""
+
+    response = serializers.SerializerMethodField()
+
+    class Meta(BatchRequestSerializer.Meta):
+        fields = (*BatchRequestSerializer.Meta.fields, "response")
+
+    def get_response(self, obj: BatchRequest):
+        if not self.context.get("include_body") or obj.response_body is None:
+            return None
+        return orjson.loads(obj.response_body)
+
+
+class BatchRequestList(ListAPIView):
+    """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
+    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+
+    serializer_class = FinishedRequestSerializer
+    pagination_class = FinishedCursorPagination
+    throttle_classes = [limits.KeyRateThrottle]
+
+    def include_body(self) -> bool:
+        return "body" in self.request.query_params.get("include", "").split(",")
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"include_body": self.include_body()}
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        rows = BatchRequest.objects.filter(api_key=key).select_related("batch").defer("body")
+        if not self.include_body():
+            rows = rows.defer("body", "response_body")
+        return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))
