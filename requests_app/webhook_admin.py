@@ -12,6 +12,8 @@ from .webhooks import WebhookURLError, webhook_deliveries_resend, webhook_url_ch
 
 
 class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+
     class Meta:
         model = WebhookEndpoint
         fields = ("url", "api_key", "include_body", "is_active")
