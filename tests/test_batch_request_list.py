@@ -62,7 +62,7 @@ def test_each_finished_request_comes_exactly_once_across_pages_though_all_share_
     finished(5, "theirs", secret=other_key[1])
     assert len(set(BatchRequest.objects.values_list("finished_at", flat=True))) <= 2
 
-    seen, cursor, pages = all_pages(listing, "status=completed&limit=10")
+    seen, _, pages = all_pages(listing, "status=completed&limit=10")
 
     assert sorted(seen) == sorted(mine) and len(seen) == 25
     assert pages == 3
