@@ -93,6 +93,24 @@ class FinishedCursorPagination(BasePagination):
             }
         )
 
+    def get_schema_operation_parameters(self, view):
+        return [
+            {
+                "name": self.cursor_query_param,
+                "in": "query",
+                "required": False,
+                "description": "The `next_cursor` of the previous page: only what finished since.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": f"Requests per page, 1 to {self.max_page_size}.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page_size},
+            },
+        ]
+
     def get_paginated_response_schema(self, schema):
         return {
             "type": "object",

@@ -6,6 +6,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 
@@ -233,6 +234,18 @@ class FinishedRequestSerializer(BatchRequestSerializer):
         return orjson.loads(obj.response_body)
 
 
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                description="Comma-separated: completed, failed, cancelled (default: all three).",
+            ),
+            OpenApiParameter("include", str, enum=["body"], description="`body`: the answers."),
+        ]
+    )
+)
 class BatchRequestList(ListAPIView):
     """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
     requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
