@@ -6,7 +6,12 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 
@@ -228,7 +233,8 @@ class FinishedRequestSerializer(BatchRequestSerializer):
     class Meta(BatchRequestSerializer.Meta):
         fields = (*BatchRequestSerializer.Meta.fields, "response")
 
-    def get_response(self, obj: BatchRequest):
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_response(self, obj: BatchRequest) -> dict | None:
         if not self.context.get("include_body") or obj.response_body is None:
             return None
         return orjson.loads(obj.response_body)
