@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import openai
 import pytest
 from django.utils import timezone
 
@@ -171,3 +172,24 @@ def test_requeued_request_is_listed_again_when_it_finishes_again(listing, finish
     assert services.requests_requeue(request_ids=[request_id]) == 1
     cycle()
     assert [r["id"] for r in listing(f"after={cursor}").json()["data"]] == [request_id]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_pages_through_the_list_as_the_readme_shows(sdk, settings):
+    settings.LIST_SETTLE_SECONDS = 0
+    asked = set()
+    for i in range(3):
+        with pytest.raises(openai.UnprocessableEntityError) as pending:
+            sdk.responses.create(model="gpt-4.1-mini", input=f"listed {i}")
+        asked.add(pending.value.response.headers["x-batch-request-id"])
+    cycle()
+
+    seen = []
+    page = sdk.get("/batch_requests", cast_to=object, options={"params": {"limit": 2}})
+    while page["data"]:
+        seen += [row["id"] for row in page["data"]]
+        params = {"limit": 2, "after": page["next_cursor"]}
+        page = sdk.get("/batch_requests", cast_to=object, options={"params": params})
+
+    assert sorted(seen) == sorted(asked)
