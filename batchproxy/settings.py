@@ -157,6 +157,16 @@ POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
 MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
+# The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
+# QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
+QUEUE_LIMITS = env.dict("QUEUE_LIMITS", cast={"value": int}, default={})
+QUEUE_REQUEST_LIMITS = env.dict("QUEUE_REQUEST_LIMITS", cast={"value": int}, default={})
+# The share of a configured limit kept free for the difference between our count and OpenAI's.
+QUEUE_LIMIT_MARGIN = env.float("QUEUE_LIMIT_MARGIN", default=0.1)
+# How long a budget learned from a token_limit_exceeded refusal is kept.
+QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
+# How long a web process keeps the list of models waiting for queue capacity.
+CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)

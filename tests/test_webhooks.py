@@ -128,6 +128,35 @@ def test_requests_failed_for_good_and_cancelled_get_their_own_event_types(
     }
 
 
+def test_requests_over_the_token_limit_get_their_failed_event(enqueue, fake_openai, hook_settings):
+    """Both ways a request fails for its size: at the flush (over a configured limit), and
+    after the upstream refused it alone (over the limit its refusal states)."""
+    from batches_app import capacity
+
+    hook_settings.CAPACITY_CACHE_SECONDS = 0
+    capacity._waiting_cache = (0.0, frozenset())
+    endpoint = add_endpoint().endpoint
+    hook_settings.QUEUE_LIMITS = {"gpt-4o-mini": 50}
+    at_flush = enqueue("word " * 400)
+    services.batch_flush(force=True)
+    hook_settings.QUEUE_LIMITS = {}
+    fake_openai.configure(enqueued_token_limits={"gpt-4o-mini": 100})
+    refused = enqueue("word " * 1000)
+    for _ in range(5):
+        BatchRequest.objects.update(not_before=None)
+        cycle()
+
+    assert set(BatchRequest.objects.values_list("status", "error_code")) == {
+        (Status.FAILED, "token_limit_exceeded")
+    }
+    assert sorted(endpoint.events.values_list("request_id", "type")) == sorted(
+        [
+            (BatchRequest.objects.get(pk=at_flush).pk, "batch_request.failed"),
+            (BatchRequest.objects.get(pk=refused).pk, "batch_request.failed"),
+        ]
+    )
+
+
 def test_a_request_requeued_for_another_attempt_gets_no_event(enqueue, fake_openai, hook_settings):
     endpoint = add_endpoint().endpoint
     enqueue("retried")

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('requests_app', '0004_partial_covering_indexes'),
+        ('requests_app', '0005_counted_tokens'),
     ]
 
     operations = [
