@@ -256,7 +256,16 @@ class WebhookEvent(models.Model):
         CANCELLED = "batch_request.cancelled"
 
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
-    request = models.ForeignKey(BatchRequest, on_delete=models.CASCADE, related_name="+")
+    # No constraint and no cascade: a cascade would make Django load every purged request
+    # (bodies and all) instead of deleting them in one statement. An event whose request was
+    # purged is skipped when sent, and goes with its delivery (`webhook_deliveries_purge`).
+    request = models.ForeignKey(
+        BatchRequest,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
     type = models.CharField(max_length=32, choices=Type.choices)
     status = models.CharField(max_length=16, choices=BatchRequest.Status.choices)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -496,3 +496,44 @@ def test_admin_adds_an_endpoint_and_shows_its_secret_once(admin_client, settings
     )
     assert b"private address" in refused.content
     assert WebhookEndpoint.objects.count() == 1
+
+
+@responses.activate
+def test_purging_answers_stays_one_delete_and_their_events_are_skipped(
+    enqueue, fake_openai, hook_settings
+):
+    from django.db import connection
+    from django.db.models.deletion import Collector
+
+    add_endpoint()
+    enqueue("purged before told")
+    cycle()
+    assert WebhookEvent.objects.count() == 1
+    # Events must not make the purge load every request it deletes (bodies and all).
+    assert Collector(using=connection.alias).can_fast_delete(BatchRequest.objects.all())
+
+    assert services.requests_purge(now=timezone.now() + timedelta(days=30)) == 1
+    responses.post(HOOK, status=200)
+
+    assert deliver_all().delivered == 1
+    assert len(responses.calls) == 0  # nothing left to tell
+    assert WebhookDelivery.objects.get().status == "delivered"
+
+
+@responses.activate
+def test_old_finished_deliveries_are_purged_with_their_events_and_attempts(
+    enqueue, fake_openai, hook_settings
+):
+    from requests_app import tasks
+
+    add_endpoint()
+    enqueue("old news")
+    cycle()
+    responses.post(HOOK, status=200)
+    deliver_all()
+    assert tasks.webhooks_purge() == "0 webhook rows purged"  # delivered just now: kept
+
+    WebhookDelivery.objects.update(delivered_at=timezone.now() - timedelta(days=8))
+    assert tasks.webhooks_purge() != "0 webhook rows purged"
+    assert not WebhookDelivery.objects.exists()
+    assert not WebhookEvent.objects.exists() and not WebhookAttempt.objects.exists()
