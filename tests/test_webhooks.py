@@ -537,3 +537,17 @@ def test_old_finished_deliveries_are_purged_with_their_events_and_attempts(
     assert tasks.webhooks_purge() != "0 webhook rows purged"
     assert not WebhookDelivery.objects.exists()
     assert not WebhookEvent.objects.exists() and not WebhookAttempt.objects.exists()
+
+
+def test_nonsense_webhook_settings_fail_the_system_check(settings):
+    from requests_app.checks import webhook_settings_check
+
+    assert webhook_settings_check(None) == []
+    settings.WEBHOOK_MAX_EVENTS = 0
+    settings.WEBHOOK_BACKOFF_CAP = 1
+    settings.WEBHOOK_RUN_SECONDS = 2000
+    assert {e.id for e in webhook_settings_check(None)} == {
+        "requests_app.E001",
+        "requests_app.E002",
+        "requests_app.E003",
+    }
