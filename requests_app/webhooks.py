@@ -193,7 +193,10 @@ def _group_one(endpoint: WebhookEndpoint) -> bool:
             created_at=now,
             give_up_at=now + timedelta(seconds=settings.WEBHOOK_RETRY_FOR),
         )
-        Event.objects.filter(pk__in=rows).update(delivery=delivery)
+        # Only events still unassigned: where SKIP LOCKED is not enforced (SQLite), another
+        # run may have taken them meanwhile.
+        if not Event.objects.filter(pk__in=rows, delivery=None).update(delivery=delivery):
+            delivery.delete()
     return True
 
 
@@ -214,24 +217,35 @@ def _within_bytes(event_ids: list[int]) -> list[int]:
 
 
 def _claim_due(*, exclude: set[int]) -> WebhookDelivery | None:
-    """Take the oldest due delivery, leased past the send's timeout by its `next_attempt_at`."""
-    now = timezone.now()
-    with transaction.atomic():
-        delivery = (
-            WebhookDelivery.objects.select_for_update(skip_locked=True)
-            .select_related("endpoint")
-            .filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now)
-            .exclude(endpoint_id__in=exclude)
-            .order_by("next_attempt_at")
-            .first()
-        )
-        if delivery is None:
-            return None
-        delivery.next_attempt_at = now + timedelta(seconds=4 * settings.WEBHOOK_TIMEOUT + 60)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            next_attempt_at=delivery.next_attempt_at
-        )
-    return delivery
+    """Take the oldest due delivery, leased past the send's timeout by its `next_attempt_at`.
+
+    The lease is a compare-and-set on `next_attempt_at`, so two runs never both take one
+    delivery, even where SKIP LOCKED is not enforced (SQLite).
+    """
+    due = (
+        WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("endpoint")
+        .exclude(endpoint_id__in=exclude)
+        .order_by("next_attempt_at")
+    )
+    for _ in range(10):
+        now = timezone.now()
+        with transaction.atomic():
+            delivery = due.filter(
+                status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+            ).first()
+            if delivery is None:
+                return None
+            lease = now + timedelta(seconds=4 * settings.WEBHOOK_TIMEOUT + 60)
+            taken = WebhookDelivery.objects.filter(
+                pk=delivery.pk,
+                status=WebhookDelivery.Status.PENDING,
+                next_attempt_at=delivery.next_attempt_at,
+            ).update(next_attempt_at=lease)
+        if taken:
+            delivery.next_attempt_at = lease
+            return delivery
+    return None
 
 
 def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:

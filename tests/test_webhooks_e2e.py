@@ -8,6 +8,7 @@ from io import StringIO
 import openai
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import Q
 
 from requests_app import webhooks
@@ -89,3 +90,28 @@ def test_every_request_of_a_500_request_job_reaches_a_receiver_that_was_down_mid
     assert BatchRequest.objects.filter(status="completed").count() == 500
     # Each POST held a bounded list of events, not one each.
     assert len(receiver.posts) + len(restarted.posts) == 10
+
+
+def test_two_delivery_runs_at_once_send_each_delivery_once(sdk, api_key, settings):
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
+    settings.WEBHOOK_ALLOW_HTTP_HOSTS = ["127.0.0.1"]
+    settings.WEBHOOK_MAX_EVENTS = 2
+    receiver = Receiver(delay=0.2).start()
+    try:
+        receiver.secret = webhooks.webhook_endpoint_create(url=receiver.url).secret
+        asked = ask_pending(sdk, [f"raced {i}" for i in range(12)])
+        cycle()
+        webhooks.webhook_deliveries_group()
+
+        def run(_):
+            webhooks.webhooks_deliver(budget=20)
+            connection.close()
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(run, range(2)))
+    finally:
+        receiver.stop()
+
+    ids = [headers["webhook-id"] for headers, _ in receiver.posts]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert {e["data"]["id"] for e in receiver.events()} == asked

@@ -3,6 +3,7 @@
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -20,6 +21,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(400)
             self.end_headers()
             return
+        time.sleep(receiver.delay)  # a slow receiver
         with receiver.lock:
             receiver.posts.append((headers, json.loads(body)))
         self.send_response(receiver.status)
@@ -30,8 +32,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Receiver:
-    def __init__(self, secret: str = "", port: int = 0, status: int = 204):
+    def __init__(self, secret: str = "", port: int = 0, status: int = 204, delay: float = 0.0):
         self.secret = secret
+        self.delay = delay
         self.status = status
         self.port = port
         self.posts: list[tuple[dict, dict]] = []
