@@ -551,3 +551,16 @@ def test_nonsense_webhook_settings_fail_the_system_check(settings):
         "requests_app.E002",
         "requests_app.E003",
     }
+
+
+@responses.activate
+def test_metrics_count_deliveries_by_status(client, enqueue, fake_openai, hook_settings):
+    add_endpoint()
+    enqueue("measured")
+    cycle()
+    assert 'batchproxy_webhook_deliveries{status="new"} 1.0' in client.get("/metrics").text
+    responses.post(HOOK, status=500)
+    deliver_all()
+    text = client.get("/metrics").text
+    assert 'batchproxy_webhook_deliveries{status="pending"} 1.0' in text
+    assert 'batchproxy_webhook_deliveries{status="new"} 0.0' in text
