@@ -1,11 +1,18 @@
 import math
 
+import orjson
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
-from rest_framework.generics import RetrieveAPIView
+from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -15,6 +22,7 @@ from . import limits
 from .api import RawBodyParser
 from .auth import PresentsKey, ProxyKey
 from .errors import ClientError, error_response
+from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
@@ -281,3 +289,52 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class FinishedRequestSerializer(BatchRequestSerializer):
+    """A list entry; with `?include=body`, also the answer as the caller would get it."""
+
+    response = serializers.SerializerMethodField()
+
+    class Meta(BatchRequestSerializer.Meta):
+        fields = (*BatchRequestSerializer.Meta.fields, "response")
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_response(self, obj: BatchRequest) -> dict | None:
+        if not self.context.get("include_body") or obj.response_body is None:
+            return None
+        return orjson.loads(obj.response_body)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                description="Comma-separated: completed, failed, cancelled (default: all three).",
+            ),
+            OpenApiParameter("include", str, enum=["body"], description="`body`: the answers."),
+        ]
+    )
+)
+class BatchRequestList(ListAPIView):
+    """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
+    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+
+    serializer_class = FinishedRequestSerializer
+    pagination_class = FinishedCursorPagination
+    throttle_classes = [limits.KeyRateThrottle]
+
+    def include_body(self) -> bool:
+        return "body" in self.request.query_params.get("include", "").split(",")
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"include_body": self.include_body()}
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        rows = BatchRequest.objects.filter(api_key=key).select_related("batch").defer("body")
+        if not self.include_body():
+            rows = rows.defer("body", "response_body")
+        return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))
