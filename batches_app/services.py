@@ -252,9 +252,7 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 
 def _finish(batch: Batch, **fields) -> None:
-    Batch.objects.filter(pk=batch.pk).update(
-        state=State.DONE, finished_at=timezone.now(), **fields
-    )
+    Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------

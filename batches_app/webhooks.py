@@ -48,9 +48,7 @@ def webhook_receive(*, payload: bytes, headers: Mapping[str, str]) -> str:
     if not settings.OPENAI_WEBHOOK_SECRET:
         raise WebhookRefused("webhooks are not configured (OPENAI_WEBHOOK_SECRET)")
     try:
-        event = _verifier().webhooks.unwrap(
-            payload, headers, secret=settings.OPENAI_WEBHOOK_SECRET
-        )
+        event = _verifier().webhooks.unwrap(payload, headers, secret=settings.OPENAI_WEBHOOK_SECRET)
         event_id, event_type = event.id, event.type
         upstream_id = event.data.id if event_type in BATCH_EVENTS else ""
     except (ValueError, AttributeError) as exc:
