@@ -36,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fake-step-seconds",
             type=float,
-            default=1.0,
+            default=0.5,
             help="with --fake-openai: seconds the fake spends in each batch status",
         )
         parser.add_argument("--no-migrate", action="store_true")
