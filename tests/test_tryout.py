@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+from .test_node_sdk import NODE_DIR
 from .test_serve import ROOT, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -67,3 +69,30 @@ def test_the_readme_python_example_gets_its_answer_within_15_seconds(try_out):
         "Try-out waits: BATCH_MAX_WAIT=1 s, TICK_SECONDS=1 s, POLL_INTERVAL=2 s" in line
         for line in output
     )
+
+
+def test_the_readme_node_example_gets_its_answer_within_15_seconds(try_out):
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed on this machine")
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
+        )
+    port, _ = try_out
+    code = readme_example("js").replace("localhost:9487", f"localhost:{port}")
+    # Beside the test client, so that `import OpenAI from "openai"` finds the installed SDK.
+    script = NODE_DIR / f"readme-example-{port}.mjs"
+    script.write_text(code)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            ["node", script.name], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+        )
+        took = time.monotonic() - started
+    finally:
+        script.unlink()
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "echo: Summarise the Batch API in one line."
+    print(f"README Node example answered in {took:.1f} s")
+    assert took < 15
