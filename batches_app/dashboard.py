@@ -7,7 +7,6 @@ per key, from each answer's own `usage`, counted into `BatchRequest.input_tokens
 (answers are purged after RESULT_RETENTION, so per-key figures reach back that far at most).
 """
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,12 +20,11 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import ApiKey, BatchRequest
 
-from . import services
-from .models import Batch, ModelPrice
+from . import capacity, services
+from .models import Batch, ModelPrice, base_model
 from .usage import usage_tokens
 
 Status = BatchRequest.Status
-SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 CHUNK = 1000
 
 
@@ -43,7 +41,7 @@ class PriceBook:
         self.prices = {p.model: p for p in ModelPrice.objects.all()}
 
     def find(self, model: str) -> ModelPrice | None:
-        return self.prices.get(model) or self.prices.get(SNAPSHOT.sub("", model))
+        return self.prices.get(model) or self.prices.get(base_model(model))
 
 
 @dataclass
@@ -258,6 +256,7 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
     return {
         "now": now,
         "queue": queue,
+        "capacity": capacity.capacity_rows(),
         "waiting_total": sum(row["queued"] + row["submitted"] for row in queue),
         "oldest_queued": oldest,
         "oldest_wait": now - oldest if oldest else None,

@@ -49,6 +49,9 @@ DEFAULTS = {
     "expire_after_lines": None,  # batches finish only their first N lines, then expire
     "stall_after_lines": None,  # batches finish their first N lines, then stay in_progress
     "token_limit_failures": 0,  # the next K batches fail validation with token_limit_exceeded
+    # {model: tokens}: a batch whose input tokens, with those of the model's unfinished batches,
+    # exceed the model's limit fails validation with token_limit_exceeded, as OpenAI's do.
+    "enqueued_token_limits": {},
     "fail_batches": 0,  # the next K batches fail validation with fail_code / fail_message
     "fail_code": "server_error",
     "fail_message": "The batch could not be processed because of an internal error.",
@@ -64,8 +67,8 @@ MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DAY = 24 * 3600
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 QUEUE_LIMIT_MESSAGE = (
-    "Enqueued token limit reached for {model} in organization org-fake. Limit: 90,000 enqueued "
-    "tokens. Please try again once some in_progress batches have been completed."
+    "Enqueued token limit reached for {model} in organization org-fake. Limit: {limit:,} "
+    "enqueued tokens. Please try again once some in_progress batches have been completed."
 )
 MODERATION_CATEGORIES = (
     "harassment",
@@ -135,6 +138,7 @@ class Run:
     results: list | None = None
     cancel_done: int = 0
     notified: bool = False  # its end was sent as a webhook
+    tokens: int = 0  # input tokens, as the fake counts them for its queue limit
 
 
 def new_webhook_secret() -> str:
@@ -171,6 +175,17 @@ def _new_id(prefix: str) -> str:
 def _tokens(text: str) -> int:
     # About four characters per token, like OpenAI's rule of thumb.
     return max(1, (len(text) + 3) // 4)
+
+
+def _body_tokens(value) -> int:
+    """The input tokens of a line's body, for the queue limit: every string but the model."""
+    if isinstance(value, str):
+        return _tokens(value)
+    if isinstance(value, dict):
+        return sum(_body_tokens(v) for k, v in value.items() if k != "model")
+    if isinstance(value, list):
+        return sum(_body_tokens(v) for v in value)
+    return 0
 
 
 def _content_text(content) -> str:
@@ -870,7 +885,10 @@ class FakeOpenAI:
             "metadata": metadata,
         }
         run = Run(started=now, lines=lines, settings=dict(self._config))
-        run.forced_error = self._take_batch_failure(batch["model"])
+        run.tokens = sum(_body_tokens(body) for body in bodies)
+        run.forced_error = self._take_batch_failure(batch["model"]) or self._over_queue_limit(
+            batch["model"], run.tokens
+        )
         self._batches[batch["id"]] = batch
         self._runs[batch["id"]] = run
         for _, value in lines:
@@ -882,13 +900,28 @@ class FakeOpenAI:
         config = self._config
         if config["token_limit_failures"] > 0:
             config["token_limit_failures"] -= 1
-            message = QUEUE_LIMIT_MESSAGE.format(model=model)
+            message = QUEUE_LIMIT_MESSAGE.format(model=model, limit=90_000)
             return {"code": "token_limit_exceeded", "message": message, "param": None, "line": None}
         if config["fail_batches"] > 0:
             config["fail_batches"] -= 1
             code, message = config["fail_code"], config["fail_message"]
             return {"code": code, "message": message, "param": None, "line": None}
         return None
+
+    def _over_queue_limit(self, model: str | None, tokens: int) -> dict | None:
+        limit = self._config["enqueued_token_limits"].get(model)
+        if limit is None:
+            return None
+        queued = 0
+        for batch_id, batch in self._batches.items():
+            if batch["model"] == model:
+                self._advance(batch_id)
+                if batch["status"] in ("validating", "in_progress", "finalizing"):
+                    queued += self._runs[batch_id].tokens
+        if queued + tokens <= limit:
+            return None
+        message = QUEUE_LIMIT_MESSAGE.format(model=model, limit=limit)
+        return {"code": "token_limit_exceeded", "message": message, "param": None, "line": None}
 
     def _retrieve(self, request: Request, batch_id: str) -> Reply:
         return _json_reply(self._batch(batch_id))

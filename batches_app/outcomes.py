@@ -17,6 +17,7 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
+from . import capacity
 from .models import Batch
 from .usage import usage_tokens
 
@@ -118,13 +119,13 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
             error_code, error_message = outcome.error_code, outcome.error_message
             values = (status, code, body, error_code, error_message, finished_at, batch_id)
             rows.append((*values, None, *tokens, pk))
-        _update_lines(rows, now)
+        rows_update(rows, now)
     return len(rows)
 
 
-def _update_lines(rows: list[tuple], now: datetime) -> None:
-    """Set LINE_FIELDS of each request (rows: their values, then the key) in one statement,
-    and its `updated_at` to `now`.
+def rows_update(rows: list[tuple], now: datetime, names: tuple[str, ...] = LINE_FIELDS) -> None:
+    """Set the fields `names` of each request (rows: their values, then the key) in one
+    statement, and its `updated_at` to `now`.
 
     Every line has its own answer, and Django's bulk_update builds a CASE expression per field
     and row whose construction costs about a millisecond of Python per row (50,000 results took
@@ -134,7 +135,7 @@ def _update_lines(rows: list[tuple], now: datetime) -> None:
     if not rows:
         return
     meta = BatchRequest._meta
-    fields = [meta.get_field(name) for name in LINE_FIELDS] + [meta.pk]
+    fields = [meta.get_field(name) for name in names] + [meta.pk]
     quote = connection.ops.quote_name
     names = [quote(field.column) for field in fields]
     if connection.vendor == "postgresql":
@@ -247,16 +248,9 @@ def _settle_rest(batch: Batch, rest: QuerySet) -> None:
 def _settle_failed(batch: Batch, rest: QuerySet) -> None:
     errors = (batch.errors or {}).get("data") or [{"code": "batch_failed", "message": ""}]
     first = errors[0]
-    if any(e.get("code") == "token_limit_exceeded" for e in errors):
-        deferrals = rest.values_list("deferrals", flat=True).first() or 0
-        delay = min(settings.TOKEN_LIMIT_BACKOFF * 2**deferrals, TOKEN_LIMIT_CAP)
-        rest.update(deferrals=F("deferrals") + 1)
-        requests_requeue_unspent(
-            rest,
-            code="token_limit_exceeded",
-            message=first.get("message", ""),
-            delay=timedelta(seconds=delay),
-        )
+    refusal = next((e for e in errors if e.get("code") == "token_limit_exceeded"), None)
+    if refusal is not None:
+        _settle_token_limit(batch, rest, refusal.get("message") or "")
         return
     bad_lines = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
     if not bad_lines:
@@ -280,4 +274,34 @@ def _settle_failed(batch: Batch, rest: QuerySet) -> None:
         rest,
         code="batch_failed",
         message="Another request made the batch fail validation; requeued.",
+    )
+
+
+def _settle_token_limit(batch: Batch, rest: QuerySet, message: str) -> None:
+    """The batch went over the model's enqueued-token limit: learn a lower budget from it.
+
+    Several requests: requeued at once, without spending attempts; the next flush splits them
+    into batches that fit the lowered budget. One request alone over the limit the refusal
+    states never fits: it fails for good. One request within it (the queue is shared with
+    someone else): requeued after a back-off that doubles with each refusal.
+    """
+    stated = capacity.budget_learn(batch=batch, message=message)
+    if batch.request_count > 1:
+        requests_requeue_unspent(rest, code="token_limit_exceeded", message=message)
+        return
+    if stated is not None and batch.counted_tokens > stated:
+        rest.update(
+            status=Status.FAILED,
+            error_code="token_limit_exceeded",
+            error_message=capacity.too_large_message(
+                tokens=batch.counted_tokens, limit=stated, model=batch.model
+            ),
+            finished_at=timezone.now(),
+        )
+        return
+    deferrals = rest.values_list("deferrals", flat=True).first() or 0
+    delay = min(settings.TOKEN_LIMIT_BACKOFF * 2**deferrals, TOKEN_LIMIT_CAP)
+    rest.update(deferrals=F("deferrals") + 1)
+    requests_requeue_unspent(
+        rest, code="token_limit_exceeded", message=message, delay=timedelta(seconds=delay)
     )

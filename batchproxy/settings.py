@@ -5,6 +5,7 @@ import hmac
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -157,6 +158,29 @@ POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
 MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
+# The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
+# QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
+
+
+def _model_numbers(name: str) -> dict[str, int]:
+    """`MODEL=N,MODEL=N` pairs from the environment."""
+    pairs = {}
+    for pair in env.list(name, default=[]):
+        model, _, number = pair.partition("=")
+        if not model.strip() or not number.strip().isdigit():
+            raise ImproperlyConfigured(f"{name}: {pair!r} is not MODEL=N (e.g. gpt-4o=90000).")
+        pairs[model.strip()] = int(number)
+    return pairs
+
+
+QUEUE_LIMITS = _model_numbers("QUEUE_LIMITS")
+QUEUE_REQUEST_LIMITS = _model_numbers("QUEUE_REQUEST_LIMITS")
+# The share of a configured limit kept free for the difference between our count and OpenAI's.
+QUEUE_LIMIT_MARGIN = env.float("QUEUE_LIMIT_MARGIN", default=0.1)
+# How long a budget learned from a token_limit_exceeded refusal is kept.
+QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
+# How long a web process keeps the list of models waiting for queue capacity.
+CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)

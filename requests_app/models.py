@@ -97,6 +97,9 @@ class BatchRequest(models.Model):
     # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Input tokens counted by the proxy (batchproxy.tokens) before batching, for the upstream's
+    # enqueued-token limit; counted by the flush, off the intake's hot path.
+    counted_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -116,6 +119,12 @@ class BatchRequest(models.Model):
                 include=["id", "body_bytes", "embedding_inputs", "not_before"],
                 condition=models.Q(status__in=["queued", "submitted"]),
                 name="pending_idx",
+            ),
+            # Only the queued requests the flush has not counted yet (batchproxy.tokens).
+            models.Index(
+                fields=["endpoint", "model"],
+                condition=models.Q(status="queued", counted_tokens__isnull=True),
+                name="uncounted_idx",
             ),
             models.Index(
                 fields=["finished_at"],

@@ -231,6 +231,7 @@ class CompiledValues:
 ANSWER_FIELDS = (
     "id",
     "status",
+    "model",
     "created_at",
     "not_before",
     "response_status",
@@ -319,6 +320,7 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
+        "model": call.model,
         "created_at": now,
         "error_code": "",
         "error_message": "",

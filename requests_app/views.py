@@ -8,6 +8,8 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.generics import RetrieveAPIView
 
+from batches_app import capacity
+
 from . import limits
 from .auth import api_key_for_hash, bearer_token
 from .errors import ClientError, client_error_response, error_response, invalid_api_key
@@ -28,7 +30,7 @@ ANSWER_LOOKUP = CompiledValues(
 )
 
 
-def retry_after(row: dict) -> int:
+def retry_after(row: dict, *, waiting: bool = False) -> int:
     """An honest estimate of the seconds until the answer could be there.
 
     Queued: its group is flushed at the first tick after its oldest request has waited
@@ -42,7 +44,10 @@ def retry_after(row: dict) -> int:
     if settings.OPENAI_WEBHOOK_SECRET:
         running = min(running, 30)
     wait = running + tick
-    if row["status"] == BatchRequest.Status.QUEUED:
+    if waiting:
+        # Capacity comes back when one of the model's batches finishes upstream.
+        wait = max(wait, capacity.CAPACITY_RETRY_AFTER)
+    elif row["status"] == BatchRequest.Status.QUEUED:
         start = max(row["not_before"] or now, row["created_at"])
         flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
         wait += max(flush_in, 0) + tick
@@ -54,13 +59,15 @@ def answer(row: dict) -> HttpResponse:
     request_id = str(row["id"])
     status = row["status"]
     if status in BatchRequest.PENDING:
+        waiting = status == BatchRequest.Status.QUEUED and capacity.is_waiting(row["model"])
+        state = f"{status}, waiting for queue capacity upstream," if waiting else status
         return error_response(
             422,
-            f"Request {request_id} is {status} for the Batch API. "
+            f"Request {request_id} is {state} for the Batch API. "
             "Repeat the identical call later to get its answer.",
             type="batch_pending",
             code="batch_pending",
-            Retry_After=str(retry_after(row)),
+            Retry_After=str(retry_after(row, waiting=waiting)),
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
@@ -173,6 +180,7 @@ def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
 
 class BatchRequestSerializer(serializers.ModelSerializer):
     object = serializers.SerializerMethodField()
+    waiting_for = serializers.SerializerMethodField()
     batch = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
 
@@ -185,6 +193,7 @@ class BatchRequestSerializer(serializers.ModelSerializer):
             "endpoint",
             "model",
             "attempts",
+            "waiting_for",
             "batch",
             "error",
             "response_status",
@@ -195,6 +204,11 @@ class BatchRequestSerializer(serializers.ModelSerializer):
 
     def get_object(self, obj: BatchRequest) -> str:
         return "batch_request"
+
+    def get_waiting_for(self, obj: BatchRequest) -> str | None:
+        """`queue_capacity` while the request waits for room in its model's upstream queue."""
+        waiting = obj.status == BatchRequest.Status.QUEUED and capacity.is_waiting(obj.model)
+        return "queue_capacity" if waiting else None
 
     def get_batch(self, obj: BatchRequest) -> dict | None:
         if obj.batch is None:

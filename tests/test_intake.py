@@ -215,6 +215,7 @@ def test_batch_request_status_is_visible_to_its_owner_only(post, client, api_key
         "endpoint": "/v1/chat/completions",
         "model": "gpt-4o-mini",
         "attempts": 0,
+        "waiting_for": None,
         "batch": None,
         "error": None,
         "response_status": None,

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches_app', '0004_batch_upload_attempted_at'),
+        ('batches_app', '0005_queue_limits'),
     ]
 
     operations = [
