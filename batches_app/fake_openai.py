@@ -944,6 +944,34 @@ class FakeOpenAI:
             batch.update(status="cancelling", cancelling_at=int(time.time()))
         return _json_reply(batch)
 
+    # -- webhook endpoints -----------------------------------------------------------------------
+
+    def _create_webhook(self, request: Request) -> Reply:
+        """Register an endpoint: from now on, batch events are signed and sent to it."""
+        params = _json_object(request.body)
+        for name in ("url", "name", "event_types"):
+            if not params.get(name):
+                message = f"Missing required parameter: '{name}'."
+                raise ApiError(400, message, param=name, code="missing_required_parameter")
+        if not str(params["url"]).startswith(("http://", "https://")):
+            raise ApiError(400, "The url must be an http(s) URL.", param="url")
+        secret = new_webhook_secret()
+        self._config.update(webhook_url=params["url"], webhook_secret=secret)
+        now = int(time.time())
+        return _json_reply(
+            {
+                "id": _new_id("we_"),
+                "object": "webhook_endpoint",
+                "created_at": now,
+                "updated_at": now,
+                "name": params["name"],
+                "url": params["url"],
+                "event_types": params["event_types"],
+                "signing_secret": secret,
+                "signing_secret_hint": secret[:10] + "…",
+            }
+        )
+
     # -- batch life, decided lazily on observation -----------------------------------------------
 
     def _progress(self, run: Run, elapsed: float) -> int:
@@ -1054,6 +1082,7 @@ ROUTES = [
     ("GET", re.compile(r"/v1/batches"), "list"),
     ("GET", re.compile(r"/v1/batches/([^/]+)"), "retrieve"),
     ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/v1/webhook_endpoints"), "create_webhook"),
 ]
 # Faults are injected per operation (or "*" for any of them).
 OPERATIONS = tuple(name for _, _, name in ROUTES)

@@ -4,8 +4,10 @@ import json
 import pydoc
 import threading
 import time
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django_q.models import OrmQ
 
 from batches_app import tasks
@@ -181,3 +183,30 @@ def test_the_admin_shows_when_the_last_webhook_came(admin_client, client, runnin
     deliver(client, event(running.upstream_id), secret)
     page = admin_client.get("/admin/batches_app/batch/").content.decode()
     assert "Last webhook from OpenAI: 0s ago" in page
+
+
+def test_register_webhook_prints_the_secret_once_and_openai_then_signs_with_it(
+    live_server, post, fake_openai, settings, caplog
+):
+    out, err = StringIO(), StringIO()
+    url = f"{live_server.url}/webhooks/openai"
+
+    call_command("register_webhook", url, stdout=out, stderr=err)
+
+    secret = out.getvalue().strip()
+    assert secret.startswith("whsec_")
+    assert secret not in err.getvalue() and secret not in caplog.text
+    settings.OPENAI_WEBHOOK_SECRET = secret
+    settings.POLL_INTERVAL, settings.BATCH_MAX_WAIT = 3600, 0
+    assert post("/v1/chat/completions", CHAT).status_code == 422
+    tasks.flush()
+    wait_for(lambda: fake_openai.webhooks, timeout=10, what="the fake's webhook")
+    assert fake_openai.webhooks[0]["status"] == 200
+    assert queued_tasks() == [
+        ("batches_app.tasks.batch_refresh", (Batch.objects.get().upstream_id,))
+    ]
+
+
+def test_register_webhook_wants_the_proxys_endpoint(fake_openai):
+    with pytest.raises(CommandError, match="/webhooks/openai"):
+        call_command("register_webhook", "https://proxy.example.com/hooks")
