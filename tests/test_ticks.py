@@ -126,3 +126,19 @@ def test_retry_after_with_webhooks_asks_again_within_half_a_minute(post, setting
     settings.OPENAI_WEBHOOK_SECRET = "whsec_c2VjcmV0"
     response = post("/v1/chat/completions", chat("estimate"))
     assert int(response["Retry-After"]) == 40  # flushed within a tick, then 30 s + a tick
+
+
+@pytest.mark.parametrize(
+    "tick, secret, found",
+    [
+        (5, "whsec_c2VjcmV0", set()),
+        (0, "", {"ops_app.E005"}),
+        (120, "", {"ops_app.E005"}),
+        (5, "not-a-webhook-secret", {"ops_app.W002"}),
+    ],
+)
+def test_nonsense_tick_or_webhook_settings_fail_the_system_check(settings, tick, secret, found):
+    from ops_app.checks import ticks_and_webhooks_check
+
+    settings.TICK_SECONDS, settings.OPENAI_WEBHOOK_SECRET = tick, secret
+    assert {problem.id for problem in ticks_and_webhooks_check(None)} == found
