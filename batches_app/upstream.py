@@ -154,6 +154,14 @@ def delete_file(file_id: str) -> None:
             raise _translate(exc) from exc
 
 
+def create_webhook_endpoint(*, url: str, name: str, event_types: list[str]) -> tuple[str, str]:
+    """Register a webhook endpoint upstream; its id and signing secret (shown only now)."""
+    created = _call(
+        client(retries=False).webhooks.create, url=url, name=name, event_types=event_types
+    )
+    return created.id, created.signing_secret
+
+
 def video_content(video_id: str, *, variant: str = "video") -> tuple[str, Iterator[bytes]]:
     """A video's media type and its bytes, streamed from upstream: a video is megabytes.
 

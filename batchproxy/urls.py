@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 
+from batches_app import views as batches_views
 from batches_app.admin import dashboard_urls
 from ops_app import views as ops_views
 from requests_app import errors, limits, views
@@ -22,6 +23,7 @@ client_urls = (
         path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())
         for prefix in ("v1/", "")
     ]
+    + [path(f"{prefix}batch_requests", views.BatchRequestList.as_view()) for prefix in ("v1/", "")]
     + [
         path(f"{prefix}videos/<str:video_id>/content", views.VideoContent.as_view())
         for prefix in ("v1/", "")
@@ -35,6 +37,7 @@ urlpatterns = [
     path(f"{settings.ADMIN_URL}dashboard/", include(dashboard_urls)),
     path(settings.ADMIN_URL, admin.site.urls),
     *client_urls,
+    path("webhooks/openai", batches_views.openai_webhook),
     path("healthz", ops_views.healthz),
     path("readyz", ops_views.readyz),
     path("metrics", ops_views.metrics),

@@ -276,3 +276,6 @@ admin.site.site_header = "batchproxy"
 admin.site.site_title = "batchproxy admin"
 admin.site.index_title = "Operator's cockpit"
 admin.site.index_template = "admin/batchproxy/index.html"
+
+# Completion webhooks have an admin module of their own.
+from . import webhook_admin  # noqa: E402, F401
