@@ -161,6 +161,13 @@ class BatchRequest(models.Model):
                 condition=models.Q(finished_at__isnull=False),
                 name="finished_at_idx",
             ),
+            # A key's videos, for the owner check of a video's content (requests_app.videos):
+            # a handful of rows per key, however many other calls it makes.
+            models.Index(
+                fields=["api_key", "status"],
+                condition=models.Q(endpoint="/v1/videos"),
+                name="videos_idx",
+            ),
         ]
 
     def __str__(self) -> str:
