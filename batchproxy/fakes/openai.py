@@ -14,8 +14,11 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
 
 Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
-for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
-bodies, one model per batch, and image edits in their JSON form only (`images` references).
+for edits, " on <image urls or file ids>"). A video line is answered with a finished video object;
+its content (MP4's signature, then "echo: <prompt>") is served at GET /v1/videos/{id}/content for
+a day (`expire_videos()` ends that at once). Input lines are checked as OpenAI checks them: JSON
+bodies, one model per batch, image edits in their JSON form only (`images` references), and a
+video's `input_reference` a reference, not an upload.
 
 With a `webhook_url` (and `webhook_secret`, `whsec_…`) configured, the fake also watches its
 batches from a thread of its own and, when one ends, POSTs OpenAI's `batch.<status>` event to
