@@ -45,21 +45,25 @@ class Room:
         return tokens <= self.tokens and requests <= self.requests
 
 
+def _upstream_by_model(model: str | None = None) -> dict[str, tuple[int, int]]:
+    """Tokens and requests, per model without its date, of the batches that the upstream holds
+    unfinished or is about to get; of one model (and its snapshots) only, when named."""
+    before = Q(state__in=(Batch.State.BUILDING, Batch.State.UPLOADED))
+    running = Q(state=Batch.State.RUNNING) & ~Q(upstream_status__in=Batch.UPSTREAM_TERMINAL)
+    batches = Batch.objects.filter(before | running)
+    if model is not None:
+        batches = batches.filter(Q(model=model) | Q(model__startswith=f"{model}-"))
+    totals: dict[str, tuple[int, int]] = {}
+    for name, counted, count in batches.values_list("model", "counted_tokens", "request_count"):
+        tokens, requests = totals.get(base_model(name), (0, 0))
+        totals[base_model(name)] = (tokens + counted, requests + count)
+    return totals
+
+
 def queued_upstream(model: str) -> tuple[int, int]:
     """Tokens and requests of the model's batches that the upstream holds or is about to get."""
     base = base_model(model)
-    before = Q(state__in=(Batch.State.BUILDING, Batch.State.UPLOADED))
-    running = Q(state=Batch.State.RUNNING) & ~Q(upstream_status__in=Batch.UPSTREAM_TERMINAL)
-    rows = (
-        Batch.objects.filter(before | running)
-        .filter(Q(model=base) | Q(model__startswith=f"{base}-"))
-        .values_list("model", "counted_tokens", "request_count")
-    )
-    tokens = requests = 0
-    for name, counted, count in rows:
-        if base_model(name) == base:
-            tokens, requests = tokens + counted, requests + count
-    return tokens, requests
+    return _upstream_by_model(base).get(base, (0, 0))
 
 
 def _configured(row: QueueLimit | None, base: str) -> tuple[int | None, int | None]:
@@ -156,6 +160,21 @@ def budget_learn(*, batch: Batch, message: str) -> int | None:
     return stated
 
 
+def queue_limit_set(
+    *, model: str, tokens: int | None, requests: int | None, forget_learned: bool = False
+) -> QueueLimit:
+    """An operator sets a model's limits (None leaves one as it is, 0 clears it)."""
+    row, _ = QueueLimit.objects.get_or_create(model=base_model(model))
+    if tokens is not None:
+        row.enqueued_tokens = tokens or None
+    if requests is not None:
+        row.queued_requests = requests or None
+    if forget_learned:
+        row.learned_tokens = row.stated_tokens = row.learned_at = None
+    row.save()
+    return row
+
+
 # --- What clients and operators see ---------------------------------------------------------
 
 _waiting_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -179,6 +198,14 @@ def is_waiting(model: str) -> bool:
     return base_model(model) in waiting_models()
 
 
+def tokens_waiting(model: str) -> int:
+    """Counted input tokens of the model's queued requests (its snapshots' too)."""
+    queued = BatchRequest.objects.filter(status=BatchRequest.Status.QUEUED)
+    rows = queued.filter(Q(model=model) | Q(model__startswith=f"{model}-")).values("model")
+    rows = rows.annotate(tokens=Sum("counted_tokens"))
+    return sum(row["tokens"] or 0 for row in rows if base_model(row["model"]) == model)
+
+
 def capacity_rows() -> list[dict]:
     """Per model with a limit or a queue: limit, budget, tokens upstream and tokens waiting."""
     waiting = (
@@ -192,12 +219,13 @@ def capacity_rows() -> list[dict]:
         row["tokens"] += group["tokens"] or 0
         row["requests"] += group["requests"]
     limits = {row.model: row for row in QueueLimit.objects.all()}
-    names = sorted(set(limits) | set(by_base) | set(settings.QUEUE_LIMITS))
+    upstream = _upstream_by_model()
+    names = sorted(set(limits) | set(by_base) | set(upstream) | set(settings.QUEUE_LIMITS))
     rows = []
     for name in names:
         row = limits.get(name)
         tokens, requests, limit = limits_of(name, row)
-        queued_tokens, queued_requests = queued_upstream(name)
+        queued_tokens, queued_requests = upstream.get(name, (0, 0))
         rows.append(
             {
                 "model": name,

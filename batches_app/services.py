@@ -614,7 +614,8 @@ def requests_purge(*, now: datetime | None = None) -> int:
     expired = BatchRequest.objects.filter(
         status__in=(Status.COMPLETED, Status.FAILED, Status.CANCELLED), finished_at__lt=cutoff
     )
-    purged = 0
+    purged, label = 0, BatchRequest._meta.label
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
-        purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
+        # The count of requests alone: the pieces of large answers go with them (cascade).
+        purged += BatchRequest.objects.filter(pk__in=ids).delete()[1].get(label, 0)
     return purged

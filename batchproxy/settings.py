@@ -5,6 +5,7 @@ import hmac
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -159,8 +160,21 @@ UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
 # The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
 # QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
-QUEUE_LIMITS = env.dict("QUEUE_LIMITS", cast={"value": int}, default={})
-QUEUE_REQUEST_LIMITS = env.dict("QUEUE_REQUEST_LIMITS", cast={"value": int}, default={})
+
+
+def _model_numbers(name: str) -> dict[str, int]:
+    """`MODEL=N,MODEL=N` pairs from the environment."""
+    pairs = {}
+    for pair in env.list(name, default=[]):
+        model, _, number = pair.partition("=")
+        if not model.strip() or not number.strip().isdigit():
+            raise ImproperlyConfigured(f"{name}: {pair!r} is not MODEL=N (e.g. gpt-4o=90000).")
+        pairs[model.strip()] = int(number)
+    return pairs
+
+
+QUEUE_LIMITS = _model_numbers("QUEUE_LIMITS")
+QUEUE_REQUEST_LIMITS = _model_numbers("QUEUE_REQUEST_LIMITS")
 # The share of a configured limit kept free for the difference between our count and OpenAI's.
 QUEUE_LIMIT_MARGIN = env.float("QUEUE_LIMIT_MARGIN", default=0.1)
 # How long a budget learned from a token_limit_exceeded refusal is kept.
@@ -176,6 +190,16 @@ BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
 BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=600)
 # Output lines applied per transaction while ingesting.
 INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
+# ... and at most this many bytes of them, so 1000 lines of 5 MB images are never held at once.
+INGEST_CHUNK_BYTES = env.int("INGEST_CHUNK_BYTES", default=16_777_216)
+# The largest answer the proxy keeps (one output line is read whole at ingest); a larger one
+# fails its request with `response_too_large`. Answers over RESPONSE_INLINE_BYTES are stored in
+# pieces and streamed to the client.
+MAX_RESPONSE_BYTES = env.int("MAX_RESPONSE_BYTES", default=104_857_600)
+RESPONSE_INLINE_BYTES = 262_144
+# Files the proxy uploads, and the output and error files of its batches, expire upstream this
+# many seconds after their creation (OpenAI takes 3600 to 2592000), even if deleting them fails.
+UPSTREAM_FILE_EXPIRY = env.int("UPSTREAM_FILE_EXPIRY", default=2_592_000)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.
@@ -208,8 +232,9 @@ LIST_SETTLE_SECONDS = env.float("LIST_SETTLE_SECONDS", default=10.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["requests_app.auth.HasActiveKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "requests_app.api.FirstRenderer",
     "EXCEPTION_HANDLER": "requests_app.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -100,8 +100,8 @@ def main() -> None:
     django_setup()
     from django.utils import timezone
 
-    from batches_app.fake_openai import FakeOpenAI
     from batches_app.models import Batch
+    from batchproxy.fakes.openai import FakeOpenAI
     from bench.engine_data import requests_fill
     from requests_app.models import ApiKey, BatchRequest, WebhookEndpoint
 

@@ -156,7 +156,7 @@ def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
 
 def _spend() -> list:
     """Tokens and money per model, over every batch the proxy has finished."""
-    from batches_app import dashboard
+    from batches_app.spend import PriceBook, spend_by_model
 
     tokens = CounterMetricFamily(
         "batchproxy_tokens", "Tokens used by finished batches.", labels=["model", "direction"]
@@ -170,7 +170,7 @@ def _spend() -> list:
     spent = CounterMetricFamily(
         "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=["model"]
     )
-    for spend in dashboard.spend_by_model(since=EPOCH, book=dashboard.PriceBook()):
+    for spend in spend_by_model(since=EPOCH, book=PriceBook()):
         tokens.add_metric([spend.label, "input"], spend.tokens_in)
         tokens.add_metric([spend.label, "output"], spend.tokens_out)
         if spend.priced:
@@ -194,6 +194,45 @@ def _webhooks() -> GaugeMetricFamily:
     return gauge
 
 
+def _capacity() -> list:
+    """Each model's queue limit, its tokens upstream and waiting, and whether it waits."""
+    from batches_app import capacity
+
+    families = {
+        "limit": GaugeMetricFamily(
+            "batchproxy_queue_limit_tokens",
+            "The upstream's enqueued-token limit (configured, or stated by a refusal).",
+            labels=["model"],
+        ),
+        "budget": GaugeMetricFamily(
+            "batchproxy_queue_budget_tokens",
+            "Input tokens the proxy lets wait upstream (limit less margin, or learned).",
+            labels=["model"],
+        ),
+        "upstream_tokens": GaugeMetricFamily(
+            "batchproxy_queue_upstream_tokens",
+            "Counted input tokens in the model's batches not finished upstream.",
+            labels=["model"],
+        ),
+        "waiting_tokens": GaugeMetricFamily(
+            "batchproxy_queue_waiting_tokens",
+            "Counted input tokens of queued requests not yet in a batch.",
+            labels=["model"],
+        ),
+    }
+    waiting = GaugeMetricFamily(
+        "batchproxy_waiting_for_capacity",
+        "1 while the model's queued requests wait for queue capacity upstream.",
+        labels=["model"],
+    )
+    for row in capacity.capacity_rows():
+        for name, family in families.items():
+            if row[name] is not None:
+                family.add_metric([row["model"]], row[name])
+        waiting.add_metric([row["model"]], 1 if row["waiting_since"] else 0)
+    return [*families.values(), waiting]
+
+
 class DatabaseCollector(Collector):
     """Everything in /metrics, computed from the database when Prometheus scrapes."""
 
@@ -205,3 +244,4 @@ class DatabaseCollector(Collector):
         yield _webhooks()
         yield from _upstream_calls()
         yield from _spend()
+        yield from _capacity()

@@ -1,7 +1,8 @@
 """The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
 
-The intake endpoints are plain Django views (the hot path skips DRF), so drf-spectacular cannot
-see them: `add_intake_paths` describes them by hand, from the contract's table of answers.
+The intake endpoints are DRF views without serializers (`Intake.schema = None`): their bodies
+are OpenAI's and their answers the contract's, so `add_intake_paths` describes them by hand,
+from the contract's table of answers.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -124,7 +125,7 @@ COMPONENTS = {
 
 
 def add_intake_paths(result, generator, request, public):
-    """Add the five POST endpoints and the answers DRF cannot infer (401, 404)."""
+    """Add the POST endpoints and the answers DRF cannot infer (401, 404)."""
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(COMPONENTS)
     for endpoint in ENDPOINTS:

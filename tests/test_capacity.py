@@ -7,11 +7,14 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from io import StringIO
 
 import openai
 import orjson
 import pytest
+from django.core.management import call_command
 from django.db import connections, transaction
+from django.utils import timezone
 
 from batches_app import capacity, services
 from batches_app.models import Batch, QueueLimit
@@ -324,3 +327,78 @@ def test_two_flushing_schedulers_finish_a_big_job_with_no_batch_refused(
     assert refusals(fake_openai) == 0
     assert_each_answered_once(fake_openai)
     assert len(fake_openai.batches) >= 4
+
+
+# --- What operators see ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_operators_see_limits_budget_and_waiting_everywhere(
+    post, admin_client, client, fake_openai, settings
+):
+    fake_openai.configure(step_seconds=60)
+    out = StringIO()
+    call_command("set_queue_limit", "gpt-4o-2024-08-06", "--tokens", str(LIMIT), stdout=out)
+    assert "gpt-4o: 1000 enqueued-token limit" in out.getvalue()
+    for n in range(30):
+        post("/v1/chat/completions", chat(prompt(n)))
+    [batch] = services.batch_flush(force=True)
+
+    listing = admin_client.get("/admin/batches_app/queuelimit/").content.decode()
+    assert "waiting for queue capacity" in listing
+    assert f"{batch.counted_tokens:,}" in listing  # tokens upstream
+    page = admin_client.get(f"/admin/batches_app/batch/{batch.pk}/change/").content.decode()
+    assert str(batch.counted_tokens) in page
+    board = admin_client.get("/admin/dashboard/").content.decode()
+    assert "waiting for queue capacity" in board
+    assert '<td class="bp-num">900</td>' in board  # the budget: the limit less 10%
+    metrics = client.get("/metrics").content.decode()
+    assert 'batchproxy_waiting_for_capacity{model="gpt-4o"} 1.0' in metrics
+    assert 'batchproxy_queue_limit_tokens{model="gpt-4o"} 1000.0' in metrics
+    assert f'batchproxy_queue_upstream_tokens{{model="gpt-4o"}} {batch.counted_tokens}.0' in metrics
+
+    out = StringIO()
+    call_command("set_queue_limit", stdout=out)
+    assert "gpt-4o: limit 1000, budget 900" in out.getvalue()
+    assert "waiting for queue capacity" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_an_operator_can_forget_a_learned_budget(admin_client):
+    row = QueueLimit.objects.create(
+        model="gpt-4o", learned_tokens=500, stated_tokens=1000, learned_at=timezone.now()
+    )
+    assert capacity.limits_of("gpt-4o", row)[0] == 500
+
+    admin_client.post(
+        "/admin/batches_app/queuelimit/",
+        {"action": "forget_learned", "_selected_action": [row.pk]},
+    )
+
+    row.refresh_from_db()
+    assert (row.learned_tokens, row.stated_tokens, row.learned_at) == (None, None, None)
+    assert capacity.limits_of("gpt-4o", row)[0] == float("inf")
+
+
+def test_nonsense_queue_settings_fail_the_system_check(settings):
+    from ops_app.checks import queue_limits_check
+
+    settings.QUEUE_LIMIT_MARGIN = 1.5
+    settings.QUEUE_REQUEST_LIMITS = {"text-embedding-3-small": 0}
+    assert {e.id for e in queue_limits_check(None)} == {"ops_app.E003", "ops_app.E004"}
+
+
+@pytest.mark.django_db
+def test_embeddings_also_keep_to_a_limit_of_queued_requests(post, fake_openai, settings):
+    settings.QUEUE_REQUEST_LIMITS = {"text-embedding-3-small": 4}
+    fake_openai.configure(step_seconds=60)
+    for n in range(10):
+        post("/v1/embeddings", {"model": "text-embedding-3-small", "input": f"text {n}"})
+
+    first = services.batch_flush(force=True)
+    services.batches_advance(force=True)
+    second = services.batch_flush(force=True)
+
+    assert [batch.request_count for batch in first] == [4]
+    assert second == []
+    assert BatchRequest.objects.filter(status=Status.QUEUED).count() == 6

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from batches_app.fake_openai import FakeOpenAI
+from batchproxy.fakes.openai import FakeOpenAI
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import superuser_ensure
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('requests_app', '0005_counted_tokens'),
+        ('requests_app', '0006_image_endpoints_and_large_answers'),
     ]
 
     operations = [
