@@ -255,7 +255,8 @@ def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:
     include_body = delivery.endpoint.include_body
     fields = ["pk", "type", "created_at", "status", "response_status"]
     fields += [f"request__{name}" for name in ("id", "endpoint", "model", "error_code")]
-    fields += ["request__error_message"] + (["request__response_body"] if include_body else [])
+    fields += ["request__error_message"]
+    fields += ["request__response_body", "request__response_chunks"] if include_body else []
     events = []
     for row in delivery.events.order_by("pk").values(*fields):
         data = {
@@ -274,6 +275,9 @@ def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:
         if include_body:
             body = row["request__response_body"]
             data["response"] = orjson.Fragment(body) if body is not None else None
+            if row["request__response_chunks"]:
+                # A large answer (images) is not inlined: the caller's identical call gets it.
+                data["response_omitted"] = True
         events.append(
             {
                 "id": f"evt_{row['pk']}",

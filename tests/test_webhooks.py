@@ -560,3 +560,24 @@ def test_metrics_count_deliveries_by_status(client, enqueue, fake_openai, hook_s
     text = client.get("/metrics").text
     assert 'batchproxy_webhook_deliveries{status="pending"} 1.0' in text
     assert 'batchproxy_webhook_deliveries{status="new"} 0.0' in text
+
+
+@responses.activate
+def test_a_large_answer_kept_in_pieces_is_not_inlined_in_the_event(
+    enqueue, fake_openai, hook_settings, monkeypatch
+):
+    from batches_app import outcomes
+
+    hook_settings.RESPONSE_INLINE_BYTES = 100  # every answer is "large"
+    monkeypatch.setattr(outcomes, "RESPONSE_CHUNK_CHARS", 64)
+    issued = add_endpoint(include_body=True)
+    enqueue("a big one")
+    cycle()
+    assert BatchRequest.objects.get().response_chunks > 0
+    responses.post(HOOK, status=200)
+
+    deliver_all()
+
+    [event] = verify(responses.calls[0], issued.secret)["data"]
+    assert event["data"]["response"] is None and event["data"]["response_omitted"] is True
+    assert event["data"]["response_status"] == 200
