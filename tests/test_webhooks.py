@@ -347,6 +347,16 @@ def test_plain_http_needs_an_allowed_host(settings):
         add_endpoint(url="ftp://hooks.example.com/x")
 
 
+def test_plain_http_to_loopback_is_allowed_by_default_but_loopback_itself_is_not(settings):
+    with pytest.raises(webhooks.WebhookURLError, match="private address"):
+        add_endpoint(url="http://127.0.0.1:8000/hook")
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
+    assert add_endpoint(url="http://127.0.0.1:8000/hook").endpoint.pk
+    assert add_endpoint(url="http://[::1]:8000/hook").endpoint.pk
+    with pytest.raises(webhooks.WebhookURLError, match="use https"):
+        add_endpoint(url="http://10.0.0.1:8000/hook")
+
+
 @pytest.mark.parametrize(
     "address",
     [
