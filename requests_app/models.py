@@ -232,7 +232,9 @@ class WebhookEndpoint(models.Model):
         default=False, help_text="Send each answer's body with its event."
     )
     secret = models.CharField(max_length=100, editable=False)
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True, help_text="Off: no new events; waiting deliveries are held until it is on."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
