@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
-from requests_app.models import BatchRequest, jsonl_line
+from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
 from . import capacity, upstream
@@ -614,8 +614,9 @@ def requests_purge(*, now: datetime | None = None) -> int:
     expired = BatchRequest.objects.filter(
         status__in=(Status.COMPLETED, Status.FAILED, Status.CANCELLED), finished_at__lt=cutoff
     )
-    purged, label = 0, BatchRequest._meta.label
+    purged = 0
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
-        # The count of requests alone: the pieces of large answers go with them (cascade).
-        purged += BatchRequest.objects.filter(pk__in=ids).delete()[1].get(label, 0)
+        with transaction.atomic():
+            ResponseChunk.objects.filter(request_id__in=ids).delete()
+            purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
     return purged

@@ -179,21 +179,6 @@ def _spend() -> list:
     return [tokens, saved, spent]
 
 
-def _webhooks() -> GaugeMetricFamily:
-    from requests_app.models import WebhookDelivery, WebhookEvent
-
-    gauge = GaugeMetricFamily(
-        "batchproxy_webhook_deliveries",
-        "Completion-webhook POSTs by status; `new` counts events not yet put into one.",
-        labels=["status"],
-    )
-    counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("pk")).order_by())
-    for status in WebhookDelivery.Status.values:
-        gauge.add_metric([status], counts.get(status, 0))
-    gauge.add_metric(["new"], WebhookEvent.objects.filter(delivery=None).count())
-    return gauge
-
-
 def _capacity() -> list:
     """Each model's queue limit, its tokens upstream and waiting, and whether it waits."""
     from batches_app import capacity
@@ -231,6 +216,21 @@ def _capacity() -> list:
                 family.add_metric([row["model"]], row[name])
         waiting.add_metric([row["model"]], 1 if row["waiting_since"] else 0)
     return [*families.values(), waiting]
+
+
+def _webhooks() -> GaugeMetricFamily:
+    from requests_app.models import WebhookDelivery, WebhookEvent
+
+    gauge = GaugeMetricFamily(
+        "batchproxy_webhook_deliveries",
+        "Completion-webhook POSTs by status; `new` counts events not yet put into one.",
+        labels=["status"],
+    )
+    counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    for status in WebhookDelivery.Status.values:
+        gauge.add_metric([status], counts.get(status, 0))
+    gauge.add_metric(["new"], WebhookEvent.objects.filter(delivery=None).count())
+    return gauge
 
 
 class DatabaseCollector(Collector):

@@ -179,7 +179,9 @@ class ResponseChunk(models.Model):
     process can stream one from the database a piece at a time, never holding it whole.
     """
 
-    request = models.ForeignKey(BatchRequest, on_delete=models.CASCADE, related_name="chunks")
+    # Deleted with their request by `requests_purge`, explicitly: a cascade would make Django
+    # load every purged request (bodies and all) instead of deleting them in one statement.
+    request = models.ForeignKey(BatchRequest, on_delete=models.DO_NOTHING, related_name="chunks")
     seq = models.PositiveIntegerField()
     data = models.TextField()
 
