@@ -30,6 +30,17 @@ EXAMPLES = ROOT / "clients" / "python" / "examples"
 NODE_DIR = Path(__file__).parent / "node"
 
 
+@pytest.fixture(scope="module")
+def node() -> None:
+    """Node.js with tests/node installed (the official SDK), as tests/test_node_sdk.py has it."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed on this machine")
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
+        )
+
+
 def pending_then_answer(times: int, retry_after: str = "7"):
     """A fake proxy: 422 pending `times` times, then the answer; counts the asks."""
     asked = []
@@ -286,14 +297,8 @@ def test_python_asyncio_script_gets_its_answers_with_no_loop_of_its_own(
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_node_helper_gets_its_answers_with_no_loop_of_its_own(
-    live_server, api_key, fake_openai, fast_proxy
+    node, live_server, api_key, fake_openai, fast_proxy
 ):
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
-        )
     out = run_while_cycling(
         ["node", "waiting.mjs", f"{live_server.url}/v1", api_key[1], "cy"], NODE_DIR
     )
@@ -303,13 +308,7 @@ def test_node_helper_gets_its_answers_with_no_loop_of_its_own(
     }
 
 
-def test_node_bulk_queues_every_call_before_any_waits():
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
-        )
+def test_node_bulk_queues_every_call_before_any_waits(node):
     out = subprocess.run(
         ["node", "bulk_order.mjs"], cwd=NODE_DIR, check=True, capture_output=True, text=True
     )
@@ -317,3 +316,12 @@ def test_node_bulk_queues_every_call_before_any_waits():
     inputs = [f"n{i}" for i in range(8)]
     assert result["answers"] == inputs
     assert sorted(result["asked"][:8]) == inputs and len(result["asked"]) == 16
+
+
+def test_node_fetch_gives_the_sdk_the_422_once_its_deadline_has_passed(node):
+    out = subprocess.run(
+        ["node", "deadline.mjs"], cwd=NODE_DIR, check=True, capture_output=True, text=True
+    )
+    result = json.loads(out.stdout)
+    assert (result["status"], result["code"]) == (422, "batch_pending")
+    assert 300 <= result["ms"] < 3000 and 3 <= result["asks"] <= 10

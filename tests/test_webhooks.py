@@ -512,10 +512,16 @@ def test_admin_adds_an_endpoint_and_shows_its_secret_once(admin_client, settings
 def test_purging_answers_leaves_their_events_alone_and_they_are_skipped(
     enqueue, fake_openai, hook_settings
 ):
+    from django.db import connection
+    from django.db.models.deletion import Collector
+
     add_endpoint()
     enqueue("purged before told")
     cycle()
     assert WebhookEvent.objects.count() == 1
+
+    # Events must not make the purge load every request it deletes (bodies and all).
+    assert Collector(using=connection.alias).can_fast_delete(BatchRequest.objects.all())
 
     assert services.requests_purge(now=timezone.now() + timedelta(days=30)) == 1
     assert WebhookEvent.objects.count() == 1  # no cascade: the purge did not look for it
