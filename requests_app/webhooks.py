@@ -329,7 +329,7 @@ def webhook_delivery_send(*, delivery: WebhookDelivery) -> bool:
         attempt.response_body = response.text[:1000]
         if response.is_redirect:
             attempt.error = "Redirects are not followed: register the final URL."
-        elif not response.ok:
+        elif not 200 <= response.status_code < 300:
             attempt.error = f"The receiver answered HTTP {response.status_code}."
     except WebhookURLError as exc:
         attempt.error = str(exc)

@@ -304,6 +304,16 @@ def test_a_redirect_is_not_followed(enqueue, fake_openai, hook_settings):
 
 
 @responses.activate
+def test_only_a_2xx_counts_as_delivered(enqueue, fake_openai, hook_settings):
+    add_endpoint()
+    enqueue("not modified")
+    cycle()
+    responses.post(HOOK, status=304)
+    assert deliver_all().failed == 1
+    assert WebhookDelivery.objects.get().status == "pending"
+
+
+@responses.activate
 def test_a_down_endpoint_costs_one_attempt_per_run_and_never_blocks_ingest(
     enqueue, fake_openai, hook_settings
 ):
