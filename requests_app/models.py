@@ -248,7 +248,9 @@ class WebhookEndpoint(models.Model):
         default=False, help_text="Send each answer's body with its event."
     )
     secret = models.CharField(max_length=100, editable=False)
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True, help_text="Off: no new events; waiting deliveries are held until it is on."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -313,9 +315,9 @@ class WebhookEvent(models.Model):
         CANCELLED = "batch_request.cancelled"
 
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
-    # No constraint and no cascade: a cascade would make Django load every purged request
-    # (bodies and all) instead of deleting them in one statement. An event whose request was
-    # purged is skipped when sent, and goes with its delivery (`webhook_deliveries_purge`).
+    # No constraint and no cascade: the answers' purge deletes requests without looking for
+    # their events (nor locking them). An event whose request was purged is skipped when sent,
+    # and goes with its delivery (`webhook_deliveries_purge`).
     request = models.ForeignKey(
         BatchRequest,
         on_delete=models.DO_NOTHING,

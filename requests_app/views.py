@@ -310,9 +310,14 @@ class FinishedRequestSerializer(BatchRequestSerializer):
     """A list entry; with `?include=body`, also the answer as the caller would get it."""
 
     response = serializers.SerializerMethodField()
+    response_omitted = serializers.SerializerMethodField()
 
     class Meta(BatchRequestSerializer.Meta):
-        fields = (*BatchRequestSerializer.Meta.fields, "response")
+        fields = (*BatchRequestSerializer.Meta.fields, "response", "response_omitted")
+
+    def get_response_omitted(self, obj: BatchRequest) -> bool:
+        """True for a large answer (images), which only the identical call streams."""
+        return bool(self.context.get("include_body") and obj.response_chunks)
 
     @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
     def get_response(self, obj: BatchRequest) -> dict | None:
