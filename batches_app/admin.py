@@ -16,8 +16,8 @@ from django.views.decorators.http import require_POST
 from requests_app.admin import age, pretty_json
 from requests_app.models import BatchRequest
 
-from . import dashboard, services
-from .models import Batch, ModelPrice, UpstreamFile
+from . import capacity, dashboard, services
+from .models import Batch, ModelPrice, QueueLimit, UpstreamFile
 
 ERROR_PREVIEW = 80
 
@@ -63,7 +63,7 @@ class BatchAdmin(admin.ModelAdmin):
     fields = (
         ("id", "state", "cancel_mode"),
         ("endpoint", "model"),
-        ("request_count", "input_bytes", "requests_link"),
+        ("request_count", "input_bytes", "counted_tokens", "requests_link"),
         ("upstream_id", "upstream_status", "upstream_created_at"),
         ("input_file_id", "output_file_id", "error_file_id"),
         ("request_counts", "usage_tokens"),
@@ -191,16 +191,57 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ("model", "input_per_million", "output_per_million", "batch_prices")
-    list_display += ("updated_at",)
-    list_editable = ("input_per_million", "output_per_million")
+    list_display = ("model", "input_per_million", "output_per_million", "per_image")
+    list_display += ("batch_prices", "updated_at")
+    list_editable = ("input_per_million", "output_per_million", "per_image")
     search_fields = ("model",)
 
-    @admin.display(description="batch $ / 1M in, out")
+    @admin.display(description="batch $ / 1M in, out (/ image)")
     def batch_prices(self, price: ModelPrice) -> str:
         half = ModelPrice.BATCH_DISCOUNT
         prices = (price.input_per_million * half, price.output_per_million * half)
-        return ", ".join(f"{p.normalize():f}" for p in prices)
+        text = ", ".join(f"{p.normalize():f}" for p in prices)
+        if price.per_image is not None:
+            text += f" ({(price.per_image * half).normalize():f})"
+        return text
+
+
+@admin.register(QueueLimit)
+class QueueLimitAdmin(admin.ModelAdmin):
+    """The upstream's enqueued-token limit per model, beside the prices (batches_app.capacity)."""
+
+    list_display = ("model", "enqueued_tokens", "queued_requests", "learned", "upstream", "waiting")
+    list_editable = ("enqueued_tokens", "queued_requests")
+    search_fields = ("model",)
+    readonly_fields = ("learned", "upstream", "waiting", "waiting_since", "updated_at")
+    actions = ("forget_learned",)
+
+    @admin.display(description="learned budget")
+    def learned(self, limit: QueueLimit) -> str:
+        if limit.learned_tokens is None:
+            return "-"
+        stated = f", the upstream said {limit.stated_tokens:,}" if limit.stated_tokens else ""
+        return f"{limit.learned_tokens:,} ({age(limit.learned_at)} ago{stated})"
+
+    @admin.display(description="tokens upstream")
+    def upstream(self, limit: QueueLimit) -> str:
+        return f"{capacity.queued_upstream(limit.model)[0]:,}"
+
+    @admin.display(description="tokens waiting")
+    def waiting(self, limit: QueueLimit) -> str:
+        tokens = capacity.tokens_waiting(limit.model)
+        since = f" (waiting for queue capacity for {age(limit.waiting_since)})"
+        return f"{tokens:,}" + (since if limit.waiting_since else "")
+
+    @admin.action(description="Forget the learned budget of selected models")
+    def forget_learned(self, request, queryset) -> None:
+        forgotten = 0
+        for limit in queryset.exclude(learned_tokens=None):
+            capacity.queue_limit_set(
+                model=limit.model, tokens=None, requests=None, forget_learned=True
+            )
+            forgotten += 1
+        self.message_user(request, f"{forgotten} learned budgets forgotten.", messages.SUCCESS)
 
 
 # --- The dashboard ----------------------------------------------------------------------------

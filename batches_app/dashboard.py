@@ -15,7 +15,7 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
-from . import services
+from . import capacity, services
 from .models import Batch
 from .spend import PriceBook, Spend, batch_tokens, spend_by_key, spend_by_model, total
 
@@ -114,12 +114,13 @@ def daily_money(*, now: datetime, book: PriceBook) -> list[dict]:
     batches = list(
         Batch.objects.filter(
             state=Batch.State.DONE, finished_at__date__gte=first, finished_at__isnull=False
-        ).values("pk", "model", "usage", "finished_at")
+        ).values("pk", "model", "usage", "finished_at", "output_images")
     )
     tokens = batch_tokens(batches)
     days: dict = defaultdict(lambda: Spend(""))
     for b in batches:
-        days[b["finished_at"].date()].add(book.find(b["model"]), b["model"], *tokens[b["pk"]])
+        price = book.find(b["model"])
+        days[b["finished_at"].date()].add(price, b["model"], *tokens[b["pk"]], b["output_images"])
     points = []
     for i in range(30):
         day = first + timedelta(days=i)
@@ -144,6 +145,7 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
     return {
         "now": now,
         "queue": queue,
+        "capacity": capacity.capacity_rows(),
         "waiting_total": sum(row["queued"] + row["submitted"] for row in queue),
         "oldest_queued": oldest,
         "oldest_wait": now - oldest if oldest else None,

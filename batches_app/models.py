@@ -1,3 +1,4 @@
+import re
 import uuid
 from decimal import Decimal
 
@@ -37,6 +38,9 @@ class Batch(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.BUILDING)
     request_count = models.PositiveIntegerField(default=0)
     input_bytes = models.PositiveBigIntegerField(default=0)
+    counted_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Input tokens of its requests, as the proxy counted them."
+    )
 
     upstream_id = models.CharField(max_length=100, blank=True, db_index=True)
     upstream_status = models.CharField(max_length=20, blank=True)
@@ -45,6 +49,8 @@ class Batch(models.Model):
     error_file_id = models.CharField(max_length=100, blank=True)
     request_counts = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)
+    # Images its answers held, counted at ingest: DALL-E is priced per image, with no usage.
+    output_images = models.PositiveIntegerField(default=0)
     errors = models.JSONField(null=True, blank=True)
     upstream_created_at = models.DateTimeField(null=True, blank=True)
 
@@ -115,6 +121,14 @@ class ModelPrice(models.Model):
     output_per_million = models.DecimalField(
         "output $ / 1M tokens", max_digits=10, decimal_places=4, default=Decimal(0)
     )
+    per_image = models.DecimalField(
+        "$ / image",
+        max_digits=10,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="For models priced per image (DALL-E), at their default size and quality.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -124,8 +138,59 @@ class ModelPrice(models.Model):
     def __str__(self) -> str:
         return self.model
 
-    def synchronous_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+    def synchronous_cost(self, input_tokens: int, output_tokens: int, images: int = 0) -> Decimal:
         million = Decimal(1_000_000)
-        return (
+        per_token = (
             input_tokens * self.input_per_million + output_tokens * self.output_per_million
         ) / million
+        return per_token + images * (self.per_image or 0)
+
+
+SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+def base_model(model: str) -> str:
+    """A dated snapshot's model (`gpt-4o-2024-08-06` -> `gpt-4o`); any other name unchanged."""
+    return SNAPSHOT.sub("", model)
+
+
+class QueueLimit(models.Model):
+    """How much of a model may wait upstream in batches not yet finished (OpenAI's per-model
+    enqueued-token limit), and what the proxy has learned of it from refusals.
+
+    One row per model, as clients name it without a date; its snapshots share it. A limit left
+    empty here falls back to QUEUE_LIMITS / QUEUE_REQUEST_LIMITS; with neither, none is
+    enforced until a refusal teaches one. Flushers lock the row while they take from the budget.
+    """
+
+    model = models.CharField(max_length=200, unique=True, help_text="Without a date suffix.")
+    enqueued_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The upstream's enqueued-token limit for this model."
+    )
+    queued_requests = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The upstream's limit of queued requests (embeddings)."
+    )
+    learned_tokens = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="A working budget lowered after a token_limit_exceeded refusal.",
+    )
+    stated_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, editable=False, help_text="The limit the upstream's refusal named."
+    )
+    learned_at = models.DateTimeField(null=True, blank=True, editable=False)
+    waiting_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Since when queued requests wait for queue capacity.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = "queue limit"
+
+    def __str__(self) -> str:
+        return self.model

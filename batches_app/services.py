@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
+from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest, jsonl_line
 
-from . import upstream
-from .models import Batch, UpstreamFile
-from .outcomes import batch_settle_rest, lines_apply, requests_retry
+from . import capacity, upstream
+from .models import Batch, UpstreamFile, base_model
+from .outcomes import batch_settle_rest, lines_apply, requests_retry, rows_update
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ Status = BatchRequest.Status
 State = Batch.State
 METADATA_KEY = "batchproxy_batch_id"
 BACKOFF_CAP = 3600
+# Requests whose tokens are counted per statement.
+TOKEN_COUNT_CHUNK = 1000
 # Failures after which a call may or may not have done its work upstream.
 AMBIGUOUS = ("timeout", "connection_error")
 
@@ -72,8 +76,10 @@ def batch_flush(
     """Claim every due group of queued requests into batches.
 
     1. Group the ready queued requests (back-off over) by endpoint and model.
-    2. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
-       requests a batch at a time, each within OpenAI's limits.
+    2. Count the input tokens of the requests not counted yet.
+    3. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
+       requests a batch at a time, each within OpenAI's limits and the model's queue budget
+       (`capacity`); what does not fit waits for capacity.
     The new batches are in state `building`; `batches_advance` uploads and creates them.
     """
     now = timezone.now()
@@ -88,49 +94,106 @@ def batch_flush(
         inputs=Sum("embedding_inputs"),
         oldest=Min("created_at"),
     )
-    created = []
+    created, waiting = [], set()
     for group in groups:
-        if force or _group_due(group, now):
-            while batch := _claim_one_batch(group["endpoint"], group["model"], force=force):
-                created.append(batch)
+        tokens_fill(endpoint=group["endpoint"], model=group["model"])
+        if not (force or _group_due(group, now)):
+            continue
+        while claim := _claim_one_batch(group["endpoint"], group["model"], force=force):
+            if claim.batch:
+                created.append(claim.batch)
+            if claim.waiting:
+                waiting.add(base_model(group["model"]))
+                break
+    if not (endpoint or model):
+        capacity.waiting_clear(except_models=waiting)
     return created
 
 
-def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Batch | None:
+def tokens_fill(*, endpoint: str, model: str) -> int:
+    """Count the input tokens of the group's queued requests that have no count yet.
+
+    Counted here rather than at intake, which stays as fast as it was; a count is kept, so each
+    request is counted once.
+    """
+    uncounted = BatchRequest.objects.filter(
+        status=Status.QUEUED, endpoint=endpoint, model=model, counted_tokens=None
+    )
+    counted = 0
+    while rows := list(uncounted.values_list("pk", "body")[:TOKEN_COUNT_CHUNK]):
+        counts = [(tokens_count(model=model, body=orjson.loads(body)), pk) for pk, body in rows]
+        rows_update(counts, timezone.now(), names=("counted_tokens",))
+        counted += len(counts)
+    return counted
+
+
+@dataclass(frozen=True)
+class Claim:
+    batch: Batch | None
+    waiting: bool  # requests of the group were left for want of queue capacity
+
+
+def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
     """Claim the oldest ready requests of one group into a new batch, if a batch is due.
 
     `SKIP LOCKED` lets flushers run side by side on PostgreSQL, each claiming other rows; the
-    status filter in the update keeps SQLite (which serialises writers) just as safe.
+    status filter in the update keeps SQLite (which serialises writers) just as safe. The
+    model's queue budget is taken under a lock on its row (`capacity.room_take`), so two
+    flushers never fill the same room. None when nothing was claimed and nothing waits.
     """
     now = timezone.now()
     overhead = _line_overhead(endpoint)
     with transaction.atomic():
+        room = capacity.room_take(model=model)
+        if room is not None and room.busy and not room.fits(1, 1):
+            capacity.waiting_mark(model=model, waiting=True)
+            return Claim(None, waiting=True)
         rows = list(
             _ready(now)
-            .filter(endpoint=endpoint, model=model)
+            .filter(endpoint=endpoint, model=model, counted_tokens__isnull=False)
             .order_by("created_at", "pk")
             .select_for_update(skip_locked=True)
-            .values_list("pk", "body_bytes", "embedding_inputs", "created_at")[
+            .values_list("pk", "body_bytes", "embedding_inputs", "created_at", "counted_tokens")[
                 : settings.BATCH_MAX_REQUESTS
             ]
         )
         if not rows:
             return None
-        taken, size, inputs, full = 0, 0, 0, len(rows) == settings.BATCH_MAX_REQUESTS
-        for _pk, body_bytes, embedding_inputs, _created in rows:
+        taken, size, inputs, tokens, full = [], 0, 0, 0, len(rows) == settings.BATCH_MAX_REQUESTS
+        too_large, waiting, alone = [], False, False
+        for pk, body_bytes, embedding_inputs, _created, counted in rows:
             if taken and (
                 size + body_bytes + overhead > settings.BATCH_MAX_BYTES
                 or inputs + embedding_inputs > settings.BATCH_MAX_EMBEDDING_INPUTS
             ):
                 full = True
                 break
-            taken, size, inputs = taken + 1, size + body_bytes + overhead, inputs + embedding_inputs
+            if room is not None and not room.fits(tokens + counted, len(taken) + 1):
+                if room.limit is not None and counted > room.limit:
+                    too_large.append((pk, counted))
+                    continue
+                if taken or room.busy:
+                    full = waiting = True
+                    break
+                # Over the budget, but within the limit and alone upstream: worth a try.
+                full = alone = True
+            taken.append(pk)
+            size, inputs = size + body_bytes + overhead, inputs + embedding_inputs
+            tokens += counted
+            if alone:
+                break
+        if too_large:
+            _fail_too_large(too_large, model=model, limit=room.limit)
+        if room is not None:
+            capacity.waiting_mark(model=model, waiting=waiting)
         aged = rows[0][3] <= now - timedelta(seconds=settings.BATCH_MAX_WAIT)
-        if not (full or force or aged):
-            return None
-        batch = Batch.objects.create(endpoint=endpoint, model=model, input_bytes=size)
+        if not taken or not (full or force or aged):
+            return Claim(None, waiting) if waiting else None
+        batch = Batch.objects.create(
+            endpoint=endpoint, model=model, input_bytes=size, counted_tokens=tokens
+        )
         claimed = 0
-        for chunk in batched((row[0] for row in rows[:taken]), 2000):
+        for chunk in batched(taken, 2000):
             claimed += BatchRequest.objects.filter(pk__in=chunk, status=Status.QUEUED).update(
                 status=Status.SUBMITTED, batch=batch, attempts=F("attempts") + 1, updated_at=now
             )
@@ -138,7 +201,19 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Batch | None:
         batch.request_count = claimed
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
-    return batch
+    return Claim(batch, waiting)
+
+
+def _fail_too_large(rows: list[tuple], *, model: str, limit: int) -> None:
+    """Requests that alone have more input tokens than the model's queue limit never fit."""
+    for pk, counted in rows:
+        BatchRequest.objects.filter(pk=pk, status=Status.QUEUED).update(
+            status=Status.FAILED,
+            error_code="token_limit_exceeded",
+            error_message=capacity.too_large_message(tokens=counted, limit=limit, model=model),
+            finished_at=timezone.now(),
+        )
+    log.warning("flush: %d %s requests over the queue limit failed for good", len(rows), model)
 
 
 # --- Steps ----------------------------------------------------------------------------------
@@ -526,7 +601,8 @@ def requests_purge(*, now: datetime | None = None) -> int:
     expired = BatchRequest.objects.filter(
         status__in=(Status.COMPLETED, Status.FAILED, Status.CANCELLED), finished_at__lt=cutoff
     )
-    purged = 0
+    purged, label = 0, BatchRequest._meta.label
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
-        purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
+        # The count of requests alone: the pieces of large answers go with them (cascade).
+        purged += BatchRequest.objects.filter(pk__in=ids).delete()[1].get(label, 0)
     return purged

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from batchproxy.tryout import FAKE_API_KEY, tryout_read
 
@@ -168,6 +169,29 @@ POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
 MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
+# The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
+# QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
+
+
+def _model_numbers(name: str) -> dict[str, int]:
+    """`MODEL=N,MODEL=N` pairs from the environment."""
+    pairs = {}
+    for pair in env.list(name, default=[]):
+        model, _, number = pair.partition("=")
+        if not model.strip() or not number.strip().isdigit():
+            raise ImproperlyConfigured(f"{name}: {pair!r} is not MODEL=N (e.g. gpt-4o=90000).")
+        pairs[model.strip()] = int(number)
+    return pairs
+
+
+QUEUE_LIMITS = _model_numbers("QUEUE_LIMITS")
+QUEUE_REQUEST_LIMITS = _model_numbers("QUEUE_REQUEST_LIMITS")
+# The share of a configured limit kept free for the difference between our count and OpenAI's.
+QUEUE_LIMIT_MARGIN = env.float("QUEUE_LIMIT_MARGIN", default=0.1)
+# How long a budget learned from a token_limit_exceeded refusal is kept.
+QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
+# How long a web process keeps the list of models waiting for queue capacity.
+CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
@@ -177,6 +201,16 @@ BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
 BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=600)
 # Output lines applied per transaction while ingesting.
 INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
+# ... and at most this many bytes of them, so 1000 lines of 5 MB images are never held at once.
+INGEST_CHUNK_BYTES = env.int("INGEST_CHUNK_BYTES", default=16_777_216)
+# The largest answer the proxy keeps (one output line is read whole at ingest); a larger one
+# fails its request with `response_too_large`. Answers over RESPONSE_INLINE_BYTES are stored in
+# pieces and streamed to the client.
+MAX_RESPONSE_BYTES = env.int("MAX_RESPONSE_BYTES", default=104_857_600)
+RESPONSE_INLINE_BYTES = 262_144
+# Files the proxy uploads, and the output and error files of its batches, expire upstream this
+# many seconds after their creation (OpenAI takes 3600 to 2592000), even if deleting them fails.
+UPSTREAM_FILE_EXPIRY = env.int("UPSTREAM_FILE_EXPIRY", default=2_592_000)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.

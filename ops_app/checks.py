@@ -41,3 +41,43 @@ def metrics_token_check(app_configs, **kwargs) -> list:
     if token and len(token) < 16:
         return [Error("METRICS_TOKEN is shorter than 16 characters.", id="ops_app.E002")]
     return []
+
+
+@register()
+def queue_limits_check(app_configs, **kwargs) -> list:
+    problems = []
+    if not 0 <= settings.QUEUE_LIMIT_MARGIN < 1:
+        problems.append(
+            Error("QUEUE_LIMIT_MARGIN is a share of the limit, from 0 up to 1.", id="ops_app.E003")
+        )
+    for name in ("QUEUE_LIMITS", "QUEUE_REQUEST_LIMITS"):
+        bad = [model for model, limit in getattr(settings, name).items() if limit <= 0]
+        if bad:
+            problems.append(
+                Error(
+                    f"{name} holds limits that are not positive: {', '.join(bad)}.",
+                    hint="Write MODEL=N pairs separated by commas, e.g. gpt-4o=90000.",
+                    id="ops_app.E004",
+                )
+            )
+    return problems
+
+
+@register()
+def upstream_limits_check(app_configs, **kwargs) -> list:
+    problems = []
+    if not 3600 <= settings.UPSTREAM_FILE_EXPIRY <= 2_592_000:
+        problems.append(
+            Error(
+                "UPSTREAM_FILE_EXPIRY must be between 3600 and 2592000 seconds (OpenAI's range).",
+                id="ops_app.E010",
+            )
+        )
+    if settings.MAX_RESPONSE_BYTES < settings.RESPONSE_INLINE_BYTES:
+        problems.append(
+            Error(
+                f"MAX_RESPONSE_BYTES must be at least {settings.RESPONSE_INLINE_BYTES}.",
+                id="ops_app.E011",
+            )
+        )
+    return problems

@@ -179,6 +179,45 @@ def _spend() -> list:
     return [tokens, saved, spent]
 
 
+def _capacity() -> list:
+    """Each model's queue limit, its tokens upstream and waiting, and whether it waits."""
+    from batches_app import capacity
+
+    families = {
+        "limit": GaugeMetricFamily(
+            "batchproxy_queue_limit_tokens",
+            "The upstream's enqueued-token limit (configured, or stated by a refusal).",
+            labels=["model"],
+        ),
+        "budget": GaugeMetricFamily(
+            "batchproxy_queue_budget_tokens",
+            "Input tokens the proxy lets wait upstream (limit less margin, or learned).",
+            labels=["model"],
+        ),
+        "upstream_tokens": GaugeMetricFamily(
+            "batchproxy_queue_upstream_tokens",
+            "Counted input tokens in the model's batches not finished upstream.",
+            labels=["model"],
+        ),
+        "waiting_tokens": GaugeMetricFamily(
+            "batchproxy_queue_waiting_tokens",
+            "Counted input tokens of queued requests not yet in a batch.",
+            labels=["model"],
+        ),
+    }
+    waiting = GaugeMetricFamily(
+        "batchproxy_waiting_for_capacity",
+        "1 while the model's queued requests wait for queue capacity upstream.",
+        labels=["model"],
+    )
+    for row in capacity.capacity_rows():
+        for name, family in families.items():
+            if row[name] is not None:
+                family.add_metric([row["model"]], row[name])
+        waiting.add_metric([row["model"]], 1 if row["waiting_since"] else 0)
+    return [*families.values(), waiting]
+
+
 class DatabaseCollector(Collector):
     """Everything in /metrics, computed from the database when Prometheus scrapes."""
 
@@ -189,3 +228,4 @@ class DatabaseCollector(Collector):
         yield _batches()
         yield from _upstream_calls()
         yield from _spend()
+        yield from _capacity()

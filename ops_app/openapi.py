@@ -125,7 +125,7 @@ COMPONENTS = {
 
 
 def add_intake_paths(result, generator, request, public):
-    """Add the five POST endpoints and the answers DRF cannot infer (401, 404)."""
+    """Add the POST endpoints and the answers DRF cannot infer (401, 404)."""
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(COMPONENTS)
     for endpoint in ENDPOINTS:

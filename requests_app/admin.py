@@ -249,6 +249,9 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="answer")
     def response_pretty(self, obj: BatchRequest):
+        if obj.response_chunks:
+            # An image answer of megabytes: not rendered in a page.
+            return f"{obj.response_bytes} bytes, stored in {obj.response_chunks} pieces"
         return pretty_json(obj.response_body)
 
     @admin.action(description="Requeue selected failed or cancelled requests")

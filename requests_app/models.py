@@ -6,7 +6,15 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-ENDPOINTS = ("responses", "chat/completions", "embeddings", "completions", "moderations")
+ENDPOINTS = (
+    "responses",
+    "chat/completions",
+    "embeddings",
+    "completions",
+    "moderations",
+    "images/generations",
+    "images/edits",
+)
 
 
 class Endpoint(models.TextChoices):
@@ -15,6 +23,12 @@ class Endpoint(models.TextChoices):
     EMBEDDINGS = "/v1/embeddings"
     COMPLETIONS = "/v1/completions"
     MODERATIONS = "/v1/moderations"
+    IMAGES_GENERATIONS = "/v1/images/generations"
+    IMAGES_EDITS = "/v1/images/edits"
+
+
+# Answers whose images make them large (b64_json: megabytes each).
+IMAGE_ENDPOINTS = (Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS)
 
 
 def hash_key(secret: str) -> str:
@@ -89,14 +103,24 @@ class BatchRequest(models.Model):
         related_name="requests",
     )
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    # NULL is "no answer yet", which an empty answer is not.
+    # NULL is "no answer yet", which an empty answer is not. A large answer (an image's
+    # b64_json) is kept in `ResponseChunk` rows instead, and this stays NULL.
     response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    response_chunks = models.PositiveIntegerField(
+        default=0, help_text="How many ResponseChunk rows hold the answer (0: it is inline)."
+    )
+    response_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
     # Tokens from the answer's own `usage`, kept apart from the body so that per-key figures are
     # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Images in the answer, for models priced per image (dall-e-2, dall-e-3).
+    output_images = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Input tokens counted by the proxy (batchproxy.tokens) before batching, for the upstream's
+    # enqueued-token limit; counted by the flush, off the intake's hot path.
+    counted_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -116,6 +140,12 @@ class BatchRequest(models.Model):
                 include=["id", "body_bytes", "embedding_inputs", "not_before"],
                 condition=models.Q(status__in=["queued", "submitted"]),
                 name="pending_idx",
+            ),
+            # Only the queued requests the flush has not counted yet (batchproxy.tokens).
+            models.Index(
+                fields=["endpoint", "model"],
+                condition=models.Q(status="queued", counted_tokens__isnull=True),
+                name="uncounted_idx",
             ),
             models.Index(
                 fields=["finished_at"],
@@ -139,6 +169,26 @@ class BatchRequest(models.Model):
 def jsonl_line(request_id: uuid.UUID | str, endpoint: str, body: str) -> str:
     """One line of a batch input file; `body` is already canonical JSON."""
     return f'{{"custom_id":"{request_id}","method":"POST","url":"{endpoint}","body":{body}}}\n'
+
+
+class ResponseChunk(models.Model):
+    """One piece of a large answer, in order.
+
+    Large answers live in rows of at most RESPONSE_CHUNK_CHARS characters so that any web
+    process can stream one from the database a piece at a time, never holding it whole.
+    """
+
+    request = models.ForeignKey(BatchRequest, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    data = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request", "seq"], name="one_chunk_per_place"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} #{self.seq}"
 
 
 class RateCounter(models.Model):

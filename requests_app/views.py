@@ -1,7 +1,7 @@
 import math
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
@@ -9,13 +9,16 @@ from rest_framework.generics import RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from batches_app import capacity
+
 from . import limits
 from .api import RawBodyParser
 from .auth import PresentsKey, ProxyKey
 from .errors import ClientError, error_response
-from .models import ApiKey, BatchRequest
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
+    IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
     requests_insert,
@@ -30,10 +33,13 @@ ANSWER_LOOKUP = CompiledValues(
 )
 
 
-def retry_after(row: dict) -> int:
+def retry_after(row: dict, *, waiting: bool = False) -> int:
     """An honest estimate of the seconds until the answer could be there."""
     now = timezone.now()
-    if row["status"] == BatchRequest.Status.QUEUED:
+    if waiting:
+        # Capacity comes back when one of the model's batches finishes upstream.
+        wait = max(settings.POLL_INTERVAL, capacity.CAPACITY_RETRY_AFTER)
+    elif row["status"] == BatchRequest.Status.QUEUED:
         start = max(row["not_before"] or now, row["created_at"])
         flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
         wait = max(flush_in, 0) + settings.POLL_INTERVAL
@@ -47,16 +53,20 @@ def answer(row: dict) -> HttpResponse:
     request_id = str(row["id"])
     status = row["status"]
     if status in BatchRequest.PENDING:
+        waiting = status == BatchRequest.Status.QUEUED and capacity.is_waiting(row["model"])
+        state = f"{status}, waiting for queue capacity upstream," if waiting else status
         return error_response(
             422,
-            f"Request {request_id} is {status} for the Batch API. "
+            f"Request {request_id} is {state} for the Batch API. "
             "Repeat the identical call later to get its answer.",
             type="batch_pending",
             code="batch_pending",
-            Retry_After=str(retry_after(row)),
+            Retry_After=str(retry_after(row, waiting=waiting)),
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
+        if row["response_chunks"]:
+            return streamed_answer(row)
         response = HttpResponse(
             row["response_body"], status=row["response_status"], content_type="application/json"
         )
@@ -82,9 +92,53 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def streamed_answer(row: dict) -> StreamingHttpResponse:
+    """A large stored answer (images), read from the database and sent one piece at a time.
+
+    Any web process can serve it, and holds one piece (RESPONSE_CHUNK_CHARS) of it at a time,
+    however many such answers it sends at once.
+    """
+    request_id, pieces = row["id"], row["response_chunks"]
+    chunks = ResponseChunk.objects.filter(request_id=request_id)
+
+    def body():
+        # One query per piece: a cursor held open across the whole answer would pin a
+        # connection (and, on PostgreSQL, a snapshot) to a slow client.
+        for seq in range(pieces):
+            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
+            if data is None:
+                return  # purged while being sent: the short body tells the client
+            yield data.encode()
+
+    response = StreamingHttpResponse(
+        body(), status=row["response_status"], content_type="application/json"
+    )
+    response["Content-Length"] = str(row["response_bytes"])
+    response["X-Batch-Request-Id"] = str(request_id)
+    return response
+
+
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
 # than guessed at.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def refuse_form_upload(request: Request, endpoint: str) -> None:
+    """A form or file upload cannot go into a batch: every batch line is a JSON body.
+
+    The SDKs send images.edit as multipart by default; say how to send the JSON form instead
+    of calling the upload invalid JSON.
+    """
+    if request.content_type.split(";")[0].strip() not in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
+        return
+    if endpoint == Endpoint.IMAGES_EDITS:
+        message = IMAGES_EDITS_JSON_ONLY
+    else:
+        message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
+    raise ClientError(400, message, code="unsupported_content_type")
 
 
 def _read_body(request: Request) -> bytes:
@@ -144,6 +198,7 @@ class Intake(APIView):
     def post(self, request: Request, endpoint: str) -> HttpResponse:
         caller: ProxyKey = request.user
         try:
+            refuse_form_upload(request, endpoint)
             call = call_parse(endpoint=endpoint, raw=_read_body(request))
         except ClientError:
             # Only a valid key learns what is wrong with its input.
@@ -169,6 +224,7 @@ class Intake(APIView):
 
 class BatchRequestSerializer(serializers.ModelSerializer):
     object = serializers.SerializerMethodField()
+    waiting_for = serializers.SerializerMethodField()
     batch = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
 
@@ -181,6 +237,7 @@ class BatchRequestSerializer(serializers.ModelSerializer):
             "endpoint",
             "model",
             "attempts",
+            "waiting_for",
             "batch",
             "error",
             "response_status",
@@ -191,6 +248,11 @@ class BatchRequestSerializer(serializers.ModelSerializer):
 
     def get_object(self, obj: BatchRequest) -> str:
         return "batch_request"
+
+    def get_waiting_for(self, obj: BatchRequest) -> str | None:
+        """`queue_capacity` while the request waits for room in its model's upstream queue."""
+        waiting = obj.status == BatchRequest.Status.QUEUED and capacity.is_waiting(obj.model)
+        return "queue_capacity" if waiting else None
 
     def get_batch(self, obj: BatchRequest) -> dict | None:
         if obj.batch is None:

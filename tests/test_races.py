@@ -79,6 +79,7 @@ def test_concurrent_claims_skip_each_others_locked_rows(post, fake_openai, setti
     settings.BATCH_MAX_REQUESTS = 5
     for i in range(10):
         assert post("/v1/chat/completions", orjson.loads(chat(f"lock {i}"))).status_code == 422
+    services.tokens_fill(endpoint="/v1/chat/completions", model="gpt-4o-mini")
     holding, released = threading.Event(), threading.Event()
     claims = {}
 
@@ -112,6 +113,6 @@ def test_concurrent_claims_skip_each_others_locked_rows(post, fake_openai, setti
     threads[0].join(30)
 
     assert finished_while_held  # not blocked by the first claimer's locks
-    assert claims["first"].request_count == claims["second"].request_count == 5
+    assert claims["first"].batch.request_count == claims["second"].batch.request_count == 5
     per_batch = Counter(BatchRequest.objects.values_list("batch", flat=True))
     assert sorted(per_batch.values()) == [5, 5]
