@@ -17,11 +17,17 @@ client_urls = [
     for prefix in ("v1/", "")
     for endpoint in ENDPOINTS
 ] + [
-    path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())
+    route
     for prefix in ("v1/", "")
+    for route in (
+        path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view()),
+        path(f"{prefix}models", views.ModelList.as_view()),
+        path(f"{prefix}models/<path:model>", views.ModelDetail.as_view()),
+    )
 ]
 
 urlpatterns = [
+    path("", ops_views.front_page, name="front-page"),
     # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.
     path(f"{settings.ADMIN_URL}login/", limits.login_throttled(admin.site.login)),
     # The operator's dashboard, ahead of the admin's catch-all route.

@@ -276,3 +276,4 @@ admin.site.site_header = "batchproxy"
 admin.site.site_title = "batchproxy admin"
 admin.site.index_title = "Operator's cockpit"
 admin.site.index_template = "admin/batchproxy/index.html"
+admin.site.site_url = "/"  # "View site": the front page (ops_app.views.front_page)

@@ -3,13 +3,15 @@ import math
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
 from rest_framework.generics import RetrieveAPIView
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from batches_app import capacity
+from batches_app import capacity, catalog
 
 from . import limits
 from .api import RawBodyParser
@@ -282,3 +284,49 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class ModelSerializer(serializers.Serializer):
+    """OpenAI's model object (openai.types.Model)."""
+
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelSerializer(many=True)
+
+
+class ModelList(APIView):
+    """GET /v1/models: the models the proxy knows, in OpenAI's list shape (a key's health check).
+
+    Shared by every key: the price table, the queue limits and the models batched so far.
+    """
+
+    throttle_classes = [limits.KeyRateThrottle]
+
+    @extend_schema(operation_id="list_models", responses=ModelListSerializer)
+    def get(self, request: Request) -> Response:
+        data = [catalog.model_object(m, first) for m, first in catalog.models_known().items()]
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetail(APIView):
+    """GET /v1/models/{model}: one known model, or 404 `model_not_found` as OpenAI answers."""
+
+    throttle_classes = [limits.KeyRateThrottle]
+
+    @extend_schema(operation_id="retrieve_model", responses=ModelSerializer)
+    def get(self, request: Request, model: str) -> Response:
+        found = catalog.model_find(model)
+        if found is None:
+            raise ClientError(
+                404,
+                f"The model '{model[:200]}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        return Response(found)
