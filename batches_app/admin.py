@@ -76,6 +76,9 @@ class BatchAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # batches are made by the flush
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the engine's record: shown read-only, changed by the actions only
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # a deleted batch would strand its requests; cancel it instead
 
@@ -179,6 +182,9 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # what the proxy knows of a file upstream: nothing to edit
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # the row is how the proxy knows a file still exists upstream
