@@ -16,6 +16,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from requests_app.models import BatchRequest, ResponseChunk
+from requests_app.webhooks import webhook_events_record
 
 from . import capacity
 from .models import Batch
@@ -196,6 +197,7 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
         images = sum(row[LINE_FIELDS.index("output_images")] or 0 for row in rows)
         if images:
             Batch.objects.filter(pk=batch.pk).update(output_images=F("output_images") + images)
+        webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at=now))
     return len(rows)
 
 
@@ -305,7 +307,15 @@ def batch_settle_rest(*, batch: Batch) -> None:
     One transaction: a crash halfway must not leave a token-limit deferral counted twice.
     """
     with transaction.atomic():
+        started = timezone.now()
         _settle_rest(batch, _unsettled(batch))
+        webhooks_for_settled(batch=batch, since=started)
+
+
+def webhooks_for_settled(*, batch: Batch, since: datetime) -> None:
+    """Outbox events for the requests of `batch` that ended since `since` (every path that
+    ends a request sets its `finished_at`); in the caller's transaction."""
+    webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at__gte=since))
 
 
 def _settle_rest(batch: Batch, rest: QuerySet) -> None:

@@ -9,6 +9,7 @@ looks for an upstream batch whose metadata names ours.
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,11 +23,19 @@ from django.utils import timezone
 
 from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
-from requests_app.models import BatchRequest, jsonl_line
+from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
+from requests_app.webhooks import webhook_events_record
 
 from . import capacity, upstream
+from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
-from .outcomes import batch_settle_rest, lines_apply, requests_retry, rows_update
+from .outcomes import (
+    batch_settle_rest,
+    lines_apply,
+    requests_retry,
+    rows_update,
+    webhooks_for_settled,
+)
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -207,12 +216,15 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
 def _fail_too_large(rows: list[tuple], *, model: str, limit: int) -> None:
     """Requests that alone have more input tokens than the model's queue limit never fit."""
     for pk, counted in rows:
-        BatchRequest.objects.filter(pk=pk, status=Status.QUEUED).update(
-            status=Status.FAILED,
-            error_code="token_limit_exceeded",
-            error_message=capacity.too_large_message(tokens=counted, limit=limit, model=model),
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            failed = BatchRequest.objects.filter(pk=pk, status=Status.QUEUED).update(
+                status=Status.FAILED,
+                error_code="token_limit_exceeded",
+                error_message=capacity.too_large_message(tokens=counted, limit=limit, model=model),
+                finished_at=timezone.now(),
+            )
+            if failed:
+                webhook_events_record(requests=BatchRequest.objects.filter(pk=pk))
     log.warning("flush: %d %s requests over the queue limit failed for good", len(rows), model)
 
 
@@ -236,34 +248,38 @@ def batches_advance(
         due = due.filter(next_attempt_at__lte=timezone.now())
     report = AdvanceReport()
     for pk in due.order_by("created_at").values_list("pk", flat=True):
-        error = batch_step(batch_id=pk)
+        if stopping.is_set():
+            break  # a SIGTERM: leave the rest to the next tick, which may be another worker's
+        error = batch_step(batch_id=pk, force=force)
         report.stepped += 1
         if error:
             report.failures.append(f"{pk}: {error}")
     return report
 
 
-def _lease(batch_id) -> Batch | None:
-    """Hold the batch for one worker: no two workers run its upstream steps at once.
+def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
+    """Advance one batch as far as it goes now; return the upstream error that stopped it.
 
-    A worker that dies holding the lease blocks the batch until BATCH_LEASE_SECONDS pass.
+    The batch is held by a lease that dies with this worker (`leases`), then read afresh: a
+    step that another worker finished meanwhile is not repeated unless `force`. With `wait`,
+    a batch another worker holds is waited for that many seconds, so that a step asked for
+    now (a webhook's) runs after the one under way rather than not at all.
     """
-    now = timezone.now()
-    until = now + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
-    got = (
-        Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=until)
-    )
-    return Batch.objects.get(pk=batch_id) if got else None
+    deadline = time.monotonic() + wait
+    while True:
+        with batch_lease(batch_id) as held:
+            if held:
+                due = Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
+                if not force:
+                    due = due.filter(next_attempt_at__lte=timezone.now())
+                batch = due.first()
+                return _step(batch) if batch else None
+        if time.monotonic() >= deadline or stopping.is_set():
+            return None
+        time.sleep(0.2)
 
 
-def batch_step(*, batch_id) -> str | None:
-    """Advance one batch as far as it goes now; return the upstream error that stopped it."""
-    batch = _lease(batch_id)
-    if batch is None:
-        return None
-    lease = batch.lease_until
+def _step(batch: Batch) -> str | None:
     try:
         if batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
@@ -280,9 +296,6 @@ def batch_step(*, batch_id) -> str | None:
         log.exception("batch %s: unexpected error", batch.pk)
         _upstream_failed(batch, UpstreamError(repr(exc), permanent=False, code="internal"))
         return repr(exc)
-    finally:
-        # Only our own lease: if it ran out, another worker may hold the batch by now.
-        Batch.objects.filter(pk=batch_id, lease_until=lease).update(lease_until=None)
     return None
 
 
@@ -291,11 +304,14 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
         # OpenAI refused the file or the batch itself: give the requests back to the queue.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        requests_retry(
-            BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-            code=exc.code,
-            message=str(exc),
-        )
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(
+                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
+                code=exc.code,
+                message=str(exc),
+            )
+            webhooks_for_settled(batch=batch, since=started)
         _finish(batch, last_error=str(exc))
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
@@ -324,9 +340,7 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 
 def _finish(batch: Batch, **fields) -> None:
-    Batch.objects.filter(pk=batch.pk).update(
-        state=State.DONE, finished_at=timezone.now(), lease_until=None, **fields
-    )
+    Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------
@@ -601,8 +615,9 @@ def requests_purge(*, now: datetime | None = None) -> int:
     expired = BatchRequest.objects.filter(
         status__in=(Status.COMPLETED, Status.FAILED, Status.CANCELLED), finished_at__lt=cutoff
     )
-    purged, label = 0, BatchRequest._meta.label
+    purged = 0
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
-        # The count of requests alone: the pieces of large answers go with them (cascade).
-        purged += BatchRequest.objects.filter(pk__in=ids).delete()[1].get(label, 0)
+        with transaction.atomic():
+            ResponseChunk.objects.filter(request_id__in=ids).delete()
+            purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
     return purged

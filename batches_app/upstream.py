@@ -170,3 +170,11 @@ def delete_file(file_id: str) -> None:
             return  # already gone: what we wanted
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
+
+
+def create_webhook_endpoint(*, url: str, name: str, event_types: list[str]) -> tuple[str, str]:
+    """Register a webhook endpoint upstream; its id and signing secret (shown only now)."""
+    created = _call(
+        client(retries=False).webhooks.create, url=url, name=name, event_types=event_types
+    )
+    return created.id, created.signing_secret

@@ -81,3 +81,22 @@ def upstream_limits_check(app_configs, **kwargs) -> list:
             )
         )
     return problems
+
+
+@register()
+def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
+    problems = []
+    if not 0.5 <= settings.TICK_SECONDS <= 60:
+        # Under half a second the ticks only load the database; over a minute a tick chain
+        # (a minute long) would not tick at all.
+        problems.append(Error("TICK_SECONDS must be from 0.5 to 60 seconds.", id="ops_app.E005"))
+    secret = settings.OPENAI_WEBHOOK_SECRET
+    if secret and not secret.startswith("whsec_"):
+        problems.append(
+            Warning(
+                "OPENAI_WEBHOOK_SECRET does not start with whsec_: OpenAI's secrets do.",
+                hint="Copy the secret OpenAI showed when the endpoint was created, whole.",
+                id="ops_app.W002",
+            )
+        )
+    return problems

@@ -284,3 +284,6 @@ admin.site.index_template = "admin/batchproxy/index.html"
 # The index lists every model already; the sidebar took a fifth of a 1366 px screen.
 admin.site.enable_nav_sidebar = False
 admin.site.site_url = "/"  # "View site": the front page (ops_app.views.front_page)
+
+# Completion webhooks have an admin module of their own.
+from . import webhook_admin  # noqa: E402, F401

@@ -1,3 +1,4 @@
+import base64
 import hashlib
 import secrets
 import uuid
@@ -188,7 +189,9 @@ class ResponseChunk(models.Model):
     process can stream one from the database a piece at a time, never holding it whole.
     """
 
-    request = models.ForeignKey(BatchRequest, on_delete=models.CASCADE, related_name="chunks")
+    # Deleted with their request by `requests_purge`, explicitly: a cascade would make Django
+    # load every purged request (bodies and all) instead of deleting them in one statement.
+    request = models.ForeignKey(BatchRequest, on_delete=models.DO_NOTHING, related_name="chunks")
     seq = models.PositiveIntegerField()
     data = models.TextField()
 
@@ -219,3 +222,135 @@ class RateCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} until {self.window_end}: {self.hits}"
+
+
+class WebhookEndpoint(models.Model):
+    """A caller's URL told when requests of one key (or of every key) finish.
+
+    The signing secret must be kept in clear to sign with (an HMAC key cannot be hashed); it is
+    shown once when the endpoint is made and never again in the admin.
+    """
+
+    url = models.URLField(max_length=2000)
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="webhooks",
+        help_text="Empty: the requests of every key.",
+    )
+    include_body = models.BooleanField(
+        default=False, help_text="Send each answer's body with its event."
+    )
+    secret = models.CharField(max_length=100, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.url
+
+    @staticmethod
+    def new_secret() -> str:
+        """Standard Webhooks' format: `whsec_` and 32 random bytes in base64."""
+        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class WebhookDelivery(models.Model):
+    """One POST of a list of events to one endpoint, retried as a unit with the same id."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Also the lease of the worker sending it: pushed past the send's timeout when claimed.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    give_up_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="webhook_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id
+
+    @property
+    def message_id(self) -> str:
+        """The `webhook-id` header: the same on every attempt, so receivers can de-duplicate."""
+        return f"msg_{self.id.hex}"
+
+
+class WebhookEvent(models.Model):
+    """The outbox: one finished request to tell one endpoint about, written in the same
+    transaction that finished the request."""
+
+    class Type(models.TextChoices):
+        COMPLETED = "batch_request.completed"
+        FAILED = "batch_request.failed"
+        CANCELLED = "batch_request.cancelled"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
+    # No constraint and no cascade: a cascade would make Django load every purged request
+    # (bodies and all) instead of deleting them in one statement. An event whose request was
+    # purged is skipped when sent, and goes with its delivery (`webhook_deliveries_purge`).
+    request = models.ForeignKey(
+        BatchRequest,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    type = models.CharField(max_length=32, choices=Type.choices)
+    status = models.CharField(max_length=16, choices=BatchRequest.Status.choices)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivery = models.ForeignKey(
+        WebhookDelivery, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["endpoint", "id"],
+                condition=models.Q(delivery__isnull=True),
+                name="webhook_undelivered_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.request_id}"
+
+
+class WebhookAttempt(models.Model):
+    """One try at a delivery, and what the receiver answered."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True, help_text="The first 1,000 characters.")
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.started_at:%Y-%m-%d %H:%M:%S}"

@@ -1,12 +1,18 @@
 import math
 
+import orjson
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
-from rest_framework.generics import RetrieveAPIView
+from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +23,7 @@ from . import limits
 from .api import RawBodyParser
 from .auth import PresentsKey, ProxyKey
 from .errors import ClientError, error_response
+from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
@@ -36,17 +43,26 @@ ANSWER_LOOKUP = CompiledValues(
 
 
 def retry_after(row: dict, *, waiting: bool = False) -> int:
-    """An honest estimate of the seconds until the answer could be there."""
+    """An honest estimate of the seconds until the answer could be there.
+
+    Queued: its group is flushed at the first tick after its oldest request has waited
+    BATCH_MAX_WAIT (sooner when it fills up); then it runs upstream. Running: the proxy learns
+    that a batch ended at its next poll, a tick after POLL_INTERVAL, or, with OpenAI's
+    webhooks, a tick after it ends, which nobody knows in advance: ask again within 30 s.
+    """
     now = timezone.now()
+    tick = settings.TICK_SECONDS
+    running = settings.POLL_INTERVAL
+    if settings.OPENAI_WEBHOOK_SECRET:
+        running = min(running, 30)
+    wait = running + tick
     if waiting:
         # Capacity comes back when one of the model's batches finishes upstream.
-        wait = max(settings.POLL_INTERVAL, capacity.CAPACITY_RETRY_AFTER)
+        wait = max(wait, capacity.CAPACITY_RETRY_AFTER)
     elif row["status"] == BatchRequest.Status.QUEUED:
         start = max(row["not_before"] or now, row["created_at"])
         flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
-        wait = max(flush_in, 0) + settings.POLL_INTERVAL
-    else:
-        wait = settings.POLL_INTERVAL
+        wait += max(flush_in, 0) + tick
     return max(1, math.ceil(wait))
 
 
@@ -284,6 +300,55 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class FinishedRequestSerializer(BatchRequestSerializer):
+    """A list entry; with `?include=body`, also the answer as the caller would get it."""
+
+    response = serializers.SerializerMethodField()
+
+    class Meta(BatchRequestSerializer.Meta):
+        fields = (*BatchRequestSerializer.Meta.fields, "response")
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_response(self, obj: BatchRequest) -> dict | None:
+        if not self.context.get("include_body") or obj.response_body is None:
+            return None
+        return orjson.loads(obj.response_body)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                description="Comma-separated: completed, failed, cancelled (default: all three).",
+            ),
+            OpenApiParameter("include", str, enum=["body"], description="`body`: the answers."),
+        ]
+    )
+)
+class BatchRequestList(ListAPIView):
+    """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
+    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+
+    serializer_class = FinishedRequestSerializer
+    pagination_class = FinishedCursorPagination
+    throttle_classes = [limits.KeyRateThrottle]
+
+    def include_body(self) -> bool:
+        return "body" in self.request.query_params.get("include", "").split(",")
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"include_body": self.include_body()}
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        rows = BatchRequest.objects.filter(api_key=key).select_related("batch").defer("body")
+        if not self.include_body():
+            rows = rows.defer("body", "response_body")
+        return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))
 
 
 class ModelSerializer(serializers.Serializer):

@@ -8,9 +8,10 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from django_q.tasks import async_task
 
 from batches_app import upstream
-from batchproxy.fakes.openai import FakeOpenAI
+from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.tryout import FAKE_API_KEY, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import admin_exists, superuser_ensure
@@ -49,7 +50,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fake-step-seconds",
             type=float,
-            default=5.0,
+            default=0.5,
             help="with --fake-openai: seconds the fake spends in each batch status",
         )
         parser.add_argument("--no-migrate", action="store_true")
@@ -78,7 +79,14 @@ class Command(BaseCommand):
             # shell, a scheduler started alone) send to this fake too, never to OpenAI.
             tryout_record(settings.DATA_DIR, openai_base_url=fake.url)
             env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": FAKE_API_KEY}
+            env |= self._try_out_waits(fake, port)
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
+            self.stdout.write(
+                "Try-out waits: BATCH_MAX_WAIT={BATCH_MAX_WAIT} s, TICK_SECONDS={TICK_SECONDS} s, "
+                "POLL_INTERVAL={POLL_INTERVAL} s; ".format(**env)
+                + f"a fake batch takes {3 * fake_step_seconds:g} s and its end comes back as "
+                "a webhook to /webhooks/openai"
+            )
         elif settings.TRY_OUT is not None:
             raise CommandError(
                 f"{settings.DATA_DIR} is in try-out mode: its queued requests were meant for the "
@@ -111,6 +119,9 @@ class Command(BaseCommand):
             )
         if role in ("all", "scheduler"):
             commands.append([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
+        if role in ("all", "scheduler"):
+            # django-q2's scheduler first wakes 30 s after start: start the tick chain now.
+            async_task("batches_app.tasks.tick", q_options={"task_name": "batchproxy.tick"})
         fake_step = fake_step_seconds if fake_openai else None
         started = self._started_text(role=role, port=port, env=env, fake_step=fake_step)
         # The children open their own connections; this one would only sit idle.
@@ -139,17 +150,24 @@ class Command(BaseCommand):
                 f"  Admin account: none yet. Make one: {_python()} manage.py createsuperuser"
             )
         if fake_step is not None:
-            wait = int(env.get("BATCH_MAX_WAIT", settings.BATCH_MAX_WAIT))
-            poll = int(env.get("POLL_INTERVAL", settings.POLL_INTERVAL))
-            # The scheduler runs flush and poll once a minute; the fake takes 3 steps a batch.
-            slowest = wait + 60 + 3 * fake_step + poll + 60
-            lines.append(
-                f"  Try-out pace: a new call is answered within about {slowest:.0f} s (up to "
-                f"BATCH_MAX_WAIT={wait} s to its batch, {3 * fake_step:g} s in the fake, then "
-                f"the next poll, POLL_INTERVAL={poll} s); `manage.py flush_batches` and "
-                "`poll_batches` in another shell hurry it."
-            )
+            wait = float(env.get("BATCH_MAX_WAIT", settings.BATCH_MAX_WAIT))
+            tick = float(env.get("TICK_SECONDS", settings.TICK_SECONDS))
+            poll = float(env.get("POLL_INTERVAL", settings.POLL_INTERVAL))
+            # Flushed within a tick of BATCH_MAX_WAIT, 3 steps in the fake, seen within a poll
+            # (sooner by webhook), served at the caller's next repeat (about a tick later).
+            slowest = wait + tick + 3 * fake_step + poll + tick
+            lines.append(f"  Try-out pace: a new call is answered within about {slowest:.0f} s.")
         return "\n".join(lines)
+
+    @staticmethod
+    def _try_out_waits(fake: FakeOpenAI, port: int) -> dict:
+        """Short waits, so that a try-out call is answered in seconds (the environment wins)."""
+        waits = {"BATCH_MAX_WAIT": "1", "TICK_SECONDS": "1", "POLL_INTERVAL": "2"}
+        waits = {name: os.environ.get(name, value) for name, value in waits.items()}
+        secret = new_webhook_secret()
+        url = f"http://127.0.0.1:{port}/webhooks/openai"
+        fake.configure(webhook_url=url, webhook_secret=secret)
+        return waits | {"OPENAI_WEBHOOK_SECRET": secret}
 
     def _supervise(self, commands: list[list[str]], env: dict, *, started: str, port: int) -> int:
         """Run the children; when one ends or a signal comes, stop them all.

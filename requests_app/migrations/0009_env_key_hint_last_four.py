@@ -12,7 +12,7 @@ def forget_env_key_prefixes(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('requests_app', '0006_image_endpoints_and_large_answers'),
+        ('requests_app', '0008_response_chunks_deleted_by_purge'),
     ]
 
     operations = [
