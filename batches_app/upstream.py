@@ -25,14 +25,33 @@ class UpstreamError(Exception):
         self.code = code
 
 
+def upstream_refusal() -> str | None:
+    """Why this process may not call upstream, or None.
+
+    Without OPENAI_API_KEY only a data directory in try-out mode may (batchproxy/tryout.py):
+    a process never falls back to sending prompts to OPENAI_BASE_URL with no key. Commands
+    that call upstream refuse to start on it; `client` refuses every call on it.
+    """
+    if settings.TRY_OUT is None and not settings.OPENAI_API_KEY:
+        return (
+            "OPENAI_API_KEY is not set, and this data directory is not in try-out mode. Set "
+            "OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API), or run "
+            "`manage.py serve --fake-openai` to try the proxy against the built-in fake OpenAI."
+        )
+    return None
+
+
 @cache
 def _client(base_url: str, api_key: str, max_retries: int, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=api_key or "missing", base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
     )
 
 
 def client(*, retries: bool = True) -> openai.OpenAI:
+    refusal = upstream_refusal()
+    if refusal is not None:
+        raise UpstreamError(refusal, permanent=False, code="no_api_key")
     return _client(
         settings.OPENAI_BASE_URL,
         settings.OPENAI_API_KEY,

@@ -2,10 +2,14 @@
 
 import hashlib
 import hmac
+import re
+import warnings
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from batchproxy.tryout import FAKE_API_KEY, tryout_read
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,10 +61,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
-    "django_q",
     "requests_app",
     "batches_app",
     "ops_app",
+    # After batches_app, whose `qcluster` (with the try-out guard) shadows django-q2's.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -134,12 +139,18 @@ if env.bool("STATIC_MANIFEST", default=False):
         "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
     }
 else:
-    # A checkout without collectstatic: serve the admin's files straight from the apps.
+    # A checkout without collectstatic: serve the admin's files straight from the apps. No
+    # collected directory is expected, so WhiteNoise's warning that there is none is noise.
     WHITENOISE_USE_FINDERS = True
+    warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}")
 
 # --- The proxy's own knobs (CONTRACT.md §4) ---------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+# A data directory in try-out mode (batchproxy/tryout.py) talks to its fake OpenAI only.
+TRY_OUT = tryout_read(DATA_DIR)
+if TRY_OUT is not None:
+    OPENAI_BASE_URL, OPENAI_API_KEY = TRY_OUT["openai_base_url"], FAKE_API_KEY
 OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
 # The SDK's own retries of reads; calls that create something upstream never retry blindly.
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)

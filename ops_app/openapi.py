@@ -157,13 +157,16 @@ def add_intake_paths(result, generator, request, public):
         result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
     result["paths"]["/v1/videos/{video_id}/content"] = {"get": VIDEO_CONTENT}
     for path, operations in result["paths"].items():
-        if path.startswith("/v1/batch_requests"):
+        if path.startswith(("/v1/batch_requests", "/v1/models")):
             for operation in operations.values():
                 operation["responses"].setdefault("401", _error("Missing or wrong proxy key."))
-                if path.startswith("/v1/batch_requests/"):
-                    operation["responses"].setdefault(
-                        "404", _error("No such request for this key.")
-                    )
-                else:
-                    operation["responses"].setdefault("400", _error("A bad cursor or filter."))
+        if path == "/v1/batch_requests":
+            for operation in operations.values():
+                operation["responses"].setdefault("400", _error("A bad cursor or filter."))
+        if path.startswith("/v1/batch_requests/"):
+            for operation in operations.values():
+                operation["responses"].setdefault("404", _error("No such request for this key."))
+        if path.startswith("/v1/models/"):
+            for operation in operations.values():
+                operation["responses"].setdefault("404", _error("No such model."))
     return result

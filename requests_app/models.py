@@ -43,7 +43,10 @@ class ApiKey(models.Model):
     """A proxy key: one tenant. Only the SHA-256 of the secret is stored."""
 
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise a key.")
+    prefix = models.CharField(
+        max_length=12,
+        help_text="To recognise a key: a made key's first 8 characters, an env key's last 4.",
+    )
     key_hash = models.CharField(max_length=64, unique=True)
     from_env = models.BooleanField(default=False, help_text="Defined by BATCH_SERVER_API_KEY.")
     created_at = models.DateTimeField(default=timezone.now)
@@ -56,7 +59,14 @@ class ApiKey(models.Model):
         verbose_name = "API key"
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
+        return f"{self.name} ({self.hint})" if self.hint else self.name
+
+    @property
+    def hint(self) -> str:
+        """How the key is recognised: `bp-AbCdE…` for a made key, `…wxyz` for an env key."""
+        if not self.prefix:
+            return ""
+        return f"…{self.prefix}" if self.from_env else f"{self.prefix}…"
 
     @property
     def is_active(self) -> bool:
