@@ -33,6 +33,9 @@ class Batch(models.Model):
     UPSTREAM_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    upstream = models.CharField(
+        max_length=64, default="openai", help_text="The name of the upstream it was sent to."
+    )
     endpoint = models.CharField(max_length=32)
     model = models.CharField(max_length=200)
     state = models.CharField(max_length=16, choices=State.choices, default=State.BUILDING)
@@ -70,7 +73,7 @@ class Batch(models.Model):
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="batch_due_idx")]
 
     def __str__(self) -> str:
-        return f"{self.endpoint} {self.model} {self.upstream_id or self.id}"
+        return f"{self.upstream} {self.endpoint} {self.model} {self.upstream_id or self.id}"
 
     @property
     def is_terminal(self) -> bool:

@@ -24,10 +24,10 @@ from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest, jsonl_line
 
-from . import capacity, upstream
+from . import capacity, upstreams
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import batch_settle_rest, lines_apply, requests_retry, rows_update
-from .upstream import UpstreamError
+from .upstreams import UpstreamError
 
 log = logging.getLogger(__name__)
 Status = BatchRequest.Status
@@ -75,12 +75,14 @@ def batch_flush(
 ) -> list[Batch]:
     """Claim every due group of queued requests into batches.
 
-    1. Group the ready queued requests (back-off over) by endpoint and model.
+    1. Group the ready queued requests (back-off over) by endpoint and model; the model routes
+       the group to its upstream (`upstreams.upstream_route`).
     2. Count the input tokens of the requests not counted yet.
     3. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
        requests a batch at a time, each within OpenAI's limits and the model's queue budget
        (`capacity`); what does not fit waits for capacity.
-    The new batches are in state `building`; `batches_advance` uploads and creates them.
+    The new batches are in state `building`, each for one upstream, endpoint and model;
+    `batches_advance` uploads and creates them.
     """
     now = timezone.now()
     ready = _ready(now)
@@ -190,7 +192,11 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
         if not taken or not (full or force or aged):
             return Claim(None, waiting) if waiting else None
         batch = Batch.objects.create(
-            endpoint=endpoint, model=model, input_bytes=size, counted_tokens=tokens
+            upstream=upstreams.upstream_route(endpoint=endpoint, model=model).name,
+            endpoint=endpoint,
+            model=model,
+            input_bytes=size,
+            counted_tokens=tokens,
         )
         claimed = 0
         for chunk in batched(taken, 2000):
@@ -367,7 +373,7 @@ def _upload(batch: Batch) -> None:
             return
         batch.upload_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=batch.upload_attempted_at)
-        file_id = upstream.upload_file(path, batch.input_filename)
+        file_id = upstreams.transport(batch.upstream).upload_file(path, batch.input_filename)
     crash_point("after_upload")
     with transaction.atomic():
         UpstreamFile.objects.get_or_create(
@@ -379,10 +385,11 @@ def _upload(batch: Batch) -> None:
 def _delete_orphan_inputs(batch: Batch) -> None:
     """Delete the upstream files named after this batch that it never recorded."""
     known = set(UpstreamFile.objects.filter(batch=batch).values_list("pk", flat=True))
-    for found in upstream.list_files(purpose="batch"):
-        if found.get("filename") == batch.input_filename and found["id"] not in known:
-            log.info("batch %s: deleting orphaned upload %s", batch.pk, found["id"])
-            upstream.delete_file(found["id"])
+    transport = upstreams.transport(batch.upstream)
+    for file_id in transport.find_files(filename=batch.input_filename):
+        if file_id not in known:
+            log.info("batch %s: deleting orphaned upload %s", batch.pk, file_id)
+            transport.delete_file(file_id)
 
 
 def _create(batch: Batch) -> None:
@@ -394,7 +401,7 @@ def _create(batch: Batch) -> None:
         batch.create_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
     crash_point("before_create")
-    created = upstream.create_batch(
+    created = upstreams.transport(batch.upstream).create_batch(
         input_file_id=batch.input_file_id,
         endpoint=batch.endpoint,
         metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
@@ -405,13 +412,9 @@ def _create(batch: Batch) -> None:
 
 def _find_upstream(batch: Batch) -> dict | None:
     """The upstream batch an earlier, interrupted create made for this batch, if any."""
-    since = batch.create_attempted_at.timestamp() - 3600
-    for found in upstream.list_batches():
-        if (found.get("metadata") or {}).get(METADATA_KEY) == str(batch.pk):
-            return found
-        if found.get("created_at", 0) < since:
-            break
-    return None
+    return upstreams.transport(batch.upstream).find_batch(
+        key=METADATA_KEY, value=str(batch.pk), since=batch.create_attempted_at.timestamp() - 3600
+    )
 
 
 def _record_running(batch: Batch, data: dict) -> None:
@@ -445,10 +448,11 @@ def _timestamp(value) -> datetime | None:
 
 
 def _poll(batch: Batch) -> None:
-    data = upstream.retrieve_batch(batch.upstream_id)
+    transport = upstreams.transport(batch.upstream)
+    data = transport.retrieve_batch(batch.upstream_id)
     status = data.get("status") or ""
     if batch.cancel_mode and status not in ("cancelling", *Batch.UPSTREAM_TERMINAL):
-        data = upstream.cancel_batch(batch.upstream_id)
+        data = transport.cancel_batch(batch.upstream_id)
         status = data.get("status") or status
     fields = {
         "upstream_status": status,
@@ -478,7 +482,7 @@ def _cancel_stuck(batch: Batch, status: str) -> None:
     if status == "cancelling":
         return
     try:
-        upstream.cancel_batch(batch.upstream_id)
+        upstreams.transport(batch.upstream).cancel_batch(batch.upstream_id)
     except UpstreamError as exc:
         if not exc.permanent:
             raise
@@ -505,7 +509,8 @@ def _ingest(batch: Batch) -> None:
         )
         if upstream_file.ingested_at:
             continue
-        lines = _crash_between_chunks(upstream.iter_file_lines(file_id))
+        lines = upstreams.transport(batch.upstream).iter_file_lines(file_id)
+        lines = _crash_between_chunks(lines)
         settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
@@ -529,11 +534,11 @@ def _delete_files(batch: Batch) -> None:
     for file_id in UpstreamFile.objects.filter(batch=batch, deleted_at=None).values_list(
         "pk", flat=True
     ):
-        _file_delete(file_id)
+        _file_delete(file_id, upstream=batch.upstream)
 
 
-def _file_delete(file_id: str) -> None:
-    upstream.delete_file(file_id)
+def _file_delete(file_id: str, *, upstream: str) -> None:
+    upstreams.transport(upstream).delete_file(file_id)
     UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
 
 
@@ -547,9 +552,9 @@ def files_sweep() -> int:
         return 0
     left = UpstreamFile.objects.filter(deleted_at=None, batch__state=State.DONE)
     deleted = 0
-    for file_id in left.values_list("pk", flat=True)[:100]:
+    for file_id, upstream in left.values_list("pk", "batch__upstream")[:100]:
         try:
-            _file_delete(file_id)
+            _file_delete(file_id, upstream=upstream)
         except UpstreamError as exc:
             log.warning("file %s not deleted yet: %s", file_id, exc)
             break

@@ -81,11 +81,20 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         frozenset({"endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
     ) not in done
     assert value(done, "batchproxy_requests", status="completed") == 4
-    assert value(done, "batchproxy_batches", state="done", upstream_status="completed") == 2
+    assert (
+        value(
+            done, "batchproxy_batches", upstream="openai", state="done", upstream_status="completed"
+        )
+        == 2
+    )
     # Upstream calls: every batch uploaded and created once, with its latency recorded.
     assert (
         value(
-            done, "batchproxy_upstream_call_seconds_count", operation="batches.create", outcome="ok"
+            done,
+            "batchproxy_upstream_call_seconds_count",
+            upstream="openai",
+            operation="batches.create",
+            outcome="ok",
         )
         == 2
     )
@@ -93,6 +102,7 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         value(
             done,
             "batchproxy_upstream_call_seconds_bucket",
+            upstream="openai",
             operation="files.create",
             outcome="ok",
             le="+Inf",
@@ -100,14 +110,20 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         == 2
     )
     assert (
-        value(done, "batchproxy_upstream_call_seconds_sum", operation="files.create", outcome="ok")
+        value(
+            done,
+            "batchproxy_upstream_call_seconds_sum",
+            upstream="openai",
+            operation="files.create",
+            outcome="ok",
+        )
         > 0
     )
     # Downloads (until the last line) and deletions too: two output files read, and the input
     # and output files of both batches deleted.
     calls = "batchproxy_upstream_call_seconds_count"
-    assert value(done, calls, operation="files.content", outcome="ok") == 2
-    assert value(done, calls, operation="files.delete", outcome="ok") == 4
+    assert value(done, calls, upstream="openai", operation="files.content", outcome="ok") == 2
+    assert value(done, calls, upstream="openai", operation="files.delete", outcome="ok") == 4
     # Tokens and savings from the batches' usage and the price table.
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="input") > 0
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="output") > 0
@@ -139,6 +155,7 @@ def test_failed_answers_and_upstream_errors_are_counted(client, post, fake_opena
         value(
             samples,
             "batchproxy_upstream_call_seconds_count",
+            upstream="openai",
             operation="batches.create",
             outcome="ok",
         )
