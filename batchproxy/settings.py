@@ -146,7 +146,7 @@ OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
 
 
-def _upstream(name: str) -> dict:
+def upstream_from_env(name: str) -> dict:
     """A named upstream from its UPSTREAM_<NAME>_* variables (README, "Upstreams")."""
     prefix = f"UPSTREAM_{name.upper().replace('-', '_')}_"
     return {
@@ -160,7 +160,7 @@ def _upstream(name: str) -> dict:
 
 
 # Upstreams besides the default OpenAI one (OPENAI_*), tried in this order for each model.
-UPSTREAMS = [_upstream(name) for name in env.list("UPSTREAMS", default=[])]
+UPSTREAMS = [upstream_from_env(name) for name in env.list("UPSTREAMS", default=[])]
 if env.str("AZURE_OPENAI_ENDPOINT", default="") and env.str("AZURE_OPENAI_API_KEY", default=""):
     # The AzureOpenAI SDK's own variables make the default Azure upstream; its models are the
     # names of its Global-Batch deployments.
