@@ -58,14 +58,19 @@ def upstream_get(name: str) -> Upstream:
     raise UpstreamError(f"upstream {name!r} is no longer configured", permanent=False)
 
 
+def upstream_key(upstream: Upstream) -> str:
+    """The default's key is a setting (OPENAI_API_KEY); the others' are read from their
+    variable at call time."""
+    return settings.OPENAI_API_KEY if upstream.name == DEFAULT else upstream.api_key()
+
+
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
     from .azure import AzureTransport
     from .openai import OpenAITransport
 
     upstream = upstream_get(name)
-    # The default's key is a setting (it may come from .env); the others' from their variable.
-    key = settings.OPENAI_API_KEY if name == DEFAULT else upstream.api_key()
+    key = upstream_key(upstream)
     if upstream.kind == "azure":
         return AzureTransport(upstream, key)
     return OpenAITransport(upstream, key)
