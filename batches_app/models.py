@@ -138,11 +138,13 @@ class ModelPrice(models.Model):
         ) / million
 
 
-SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# OpenAI dates its snapshots `-2024-08-06`, Anthropic `-20250514`.
+SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|20\d{6})$")
 
 
 def base_model(model: str) -> str:
-    """A dated snapshot's model (`gpt-4o-2024-08-06` -> `gpt-4o`); any other name unchanged."""
+    """A dated snapshot's model (`gpt-4o-2024-08-06` -> `gpt-4o`, `claude-sonnet-4-20250514`
+    -> `claude-sonnet-4`); any other name unchanged."""
     return SNAPSHOT.sub("", model)
 
 
