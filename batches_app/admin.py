@@ -192,16 +192,19 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ("model", "input_per_million", "output_per_million", "batch_prices")
-    list_display += ("updated_at",)
-    list_editable = ("input_per_million", "output_per_million")
+    list_display = ("model", "input_per_million", "output_per_million", "per_image")
+    list_display += ("batch_prices", "updated_at")
+    list_editable = ("input_per_million", "output_per_million", "per_image")
     search_fields = ("model",)
 
-    @admin.display(description="batch $ / 1M in, out")
+    @admin.display(description="batch $ / 1M in, out (/ image)")
     def batch_prices(self, price: ModelPrice) -> str:
         half = ModelPrice.BATCH_DISCOUNT
         prices = (price.input_per_million * half, price.output_per_million * half)
-        return ", ".join(f"{p.normalize():f}" for p in prices)
+        text = ", ".join(f"{p.normalize():f}" for p in prices)
+        if price.per_image is not None:
+            text += f" ({(price.per_image * half).normalize():f})"
+        return text
 
 
 @admin.register(QueueLimit)

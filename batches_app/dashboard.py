@@ -115,12 +115,13 @@ def daily_money(*, now: datetime, book: PriceBook) -> list[dict]:
     batches = list(
         Batch.objects.filter(
             state=Batch.State.DONE, finished_at__date__gte=first, finished_at__isnull=False
-        ).values("pk", "model", "usage", "finished_at")
+        ).values("pk", "model", "usage", "finished_at", "output_images")
     )
     tokens = batch_tokens(batches)
     days: dict = defaultdict(lambda: Spend(""))
     for b in batches:
-        days[b["finished_at"].date()].add(book.find(b["model"]), b["model"], *tokens[b["pk"]])
+        price = book.find(b["model"])
+        days[b["finished_at"].date()].add(price, b["model"], *tokens[b["pk"]], b["output_images"])
     points = []
     for i in range(30):
         day = first + timedelta(days=i)

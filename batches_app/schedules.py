@@ -10,6 +10,9 @@ SCHEDULES = {
     "batchproxy.flush": ("batches_app.tasks.flush", 1),
     "batchproxy.poll": ("batches_app.tasks.poll", 1),
     "batchproxy.purge": ("batches_app.tasks.purge", 60),
+    # Completion webhooks to callers: each run sends what is due for up to WEBHOOK_RUN_SECONDS.
+    "batchproxy.webhooks": ("requests_app.tasks.webhooks_deliver", 1),
+    "batchproxy.webhooks_purge": ("requests_app.tasks.webhooks_purge", 60),
 }
 
 

@@ -42,20 +42,31 @@ class Spend:
     requests: int = 0
     synchronous: Decimal = Decimal(0)
     unpriced_tokens: int = 0  # tokens of models with no price: not counted as free
+    images: int = 0
+    unpriced_images: int = 0  # likewise for models priced per image
     models: set = field(default_factory=set)
 
-    def add(self, price: ModelPrice | None, model: str, tokens_in: int, tokens_out: int) -> None:
+    def add(
+        self,
+        price: ModelPrice | None,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        images: int = 0,
+    ) -> None:
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
+        self.images += images
         self.models.add(model)
         if price is None:
             self.unpriced_tokens += tokens_in + tokens_out
+            self.unpriced_images += images
         else:
-            self.synchronous += price.synchronous_cost(tokens_in, tokens_out)
+            self.synchronous += price.synchronous_cost(tokens_in, tokens_out, images)
 
     @property
     def priced(self) -> bool:
-        return self.unpriced_tokens == 0
+        return self.unpriced_tokens == 0 and self.unpriced_images == 0
 
     @property
     def spent(self) -> Decimal:
@@ -84,14 +95,14 @@ def batch_tokens(batches: list[dict]) -> dict:
 def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
     batches = list(
         Batch.objects.filter(state=Batch.State.DONE, finished_at__gte=since).values(
-            "pk", "model", "usage", "request_counts"
+            "pk", "model", "usage", "request_counts", "output_images"
         )
     )
     tokens = batch_tokens(batches)
     by_model: dict[str, Spend] = {}
     for b in batches:
         spend = by_model.setdefault(b["model"], Spend(b["model"]))
-        spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]])
+        spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]], b["output_images"])
         spend.requests += (b["request_counts"] or {}).get("completed", 0)
     return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
 
@@ -103,13 +114,14 @@ def spend_by_key(*, since: datetime, book: PriceBook, api_key_id: int | None = N
     if api_key_id is not None:
         answered = answered.filter(api_key_id=api_key_id)
     rows = answered.values("api_key", "model").annotate(
-        n=Count("pk"), tin=Sum("input_tokens"), tout=Sum("output_tokens")
+        n=Count("pk"), tin=Sum("input_tokens"), tout=Sum("output_tokens"), img=Sum("output_images")
     )
     names = {k.pk: str(k) for k in ApiKey.objects.all()}
     by_key: dict[int, Spend] = {}
     for row in rows:
         spend = by_key.setdefault(row["api_key"], Spend(names.get(row["api_key"], "?")))
-        spend.add(book.find(row["model"]), row["model"], row["tin"] or 0, row["tout"] or 0)
+        tokens = (row["tin"] or 0, row["tout"] or 0, row["img"] or 0)
+        spend.add(book.find(row["model"]), row["model"], *tokens)
         spend.requests += row["n"]
     return sorted(by_key.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
 
@@ -122,4 +134,6 @@ def total(spends: list[Spend], label: str = "all") -> Spend:
         result.requests += s.requests
         result.synchronous += s.synchronous
         result.unpriced_tokens += s.unpriced_tokens
+        result.images += s.images
+        result.unpriced_images += s.unpriced_images
     return result

@@ -12,14 +12,18 @@ intake = views.Intake.as_view()
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
 # without it.
-client_urls = [
-    path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
-    for prefix in ("v1/", "")
-    for endpoint in ENDPOINTS
-] + [
-    path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())
-    for prefix in ("v1/", "")
-]
+client_urls = (
+    [
+        path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
+        for prefix in ("v1/", "")
+        for endpoint in ENDPOINTS
+    ]
+    + [
+        path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())
+        for prefix in ("v1/", "")
+    ]
+    + [path(f"{prefix}batch_requests", views.BatchRequestList.as_view()) for prefix in ("v1/", "")]
+)
 
 urlpatterns = [
     # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.

@@ -231,6 +231,21 @@ def _capacity() -> list:
     return [*families.values(), waiting]
 
 
+def _webhooks() -> GaugeMetricFamily:
+    from requests_app.models import WebhookDelivery, WebhookEvent
+
+    gauge = GaugeMetricFamily(
+        "batchproxy_webhook_deliveries",
+        "Completion-webhook POSTs by status; `new` counts events not yet put into one.",
+        labels=["status"],
+    )
+    counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    for status in WebhookDelivery.Status.values:
+        gauge.add_metric([status], counts.get(status, 0))
+    gauge.add_metric(["new"], WebhookEvent.objects.filter(delivery=None).count())
+    return gauge
+
+
 class DatabaseCollector(Collector):
     """Everything in /metrics, computed from the database when Prometheus scrapes."""
 
@@ -239,6 +254,7 @@ class DatabaseCollector(Collector):
         yield from _queue(now)
         yield _requests()
         yield _batches()
+        yield _webhooks()
         yield from _upstream_calls()
         yield from _spend()
         yield from _capacity()

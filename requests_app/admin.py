@@ -249,6 +249,9 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="answer")
     def response_pretty(self, obj: BatchRequest):
+        if obj.response_chunks:
+            # An image answer of megabytes: not rendered in a page.
+            return f"{obj.response_bytes} bytes, stored in {obj.response_chunks} pieces"
         return pretty_json(obj.response_body)
 
     @admin.action(description="Requeue selected failed or cancelled requests")
@@ -273,3 +276,6 @@ admin.site.site_header = "batchproxy"
 admin.site.site_title = "batchproxy admin"
 admin.site.index_title = "Operator's cockpit"
 admin.site.index_template = "admin/batchproxy/index.html"
+
+# Completion webhooks have an admin module of their own.
+from . import webhook_admin  # noqa: E402, F401

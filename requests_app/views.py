@@ -1,11 +1,18 @@
 import math
 
+import orjson
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
-from rest_framework.generics import RetrieveAPIView
+from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -15,9 +22,11 @@ from . import limits
 from .api import RawBodyParser
 from .auth import PresentsKey, ProxyKey
 from .errors import ClientError, error_response
-from .models import ApiKey, BatchRequest
+from .listing import FinishedCursorPagination, finished_requests
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
+    IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
     requests_insert,
@@ -64,6 +73,8 @@ def answer(row: dict) -> HttpResponse:
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
+        if row["response_chunks"]:
+            return streamed_answer(row)
         response = HttpResponse(
             row["response_body"], status=row["response_status"], content_type="application/json"
         )
@@ -89,9 +100,53 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def streamed_answer(row: dict) -> StreamingHttpResponse:
+    """A large stored answer (images), read from the database and sent one piece at a time.
+
+    Any web process can serve it, and holds one piece (RESPONSE_CHUNK_CHARS) of it at a time,
+    however many such answers it sends at once.
+    """
+    request_id, pieces = row["id"], row["response_chunks"]
+    chunks = ResponseChunk.objects.filter(request_id=request_id)
+
+    def body():
+        # One query per piece: a cursor held open across the whole answer would pin a
+        # connection (and, on PostgreSQL, a snapshot) to a slow client.
+        for seq in range(pieces):
+            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
+            if data is None:
+                return  # purged while being sent: the short body tells the client
+            yield data.encode()
+
+    response = StreamingHttpResponse(
+        body(), status=row["response_status"], content_type="application/json"
+    )
+    response["Content-Length"] = str(row["response_bytes"])
+    response["X-Batch-Request-Id"] = str(request_id)
+    return response
+
+
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
 # than guessed at.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def refuse_form_upload(request: Request, endpoint: str) -> None:
+    """A form or file upload cannot go into a batch: every batch line is a JSON body.
+
+    The SDKs send images.edit as multipart by default; say how to send the JSON form instead
+    of calling the upload invalid JSON.
+    """
+    if request.content_type.split(";")[0].strip() not in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
+        return
+    if endpoint == Endpoint.IMAGES_EDITS:
+        message = IMAGES_EDITS_JSON_ONLY
+    else:
+        message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
+    raise ClientError(400, message, code="unsupported_content_type")
 
 
 def _read_body(request: Request) -> bytes:
@@ -150,6 +205,7 @@ class Intake(APIView):
     def post(self, request: Request, endpoint: str) -> HttpResponse:
         caller: ProxyKey = request.user
         try:
+            refuse_form_upload(request, endpoint)
             call = call_parse(endpoint=endpoint, raw=_read_body(request))
         except ClientError:
             # Only a valid key learns what is wrong with its input.
@@ -233,3 +289,52 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class FinishedRequestSerializer(BatchRequestSerializer):
+    """A list entry; with `?include=body`, also the answer as the caller would get it."""
+
+    response = serializers.SerializerMethodField()
+
+    class Meta(BatchRequestSerializer.Meta):
+        fields = (*BatchRequestSerializer.Meta.fields, "response")
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_response(self, obj: BatchRequest) -> dict | None:
+        if not self.context.get("include_body") or obj.response_body is None:
+            return None
+        return orjson.loads(obj.response_body)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                description="Comma-separated: completed, failed, cancelled (default: all three).",
+            ),
+            OpenApiParameter("include", str, enum=["body"], description="`body`: the answers."),
+        ]
+    )
+)
+class BatchRequestList(ListAPIView):
+    """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
+    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+
+    serializer_class = FinishedRequestSerializer
+    pagination_class = FinishedCursorPagination
+    throttle_classes = [limits.KeyRateThrottle]
+
+    def include_body(self) -> bool:
+        return "body" in self.request.query_params.get("include", "").split(",")
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"include_body": self.include_body()}
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        rows = BatchRequest.objects.filter(api_key=key).select_related("batch").defer("body")
+        if not self.include_body():
+            rows = rows.defer("body", "response_body")
+        return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))

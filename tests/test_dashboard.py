@@ -58,7 +58,7 @@ def test_claude_and_gemini_models_are_priced_and_migration_keeps_edited_rows():
 
     ModelPrice.objects.filter(model="claude-sonnet-4").update(input_per_million=Decimal(2))
     ModelPrice.objects.filter(model="claude-3-haiku").delete()
-    added = prices_add(apps.get_model("batches_app", "ModelPrice"), CLAUDE_PRICES)
+    added = prices_add(apps.get_model("batches_app", "ModelPrice"), list(CLAUDE_PRICES))
     assert added == 1  # the deleted row came back; the edited one stayed
     assert ModelPrice.objects.get(model="claude-sonnet-4").input_per_million == Decimal(2)
 

@@ -157,7 +157,7 @@ def test_body_over_the_limit_is_413(post, settings):
 
 def test_unknown_path_is_404_and_wrong_method_405(client, api_key):
     auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
-    assert error_of(client.post("/v1/images/generations", **auth))["code"] == "unknown_url"
+    assert error_of(client.post("/v1/audio/speech", **auth))["code"] == "unknown_url"
     response = client.get("/v1/chat/completions", **auth)
     assert response.status_code == 405
     assert response["Allow"] == "POST"

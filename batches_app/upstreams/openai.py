@@ -47,6 +47,11 @@ def _call(upstream: str, fn, *args, **kwargs):
         raise _translate(exc) from exc
 
 
+def _expiry() -> dict:
+    # A file the proxy fails to delete still goes away upstream.
+    return {"anchor": "created_at", "seconds": settings.UPSTREAM_FILE_EXPIRY}
+
+
 class OpenAITransport(Transport):
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
@@ -66,7 +71,9 @@ class OpenAITransport(Transport):
     def upload_file(self, path: Path, filename: str) -> str:
         with path.open("rb") as fh:
             files = self.client(retries=False).files
-            created = self._call(files.create, file=(filename, fh), purpose="batch")
+            created = self._call(
+                files.create, file=(filename, fh), purpose="batch", expires_after=_expiry()
+            )
         return created.id
 
     def create_batch(self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
@@ -76,6 +83,7 @@ class OpenAITransport(Transport):
             endpoint=endpoint,
             completion_window="24h",
             metadata=metadata,
+            output_expires_after=_expiry(),
         )
         return batch.to_dict()
 

@@ -7,10 +7,10 @@ from django.db import migrations
 def add_prices(apps, schema_editor):
     from batches_app.prices import CLAUDE_PRICES, GEMINI_PRICES, prices_add
 
-    prices_add(apps.get_model("batches_app", "ModelPrice"), CLAUDE_PRICES | GEMINI_PRICES)
+    prices_add(apps.get_model("batches_app", "ModelPrice"), [*CLAUDE_PRICES, *GEMINI_PRICES])
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches_app", "0006_batch_upstream")]
+    dependencies = [("batches_app", "0007_batch_upstream")]
 
     operations = [migrations.RunPython(add_prices, migrations.RunPython.noop)]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches_app', '0005_queue_limits'),
+        ("batches_app", "0006_image_model_prices"),
     ]
 
     operations = [
