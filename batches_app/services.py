@@ -105,6 +105,9 @@ def batch_flush(
     )
     created, waiting = [], set()
     for group in groups:
+        if upstreams.upstream_route(endpoint=group["endpoint"], model=group["model"]) is None:
+            log.warning("flush: no upstream serves %s on %s", group["model"], group["endpoint"])
+            continue
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
         if not (force or _group_due(group, now)):
             continue
@@ -367,13 +370,12 @@ def _upload(batch: Batch) -> None:
     The file id is recorded only after the upload answers, so a crash or a lost response in
     between leaves a file upstream that only its name ties to this batch.
     """
+    if upstreams.transport(batch.upstream).inline:
+        _move_inline(batch)
+        return
     if batch.upload_attempted_at:
         _delete_orphan_inputs(batch)
-    rows = (
-        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
-        .order_by("pk")
-        .values_list("pk", "body")
-    )
+    rows = _submitted_bodies(batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / batch.input_filename
         written = 0
@@ -395,6 +397,22 @@ def _upload(batch: Batch) -> None:
         _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
 
 
+def _submitted_bodies(batch: Batch) -> QuerySet:
+    return (
+        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
+        .order_by("pk")
+        .values_list("pk", "body")
+    )
+
+
+def _move_inline(batch: Batch) -> None:
+    """A kind whose batches take their requests inline has nothing to upload."""
+    if not _submitted_bodies(batch).exists():
+        _finish(batch, last_error="no requests left to submit")
+        return
+    _move(batch, State.BUILDING, State.UPLOADED)
+
+
 def _delete_orphan_inputs(batch: Batch) -> None:
     """Delete the upstream files named after this batch that it never recorded."""
     known = set(UpstreamFile.objects.filter(batch=batch).values_list("pk", flat=True))
@@ -414,19 +432,33 @@ def _create(batch: Batch) -> None:
         batch.create_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
     crash_point("before_create")
-    created = upstreams.transport(batch.upstream).create_batch(
-        input_file_id=batch.input_file_id,
-        endpoint=batch.endpoint,
-        metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
-    )
+    transport = upstreams.transport(batch.upstream)
+    if transport.inline:
+        created = transport.create_inline(
+            requests=_submitted_bodies(batch).iterator(chunk_size=2000)
+        )
+    else:
+        created = transport.create_batch(
+            input_file_id=batch.input_file_id,
+            endpoint=batch.endpoint,
+            metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
+        )
     crash_point("after_create")
     _record_running(batch, created)
 
 
 def _find_upstream(batch: Batch) -> dict | None:
     """The upstream batch an earlier, interrupted create made for this batch, if any."""
+    others = Batch.objects.filter(upstream=batch.upstream).exclude(pk=batch.pk)
+    known = others.filter(created_at__gte=batch.created_at - timedelta(days=2)).exclude(
+        upstream_id=""
+    )
     return upstreams.transport(batch.upstream).find_batch(
-        key=METADATA_KEY, value=str(batch.pk), since=batch.create_attempted_at.timestamp() - 3600
+        key=METADATA_KEY,
+        value=str(batch.pk),
+        attempted_at=batch.create_attempted_at.timestamp(),
+        request_count=batch.request_count,
+        known=frozenset(known.values_list("upstream_id", flat=True)),
     )
 
 

@@ -161,6 +161,18 @@ def upstream_from_env(name: str) -> dict:
 
 # Upstreams besides the default OpenAI one (OPENAI_*), tried in this order for each model.
 UPSTREAMS = [upstream_from_env(name) for name in env.list("UPSTREAMS", default=[])]
+if env.str("ANTHROPIC_API_KEY", default=""):
+    # The Anthropic SDK's own variables make the default Anthropic upstream.
+    UPSTREAMS.append(
+        {
+            "name": "anthropic",
+            "kind": "anthropic",
+            "base_url": env.str("ANTHROPIC_BASE_URL", default="https://api.anthropic.com"),
+            "key_env": "ANTHROPIC_API_KEY",
+            "models": env.list("ANTHROPIC_MODELS", default=["claude-*"]),
+            "api_version": "",
+        }
+    )
 if env.str("AZURE_OPENAI_ENDPOINT", default="") and env.str("AZURE_OPENAI_API_KEY", default=""):
     # The AzureOpenAI SDK's own variables make the default Azure upstream; its models are the
     # names of its Global-Batch deployments.

@@ -9,6 +9,7 @@ from requests_app import errors, limits, views
 from requests_app.models import ENDPOINTS
 
 intake = views.Intake.as_view()
+anthropic_intake = views.AnthropicIntake.as_view()
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
 # without it.
@@ -17,6 +18,10 @@ client_urls = (
         path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
         for prefix in ("v1/", "")
         for endpoint in ENDPOINTS
+    ]
+    + [
+        path(f"{prefix}messages", anthropic_intake, {"endpoint": "/v1/messages"})
+        for prefix in ("v1/", "")
     ]
     + [
         path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())

@@ -84,7 +84,7 @@ def upstream_limits_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure")
+UPSTREAM_KINDS = ("openai", "azure", "anthropic")
 
 
 @register()

@@ -26,6 +26,7 @@ class Endpoint(models.TextChoices):
     MODERATIONS = "/v1/moderations"
     IMAGES_GENERATIONS = "/v1/images/generations"
     IMAGES_EDITS = "/v1/images/edits"
+    MESSAGES = "/v1/messages"  # Anthropic's
 
 
 # Answers whose images make them large (b64_json: megabytes each).

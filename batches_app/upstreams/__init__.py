@@ -12,8 +12,13 @@ from .base import Transport, Upstream, UpstreamError
 __all__ = ["DEFAULT", "KINDS", "Transport", "Upstream", "UpstreamError"]
 
 DEFAULT = "openai"
-# The kinds that speak OpenAI's Files + Batches API, i.e. serve its endpoints.
+# The kinds that serve an endpoint family: OpenAI's endpoints, or Anthropic's Messages.
+ANTHROPIC_ENDPOINTS = ("/v1/messages",)
 KINDS = ("openai", "azure")
+
+
+def kinds_for(endpoint: str) -> tuple[str, ...]:
+    return ("anthropic",) if endpoint in ANTHROPIC_ENDPOINTS else KINDS
 
 
 def upstreams_all() -> list[Upstream]:
@@ -39,16 +44,17 @@ def upstreams_all() -> list[Upstream]:
     return [*configured, default]
 
 
-def upstream_route(*, endpoint: str, model: str) -> Upstream:
+def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
     """The first upstream that serves this model on this endpoint's family.
 
-    Every endpoint served today is OpenAI's, so the default upstream is always there to fall
-    back on.
+    On OpenAI's endpoints the default upstream serves every model; on Anthropic's, only a
+    configured Anthropic upstream does (None without one).
     """
+    kinds = kinds_for(endpoint)
     for upstream in upstreams_all():
-        if upstream.kind in KINDS and upstream.serves(model):
+        if upstream.kind in kinds and upstream.serves(model):
             return upstream
-    raise LookupError(f"no upstream serves {model} on {endpoint}")
+    return None
 
 
 def upstream_get(name: str) -> Upstream:
@@ -66,11 +72,10 @@ def upstream_key(upstream: Upstream) -> str:
 
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
+    from .anthropic import AnthropicTransport
     from .azure import AzureTransport
     from .openai import OpenAITransport
 
     upstream = upstream_get(name)
-    key = upstream_key(upstream)
-    if upstream.kind == "azure":
-        return AzureTransport(upstream, key)
-    return OpenAITransport(upstream, key)
+    kind = {"azure": AzureTransport, "anthropic": AnthropicTransport}.get(upstream.kind)
+    return (kind or OpenAITransport)(upstream, upstream_key(upstream))

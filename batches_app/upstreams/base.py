@@ -9,7 +9,7 @@ never fork per provider (STYLE.md rule 6).
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -47,8 +47,16 @@ class Transport(ABC):
     (`find_batch`, `find_files`) before it tries again on a later tick.
     """
 
+    # True for a kind whose batches take their requests inline (`create_inline`), with no
+    # file to upload first.
+    inline = False
+
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
+
+    def create_inline(self, *, requests: Iterable[tuple[str, str]]) -> dict:
+        """Create a batch of (custom_id, canonical JSON body) requests; OpenAI's Batch shape."""
+        raise NotImplementedError
 
     @abstractmethod
     def upload_file(self, path: Path, filename: str) -> str:
@@ -66,8 +74,12 @@ class Transport(ABC):
     def cancel_batch(self, batch_id: str) -> dict: ...
 
     @abstractmethod
-    def find_batch(self, *, key: str, value: str, since: float) -> dict | None:
-        """The batch whose metadata has key=value, created after `since` (Unix time), if any."""
+    def find_batch(
+        self, *, key: str, value: str, attempted_at: float, request_count: int, known: frozenset
+    ) -> dict | None:
+        """The batch an interrupted create made, attempted at `attempted_at` (Unix time):
+        the one whose metadata has key=value, or (for kinds without metadata) one of
+        `request_count` requests whose id is not among the `known` ones of other batches."""
 
     @abstractmethod
     def find_files(self, *, filename: str) -> Iterator[str]:

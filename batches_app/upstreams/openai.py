@@ -105,7 +105,8 @@ class OpenAITransport(Transport):
                 return
             after = page.data[-1].id
 
-    def find_batch(self, *, key: str, value: str, since: float) -> dict | None:
+    def find_batch(self, *, key: str, value: str, attempted_at: float, **_) -> dict | None:
+        since = attempted_at - 3600  # room for the clocks' difference
         for found in self.list_batches():
             if (found.get("metadata") or {}).get(key) == value:
                 return found
