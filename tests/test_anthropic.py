@@ -91,7 +91,8 @@ def test_an_expired_batch_delivers_what_finished_and_resubmits_the_rest(
         assert _post(client, api_key[1], text).status_code == 422
     cycle()
     assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 1
-    assert BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired").count() == 2
+    requeued = BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired")
+    assert requeued.count() == 2
 
     fake_anthropic.expire_after = None
     cycle()
