@@ -31,6 +31,7 @@ def anthropic_server():
 def fake_anthropic(anthropic_server, fake_openai, settings, monkeypatch):
     """The fake Anthropic, reset, as the proxy's upstream for claude-* models."""
     anthropic_server.reset()
+    monkeypatch.setenv("UPSTREAMS", "claude")  # for worker processes too
     monkeypatch.setenv("UPSTREAM_CLAUDE_KIND", "anthropic")
     monkeypatch.setenv("UPSTREAM_CLAUDE_BASE_URL", anthropic_server.url)
     monkeypatch.setenv("UPSTREAM_CLAUDE_MODELS", "claude-*")
@@ -167,3 +168,40 @@ def test_failed_polls_reads_and_deletes_are_retried(client, api_key, fake_anthro
     assert BatchRequest.objects.get().status == Status.COMPLETED
     assert Batch.objects.get().state == Batch.State.DONE
     assert fake_anthropic.batches == []  # deleted upstream in the end
+
+
+@pytest.mark.parametrize(
+    "point", ["after_claim", "before_create", "after_create", "mid_ingest", "after_ingest_file"]
+)
+def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
+    client, api_key, fake_openai, fake_anthropic, point
+):
+    """As tests/test_crash.py does for OpenAI's kinds: the worker dies at `point`, the next
+    one finishes the step (the batch created before the crash is found, not made again)."""
+    from django.utils import timezone
+
+    from .workers import CRASHED, run, wait_for
+
+    texts = [f"crash {i}" for i in range(5)]
+    for text in texts:
+        assert _post(client, api_key[1], text).status_code == 422
+    crashed = run(fake_openai, "tick", crash_at=point, INGEST_CHUNK_LINES=2)
+    assert crashed.returncode == CRASHED, crashed.stderr[-3000:]
+    wait_for(
+        lambda: not Batch.objects.filter(lease_until__gte=timezone.now()).exists(),
+        what="the dead worker's lease to expire",
+    )
+    again = run(fake_openai, "tick", INGEST_CHUNK_LINES=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    submitted = [r["custom_id"] for r in fake_anthropic.submitted()]
+    assert sorted(submitted) == sorted(
+        str(pk) for pk in BatchRequest.objects.values_list("pk", flat=True)
+    )
+    answers = {
+        json.loads(body)["messages"][0]["content"]: json.loads(response)["content"][0]["text"]
+        for body, response in BatchRequest.objects.values_list("body", "response_body")
+    }
+    assert answers == {text: f"echo: {text}" for text in texts}
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert fake_anthropic.batches == []
