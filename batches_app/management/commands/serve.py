@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from batchproxy.fakes.anthropic import FakeAnthropic
 from batchproxy.fakes.openai import FakeOpenAI
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import superuser_ensure
@@ -30,7 +31,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fake-openai",
             action="store_true",
-            help="send batches to the built-in fake OpenAI instead of OPENAI_BASE_URL (a try-out)",
+            help="send batches to the built-in fake OpenAI (and claude-* to the fake Anthropic) "
+            "instead of the real ones (a try-out)",
         )
         parser.add_argument(
             "--fake-step-seconds",
@@ -62,6 +64,9 @@ class Command(BaseCommand):
             fake = FakeOpenAI(step_seconds=fake_step_seconds).start()
             env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "fake-openai"}
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
+            claude = FakeAnthropic(step_seconds=fake_step_seconds).start()
+            env |= {"ANTHROPIC_BASE_URL": claude.url, "ANTHROPIC_API_KEY": "fake-anthropic"}
+            self.stdout.write(f"and claude-* models to the built-in fake Anthropic at {claude.url}")
         elif not settings.OPENAI_API_KEY:
             raise CommandError(
                 "OPENAI_API_KEY is not set. Set it (and OPENAI_BASE_URL for another "
