@@ -16,8 +16,8 @@ from django.views.decorators.http import require_POST
 from requests_app.admin import age, pretty_json
 from requests_app.models import BatchRequest
 
-from . import capacity, dashboard, services
-from .models import Batch, ModelPrice, QueueLimit, UpstreamFile
+from . import capacity, dashboard, services, webhooks
+from .models import Batch, ModelPrice, QueueLimit, UpstreamFile, WebhookEvent
 
 ERROR_PREVIEW = 80
 
@@ -69,13 +69,19 @@ class BatchAdmin(admin.ModelAdmin):
         ("input_file_id", "output_file_id", "error_file_id"),
         ("request_counts", "usage_tokens"),
         "errors_pretty",
-        ("upstream_failures", "next_attempt_at", "lease_until"),
+        ("upstream_failures", "next_attempt_at"),
         "last_error",
         ("create_attempted_at", "created_at", "updated_at", "finished_at"),
     )
 
     def has_add_permission(self, request) -> bool:
         return False  # batches are made by the flush
+
+    def changelist_view(self, request, extra_context=None):
+        # Whether OpenAI's webhooks arrive, at a glance: without them results wait for a poll.
+        last = webhooks.last_webhook_at()
+        subtitle = f"Last webhook from OpenAI: {age(last)} ago" if last else "No webhook yet"
+        return super().changelist_view(request, (extra_context or {}) | {"subtitle": subtitle})
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # a deleted batch would strand its requests; cancel it instead
@@ -165,6 +171,20 @@ def _report_poll(message_user, request, report: services.AdvanceReport) -> None:
         "(retried later).",
         level,
     )
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin):
+    list_display = ("received_at", "type", "upstream_id", "event_id")
+    list_filter = ("type",)
+    search_fields = ("upstream_id", "event_id")
+    readonly_fields = ("event_id", "type", "upstream_id", "received_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False  # recorded as OpenAI sends them
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(UpstreamFile)

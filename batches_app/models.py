@@ -61,7 +61,6 @@ class Batch(models.Model):
     upload_attempted_at = models.DateTimeField(null=True, blank=True)
     create_attempted_at = models.DateTimeField(null=True, blank=True)
     cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
-    lease_until = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     upstream_failures = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
@@ -104,6 +103,26 @@ class UpstreamFile(models.Model):
 
     def __str__(self) -> str:
         return self.file_id
+
+
+class WebhookEvent(models.Model):
+    """An event OpenAI sent to `/webhooks/openai`, kept so that a replay of it is refused.
+
+    Kept a day (`tasks.purge`): OpenAI's signature holds a timestamp, and the SDK refuses one
+    older than five minutes, so an older replay fails on its signature alone.
+    """
+
+    event_id = models.CharField(max_length=100, primary_key=True)
+    type = models.CharField(max_length=64)
+    upstream_id = models.CharField("upstream batch id", max_length=100, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = "webhook event"
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.upstream_id}"
 
 
 class ModelPrice(models.Model):

@@ -9,6 +9,7 @@ looks for an upstream batch whose metadata names ours.
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
 from . import capacity, upstreams
+from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
     batch_settle_rest,
@@ -255,34 +257,38 @@ def batches_advance(
         due = due.filter(next_attempt_at__lte=timezone.now())
     report = AdvanceReport()
     for pk in due.order_by("created_at").values_list("pk", flat=True):
-        error = batch_step(batch_id=pk)
+        if stopping.is_set():
+            break  # a SIGTERM: leave the rest to the next tick, which may be another worker's
+        error = batch_step(batch_id=pk, force=force)
         report.stepped += 1
         if error:
             report.failures.append(f"{pk}: {error}")
     return report
 
 
-def _lease(batch_id) -> Batch | None:
-    """Hold the batch for one worker: no two workers run its upstream steps at once.
+def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
+    """Advance one batch as far as it goes now; return the upstream error that stopped it.
 
-    A worker that dies holding the lease blocks the batch until BATCH_LEASE_SECONDS pass.
+    The batch is held by a lease that dies with this worker (`leases`), then read afresh: a
+    step that another worker finished meanwhile is not repeated unless `force`. With `wait`,
+    a batch another worker holds is waited for that many seconds, so that a step asked for
+    now (a webhook's) runs after the one under way rather than not at all.
     """
-    now = timezone.now()
-    until = now + timedelta(seconds=settings.BATCH_LEASE_SECONDS)
-    got = (
-        Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=until)
-    )
-    return Batch.objects.get(pk=batch_id) if got else None
+    deadline = time.monotonic() + wait
+    while True:
+        with batch_lease(batch_id) as held:
+            if held:
+                due = Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
+                if not force:
+                    due = due.filter(next_attempt_at__lte=timezone.now())
+                batch = due.first()
+                return _step(batch) if batch else None
+        if time.monotonic() >= deadline or stopping.is_set():
+            return None
+        time.sleep(0.2)
 
 
-def batch_step(*, batch_id) -> str | None:
-    """Advance one batch as far as it goes now; return the upstream error that stopped it."""
-    batch = _lease(batch_id)
-    if batch is None:
-        return None
-    lease = batch.lease_until
+def _step(batch: Batch) -> str | None:
     try:
         if batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
@@ -299,9 +305,6 @@ def batch_step(*, batch_id) -> str | None:
         log.exception("batch %s: unexpected error", batch.pk)
         _upstream_failed(batch, UpstreamError(repr(exc), permanent=False, code="internal"))
         return repr(exc)
-    finally:
-        # Only our own lease: if it ran out, another worker may hold the batch by now.
-        Batch.objects.filter(pk=batch_id, lease_until=lease).update(lease_until=None)
     return None
 
 
@@ -346,9 +349,7 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 
 def _finish(batch: Batch, **fields) -> None:
-    Batch.objects.filter(pk=batch.pk).update(
-        state=State.DONE, finished_at=timezone.now(), lease_until=None, **fields
-    )
+    Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------

@@ -228,8 +228,11 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
-# How long a worker holds a batch; a worker that dies holding one blocks it this long.
-BATCH_LEASE_SECONDS = env.int("BATCH_LEASE_SECONDS", default=600)
+# Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
+TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
+# The signing secret of the endpoint registered with OpenAI for `POST /webhooks/openai`
+# (`manage.py register_webhook`); empty: webhooks are refused and polling alone finds results.
+OPENAI_WEBHOOK_SECRET = env.str("OPENAI_WEBHOOK_SECRET", default="")
 # Output lines applied per transaction while ingesting.
 INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
 # ... and at most this many bytes of them, so 1000 lines of 5 MB images are never held at once.

@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 
+from batches_app import views as batches_views
 from batches_app.admin import dashboard_urls
 from ops_app import views as ops_views
 from requests_app import errors, limits, views
@@ -37,6 +38,7 @@ urlpatterns = [
     path(f"{settings.ADMIN_URL}dashboard/", include(dashboard_urls)),
     path(settings.ADMIN_URL, admin.site.urls),
     *client_urls,
+    path("webhooks/openai", batches_views.openai_webhook),
     path("healthz", ops_views.healthz),
     path("readyz", ops_views.readyz),
     path("metrics", ops_views.metrics),

@@ -83,6 +83,25 @@ def upstream_limits_check(app_configs, **kwargs) -> list:
     return problems
 
 
+@register()
+def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
+    problems = []
+    if not 0.5 <= settings.TICK_SECONDS <= 60:
+        # Under half a second the ticks only load the database; over a minute a tick chain
+        # (a minute long) would not tick at all.
+        problems.append(Error("TICK_SECONDS must be from 0.5 to 60 seconds.", id="ops_app.E005"))
+    secret = settings.OPENAI_WEBHOOK_SECRET
+    if secret and not secret.startswith("whsec_"):
+        problems.append(
+            Warning(
+                "OPENAI_WEBHOOK_SECRET does not start with whsec_: OpenAI's secrets do.",
+                hint="Copy the secret OpenAI showed when the endpoint was created, whole.",
+                id="ops_app.W002",
+            )
+        )
+    return problems
+
+
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
 UPSTREAM_KINDS = ("openai", "azure", "anthropic")
 
@@ -94,14 +113,14 @@ def upstreams_check(app_configs, **kwargs) -> list:
     for upstream in settings.UPSTREAMS:
         name = upstream["name"]
         if name in seen:
-            problems.append(Error(f"Upstream {name!r} is defined twice.", id="ops_app.E005"))
+            problems.append(Error(f"Upstream {name!r} is defined twice.", id="ops_app.E012"))
         seen.add(name)
         if upstream["kind"] not in UPSTREAM_KINDS:
             problems.append(
                 Error(
                     f"Upstream {name!r} has kind {upstream['kind']!r}; "
                     f"supported: {', '.join(UPSTREAM_KINDS)}.",
-                    id="ops_app.E006",
+                    id="ops_app.E013",
                 )
             )
         if not upstream["base_url"] or not upstream["models"]:
@@ -109,14 +128,14 @@ def upstreams_check(app_configs, **kwargs) -> list:
                 Error(
                     f"Upstream {name!r} needs a base URL and the models it serves.",
                     hint="Set its UPSTREAM_<NAME>_BASE_URL and UPSTREAM_<NAME>_MODELS.",
-                    id="ops_app.E007",
+                    id="ops_app.E014",
                 )
             )
         if not os.environ.get(upstream["key_env"]):
             problems.append(
                 Warning(
                     f"Upstream {name!r} reads its key from {upstream['key_env']}: not set.",
-                    id="ops_app.W002",
+                    id="ops_app.W003",
                 )
             )
     return problems

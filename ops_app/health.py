@@ -7,7 +7,7 @@ from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-FLUSH_SCHEDULE = "batchproxy.flush"
+FLUSH_SCHEDULE = "batchproxy.tick"
 
 
 def readiness_problems() -> list[str]:
@@ -15,7 +15,7 @@ def readiness_problems() -> list[str]:
 
     1. The database answers.
     2. Every migration is applied (a rolling deploy may run new code on an old schema).
-    3. A scheduler ran the flush schedule recently: django-q2 moves a schedule's `next_run`
+    3. A scheduler ran the tick schedule recently: django-q2 moves a schedule's `next_run`
        forward each time it runs it, so a `next_run` long past means no scheduler is running.
     """
     try:

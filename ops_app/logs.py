@@ -18,6 +18,7 @@ INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 SECRET_PATTERNS = (
     (re.compile(r"(?i)\b(bearer)\s+[^\s'\",]+"), r"\1 [redacted]"),
     (re.compile(r"\b(?:sk|bp)-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]{8,}"), "[redacted]"),  # webhook signing secrets
     (re.compile(r"(?i)(api[_-]?key['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+"), r"\1[redacted]"),
 )
 access_log = logging.getLogger("batchproxy.access")

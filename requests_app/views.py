@@ -42,17 +42,26 @@ ANSWER_LOOKUP = CompiledValues(
 
 
 def retry_after(row: dict, *, waiting: bool = False) -> int:
-    """An honest estimate of the seconds until the answer could be there."""
+    """An honest estimate of the seconds until the answer could be there.
+
+    Queued: its group is flushed at the first tick after its oldest request has waited
+    BATCH_MAX_WAIT (sooner when it fills up); then it runs upstream. Running: the proxy learns
+    that a batch ended at its next poll, a tick after POLL_INTERVAL, or, with OpenAI's
+    webhooks, a tick after it ends, which nobody knows in advance: ask again within 30 s.
+    """
     now = timezone.now()
+    tick = settings.TICK_SECONDS
+    running = settings.POLL_INTERVAL
+    if settings.OPENAI_WEBHOOK_SECRET:
+        running = min(running, 30)
+    wait = running + tick
     if waiting:
         # Capacity comes back when one of the model's batches finishes upstream.
-        wait = max(settings.POLL_INTERVAL, capacity.CAPACITY_RETRY_AFTER)
+        wait = max(wait, capacity.CAPACITY_RETRY_AFTER)
     elif row["status"] == BatchRequest.Status.QUEUED:
         start = max(row["not_before"] or now, row["created_at"])
         flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
-        wait = max(flush_in, 0) + settings.POLL_INTERVAL
-    else:
-        wait = settings.POLL_INTERVAL
+        wait += max(flush_in, 0) + tick
     return max(1, math.ceil(wait))
 
 

@@ -3,6 +3,8 @@
     intake <secret> <threads> <body-file>   POST every JSON line of the file to the intake, from
                                             that many threads; print "<status> <request id>"
     tick [rounds]                           run the flush and poll tasks, as django-q2 would
+                                            (SIGTERM ends it between batch steps)
+    hold <batch id>                         take the batch's lease, print "held", sleep
     flush-loop / poll-loop                  run the flush (or poll) task until no request and no
                                             batch is pending
 
@@ -46,6 +48,9 @@ def intake(secret: str, threads: int, body_file: str) -> None:
 
 def tick(rounds: int) -> None:
     from batches_app import tasks
+    from batches_app.leases import exit_between_steps
+
+    exit_between_steps()  # as in django-q2's workers
 
     for _ in range(rounds):
         print(tasks.flush(), "|", tasks.poll(), flush=True)
@@ -87,6 +92,12 @@ def main(argv: list[str]) -> None:
         intake(args[0], int(args[1]), args[2])
     elif command == "tick":
         tick(int(args[0]) if args else 1)
+    elif command == "hold":
+        from batches_app.leases import batch_lease
+
+        with batch_lease(args[0]) as got:
+            print("held" if got else "not held", flush=True)
+            time.sleep(120)
     elif command in ("flush-loop", "poll-loop"):
         loop(command.removesuffix("-loop"))
     else:

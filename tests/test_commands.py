@@ -20,9 +20,9 @@ def run(*args) -> str:
 
 def test_schedules_exist_after_migrate():
     schedules = {s.name: s for s in Schedule.objects.all()}
-    assert {"batchproxy.flush", "batchproxy.poll", "batchproxy.purge"} <= set(schedules)
-    assert schedules["batchproxy.flush"].func == "batches_app.tasks.flush"
-    assert schedules["batchproxy.poll"].minutes == 1
+    assert {"batchproxy.tick", "batchproxy.purge"} == set(schedules)
+    assert schedules["batchproxy.tick"].func == "batches_app.tasks.tick"
+    assert schedules["batchproxy.tick"].minutes == 1
 
 
 def test_no_command_is_named_flush_but_djangos_own():

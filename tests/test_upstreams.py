@@ -100,4 +100,4 @@ def test_system_check_refuses_an_unknown_kind_and_an_upstream_without_models(set
     ]
     with pytest.raises(SystemCheckError) as refused:
         call_command("check")
-    assert "ops_app.E006" in str(refused.value) and "ops_app.E007" in str(refused.value)
+    assert "ops_app.E013" in str(refused.value) and "ops_app.E014" in str(refused.value)

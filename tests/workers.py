@@ -41,7 +41,6 @@ def worker_env(fake, **extra) -> dict:
             "OPENAI_BASE_URL": fake.url,
             "OPENAI_API_KEY": "sk-upstream-test-secret",
             "UPSTREAM_BACKOFF": "0",
-            "BATCH_LEASE_SECONDS": "1",
             "BATCH_MAX_WAIT": "0",
             "LOG_LEVEL": "WARNING",
             "CONN_MAX_AGE": "0",

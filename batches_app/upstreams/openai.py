@@ -150,6 +150,18 @@ class OpenAITransport(Transport):
                 # dropped halfway through the body surfaces as httpx2's own.
                 raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
 
+    def create_webhook_endpoint(
+        self, *, url: str, name: str, event_types: list[str]
+    ) -> tuple[str, str]:
+        """Register a webhook endpoint upstream; its id and signing secret (shown only now)."""
+        created = self._call(
+            self.client(retries=False).webhooks.create,
+            url=url,
+            name=name,
+            event_types=event_types,
+        )
+        return created.id, created.signing_secret
+
     def delete_file(self, file_id: str) -> None:
         with upstream_observed("files.delete", upstream=self.upstream.name):
             try:

@@ -17,6 +17,11 @@ Image answers draw the prompt: the picture is PNG's signature followed by "echo:
 for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
 bodies, one model per batch, and image edits in their JSON form only (`images` references).
 
+With a `webhook_url` (and `webhook_secret`, `whsec_…`) configured, the fake also watches its
+batches from a thread of its own and, when one ends, POSTs OpenAI's `batch.<status>` event to
+that URL, signed as OpenAI signs them (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`).
+
 Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
 
@@ -26,6 +31,7 @@ import argparse
 import base64
 import copy
 import hashlib
+import hmac
 import json
 import random
 import re
@@ -33,6 +39,8 @@ import signal
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -54,7 +62,11 @@ DEFAULTS = {
     "fail_message": "The batch could not be processed because of an internal error.",
     "timeout_sleep": 5.0,  # how long a "timeout" fault holds the request
     "retry_after": 1,  # Retry-After seconds sent with an injected 429
+    "webhook_url": None,  # where batch.<status> events go when a batch ends (None: nowhere)
+    "webhook_secret": None,  # the endpoint's signing secret, "whsec_<base64>"
 }
+WEBHOOK_ATTEMPTS = 5
+TERMINAL = ("failed", "completed", "expired", "cancelled")
 MAX_LINES = 50_000
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DAY = 24 * 3600
@@ -131,7 +143,27 @@ class Run:
     output_expiry: int = 30 * DAY
     results: list | None = None
     cancel_done: int = 0
+    notified: bool = False  # its end was sent as a webhook
     tokens: int = 0  # input tokens, as the fake counts them for its queue limit
+
+
+def new_webhook_secret() -> str:
+    """A signing secret in OpenAI's format."""
+    return "whsec_" + base64.b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode()
+
+
+def sign_webhook(body: bytes, secret: str, *, webhook_id: str, timestamp: int | None = None):
+    """The Standard Webhooks headers OpenAI sends with `body`, signed with `secret`."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret
+    key = key.encode() if isinstance(key, str) else key
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": f"v1,{signature}",
+    }
 
 
 def _error_body(message, type="invalid_request_error", param=None, code=None) -> dict:
@@ -622,6 +654,7 @@ class FakeOpenAI:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._generation = 0
         self.reset()
 
@@ -645,11 +678,16 @@ class FakeOpenAI:
         self._server.fake = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
         return self
 
     def stop(self) -> None:
         # Wakes requests held by a "timeout" fault so they do not outlive the server.
         self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -664,6 +702,8 @@ class FakeOpenAI:
             self._submitted: list[dict] = []
             self._calls: list[tuple[str, str]] = []
             self._faults: list[list] = []
+            self._webhooks: list[dict] = []  # every delivery attempt: event, status
+            self._pending_events: list[dict] = []
             self._config = DEFAULTS | {"step_seconds": self._step_seconds}
             # Requests still held by a "timeout" fault see the change and give up.
             self._generation += 1
@@ -673,6 +713,9 @@ class FakeOpenAI:
         unknown = set(options) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        url = options.get("webhook_url")
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s) URL")
         with self._lock:
             self._config.update(options)
 
@@ -710,6 +753,12 @@ class FakeOpenAI:
                 for k, v in self._files.items()
             }
 
+    @property
+    def webhooks(self) -> list[dict]:
+        """Every webhook delivery tried: {"event", "status" (HTTP status or None), "at"}."""
+        with self._lock:
+            return copy.deepcopy(self._webhooks)
+
     def submitted_lines(self) -> list[dict]:
         with self._lock:
             return copy.deepcopy(self._submitted)
@@ -731,6 +780,57 @@ class FakeOpenAI:
                     "calls": [list(call) for call in self._calls],
                 }
             )
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Advance every batch on time and deliver the events of those that ended."""
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                url, secret = self._config["webhook_url"], self._config["webhook_secret"]
+                if url:
+                    for batch_id, batch in self._batches.items():
+                        self._advance(batch_id)
+                        run = self._runs[batch_id]
+                        if batch["status"] in TERMINAL and not run.notified:
+                            run.notified = True
+                            self._pending_events.append(self._event(batch))
+                events, self._pending_events = self._pending_events, []
+            for event in events:
+                if not self._deliver(url, secret, event):
+                    with self._lock:
+                        self._pending_events.append(event)
+
+    @staticmethod
+    def _event(batch: dict) -> dict:
+        return {
+            "id": _new_id("evt_"),
+            "object": "event",
+            "type": f"batch.{batch['status']}",
+            "created_at": int(time.time()),
+            "data": {"id": batch["id"]},
+            "attempts": 0,
+        }
+
+    def _deliver(self, url: str, secret: str | None, event: dict) -> bool:
+        """POST one event; False when it should be tried again (up to WEBHOOK_ATTEMPTS)."""
+        event["attempts"] += 1
+        body = json.dumps({k: v for k, v in event.items() if k != "attempts"}).encode()
+        headers = sign_webhook(body, secret or "", webhook_id=event["id"])
+        headers["Content-Type"] = "application/json"
+        # `configure` allows http(s) URLs only: the test's or the try-out's own proxy.
+        request = urllib.request.Request(url, body, headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = None
+        with self._lock:
+            self._webhooks.append({"event": event["type"], "id": event["id"], "status": status})
+        # Like OpenAI: any 2xx is delivered; anything else is retried, a few times here.
+        return (status is not None and 200 <= status < 300) or event["attempts"] >= WEBHOOK_ATTEMPTS
 
     # -- request plumbing (called by _Handler) ---------------------------------------------------
 
@@ -973,6 +1073,34 @@ class FakeOpenAI:
             batch.update(status="cancelling", cancelling_at=int(time.time()))
         return _json_reply(batch)
 
+    # -- webhook endpoints -----------------------------------------------------------------------
+
+    def _create_webhook(self, request: Request) -> Reply:
+        """Register an endpoint: from now on, batch events are signed and sent to it."""
+        params = _json_object(request.body)
+        for name in ("url", "name", "event_types"):
+            if not params.get(name):
+                message = f"Missing required parameter: '{name}'."
+                raise ApiError(400, message, param=name, code="missing_required_parameter")
+        if not str(params["url"]).startswith(("http://", "https://")):
+            raise ApiError(400, "The url must be an http(s) URL.", param="url")
+        secret = new_webhook_secret()
+        self._config.update(webhook_url=params["url"], webhook_secret=secret)
+        now = int(time.time())
+        return _json_reply(
+            {
+                "id": _new_id("we_"),
+                "object": "webhook_endpoint",
+                "created_at": now,
+                "updated_at": now,
+                "name": params["name"],
+                "url": params["url"],
+                "event_types": params["event_types"],
+                "signing_secret": secret,
+                "signing_secret_hint": secret[:10] + "…",
+            }
+        )
+
     # -- batch life, decided lazily on observation -----------------------------------------------
 
     def _progress(self, run: Run, elapsed: float) -> int:
@@ -1084,6 +1212,7 @@ ROUTES = [
     ("GET", re.compile(r"/v1/batches"), "list"),
     ("GET", re.compile(r"/v1/batches/([^/]+)"), "retrieve"),
     ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "cancel"),
+    ("POST", re.compile(r"/v1/webhook_endpoints"), "create_webhook"),
 ]
 # Faults are injected per operation (or "*" for any of them).
 OPERATIONS = tuple(name for _, _, name in ROUTES)
@@ -1175,8 +1304,11 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9488)
     parser.add_argument("--step-seconds", type=float, default=0.0)
+    parser.add_argument("--webhook-url", help="POST signed batch.<status> events here")
+    parser.add_argument("--webhook-secret", help="their signing secret (whsec_…)")
     args = parser.parse_args(argv)
     fake = FakeOpenAI(args.host, args.port, step_seconds=args.step_seconds).start()
+    fake.configure(webhook_url=args.webhook_url, webhook_secret=args.webhook_secret)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

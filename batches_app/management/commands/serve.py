@@ -7,9 +7,10 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from django_q.tasks import async_task
 
 from batchproxy.fakes.anthropic import FakeAnthropic
-from batchproxy.fakes.openai import FakeOpenAI
+from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import superuser_ensure
 
@@ -37,7 +38,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fake-step-seconds",
             type=float,
-            default=5.0,
+            default=0.5,
             help="with --fake-openai: seconds the fake spends in each batch status",
         )
         parser.add_argument("--no-migrate", action="store_true")
@@ -63,10 +64,17 @@ class Command(BaseCommand):
         if fake_openai:
             fake = FakeOpenAI(step_seconds=fake_step_seconds).start()
             env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "fake-openai"}
+            env |= self._try_out_waits(fake, port)
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
             claude = FakeAnthropic(step_seconds=fake_step_seconds).start()
             env |= {"ANTHROPIC_BASE_URL": claude.url, "ANTHROPIC_API_KEY": "fake-anthropic"}
             self.stdout.write(f"and claude-* models to the built-in fake Anthropic at {claude.url}")
+            self.stdout.write(
+                "Try-out waits: BATCH_MAX_WAIT={BATCH_MAX_WAIT} s, TICK_SECONDS={TICK_SECONDS} s, "
+                "POLL_INTERVAL={POLL_INTERVAL} s; ".format(**env)
+                + f"a fake batch takes {3 * fake_step_seconds:g} s and its end comes back as "
+                "a webhook to /webhooks/openai"
+            )
         elif not settings.OPENAI_API_KEY:
             raise CommandError(
                 "OPENAI_API_KEY is not set. Set it (and OPENAI_BASE_URL for another "
@@ -100,9 +108,22 @@ class Command(BaseCommand):
             self.stdout.write("batchproxy scheduler running (role: scheduler)")
         else:
             self.stdout.write(f"batchproxy listening on http://0.0.0.0:{port}/v1 (role: {role})")
+        if role in ("all", "scheduler"):
+            # django-q2's scheduler first wakes 30 s after start: start the tick chain now.
+            async_task("batches_app.tasks.tick", q_options={"task_name": "batchproxy.tick"})
         # The children open their own connections; this one would only sit idle.
         connections.close_all()
         raise SystemExit(self._supervise(commands, env))
+
+    @staticmethod
+    def _try_out_waits(fake: FakeOpenAI, port: int) -> dict:
+        """Short waits, so that a try-out call is answered in seconds (the environment wins)."""
+        waits = {"BATCH_MAX_WAIT": "1", "TICK_SECONDS": "1", "POLL_INTERVAL": "2"}
+        waits = {name: os.environ.get(name, value) for name, value in waits.items()}
+        secret = new_webhook_secret()
+        url = f"http://127.0.0.1:{port}/webhooks/openai"
+        fake.configure(webhook_url=url, webhook_secret=secret)
+        return waits | {"OPENAI_WEBHOOK_SECRET": secret}
 
     def _supervise(self, commands: list[list[str]], env: dict) -> int:
         """Run the children; when one ends or a signal comes, stop them all."""

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("batches_app", "0006_image_model_prices"),
+        ("batches_app", "0007_webhook_events_and_leases_by_lock"),
     ]
 
     operations = [

@@ -1,0 +1,108 @@
+"""The try-out a new user makes: `serve --fake-openai`, then the README's Python example."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from .test_node_sdk import NODE_DIR
+from .test_serve import ROOT, free_port, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+
+def readme_example(language: str) -> str:
+    """The README's first code block in `language`, as a user would copy it."""
+    readme = (ROOT / "README.md").read_text()
+    return re.search(rf"```{language}\n(.*?)```", readme, re.DOTALL).group(1)
+
+
+@pytest.fixture
+def try_out(tmp_path):
+    """`serve --fake-openai` as the README's quick start runs it: no settings but the key."""
+    port = free_port()
+    drop = ("DATABASE_URL", "POSTGRES_URL", "BATCH_MAX_WAIT", "POLL_INTERVAL", "TICK_SECONDS")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("PYTEST")}
+    env |= {"DATA_DIR": str(tmp_path), "BATCH_SERVER_API_KEY": "my-proxy-key"}
+    env |= {"WEB_CONCURRENCY": "1"}  # a shared 2-core machine
+    command = [sys.executable, "manage.py", "serve", "--fake-openai", "--port", str(port)]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for_port(port, proc)
+        # As a user would: once serve says both its web server and its scheduler are up.
+        deadline = time.monotonic() + 60
+        while not any("Q Cluster" in line and "running" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        yield port, lines
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_readme_python_example_gets_its_answer_within_15_seconds(try_out):
+    port, output = try_out
+    code = readme_example("python").replace("localhost:9487", f"localhost:{port}")
+    assert "localhost:9487" not in code and f"localhost:{port}" in code
+
+    started = time.monotonic()
+    # As after the README's `pip install ./clients/python`.
+    helper = os.environ | {"PYTHONPATH": str(ROOT / "clients" / "python")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=helper,
+    )
+    took = time.monotonic() - started
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "echo: Summarise the Batch API in one line."
+    print(f"README Python example answered in {took:.1f} s")
+    assert took < 15
+    assert any(
+        "Try-out waits: BATCH_MAX_WAIT=1 s, TICK_SECONDS=1 s, POLL_INTERVAL=2 s" in line
+        for line in output
+    )
+
+
+def test_the_readme_node_example_gets_its_answer_within_15_seconds(try_out):
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed on this machine")
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
+        )
+    port, _ = try_out
+    code = readme_example("js").replace("localhost:9487", f"localhost:{port}")
+    # As after installing clients/node, which the README's example imports.
+    helper = (ROOT / "clients" / "node" / "index.js").as_uri()
+    code = code.replace('from "batchproxy-client"', f'from "{helper}"')
+    # Beside the test client, so that `import OpenAI from "openai"` finds the installed SDK.
+    script = NODE_DIR / f"readme-example-{port}.mjs"
+    script.write_text(code)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            ["node", script.name], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+        )
+        took = time.monotonic() - started
+    finally:
+        script.unlink()
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "echo: Summarise the Batch API in one line."
+    print(f"README Node example answered in {took:.1f} s")
+    assert took < 15
