@@ -178,8 +178,7 @@ def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
 ):
     """As tests/test_crash.py does for OpenAI's kinds: the worker dies at `point`, the next
     one finishes the step (the batch created before the crash is found, not made again)."""
-    from django.utils import timezone
-
+    from .test_crash import lease_free
     from .workers import CRASHED, run, wait_for
 
     texts = [f"crash {i}" for i in range(5)]
@@ -187,10 +186,7 @@ def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
         assert _post(client, api_key[1], text).status_code == 422
     crashed = run(fake_openai, "tick", crash_at=point, INGEST_CHUNK_LINES=2)
     assert crashed.returncode == CRASHED, crashed.stderr[-3000:]
-    wait_for(
-        lambda: not Batch.objects.filter(lease_until__gte=timezone.now()).exists(),
-        what="the dead worker's lease to expire",
-    )
+    wait_for(lease_free, timeout=2, what="the dead worker's lease to be released")
     again = run(fake_openai, "tick", INGEST_CHUNK_LINES=2)
     assert again.returncode == 0, again.stderr[-3000:]
 
