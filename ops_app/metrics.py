@@ -91,15 +91,18 @@ def observe_upstream(call):
 
 
 def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    from batches_app.upstreams import upstream_route
+
     depth = GaugeMetricFamily(
         "batchproxy_queue_depth",
-        "Requests waiting for an answer, per endpoint, model and status (queued or submitted).",
-        labels=["endpoint", "model", "status"],
+        "Requests waiting for an answer, per upstream (the one the model routes to now), "
+        "endpoint, model and status (queued or submitted).",
+        labels=["upstream", "endpoint", "model", "status"],
     )
     oldest = GaugeMetricFamily(
         "batchproxy_queue_oldest_age_seconds",
-        "Age of the oldest queued (not yet submitted) request, per endpoint and model.",
-        labels=["endpoint", "model"],
+        "Age of the oldest queued (not yet submitted) request, per upstream, endpoint and model.",
+        labels=["upstream", "endpoint", "model"],
     )
     rows = (
         BatchRequest.objects.filter(status__in=BatchRequest.PENDING)
@@ -108,10 +111,12 @@ def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         .order_by()
     )
     for row in rows:
-        depth.add_metric([row["endpoint"], row["model"], row["status"]], row["n"])
+        route = upstream_route(endpoint=row["endpoint"], model=row["model"])
+        group = [route.name if route else "none", row["endpoint"], row["model"]]
+        depth.add_metric([*group, row["status"]], row["n"])
         if row["status"] == BatchRequest.Status.QUEUED:
             age = (now - row["first"]).total_seconds()
-            oldest.add_metric([row["endpoint"], row["model"]], max(age, 0.0))
+            oldest.add_metric(group, max(age, 0.0))
     return depth, oldest
 
 

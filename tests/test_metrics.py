@@ -41,7 +41,14 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
     )
     before = scrape(client)
     assert (
-        value(before, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            before,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 0
     )
     for text in ("one", "two", "three"):
@@ -50,22 +57,40 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
 
     queued = scrape(client)
     assert (
-        value(queued, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            queued,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 3
     )
     assert (
         value(
-            queued, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4.1-mini", status="queued"
+            queued,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4.1-mini",
+            status="queued",
         )
         == 1
     )
     assert (
-        value(queued, "batchproxy_queue_oldest_age_seconds", endpoint=CHAT, model="gpt-4o-mini")
+        value(
+            queued,
+            "batchproxy_queue_oldest_age_seconds",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+        )
         >= 0
     )
     assert (
         "batchproxy_queue_oldest_age_seconds",
-        frozenset({"endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
+        frozenset({"upstream": "openai", "endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
     ) in queued
     assert value(queued, "batchproxy_requests", status="queued") == 4
     assert value(queued, "batchproxy_requests", status="completed") == 0
@@ -73,12 +98,19 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
     cycle()
     done = scrape(client)
     assert (
-        value(done, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            done,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 0
     )
     assert (
         "batchproxy_queue_oldest_age_seconds",
-        frozenset({"endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
+        frozenset({"upstream": "openai", "endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
     ) not in done
     assert value(done, "batchproxy_requests", status="completed") == 4
     assert (
