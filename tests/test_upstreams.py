@@ -101,3 +101,10 @@ def test_system_check_refuses_an_unknown_kind_and_an_upstream_without_models(set
     with pytest.raises(SystemCheckError) as refused:
         call_command("check")
     assert "ops_app.E013" in str(refused.value) and "ops_app.E014" in str(refused.value)
+
+
+def test_every_upstreams_key_is_masked_in_logs(groq, monkeypatch, settings):
+    from ops_app.logs import redact
+
+    monkeypatch.setenv("GROQ_API_KEY", "0123456789abcdef0123")  # no prefix a pattern knows
+    assert redact("calling with 0123456789abcdef0123 now") == "calling with [redacted] now"
