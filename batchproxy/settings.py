@@ -265,8 +265,11 @@ WEBHOOK_RETRY_FOR = env.int("WEBHOOK_RETRY_FOR", default=86_400)
 # Events per POST, and bytes of answer bodies per POST for endpoints that include them.
 WEBHOOK_MAX_EVENTS = env.int("WEBHOOK_MAX_EVENTS", default=100)
 WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=1_000_000)
-# Hosts that may be sent to over plain http; every other URL must be https.
-WEBHOOK_ALLOW_HTTP_HOSTS = env.list("WEBHOOK_ALLOW_HTTP_HOSTS", default=[])
+# Hosts that may be sent to over plain http; every other URL must be https. Loopback by default:
+# its traffic never leaves the machine, and it is refused anyway unless private URLs are allowed.
+WEBHOOK_ALLOW_HTTP_HOSTS = env.list(
+    "WEBHOOK_ALLOW_HTTP_HOSTS", default=["localhost", "127.0.0.1", "::1"]
+)
 # Loopback, private, link-local and metadata addresses are refused unless this is true.
 WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
 # Seconds one run of the delivery task may spend sending before it leaves the rest to the next.

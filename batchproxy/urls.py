@@ -29,6 +29,10 @@ client_urls = (
         for prefix in ("v1/", "")
     ]
     + [path(f"{prefix}batch_requests", views.BatchRequestList.as_view()) for prefix in ("v1/", "")]
+    + [
+        path(f"{prefix}videos/<str:video_id>/content", views.VideoContent.as_view())
+        for prefix in ("v1/", "")
+    ]
 )
 
 urlpatterns = [

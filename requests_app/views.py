@@ -31,6 +31,7 @@ from .services import (
     call_parse,
     requests_insert,
 )
+from .videos import video_content_stream
 
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
@@ -153,6 +154,11 @@ def refuse_form_upload(request: Request, endpoint: str) -> None:
         return
     if endpoint == Endpoint.IMAGES_EDITS:
         message = IMAGES_EDITS_JSON_ONLY
+    elif endpoint == Endpoint.VIDEOS:
+        message = (
+            "The Batch API takes videos in their JSON form only: send 'Content-Type: "
+            'application/json\', with \'input_reference\' as {"image_url": …} or {"file_id": …}.'
+        )
     else:
         message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
     raise ClientError(400, message, code="unsupported_content_type")
@@ -328,9 +334,14 @@ class FinishedRequestSerializer(BatchRequestSerializer):
     """A list entry; with `?include=body`, also the answer as the caller would get it."""
 
     response = serializers.SerializerMethodField()
+    response_omitted = serializers.SerializerMethodField()
 
     class Meta(BatchRequestSerializer.Meta):
-        fields = (*BatchRequestSerializer.Meta.fields, "response")
+        fields = (*BatchRequestSerializer.Meta.fields, "response", "response_omitted")
+
+    def get_response_omitted(self, obj: BatchRequest) -> bool:
+        """True for a large answer (images), which only the identical call streams."""
+        return bool(self.context.get("include_body") and obj.response_chunks)
 
     @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
     def get_response(self, obj: BatchRequest) -> dict | None:
@@ -371,3 +382,19 @@ class BatchRequestList(ListAPIView):
         if not self.include_body():
             rows = rows.defer("body", "response_body")
         return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))
+
+
+class VideoContent(APIView):
+    """GET /v1/videos/{id}/content: a video one of the caller's calls made, streamed from
+    upstream (which keeps it for a day); another key's video is 404, like an unknown one."""
+
+    throttle_classes = [limits.KeyRateThrottle]
+    schema = None  # described by hand: ops_app/openapi.py
+
+    def get(self, request: Request, video_id: str) -> StreamingHttpResponse:
+        key: ApiKey = request.auth
+        variant = request.query_params.get("variant", "video")
+        media_type, content = video_content_stream(
+            api_key_id=key.pk, video_id=video_id, variant=variant
+        )
+        return StreamingHttpResponse(content, content_type=media_type)

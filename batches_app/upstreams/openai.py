@@ -6,6 +6,7 @@ second file or batch: the services reconcile first and retry on a later tick.
 """
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from functools import cache
 from pathlib import Path
 
@@ -161,6 +162,32 @@ class OpenAITransport(Transport):
             event_types=event_types,
         )
         return created.id, created.signing_secret
+
+    def video_content(
+        self, video_id: str, *, variant: str = "video"
+    ) -> tuple[str, Iterator[bytes]]:
+        """A video's media type and its bytes, streamed from upstream: a video is megabytes.
+
+        The upstream response stays open until its bytes are read to the end or the iterator
+        is closed (Django closes it when the client's answer ends).
+        """
+        stack = ExitStack()
+        try:
+            with upstream_observed("videos.content", upstream=self.upstream.name):
+                streamed = self.client().videos.with_streaming_response.download_content
+                response = stack.enter_context(streamed(video_id, variant=variant))
+        except openai.OpenAIError as exc:
+            stack.close()
+            raise _translate(exc) from exc
+
+        def chunks() -> Iterator[bytes]:
+            with stack:
+                try:
+                    yield from response.iter_bytes(65536)
+                except httpx2.HTTPError as exc:
+                    raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
+
+        return response.headers.get("content-type") or "video/mp4", chunks()
 
     def delete_file(self, file_id: str) -> None:
         with upstream_observed("files.delete", upstream=self.upstream.name):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("batches_app", "0007_webhook_events_and_leases_by_lock"),
+        ("batches_app", "0008_video_prices_and_db_default"),
     ]
 
     operations = [

@@ -11,6 +11,6 @@ def add_prices(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches_app", "0008_batch_upstream")]
+    dependencies = [("batches_app", "0009_batch_upstream")]
 
     operations = [migrations.RunPython(add_prices, migrations.RunPython.noop)]
