@@ -39,6 +39,7 @@ class BatchAdmin(admin.ModelAdmin):
     list_display = (
         "short_id",
         "state",
+        "upstream",
         "upstream_status",
         "endpoint",
         "model",
@@ -50,7 +51,7 @@ class BatchAdmin(admin.ModelAdmin):
         "cancel_mode",
         "upstream_id",
     )
-    list_filter = ("state", "upstream_status", "endpoint", "model", "cancel_mode")
+    list_filter = ("state", "upstream", "upstream_status", "endpoint", "model", "cancel_mode")
     search_fields = ("upstream_id",)  # the real search is get_search_results
     search_help_text = "A proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."
     ordering = ("-created_at",)
@@ -62,7 +63,7 @@ class BatchAdmin(admin.ModelAdmin):
     readonly_fields += ("errors_pretty",)
     fields = (
         ("id", "state", "cancel_mode"),
-        ("endpoint", "model"),
+        ("upstream", "endpoint", "model"),
         ("request_count", "input_bytes", "counted_tokens", "requests_link"),
         ("upstream_id", "upstream_status", "upstream_created_at"),
         ("input_file_id", "output_file_id", "error_file_id"),

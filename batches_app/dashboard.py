@@ -18,6 +18,7 @@ from requests_app.models import BatchRequest
 from . import capacity, services
 from .models import Batch
 from .spend import PriceBook, Spend, batch_tokens, spend_by_key, spend_by_model, total
+from .upstreams import upstream_key, upstreams_all
 
 Status = BatchRequest.Status
 CHUNK = 1000
@@ -132,6 +133,22 @@ def daily_money(*, now: datetime, book: PriceBook) -> list[dict]:
 # --- The page -------------------------------------------------------------------------------
 
 
+def upstreams_shown() -> list[dict]:
+    """The configured upstreams, in routing order: where each key is read from, never the key."""
+    return [
+        {
+            "name": upstream.name,
+            "kind": upstream.kind,
+            "base_url": upstream.base_url,
+            "key_env": upstream.key_env,
+            "key_set": bool(upstream_key(upstream)),
+            "models": ", ".join(upstream.models) or "(none)",
+            "api_version": upstream.api_version,
+        }
+        for upstream in upstreams_all()
+    ]
+
+
 def dashboard_figures(*, now: datetime | None = None) -> dict:
     """Everything the dashboard shows, computed in a fixed number of queries."""
     now = now or timezone.now()
@@ -151,8 +168,11 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
         "oldest_wait": now - oldest if oldest else None,
         "retention_days": round(settings.RESULT_RETENTION / 86400, 1),
         "batches_by_state": list(
-            Batch.objects.values("state").annotate(n=Count("pk")).order_by("state")
+            Batch.objects.values("upstream", "state")
+            .annotate(n=Count("pk"))
+            .order_by("upstream", "state")
         ),
+        "upstreams": upstreams_shown(),
         "last_hour": finished_counts(since=now - timedelta(hours=1)),
         "last_day": finished_counts(since=day),
         "errors": upstream_errors(since=day),

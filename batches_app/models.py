@@ -33,6 +33,9 @@ class Batch(models.Model):
     UPSTREAM_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    upstream = models.CharField(
+        max_length=64, default="openai", help_text="The name of the upstream it was sent to."
+    )
     endpoint = models.CharField(max_length=32)
     model = models.CharField(max_length=200)
     state = models.CharField(max_length=16, choices=State.choices, default=State.BUILDING)
@@ -72,7 +75,7 @@ class Batch(models.Model):
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="batch_due_idx")]
 
     def __str__(self) -> str:
-        return f"{self.endpoint} {self.model} {self.upstream_id or self.id}"
+        return f"{self.upstream} {self.endpoint} {self.model} {self.upstream_id or self.id}"
 
     @property
     def is_terminal(self) -> bool:
@@ -167,11 +170,13 @@ class ModelPrice(models.Model):
         return per_token + images * (self.per_image or 0)
 
 
-SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+# OpenAI dates its snapshots `-2024-08-06`, Anthropic `-20250514`.
+SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|20\d{6})$")
 
 
 def base_model(model: str) -> str:
-    """A dated snapshot's model (`gpt-4o-2024-08-06` -> `gpt-4o`); any other name unchanged."""
+    """A dated snapshot's model (`gpt-4o-2024-08-06` -> `gpt-4o`, `claude-sonnet-4-20250514`
+    -> `claude-sonnet-4`); any other name unchanged."""
     return SNAPSHOT.sub("", model)
 
 

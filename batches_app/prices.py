@@ -1,5 +1,5 @@
 """Default synchronous prices (USD per 1M tokens, standard tier; per image for DALL-E) for
-current OpenAI models.
+current OpenAI, Anthropic and Gemini models.
 
 The `ModelPrice` table is the one place prices live; operators edit it in the admin. These
 defaults fill it when it is empty: by migration on a new database, and after every `migrate`
@@ -37,6 +37,27 @@ DEFAULT_PRICES = {
     "omni-moderation-latest": ("0", "0"),
     "text-moderation-latest": ("0", "0"),
 }
+# Anthropic's list prices (Message Batches charge half); dated ids (`-20250514`) match too.
+CLAUDE_PRICES = {
+    "claude-opus-4-5": ("5.00", "25.00"),
+    "claude-opus-4-1": ("15.00", "75.00"),
+    "claude-opus-4": ("15.00", "75.00"),
+    "claude-sonnet-4-5": ("3.00", "15.00"),
+    "claude-sonnet-4": ("3.00", "15.00"),
+    "claude-3-7-sonnet": ("3.00", "15.00"),
+    "claude-haiku-4-5": ("1.00", "5.00"),
+    "claude-3-5-haiku": ("0.80", "4.00"),
+    "claude-3-haiku": ("0.25", "1.25"),
+}
+# Google's Gemini API paid-tier prices (prompts up to 200k tokens; Batch Mode charges half).
+GEMINI_PRICES = {
+    "gemini-2.5-pro": ("1.25", "10.00"),
+    "gemini-2.5-flash": ("0.30", "2.50"),
+    "gemini-2.5-flash-lite": ("0.10", "0.40"),
+    "gemini-2.0-flash": ("0.10", "0.40"),
+    "gemini-2.0-flash-lite": ("0.075", "0.30"),
+}
+DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES
 
 
 # model: USD per image, synchronous. DALL-E answers carry no usage; OpenAI prices them per
@@ -81,6 +102,14 @@ def prices_add_image_models(model_price) -> int:
     """Add the image models' prices to an existing table, leaving rows operators made alone."""
     known = set(model_price.objects.filter(model__in=IMAGE_MODELS).values_list("model", flat=True))
     missing = [name for name in IMAGE_MODELS if name not in known]
+    return len(model_price.objects.bulk_create(_rows(model_price, missing)))
+
+
+def prices_add(model_price, names) -> int:
+    """Add the default prices of these models where the table has no row for them; rows an
+    operator edited stay as they are."""
+    known = set(model_price.objects.filter(model__in=names).values_list("model", flat=True))
+    missing = [name for name in names if name not in known]
     return len(model_price.objects.bulk_create(_rows(model_price, missing)))
 
 

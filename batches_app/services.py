@@ -26,7 +26,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity, upstream
+from . import capacity, upstreams
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
@@ -36,7 +36,7 @@ from .outcomes import (
     rows_update,
     webhooks_for_settled,
 )
-from .upstream import UpstreamError
+from .upstreams import UpstreamError
 
 log = logging.getLogger(__name__)
 Status = BatchRequest.Status
@@ -84,12 +84,14 @@ def batch_flush(
 ) -> list[Batch]:
     """Claim every due group of queued requests into batches.
 
-    1. Group the ready queued requests (back-off over) by endpoint and model.
+    1. Group the ready queued requests (back-off over) by endpoint and model; the model routes
+       the group to its upstream (`upstreams.upstream_route`).
     2. Count the input tokens of the requests not counted yet.
     3. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
        requests a batch at a time, each within OpenAI's limits and the model's queue budget
        (`capacity`); what does not fit waits for capacity.
-    The new batches are in state `building`; `batches_advance` uploads and creates them.
+    The new batches are in state `building`, each for one upstream, endpoint and model;
+    `batches_advance` uploads and creates them.
     """
     now = timezone.now()
     ready = _ready(now)
@@ -105,6 +107,9 @@ def batch_flush(
     )
     created, waiting = [], set()
     for group in groups:
+        if upstreams.upstream_route(endpoint=group["endpoint"], model=group["model"]) is None:
+            log.warning("flush: no upstream serves %s on %s", group["model"], group["endpoint"])
+            continue
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
         if not (force or _group_due(group, now)):
             continue
@@ -199,7 +204,11 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
         if not taken or not (full or force or aged):
             return Claim(None, waiting) if waiting else None
         batch = Batch.objects.create(
-            endpoint=endpoint, model=model, input_bytes=size, counted_tokens=tokens
+            upstream=upstreams.upstream_route(endpoint=endpoint, model=model).name,
+            endpoint=endpoint,
+            model=model,
+            input_bytes=size,
+            counted_tokens=tokens,
         )
         claimed = 0
         for chunk in batched(taken, 2000):
@@ -362,13 +371,12 @@ def _upload(batch: Batch) -> None:
     The file id is recorded only after the upload answers, so a crash or a lost response in
     between leaves a file upstream that only its name ties to this batch.
     """
+    if upstreams.transport(batch.upstream).inline:
+        _move_inline(batch)
+        return
     if batch.upload_attempted_at:
         _delete_orphan_inputs(batch)
-    rows = (
-        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
-        .order_by("pk")
-        .values_list("pk", "body")
-    )
+    rows = _submitted_bodies(batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / batch.input_filename
         written = 0
@@ -381,7 +389,7 @@ def _upload(batch: Batch) -> None:
             return
         batch.upload_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=batch.upload_attempted_at)
-        file_id = upstream.upload_file(path, batch.input_filename)
+        file_id = upstreams.transport(batch.upstream).upload_file(path, batch.input_filename)
     crash_point("after_upload")
     with transaction.atomic():
         UpstreamFile.objects.get_or_create(
@@ -390,13 +398,30 @@ def _upload(batch: Batch) -> None:
         _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
 
 
+def _submitted_bodies(batch: Batch) -> QuerySet:
+    return (
+        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
+        .order_by("pk")
+        .values_list("pk", "body")
+    )
+
+
+def _move_inline(batch: Batch) -> None:
+    """A kind whose batches take their requests inline has nothing to upload."""
+    if not _submitted_bodies(batch).exists():
+        _finish(batch, last_error="no requests left to submit")
+        return
+    _move(batch, State.BUILDING, State.UPLOADED)
+
+
 def _delete_orphan_inputs(batch: Batch) -> None:
     """Delete the upstream files named after this batch that it never recorded."""
     known = set(UpstreamFile.objects.filter(batch=batch).values_list("pk", flat=True))
-    for found in upstream.list_files(purpose="batch"):
-        if found.get("filename") == batch.input_filename and found["id"] not in known:
-            log.info("batch %s: deleting orphaned upload %s", batch.pk, found["id"])
-            upstream.delete_file(found["id"])
+    transport = upstreams.transport(batch.upstream)
+    for file_id in transport.find_files(filename=batch.input_filename):
+        if file_id not in known:
+            log.info("batch %s: deleting orphaned upload %s", batch.pk, file_id)
+            transport.delete_file(file_id)
 
 
 def _create(batch: Batch) -> None:
@@ -408,24 +433,34 @@ def _create(batch: Batch) -> None:
         batch.create_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
     crash_point("before_create")
-    created = upstream.create_batch(
-        input_file_id=batch.input_file_id,
-        endpoint=batch.endpoint,
-        metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
-    )
+    transport = upstreams.transport(batch.upstream)
+    if transport.inline:
+        created = transport.create_inline(
+            requests=_submitted_bodies(batch).iterator(chunk_size=2000)
+        )
+    else:
+        created = transport.create_batch(
+            input_file_id=batch.input_file_id,
+            endpoint=batch.endpoint,
+            metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
+        )
     crash_point("after_create")
     _record_running(batch, created)
 
 
 def _find_upstream(batch: Batch) -> dict | None:
     """The upstream batch an earlier, interrupted create made for this batch, if any."""
-    since = batch.create_attempted_at.timestamp() - 3600
-    for found in upstream.list_batches():
-        if (found.get("metadata") or {}).get(METADATA_KEY) == str(batch.pk):
-            return found
-        if found.get("created_at", 0) < since:
-            break
-    return None
+    others = Batch.objects.filter(upstream=batch.upstream).exclude(pk=batch.pk)
+    known = others.filter(created_at__gte=batch.created_at - timedelta(days=2)).exclude(
+        upstream_id=""
+    )
+    return upstreams.transport(batch.upstream).find_batch(
+        key=METADATA_KEY,
+        value=str(batch.pk),
+        attempted_at=batch.create_attempted_at.timestamp(),
+        request_count=batch.request_count,
+        known=frozenset(known.values_list("upstream_id", flat=True)),
+    )
 
 
 def _record_running(batch: Batch, data: dict) -> None:
@@ -459,10 +494,11 @@ def _timestamp(value) -> datetime | None:
 
 
 def _poll(batch: Batch) -> None:
-    data = upstream.retrieve_batch(batch.upstream_id)
+    transport = upstreams.transport(batch.upstream)
+    data = transport.retrieve_batch(batch.upstream_id)
     status = data.get("status") or ""
     if batch.cancel_mode and status not in ("cancelling", *Batch.UPSTREAM_TERMINAL):
-        data = upstream.cancel_batch(batch.upstream_id)
+        data = transport.cancel_batch(batch.upstream_id)
         status = data.get("status") or status
     fields = {
         "upstream_status": status,
@@ -492,7 +528,7 @@ def _cancel_stuck(batch: Batch, status: str) -> None:
     if status == "cancelling":
         return
     try:
-        upstream.cancel_batch(batch.upstream_id)
+        upstreams.transport(batch.upstream).cancel_batch(batch.upstream_id)
     except UpstreamError as exc:
         if not exc.permanent:
             raise
@@ -519,7 +555,8 @@ def _ingest(batch: Batch) -> None:
         )
         if upstream_file.ingested_at:
             continue
-        lines = _crash_between_chunks(upstream.iter_file_lines(file_id))
+        lines = upstreams.transport(batch.upstream).iter_file_lines(file_id)
+        lines = _crash_between_chunks(lines)
         settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
@@ -543,11 +580,11 @@ def _delete_files(batch: Batch) -> None:
     for file_id in UpstreamFile.objects.filter(batch=batch, deleted_at=None).values_list(
         "pk", flat=True
     ):
-        _file_delete(file_id)
+        _file_delete(file_id, upstream=batch.upstream)
 
 
-def _file_delete(file_id: str) -> None:
-    upstream.delete_file(file_id)
+def _file_delete(file_id: str, *, upstream: str) -> None:
+    upstreams.transport(upstream).delete_file(file_id)
     UpstreamFile.objects.filter(pk=file_id).update(deleted_at=timezone.now())
 
 
@@ -561,9 +598,9 @@ def files_sweep() -> int:
         return 0
     left = UpstreamFile.objects.filter(deleted_at=None, batch__state=State.DONE)
     deleted = 0
-    for file_id in left.values_list("pk", flat=True)[:100]:
+    for file_id, upstream in left.values_list("pk", "batch__upstream")[:100]:
         try:
-            _file_delete(file_id)
+            _file_delete(file_id, upstream=upstream)
         except UpstreamError as exc:
             log.warning("file %s not deleted yet: %s", file_id, exc)
             break

@@ -155,6 +155,48 @@ OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
 # The SDK's own retries of reads; calls that create something upstream never retry blindly.
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
+
+
+def upstream_from_env(name: str) -> dict:
+    """A named upstream from its UPSTREAM_<NAME>_* variables (README, "Upstreams")."""
+    prefix = f"UPSTREAM_{name.upper().replace('-', '_')}_"
+    return {
+        "name": name,
+        "kind": env.str(prefix + "KIND", default="openai"),
+        "base_url": env.str(prefix + "BASE_URL", default=""),
+        "key_env": env.str(prefix + "KEY_ENV", default=prefix + "API_KEY"),
+        "models": env.list(prefix + "MODELS", default=[]),
+        "api_version": env.str(prefix + "API_VERSION", default=""),
+    }
+
+
+# Upstreams besides the default OpenAI one (OPENAI_*), tried in this order for each model.
+UPSTREAMS = [upstream_from_env(name) for name in env.list("UPSTREAMS", default=[])]
+if env.str("ANTHROPIC_API_KEY", default=""):
+    # The Anthropic SDK's own variables make the default Anthropic upstream.
+    UPSTREAMS.append(
+        {
+            "name": "anthropic",
+            "kind": "anthropic",
+            "base_url": env.str("ANTHROPIC_BASE_URL", default="https://api.anthropic.com"),
+            "key_env": "ANTHROPIC_API_KEY",
+            "models": env.list("ANTHROPIC_MODELS", default=["claude-*"]),
+            "api_version": "",
+        }
+    )
+if env.str("AZURE_OPENAI_ENDPOINT", default="") and env.str("AZURE_OPENAI_API_KEY", default=""):
+    # The AzureOpenAI SDK's own variables make the default Azure upstream; its models are the
+    # names of its Global-Batch deployments.
+    UPSTREAMS.append(
+        {
+            "name": "azure",
+            "kind": "azure",
+            "base_url": env.str("AZURE_OPENAI_ENDPOINT"),
+            "key_env": "AZURE_OPENAI_API_KEY",
+            "models": env.list("AZURE_OPENAI_MODELS", default=[]),
+            "api_version": env.str("OPENAI_API_VERSION", default="2025-04-01-preview"),
+        }
+    )
 # Only the hashes are kept in memory beyond this point.
 ENV_API_KEY_HASHES = frozenset(
     hashlib.sha256(key.encode()).hexdigest() for key in BATCH_SERVER_API_KEY if key

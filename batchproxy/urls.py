@@ -10,24 +10,32 @@ from requests_app import errors, limits, views
 from requests_app.models import ENDPOINTS
 
 intake = views.Intake.as_view()
+anthropic_intake = views.AnthropicIntake.as_view()
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
 # without it.
-client_urls = [
-    path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
-    for prefix in ("v1/", "")
-    for endpoint in ENDPOINTS
-] + [
-    route
-    for prefix in ("v1/", "")
-    for route in (
-        path(f"{prefix}batch_requests", views.BatchRequestList.as_view()),
-        path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view()),
-        path(f"{prefix}models", views.ModelList.as_view()),
-        path(f"{prefix}models/<path:model>", views.ModelDetail.as_view()),
-        path(f"{prefix}videos/<str:video_id>/content", views.VideoContent.as_view()),
-    )
-]
+client_urls = (
+    [
+        path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
+        for prefix in ("v1/", "")
+        for endpoint in ENDPOINTS
+    ]
+    + [
+        path(f"{prefix}messages", anthropic_intake, {"endpoint": "/v1/messages"})
+        for prefix in ("v1/", "")
+    ]
+    + [
+        route
+        for prefix in ("v1/", "")
+        for route in (
+            path(f"{prefix}batch_requests", views.BatchRequestList.as_view()),
+            path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view()),
+            path(f"{prefix}models", views.ModelList.as_view()),
+            path(f"{prefix}models/<path:model>", views.ModelDetail.as_view()),
+            path(f"{prefix}videos/<str:video_id>/content", views.VideoContent.as_view()),
+        )
+    ]
+)
 
 urlpatterns = [
     path("", ops_views.front_page, name="front-page"),

@@ -52,7 +52,7 @@ def output_file(request_ids: list[str]) -> bytes:
 def child(batch_id: str) -> None:
     """One tick of the poll schedule for a batch whose results are in: ingest, settle, finish."""
     django_setup(migrate=False)
-    from batches_app import services, upstream
+    from batches_app import services, upstreams
     from batches_app.models import Batch
     from batches_app.outcomes import LineOutcome
     from requests_app.models import BatchRequest, WebhookEvent
@@ -61,7 +61,7 @@ def child(batch_id: str) -> None:
     # The download and parsing alone, to tell them from the database's share of the time.
     began = time.perf_counter()
     file_id = Batch.objects.get(pk=batch_id).output_file_id
-    for line in upstream.iter_file_lines(file_id):
+    for line in upstreams.transport().iter_file_lines(file_id):
         LineOutcome.parse(line)
     download_s = time.perf_counter() - began
     began = time.perf_counter()

@@ -100,3 +100,42 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
             )
         )
     return problems
+
+
+# The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
+UPSTREAM_KINDS = ("openai", "azure", "anthropic")
+
+
+@register()
+def upstreams_check(app_configs, **kwargs) -> list:
+    """Every configured upstream names a known kind, a base URL, models and a set key."""
+    problems, seen = [], {"openai"}
+    for upstream in settings.UPSTREAMS:
+        name = upstream["name"]
+        if name in seen:
+            problems.append(Error(f"Upstream {name!r} is defined twice.", id="ops_app.E012"))
+        seen.add(name)
+        if upstream["kind"] not in UPSTREAM_KINDS:
+            problems.append(
+                Error(
+                    f"Upstream {name!r} has kind {upstream['kind']!r}; "
+                    f"supported: {', '.join(UPSTREAM_KINDS)}.",
+                    id="ops_app.E013",
+                )
+            )
+        if not upstream["base_url"] or not upstream["models"]:
+            problems.append(
+                Error(
+                    f"Upstream {name!r} needs a base URL and the models it serves.",
+                    hint="Set its UPSTREAM_<NAME>_BASE_URL and UPSTREAM_<NAME>_MODELS.",
+                    id="ops_app.E014",
+                )
+            )
+        if not os.environ.get(upstream["key_env"]):
+            problems.append(
+                Warning(
+                    f"Upstream {name!r} reads its key from {upstream['key_env']}: not set.",
+                    id="ops_app.W003",
+                )
+            )
+    return problems

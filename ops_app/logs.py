@@ -3,6 +3,7 @@
 import contextvars
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -27,10 +28,17 @@ access_log = logging.getLogger("batchproxy.access")
 def redact(text: str) -> str:
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
-    upstream_key = getattr(settings, "OPENAI_API_KEY", "")
-    if upstream_key and upstream_key in text:
-        text = text.replace(upstream_key, "[redacted]")
+    for upstream_key in _upstream_keys():
+        if upstream_key in text:
+            text = text.replace(upstream_key, "[redacted]")
     return text
+
+
+def _upstream_keys() -> list[str]:
+    """Every upstream's key (an Azure key has no prefix a pattern could know), read now."""
+    keys = [getattr(settings, "OPENAI_API_KEY", "")]
+    keys += [os.environ.get(item["key_env"], "") for item in getattr(settings, "UPSTREAMS", [])]
+    return [key for key in keys if len(key) >= 8]
 
 
 class RequestContextFilter(logging.Filter):

@@ -27,25 +27,28 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # --- Recording upstream calls ---------------------------------------------------------------
 
 
-def upstream_call_record(*, operation: str, outcome: str, seconds: float) -> None:
+def upstream_call_record(
+    *, operation: str, outcome: str, seconds: float, upstream: str = "openai"
+) -> None:
     """Add one call to the shared counters: an atomic increment, created on first use."""
     increments = {"count": F("count") + 1, "seconds_sum": F("seconds_sum") + seconds}
     for bound in LATENCY_BUCKETS:
         if seconds <= bound:
             increments[bucket_field(bound)] = F(bucket_field(bound)) + 1
-    stats = UpstreamCallStat.objects.filter(operation=operation, outcome=outcome)
+    names = {"upstream": upstream, "operation": operation, "outcome": outcome}
+    stats = UpstreamCallStat.objects.filter(**names)
     if stats.update(**increments):
         return
     try:
         with transaction.atomic():
-            UpstreamCallStat.objects.create(operation=operation, outcome=outcome)
+            UpstreamCallStat.objects.create(**names)
     except IntegrityError:
         pass  # another process created it first
     stats.update(**increments)
 
 
 @contextlib.contextmanager
-def upstream_observed(operation: str):
+def upstream_observed(operation: str, *, upstream: str = "openai"):
     """Time the upstream call made inside, and count its outcome (an error's code, or "ok").
 
     A failure to record is logged and swallowed: metrics never break the batch engine.
@@ -60,21 +63,26 @@ def upstream_observed(operation: str):
     finally:
         try:
             upstream_call_record(
-                operation=operation[:64], outcome=outcome, seconds=time.monotonic() - started
+                upstream=upstream[:64],
+                operation=operation[:64],
+                outcome=outcome,
+                seconds=time.monotonic() - started,
             )
         except Exception:
             log.warning("could not record an upstream call in the metrics", exc_info=True)
 
 
 def observe_upstream(call):
-    """Decorate batches_app.upstream._call: observe each call, named after the SDK method."""
+    """Decorate a transport's `_call(upstream, fn, ...)`: observe each call, named after the
+    SDK method, under the upstream's name."""
 
     @functools.wraps(call)
-    def observed(fn, *args, **kwargs):
+    def observed(upstream: str, fn, *args, **kwargs):
         with upstream_observed(
-            getattr(fn, "__qualname__", getattr(fn, "__name__", "call")).lower()
+            getattr(fn, "__qualname__", getattr(fn, "__name__", "call")).lower(),
+            upstream=upstream,
         ):
-            return call(fn, *args, **kwargs)
+            return call(upstream, fn, *args, **kwargs)
 
     return observed
 
@@ -83,15 +91,18 @@ def observe_upstream(call):
 
 
 def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    from batches_app.upstreams import upstream_route
+
     depth = GaugeMetricFamily(
         "batchproxy_queue_depth",
-        "Requests waiting for an answer, per endpoint, model and status (queued or submitted).",
-        labels=["endpoint", "model", "status"],
+        "Requests waiting for an answer, per upstream (the one the model routes to now), "
+        "endpoint, model and status (queued or submitted).",
+        labels=["upstream", "endpoint", "model", "status"],
     )
     oldest = GaugeMetricFamily(
         "batchproxy_queue_oldest_age_seconds",
-        "Age of the oldest queued (not yet submitted) request, per endpoint and model.",
-        labels=["endpoint", "model"],
+        "Age of the oldest queued (not yet submitted) request, per upstream, endpoint and model.",
+        labels=["upstream", "endpoint", "model"],
     )
     rows = (
         BatchRequest.objects.filter(status__in=BatchRequest.PENDING)
@@ -100,10 +111,12 @@ def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         .order_by()
     )
     for row in rows:
-        depth.add_metric([row["endpoint"], row["model"], row["status"]], row["n"])
+        route = upstream_route(endpoint=row["endpoint"], model=row["model"])
+        group = [route.name if route else "none", row["endpoint"], row["model"]]
+        depth.add_metric([*group, row["status"]], row["n"])
         if row["status"] == BatchRequest.Status.QUEUED:
             age = (now - row["first"]).total_seconds()
-            oldest.add_metric([row["endpoint"], row["model"]], max(age, 0.0))
+            oldest.add_metric(group, max(age, 0.0))
     return depth, oldest
 
 
@@ -125,32 +138,37 @@ def _batches() -> GaugeMetricFamily:
 
     gauge = GaugeMetricFamily(
         "batchproxy_batches",
-        "Batches by the proxy's state and the upstream status.",
-        labels=["state", "upstream_status"],
+        "Batches by upstream, the proxy's state and the upstream status.",
+        labels=["upstream", "state", "upstream_status"],
     )
-    rows = Batch.objects.values_list("state", "upstream_status").annotate(n=Count("pk")).order_by()
-    for state, upstream_status, n in rows:
-        gauge.add_metric([state, upstream_status or "none"], n)
+    rows = (
+        Batch.objects.values_list("upstream", "state", "upstream_status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    for upstream, state, upstream_status, n in rows:
+        gauge.add_metric([upstream, state, upstream_status or "none"], n)
     return gauge
 
 
 def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
     latency = HistogramMetricFamily(
         "batchproxy_upstream_call_seconds",
-        "Latency of calls to the upstream Batch API, per operation and outcome.",
-        labels=["operation", "outcome"],
+        "Latency of calls to the upstream Batch APIs, per upstream, operation and outcome.",
+        labels=["upstream", "operation", "outcome"],
     )
     errors = CounterMetricFamily(
         "batchproxy_upstream_errors",
-        "Failed calls to the upstream Batch API, per operation and error code.",
-        labels=["operation", "code"],
+        "Failed calls to the upstream Batch APIs, per upstream, operation and error code.",
+        labels=["upstream", "operation", "code"],
     )
-    for stat in UpstreamCallStat.objects.order_by("operation", "outcome"):
+    for stat in UpstreamCallStat.objects.order_by("upstream", "operation", "outcome"):
         buckets = [(f"{b:g}", getattr(stat, bucket_field(b))) for b in LATENCY_BUCKETS]
         buckets.append(("+Inf", stat.count))
-        latency.add_metric([stat.operation, stat.outcome], buckets, stat.seconds_sum)
+        names = [stat.upstream, stat.operation]
+        latency.add_metric([*names, stat.outcome], buckets, stat.seconds_sum)
         if stat.outcome != "ok":
-            errors.add_metric([stat.operation, stat.outcome], stat.count)
+            errors.add_metric([*names, stat.outcome], stat.count)
     return latency, errors
 
 

@@ -9,13 +9,15 @@ def bucket_field(bound: float) -> str:
 
 
 class UpstreamCallStat(models.Model):
-    """Counters of upstream calls, one row per (operation, outcome), shared by every process.
+    """Counters of upstream calls, one row per (upstream, operation, outcome), shared by every
+    process.
 
     Kept in the database rather than in process memory so that /metrics, served by any web
     process, sees the calls made by every scheduler process on every machine. Rows are only
     ever incremented with `F()` updates, so concurrent writers never lose a count.
     """
 
+    upstream = models.CharField(max_length=64, default="openai")
     operation = models.CharField(max_length=64)
     # "ok", or the UpstreamError code ("timeout", "rate_limit_exceeded", "http_500", ...).
     outcome = models.CharField(max_length=100)
@@ -32,7 +34,9 @@ class UpstreamCallStat(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["operation", "outcome"], name="one_stat_per_outcome")
+            models.UniqueConstraint(
+                fields=["upstream", "operation", "outcome"], name="one_stat_per_upstream_outcome"
+            )
         ]
 
     def __str__(self) -> str:

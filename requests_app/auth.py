@@ -84,6 +84,17 @@ class ProxyKeyAuthentication(BaseAuthentication):
         return "Bearer"
 
 
+class AnthropicKeyAuthentication(ProxyKeyAuthentication):
+    """The Anthropic SDK's way: the proxy key as `x-api-key`, or (recent SDKs) as a bearer."""
+
+    def authenticate(self, request):
+        token = request.META.get("HTTP_X_API_KEY", "").strip()
+        if not token or len(token) > 256:
+            return super().authenticate(request)
+        caller = ProxyKey(token)
+        return (caller, SimpleLazyObject(lambda: caller.key))
+
+
 class HasActiveKey(BasePermission):
     """The default for client endpoints: the key presented is active (one lookup).
 

@@ -72,6 +72,44 @@ def invalid_api_key() -> HttpResponse:
     )
 
 
+# HTTP status -> Anthropic's error type (https://docs.claude.com/en/api/errors).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+}
+# The proxy's own states keep their names, as on OpenAI's endpoints.
+PROXY_TYPES = ("batch_pending", "batch_failed", "batch_cancelled")
+
+
+def anthropic_shaped(response: HttpResponse) -> HttpResponse:
+    """An OpenAI-shaped error answer rewritten as Anthropic's `{"type": "error", "error":
+    {"type", "message"}}`, headers kept. Other bodies (an answer, or Anthropic's own error for
+    that request) pass unchanged."""
+    if response.status_code < 400 or not response.get("Content-Type", "").startswith(
+        "application/json"
+    ):
+        return response
+    try:
+        error = orjson.loads(response.content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return response
+    if not isinstance(error, dict) or "message" not in error or "code" not in error:
+        return response
+    kind = error.get("type")
+    if kind not in PROXY_TYPES:
+        kind = ANTHROPIC_TYPES.get(response.status_code, "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": error["message"]}}
+    response.content = orjson.dumps(body)
+    if response.has_header("Content-Length"):
+        response["Content-Length"] = str(len(response.content))
+    return response
+
+
 @csrf_exempt  # an unknown path is 404 for every method, never a CSRF 403
 def not_found(request, *args, **kwargs) -> HttpResponse:
     return error_response(404, f"Unknown path: {request.path}", code="unknown_url")

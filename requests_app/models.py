@@ -28,6 +28,7 @@ class Endpoint(models.TextChoices):
     IMAGES_GENERATIONS = "/v1/images/generations"
     IMAGES_EDITS = "/v1/images/edits"
     VIDEOS = "/v1/videos"
+    MESSAGES = "/v1/messages"  # Anthropic's
 
 
 # The endpoints whose calls are a prompt (and whose answers are priced per image or second).

@@ -41,6 +41,10 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
     Everything else is OpenAI's to judge: it answers a bad line with a 400 that reaches the
     client as that line's answer, and the proxy cannot follow every schema of every endpoint.
     """
+    if endpoint == Endpoint.MESSAGES and not isinstance(body.get("messages"), list):
+        raise ClientError(
+            400, "messages: an array is required.", code="invalid_value", param="messages"
+        )
     if endpoint == Endpoint.CHAT_COMPLETIONS and not isinstance(body.get("messages", []), list):
         raise ClientError(
             400, "'messages' must be an array.", code="invalid_value", param="messages"

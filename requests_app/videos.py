@@ -4,7 +4,7 @@ it from there to the key whose call made the video, and to no other key."""
 import re
 from collections.abc import Iterator
 
-from batches_app import upstream
+from batches_app import upstreams
 
 from .errors import ClientError
 from .models import BatchRequest, Endpoint
@@ -18,17 +18,22 @@ def _not_found(video_id: str) -> ClientError:
     return ClientError(404, f"No video '{video_id[:100]}' for this key.", code="not_found")
 
 
-def video_owned(*, api_key_id: int, video_id: str) -> bool:
-    """Whether one of this key's answered /v1/videos calls made this video."""
+def video_owned(*, api_key_id: int, video_id: str) -> str | None:
+    """The upstream that made this video in one of this key's answered /v1/videos calls, if
+    one did."""
     if not VIDEO_ID.fullmatch(video_id):
-        return False
-    return BatchRequest.objects.filter(
+        return None
+    made = BatchRequest.objects.filter(
         api_key_id=api_key_id,
         endpoint=Endpoint.VIDEOS,
         status=BatchRequest.Status.COMPLETED,
         response_status=200,
         response_body__contains=f'"id":"{video_id}"',
-    ).exists()
+    ).values_list("batch__upstream", flat=True)[:1]
+    found = list(made)
+    if not found:
+        return None
+    return found[0] or upstreams.DEFAULT  # a request whose batch row is gone: the default
 
 
 def video_content_stream(
@@ -42,11 +47,12 @@ def video_content_stream(
     if variant not in VARIANTS:
         message = f"'variant' is one of {', '.join(VARIANTS)}."
         raise ClientError(400, message, code="invalid_value", param="variant")
-    if not video_owned(api_key_id=api_key_id, video_id=video_id):
+    upstream = video_owned(api_key_id=api_key_id, video_id=video_id)
+    if upstream is None:
         raise _not_found(video_id)
     try:
-        return upstream.video_content(video_id, variant=variant)
-    except upstream.UpstreamError as exc:
+        return upstreams.transport(upstream).video_content(video_id, variant=variant)
+    except upstreams.UpstreamError as exc:
         if str(exc).startswith("HTTP 404"):
             message = f"The content of video '{video_id}' is no longer kept upstream (a day)."
             raise ClientError(404, message, code="video_expired") from exc

@@ -17,12 +17,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from batches_app import capacity, catalog
+from batches_app import capacity, catalog, upstreams
 
 from . import limits
 from .api import RawBodyParser
-from .auth import PresentsKey, ProxyKey
-from .errors import ClientError, error_response
+from .auth import AnthropicKeyAuthentication, PresentsKey, ProxyKey
+from .errors import ClientError, anthropic_shaped, error_response
 from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
@@ -224,6 +224,7 @@ class Intake(APIView):
         try:
             refuse_form_upload(request, endpoint)
             call = call_parse(endpoint=endpoint, raw=_read_body(request))
+            self.check_served(call)
         except ClientError:
             # Only a valid key learns what is wrong with its input.
             if not caller.is_authenticated:
@@ -244,6 +245,29 @@ class Intake(APIView):
             raise NotAuthenticated
         created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
         return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
+
+    def check_served(self, call) -> None:
+        """On OpenAI's endpoints the default upstream serves every model."""
+
+
+class AnthropicIntake(Intake):
+    """POST /v1/messages: Anthropic's Messages API, queued like the others and sent through
+    Message Batches; the key as `x-api-key` or a bearer, every error in Anthropic's shape."""
+
+    authentication_classes = [AnthropicKeyAuthentication]
+
+    def check_served(self, call) -> None:
+        if upstreams.upstream_route(endpoint=call.endpoint, model=call.model) is None:
+            raise ClientError(
+                404,
+                f"model: no upstream of this proxy serves {call.model!r} (set ANTHROPIC_API_KEY "
+                "or an upstream of kind anthropic).",
+                code="model_not_found",
+                param="model",
+            )
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        return anthropic_shaped(super().finalize_response(request, response, *args, **kwargs))
 
 
 class BatchRequestSerializer(serializers.ModelSerializer):

@@ -64,3 +64,40 @@ def sdk(live_server, api_key, fake_openai):
     import openai
 
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key[1], max_retries=0)
+
+
+# The kinds of upstream that the fake OpenAI can stand in for: the engine's reliability tests
+# run for each (`upstream_kind`).
+UPSTREAM_KINDS = ["openai", "azure"]
+API_PREFIX = {"openai": "/v1", "azure": "/openai"}
+
+
+def kind_env(kind: str, fake) -> dict[str, str]:
+    """The environment that routes the tests' models to the fake as this kind of upstream."""
+    if kind == "openai":
+        return {}
+    return {
+        "UPSTREAMS": "azure-test",
+        "UPSTREAM_AZURE_TEST_KIND": "azure",
+        "UPSTREAM_AZURE_TEST_BASE_URL": fake.azure_endpoint,
+        "UPSTREAM_AZURE_TEST_MODELS": "gpt-4o-*,gpt-4.1-*",
+        "UPSTREAM_AZURE_TEST_API_VERSION": "2025-04-01-preview",
+        "UPSTREAM_AZURE_TEST_API_KEY": "azure-upstream-test-secret",
+    }
+
+
+@pytest.fixture(params=UPSTREAM_KINDS)
+def upstream_kind(request, fake_openai, settings, monkeypatch) -> str:
+    """Route the tests' models to the fake OpenAI as each kind of upstream in turn, in this
+    process and (through the environment) in worker processes."""
+    from batchproxy.settings import upstream_from_env
+
+    for name, value in kind_env(request.param, fake_openai).items():
+        monkeypatch.setenv(name, value)
+    names = [name for name in kind_env(request.param, fake_openai).get("UPSTREAMS", "").split(",")]
+    settings.UPSTREAMS = [upstream_from_env(name) for name in names if name]
+    yield request.param
+    prefix = API_PREFIX[request.param]
+    assert all(path.startswith((prefix, "/_fake")) for _, path in fake_openai.calls), (
+        f"a call missed the {request.param} upstream"
+    )

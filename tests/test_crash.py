@@ -12,6 +12,7 @@ from batches_app.leases import batch_lease
 from batches_app.models import Batch, UpstreamFile
 from requests_app.models import BatchRequest
 
+from .conftest import API_PREFIX
 from .workers import CRASHED, assert_each_answered_once, run, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,7 +21,8 @@ TEXTS = [f"crash {i}" for i in range(5)]
 
 
 @pytest.fixture
-def queued(post, fake_openai):
+def queued(post, fake_openai, upstream_kind):
+    """Five queued requests, for each kind of upstream the fake stands in for."""
     for text in TEXTS:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
         assert post("/v1/chat/completions", body).status_code == 422
@@ -53,7 +55,7 @@ def restart(fake) -> None:
         ("after_create", Batch.State.UPLOADED),
     ],
 )
-def test_crash_while_submitting_is_finished_by_the_next_run(queued, point, left_in):
+def test_crash_while_submitting_is_finished_by_the_next_run(queued, upstream_kind, point, left_in):
     tick(queued, crash_at=point)
 
     batch = Batch.objects.get()
@@ -71,7 +73,7 @@ def test_crash_while_submitting_is_finished_by_the_next_run(queued, point, left_
     assert Batch.objects.get().state == Batch.State.DONE
     assert_each_answered_once(queued)
     if point == "after_upload":
-        assert ("delete", f"/v1/files/{orphan}") in queued.calls
+        assert ("delete", f"{API_PREFIX[upstream_kind]}/files/{orphan}") in queued.calls
 
 
 @pytest.mark.parametrize("point", ["mid_ingest", "after_ingest_file"])

@@ -46,6 +46,23 @@ def test_prices_for_current_models_are_installed_by_migration():
     assert ModelPrice.objects.filter(model="text-embedding-3-small").exists()
 
 
+def test_claude_and_gemini_models_are_priced_and_migration_keeps_edited_rows():
+    from django.apps import apps
+
+    from batches_app.prices import CLAUDE_PRICES, prices_add
+
+    sonnet = ModelPrice.objects.get(model="claude-sonnet-4")
+    assert (sonnet.input_per_million, sonnet.output_per_million) == (Decimal(3), Decimal(15))
+    assert ModelPrice.objects.get(model="gemini-2.5-flash").input_per_million == Decimal("0.3")
+    assert spend.PriceBook().find("claude-sonnet-4-20250514").model == "claude-sonnet-4"
+
+    ModelPrice.objects.filter(model="claude-sonnet-4").update(input_per_million=Decimal(2))
+    ModelPrice.objects.filter(model="claude-3-haiku").delete()
+    added = prices_add(apps.get_model("batches_app", "ModelPrice"), list(CLAUDE_PRICES))
+    assert added == 1  # the deleted row came back; the edited one stayed
+    assert ModelPrice.objects.get(model="claude-sonnet-4").input_per_million == Decimal(2)
+
+
 def test_dated_snapshot_is_priced_as_its_model_and_unknown_model_is_not_priced():
     book = spend.PriceBook()
     assert book.find("gpt-4o-mini-2024-07-18").model == "gpt-4o-mini"

@@ -10,6 +10,7 @@ from batches_app import services
 from batches_app.models import Batch
 from requests_app.models import BatchRequest
 
+from .conftest import API_PREFIX
 from .workers import assert_each_answered_once, wait_for
 
 pytestmark = pytest.mark.django_db
@@ -22,8 +23,10 @@ def chat(text: str) -> dict:
 
 
 @pytest.fixture
-def upstream(fake_openai, settings, post):
-    """The fake OpenAI, quick to time out; the SDK's own retries off, so a fault fails a tick."""
+def upstream(fake_openai, upstream_kind, settings, post):
+    """The fake OpenAI, quick to time out; the SDK's own retries off, so a fault fails a tick.
+
+    Once for each kind of upstream it stands in for (`upstream_kind`)."""
     settings.OPENAI_TIMEOUT = 0.5
     settings.OPENAI_MAX_RETRIES = 0
     fake_openai.configure(timeout_sleep=0.8, retry_after=0)
@@ -197,7 +200,9 @@ def test_permanent_refusal_requeues_the_requests_and_deletes_the_file(upstream):
     assert_each_answered_once(upstream)
 
 
-def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(upstream, settings):
+def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(
+    upstream, upstream_kind, settings
+):
     upstream.configure(step_seconds=3600)
     tick()
     batch = Batch.objects.get()
@@ -211,7 +216,8 @@ def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(upstrea
 
     batch.refresh_from_db()
     assert (batch.state, batch.upstream_status) == (Batch.State.DONE, "expired")
-    assert ("cancel", f"/v1/batches/{batch.upstream_id}/cancel") in upstream.calls
+    cancel = f"{API_PREFIX[upstream_kind]}/batches/{batch.upstream_id}/cancel"
+    assert ("cancel", cancel) in upstream.calls
     assert set(BatchRequest.objects.values_list("status", "batch", "error_code")) == {
         (Status.QUEUED, None, "batch_expired")
     }

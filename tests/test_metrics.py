@@ -41,7 +41,14 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
     )
     before = scrape(client)
     assert (
-        value(before, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            before,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 0
     )
     for text in ("one", "two", "three"):
@@ -50,22 +57,40 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
 
     queued = scrape(client)
     assert (
-        value(queued, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            queued,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 3
     )
     assert (
         value(
-            queued, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4.1-mini", status="queued"
+            queued,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4.1-mini",
+            status="queued",
         )
         == 1
     )
     assert (
-        value(queued, "batchproxy_queue_oldest_age_seconds", endpoint=CHAT, model="gpt-4o-mini")
+        value(
+            queued,
+            "batchproxy_queue_oldest_age_seconds",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+        )
         >= 0
     )
     assert (
         "batchproxy_queue_oldest_age_seconds",
-        frozenset({"endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
+        frozenset({"upstream": "openai", "endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
     ) in queued
     assert value(queued, "batchproxy_requests", status="queued") == 4
     assert value(queued, "batchproxy_requests", status="completed") == 0
@@ -73,19 +98,35 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
     cycle()
     done = scrape(client)
     assert (
-        value(done, "batchproxy_queue_depth", endpoint=CHAT, model="gpt-4o-mini", status="queued")
+        value(
+            done,
+            "batchproxy_queue_depth",
+            upstream="openai",
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            status="queued",
+        )
         == 0
     )
     assert (
         "batchproxy_queue_oldest_age_seconds",
-        frozenset({"endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
+        frozenset({"upstream": "openai", "endpoint": CHAT, "model": "gpt-4o-mini"}.items()),
     ) not in done
     assert value(done, "batchproxy_requests", status="completed") == 4
-    assert value(done, "batchproxy_batches", state="done", upstream_status="completed") == 2
+    assert (
+        value(
+            done, "batchproxy_batches", upstream="openai", state="done", upstream_status="completed"
+        )
+        == 2
+    )
     # Upstream calls: every batch uploaded and created once, with its latency recorded.
     assert (
         value(
-            done, "batchproxy_upstream_call_seconds_count", operation="batches.create", outcome="ok"
+            done,
+            "batchproxy_upstream_call_seconds_count",
+            upstream="openai",
+            operation="batches.create",
+            outcome="ok",
         )
         == 2
     )
@@ -93,6 +134,7 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         value(
             done,
             "batchproxy_upstream_call_seconds_bucket",
+            upstream="openai",
             operation="files.create",
             outcome="ok",
             le="+Inf",
@@ -100,14 +142,20 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         == 2
     )
     assert (
-        value(done, "batchproxy_upstream_call_seconds_sum", operation="files.create", outcome="ok")
+        value(
+            done,
+            "batchproxy_upstream_call_seconds_sum",
+            upstream="openai",
+            operation="files.create",
+            outcome="ok",
+        )
         > 0
     )
     # Downloads (until the last line) and deletions too: two output files read, and the input
     # and output files of both batches deleted.
     calls = "batchproxy_upstream_call_seconds_count"
-    assert value(done, calls, operation="files.content", outcome="ok") == 2
-    assert value(done, calls, operation="files.delete", outcome="ok") == 4
+    assert value(done, calls, upstream="openai", operation="files.content", outcome="ok") == 2
+    assert value(done, calls, upstream="openai", operation="files.delete", outcome="ok") == 4
     # Tokens and savings from the batches' usage and the price table.
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="input") > 0
     assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="output") > 0
@@ -139,6 +187,7 @@ def test_failed_answers_and_upstream_errors_are_counted(client, post, fake_opena
         value(
             samples,
             "batchproxy_upstream_call_seconds_count",
+            upstream="openai",
             operation="batches.create",
             outcome="ok",
         )

@@ -703,6 +703,11 @@ class FakeOpenAI:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
 
+    @property
+    def azure_endpoint(self) -> str:
+        """The same API as Azure OpenAI serves it (`/openai/...`, `api-key`, `api-version`)."""
+        return self.url.removesuffix("/v1")
+
     def start(self) -> FakeOpenAI:
         self._stopping.clear()
         self._server = ThreadingHTTPServer(self._address, _Handler)
@@ -1300,11 +1305,17 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_fake/"):
             return self._send(fake._control(method, url.path, body))
         operation, args = "unknown", ()
+        # Azure OpenAI: the same routes under /openai, keyed by `api-key`, versioned by query.
+        azure = url.path.startswith("/openai/")
+        path = "/v1/" + url.path.removeprefix("/openai/") if azure else url.path
         for route_method, pattern, name in ROUTES:
-            if route_method == method and (match := pattern.fullmatch(url.path)):
+            if route_method == method and (match := pattern.fullmatch(path)):
                 operation, args = name, match.groups()
         generation = fake._record(operation, url.path)
-        if not self.headers.get("Authorization", "").startswith("Bearer "):
+        if azure and not (self.headers.get("api-key") and "api-version=" in url.query):
+            message = "Access denied: send the api-key header and the api-version query."
+            return self._send(_json_reply(_error_body(message, code="invalid_api_key"), 401))
+        if not azure and not self.headers.get("Authorization", "").startswith("Bearer "):
             message = "You didn't provide an API key. Use 'Authorization: Bearer YOUR_KEY'."
             return self._send(_json_reply(_error_body(message, code="invalid_api_key"), 401))
         if operation == "unknown":

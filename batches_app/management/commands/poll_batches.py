@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from batches_app import services, upstream
+from batches_app import services, upstreams
 from batches_app.models import Batch
 
 
@@ -11,7 +11,7 @@ class Command(BaseCommand):
         parser.add_argument("batch", nargs="?", help="only this batch (proxy id)")
 
     def handle(self, *args, batch: str | None, **options) -> None:
-        refusal = upstream.upstream_refusal()
+        refusal = upstreams.upstream_refusal()
         if refusal is not None:
             raise CommandError(refusal)
         report = services.batches_advance(

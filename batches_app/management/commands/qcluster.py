@@ -1,7 +1,7 @@
 from django.core.management.base import CommandError
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
-from batches_app import upstream
+from batches_app import upstreams
 
 
 class Command(ClusterCommand):
@@ -15,7 +15,7 @@ class Command(ClusterCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        refusal = upstream.upstream_refusal()
+        refusal = upstreams.upstream_refusal()
         if refusal is not None:
             raise CommandError(refusal)
         super().handle(*args, **options)

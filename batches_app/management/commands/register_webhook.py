@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from batches_app import upstream
+from batches_app import upstreams
 from batches_app.webhooks import BATCH_EVENTS
 
 
@@ -21,10 +21,11 @@ class Command(BaseCommand):
         if not url.rstrip("/").endswith("/webhooks/openai"):
             raise CommandError("The URL must end in /webhooks/openai, the proxy's endpoint.")
         try:
-            endpoint_id, secret = upstream.create_webhook_endpoint(
+            # The default upstream's: OpenAI's webhooks sign with that organisation's secret.
+            endpoint_id, secret = upstreams.transport().create_webhook_endpoint(
                 url=url, name=name, event_types=list(BATCH_EVENTS)
             )
-        except upstream.UpstreamError as exc:
+        except upstreams.UpstreamError as exc:
             raise CommandError(f"OpenAI refused the endpoint: {exc}") from exc
         # The secret alone on stdout, never through logging, so that scripts can capture it.
         self.stderr.write(f"Registered webhook endpoint {endpoint_id} for {url}. Its secret:")

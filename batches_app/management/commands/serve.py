@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django_q.tasks import async_task
 
-from batches_app import upstream
+from batches_app import upstreams
+from batchproxy.fakes.anthropic import FakeAnthropic
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.tryout import FAKE_API_KEY, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
@@ -45,7 +46,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fake-openai",
             action="store_true",
-            help="send batches to the built-in fake OpenAI instead of OPENAI_BASE_URL (a try-out)",
+            help="send batches to the built-in fake OpenAI (and claude-* to the fake Anthropic) "
+            "instead of the real ones (a try-out)",
         )
         parser.add_argument(
             "--fake-step-seconds",
@@ -81,6 +83,9 @@ class Command(BaseCommand):
             env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": FAKE_API_KEY}
             env |= self._try_out_waits(fake, port)
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
+            claude = FakeAnthropic(step_seconds=fake_step_seconds).start()
+            env |= {"ANTHROPIC_BASE_URL": claude.url, "ANTHROPIC_API_KEY": "fake-anthropic"}
+            self.stdout.write(f"and claude-* models to the built-in fake Anthropic at {claude.url}")
             self.stdout.write(
                 "Try-out waits: BATCH_MAX_WAIT={BATCH_MAX_WAIT} s, TICK_SECONDS={TICK_SECONDS} s, "
                 "POLL_INTERVAL={POLL_INTERVAL} s; ".format(**env)
@@ -93,7 +98,7 @@ class Command(BaseCommand):
                 "fake OpenAI. Run `serve --fake-openai` again, use another DATA_DIR for real "
                 f"traffic, or delete {tryout_path(settings.DATA_DIR)} to send them to OpenAI."
             )
-        elif (refusal := upstream.upstream_refusal()) is not None:
+        elif (refusal := upstreams.upstream_refusal()) is not None:
             raise CommandError(refusal)
         if not settings.ENV_API_KEY_HASHES:
             self.stderr.write(

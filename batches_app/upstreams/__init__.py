@@ -1,0 +1,99 @@
+"""The upstreams the proxy sends batches to, routed by (endpoint family, model).
+
+Defined in the environment (settings.UPSTREAMS, see README "Upstreams"); the single OPENAI_*
+settings are the default upstream, named `openai`, which serves every model no other upstream
+claims. Each kind has its module behind `base.Transport`.
+"""
+
+from django.conf import settings
+
+from .base import Transport, Upstream, UpstreamError
+
+__all__ = ["DEFAULT", "KINDS", "Transport", "Upstream", "UpstreamError"]
+
+DEFAULT = "openai"
+# The kinds that serve an endpoint family: OpenAI's endpoints, or Anthropic's Messages.
+ANTHROPIC_ENDPOINTS = ("/v1/messages",)
+KINDS = ("openai", "azure")
+
+
+def kinds_for(endpoint: str) -> tuple[str, ...]:
+    return ("anthropic",) if endpoint in ANTHROPIC_ENDPOINTS else KINDS
+
+
+def upstreams_all() -> list[Upstream]:
+    """Every upstream, in routing order: those configured first, the default one last."""
+    configured = [
+        Upstream(
+            name=item["name"],
+            kind=item["kind"],
+            base_url=item["base_url"],
+            key_env=item["key_env"],
+            models=tuple(item["models"]),
+            api_version=item.get("api_version", ""),
+        )
+        for item in settings.UPSTREAMS
+    ]
+    default = Upstream(
+        name=DEFAULT,
+        kind="openai",
+        base_url=settings.OPENAI_BASE_URL,
+        key_env="OPENAI_API_KEY",
+        models=("*",),
+    )
+    return [*configured, default]
+
+
+def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
+    """The first upstream that serves this model on this endpoint's family.
+
+    On OpenAI's endpoints the default upstream serves every model; on Anthropic's, only a
+    configured Anthropic upstream does (None without one).
+    """
+    kinds = kinds_for(endpoint)
+    for upstream in upstreams_all():
+        if upstream.kind in kinds and upstream.serves(model):
+            return upstream
+    return None
+
+
+def upstream_get(name: str) -> Upstream:
+    for upstream in upstreams_all():
+        if upstream.name == name:
+            return upstream
+    raise UpstreamError(f"upstream {name!r} is no longer configured", permanent=False)
+
+
+def upstream_refusal() -> str | None:
+    """Why this process may not call the default upstream, or None.
+
+    Without OPENAI_API_KEY only a data directory in try-out mode may (batchproxy/tryout.py):
+    a process never falls back to sending prompts to OPENAI_BASE_URL with no key. Commands
+    that call upstream refuse to start on it; `transport` refuses every call on it.
+    """
+    if settings.TRY_OUT is None and not settings.OPENAI_API_KEY:
+        return (
+            "OPENAI_API_KEY is not set, and this data directory is not in try-out mode. Set "
+            "OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API), or run "
+            "`manage.py serve --fake-openai` to try the proxy against the built-in fake OpenAI."
+        )
+    return None
+
+
+def upstream_key(upstream: Upstream) -> str:
+    """The default's key is a setting (OPENAI_API_KEY); the others' are read from their
+    variable at call time."""
+    return settings.OPENAI_API_KEY if upstream.name == DEFAULT else upstream.api_key()
+
+
+def transport(name: str = DEFAULT) -> Transport:
+    """The transport of the named upstream, with its key read from the environment now."""
+    from .anthropic import AnthropicTransport
+    from .azure import AzureTransport
+    from .openai import OpenAITransport
+
+    upstream = upstream_get(name)
+    if upstream.name == DEFAULT and (refusal := upstream_refusal()) is not None:
+        raise UpstreamError(refusal, permanent=False, code="no_api_key")
+    kind = {"azure": AzureTransport, "anthropic": AnthropicTransport}.get(upstream.kind)
+    return (kind or OpenAITransport)(upstream, upstream_key(upstream))

@@ -1,0 +1,94 @@
+"""What every kind of upstream offers the engine, and the one error type it raises.
+
+An `Upstream` is a named connection from the environment (settings.UPSTREAMS): its kind, base
+URL, the NAME of the variable holding its key (keys are never stored in the database) and the
+models it serves. A `Transport` is one kind's way of talking to it; the engine in
+batches_app/services.py sees only this interface, so claims, intents, leases and outcomes
+never fork per provider (STYLE.md rule 6).
+"""
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    kind: str
+    base_url: str
+    key_env: str
+    models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
+    api_version: str = ""
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    def api_key(self) -> str:
+        """Read at call time, from the environment only."""
+        return os.environ.get(self.key_env, "")
+
+
+class Transport(ABC):
+    """One upstream's Batch API. Every method raises `UpstreamError` on failure.
+
+    Calls that create something upstream (upload, create) are never retried blindly: a lost
+    response followed by a retry would make a second file or batch. The engine looks for it
+    (`find_batch`, `find_files`) before it tries again on a later tick.
+    """
+
+    # True for a kind whose batches take their requests inline (`create_inline`), with no
+    # file to upload first.
+    inline = False
+
+    def __init__(self, upstream: Upstream):
+        self.upstream = upstream
+
+    def create_inline(self, *, requests: Iterable[tuple[str, str]]) -> dict:
+        """Create a batch of (custom_id, canonical JSON body) requests; OpenAI's Batch shape."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def upload_file(self, path: Path, filename: str) -> str:
+        """Upload a JSONL input file; its id."""
+
+    @abstractmethod
+    def create_batch(self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
+        """Create the batch; the upstream batch in OpenAI's shape (`id`, `status`, ...)."""
+
+    @abstractmethod
+    def retrieve_batch(self, batch_id: str) -> dict:
+        """The batch in OpenAI's shape: `status`, `output_file_id`, `error_file_id`, ..."""
+
+    @abstractmethod
+    def cancel_batch(self, batch_id: str) -> dict: ...
+
+    @abstractmethod
+    def find_batch(
+        self, *, key: str, value: str, attempted_at: float, request_count: int, known: frozenset
+    ) -> dict | None:
+        """The batch an interrupted create made, attempted at `attempted_at` (Unix time):
+        the one whose metadata has key=value, or (for kinds without metadata) one of
+        `request_count` requests whose id is not among the `known` ones of other batches."""
+
+    @abstractmethod
+    def find_files(self, *, filename: str) -> Iterator[str]:
+        """The ids of the input files with this name."""
+
+    @abstractmethod
+    def iter_file_lines(self, file_id: str) -> Iterator[str]:
+        """A result file's lines, streamed, in OpenAI's output line shape."""
+
+    @abstractmethod
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file; one already gone counts as deleted."""

@@ -1,0 +1,311 @@
+"""A fake of Anthropic's Message Batches API, served over real HTTP.
+
+The shapes are the `anthropic` SDK's (types/messages/message_batch*.py): a batch is created
+with its requests inline, `processing_status` goes `in_progress` then `ended` after
+`step_seconds`, and its results are JSONL at `results_url`, one `{"custom_id", "result"}` per
+request, in an order that is not the input's. Standard library only; state in memory.
+
+Markers in a request's text ask for per-request outcomes:
+    [[status:400]]   the request is `errored` with that status's Anthropic error type
+With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
+Faults: `inject(operation, 500 | 429 | "disconnect" | "lost_response", times)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+STATUS_MARKER = re.compile(r"\[\[status:(\d{3})\]\]")
+ROUTES = [
+    ("POST", re.compile(r"/v1/messages/batches"), "create"),
+    ("GET", re.compile(r"/v1/messages/batches"), "list"),
+    ("GET", re.compile(r"/v1/messages/batches/([^/]+)"), "retrieve"),
+    ("POST", re.compile(r"/v1/messages/batches/([^/]+)/cancel"), "cancel"),
+    ("GET", re.compile(r"/v1/messages/batches/([^/]+)/results"), "results"),
+    ("DELETE", re.compile(r"/v1/messages/batches/([^/]+)"), "delete"),
+]
+OPERATIONS = tuple(name for _, _, name in ROUTES)
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def _error(status: int, message: str) -> dict:
+    kind = ERROR_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+
+
+def _text(params: dict) -> str:
+    parts = []
+    for message in params.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [b.get("text", "") for b in content if isinstance(b, dict)]
+    return " ".join(parts)
+
+
+def _result(params: dict) -> dict:
+    text = _text(params)
+    if marker := STATUS_MARKER.search(text):
+        status = int(marker.group(1))
+        return {"type": "errored", "error": _error(status, f"Injected {status} for this request.")}
+    answer = f"echo: {text}"
+    message = {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": params.get("model"),
+        "content": [{"type": "text", "text": answer}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": -(-len(text) // 4), "output_tokens": -(-len(answer) // 4)},
+    }
+    return {"type": "succeeded", "message": message}
+
+
+class FakeAnthropic:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
+        self._address = (host, port)
+        self._step_seconds = step_seconds
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self.reset()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeAnthropic:
+        self._server = ThreadingHTTPServer(self._address, _Handler)
+        self._server.fake = self
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._batches: dict[str, dict] = {}
+            self._requests: dict[str, list[dict]] = {}
+            self.calls: list[tuple[str, str]] = []
+            self.keys: list[str] = []
+            self._faults: list[list] = []
+            self.step_seconds = self._step_seconds
+            self.expire_after: int | None = None
+
+    def inject(self, operation: str, fault, times: int = 1) -> None:
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; one of {OPERATIONS}")
+        with self._lock:
+            self._faults.append([operation, fault, times])
+
+    @property
+    def batches(self) -> list[dict]:
+        with self._lock:
+            return [self._view(batch) for batch in self._batches.values()]
+
+    def submitted(self) -> list[dict]:
+        """Every request of every batch created, in order."""
+        with self._lock:
+            return [copy.deepcopy(r) for rs in self._requests.values() for r in rs]
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _take_fault(self, operation: str):
+        with self._lock:
+            for entry in self._faults:
+                if entry[0] == operation:
+                    entry[2] -= 1
+                    if not entry[2]:
+                        self._faults.remove(entry)
+                    return entry[1]
+        return None
+
+    def _view(self, batch: dict) -> dict:
+        """The batch as observed now: ended once `step_seconds` have passed."""
+        now = time.time()
+        if batch["processing_status"] != "ended" and now - batch["_created"] >= batch["_step"]:
+            self._end(batch, now, canceled=batch["processing_status"] == "canceling")
+        view = {k: v for k, v in batch.items() if not k.startswith("_")}
+        return copy.deepcopy(view)
+
+    def _end(self, batch: dict, now: float, *, canceled: bool) -> None:
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        for number, request in enumerate(self._requests[batch["id"]]):
+            if canceled:
+                request["result"] = {"type": "canceled"}
+            elif batch["_expire_after"] is not None and number >= batch["_expire_after"]:
+                request["result"] = {"type": "expired"}
+            counts[request["result"]["type"]] += 1
+        batch.update(
+            processing_status="ended",
+            request_counts=counts,
+            ended_at=_iso(now),
+            results_url=f"{self.url}/v1/messages/batches/{batch['id']}/results",
+        )
+
+    def _create(self, body: dict) -> tuple[int, dict]:
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return 400, _error(400, "requests: a non-empty list is required")
+        ids = [r.get("custom_id") for r in requests if isinstance(r, dict)]
+        if len(set(ids)) != len(requests) or not all(
+            isinstance(i, str) and re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids
+        ):
+            return 400, _error(400, "requests: custom_id must be unique, ^[a-zA-Z0-9_-]{1,64}$")
+        now = time.time()
+        batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
+        self._requests[batch_id] = [
+            {"custom_id": r["custom_id"], "params": r.get("params"), "result": _result(r["params"])}
+            for r in requests
+        ]
+        self._batches[batch_id] = {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": "in_progress",
+            "request_counts": dict.fromkeys(
+                ("processing", "succeeded", "errored", "canceled", "expired"), 0
+            )
+            | {"processing": len(requests)},
+            "created_at": _iso(now),
+            "expires_at": _iso(now + 86400),
+            "ended_at": None,
+            "cancel_initiated_at": None,
+            "archived_at": None,
+            "results_url": None,
+            "_created": now,
+            "_step": self.step_seconds,
+            "_expire_after": self.expire_after,
+        }
+        return 200, self._view(self._batches[batch_id])
+
+    def _handle(self, method: str, path: str, query: dict, body: dict | None):
+        operation, args = "unknown", ()
+        for route_method, pattern, name in ROUTES:
+            if route_method == method and (match := pattern.fullmatch(path)):
+                operation, args = name, match.groups()
+        with self._lock:
+            self.calls.append((operation, path))
+        if operation == "unknown":
+            return 404, _error(404, f"Not found: {method} {path}"), operation
+        with self._lock:
+            if operation == "create":
+                return (*self._create(body or {}), operation)
+            if operation == "list":
+                found = sorted(self._batches.values(), key=lambda b: -b["_created"])
+                if after := query.get("after_id"):
+                    ids = [b["id"] for b in found]
+                    found = found[ids.index(after) + 1 :] if after in ids else []
+                limit = int(query.get("limit", 20))
+                page = [self._view(b) for b in found[:limit]]
+                return (
+                    200,
+                    {
+                        "data": page,
+                        "has_more": len(found) > limit,
+                        "first_id": page[0]["id"] if page else None,
+                        "last_id": page[-1]["id"] if page else None,
+                    },
+                    operation,
+                )
+            batch = self._batches.get(args[0])
+            if batch is None:
+                return 404, _error(404, f"No batch {args[0]}."), operation
+            view = self._view(batch)
+            if operation == "retrieve":
+                return 200, view, operation
+            if operation == "cancel":
+                if batch["processing_status"] == "in_progress":
+                    now = time.time()
+                    batch.update(processing_status="canceling", cancel_initiated_at=_iso(now))
+                    self._end(batch, now, canceled=True)
+                return 200, self._view(batch), operation
+            if view["processing_status"] != "ended":
+                return 400, _error(400, "The batch has not ended yet."), operation
+            if operation == "delete":
+                del self._batches[batch["id"]]
+                return 200, {"id": batch["id"], "type": "message_batch_deleted"}, operation
+            lines = [
+                {"custom_id": r["custom_id"], "result": r["result"]}
+                for r in reversed(self._requests[batch["id"]])  # never the input's order
+            ]
+            return 200, lines, operation
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_DELETE(self):
+        self._serve("DELETE")
+
+    def log_message(self, format, *args):
+        pass
+
+    def _serve(self, method: str) -> None:
+        fake: FakeAnthropic = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urlsplit(self.path)
+        key = self.headers.get("x-api-key") or self.headers.get("Authorization", "")
+        key = key.removeprefix("Bearer ")
+        if not key:
+            return self._send(401, _error(401, "x-api-key header is required"))
+        with fake._lock:
+            fake.keys.append(key)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        operation = next(
+            (n for m, p, n in ROUTES if m == method and p.fullmatch(url.path)), "unknown"
+        )
+        fault = fake._take_fault(operation)
+        if isinstance(fault, int):
+            return self._send(fault, _error(fault, f"Injected HTTP {fault}."))
+        if fault == "disconnect":
+            self.close_connection = True
+            return None
+        status, body, _ = fake._handle(method, url.path, query, json.loads(raw) if raw else None)
+        if fault == "lost_response":
+            self.close_connection = True
+            return None
+        return self._send(status, body)
+
+    def _send(self, status: int, body) -> None:
+        if isinstance(body, list):  # results: JSONL
+            data = "".join(json.dumps(line) + "\n" for line in body).encode()
+            content_type = "application/binary"
+        else:
+            data, content_type = json.dumps(body).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", "req_fake")
+        self.end_headers()
+        self.wfile.write(data)
