@@ -108,3 +108,12 @@ def test_every_upstreams_key_is_masked_in_logs(groq, monkeypatch, settings):
 
     monkeypatch.setenv("GROQ_API_KEY", "0123456789abcdef0123")  # no prefix a pattern knows
     assert redact("calling with 0123456789abcdef0123 now") == "calling with [redacted] now"
+
+
+def test_the_default_upstream_refuses_every_call_without_a_key_outside_try_out(settings):
+    settings.OPENAI_API_KEY, settings.TRY_OUT = "", None
+    with pytest.raises(upstreams.UpstreamError) as refused:
+        upstreams.transport()
+    assert refused.value.code == "no_api_key" and not refused.value.permanent
+    settings.TRY_OUT = {"openai_base_url": "http://127.0.0.1:9/v1"}
+    assert upstreams.transport().upstream.name == upstreams.DEFAULT
