@@ -25,7 +25,6 @@ def queued_links(monkeypatch) -> list[tuple]:
     """The links a tick queues for its successor, instead of the broker."""
     links = []
     monkeypatch.setattr(tasks, "async_task", lambda func, *args, **kw: links.append(args))
-    monkeypatch.setattr(tasks.time, "sleep", lambda seconds: None)
     return links
 
 
