@@ -17,7 +17,7 @@ from requests_app.admin import age, pretty_json
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
-from .models import Batch, ModelPrice, QueueLimit, UpstreamFile, WebhookEvent
+from .models import Batch, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
 
 ERROR_PREVIEW = 80
 
@@ -172,8 +172,8 @@ def _report_poll(message_user, request, report: services.AdvanceReport) -> None:
     )
 
 
-@admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+@admin.register(OpenAIWebhook)
+class OpenAIWebhookAdmin(admin.ModelAdmin):
     list_display = ("received_at", "type", "upstream_id", "event_id")
     list_filter = ("type",)
     search_fields = ("upstream_id", "event_id")
@@ -211,16 +211,19 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ("model", "input_per_million", "output_per_million", "batch_prices")
-    list_display += ("updated_at",)
-    list_editable = ("input_per_million", "output_per_million")
+    list_display = ("model", "input_per_million", "output_per_million", "per_image")
+    list_display += ("batch_prices", "updated_at")
+    list_editable = ("input_per_million", "output_per_million", "per_image")
     search_fields = ("model",)
 
-    @admin.display(description="batch $ / 1M in, out")
+    @admin.display(description="batch $ / 1M in, out (/ image)")
     def batch_prices(self, price: ModelPrice) -> str:
         half = ModelPrice.BATCH_DISCOUNT
         prices = (price.input_per_million * half, price.output_per_million * half)
-        return ", ".join(f"{p.normalize():f}" for p in prices)
+        text = ", ".join(f"{p.normalize():f}" for p in prices)
+        if price.per_image is not None:
+            text += f" ({(price.per_image * half).normalize():f})"
+        return text
 
 
 @admin.register(QueueLimit)

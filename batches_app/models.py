@@ -49,6 +49,8 @@ class Batch(models.Model):
     error_file_id = models.CharField(max_length=100, blank=True)
     request_counts = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)
+    # Images its answers held, counted at ingest: DALL-E is priced per image, with no usage.
+    output_images = models.PositiveIntegerField(default=0)
     errors = models.JSONField(null=True, blank=True)
     upstream_created_at = models.DateTimeField(null=True, blank=True)
 
@@ -100,7 +102,7 @@ class UpstreamFile(models.Model):
         return self.file_id
 
 
-class WebhookEvent(models.Model):
+class OpenAIWebhook(models.Model):
     """An event OpenAI sent to `/webhooks/openai`, kept so that a replay of it is refused.
 
     Kept a day (`tasks.purge`): OpenAI's signature holds a timestamp, and the SDK refuses one
@@ -114,7 +116,8 @@ class WebhookEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
-        verbose_name = "webhook event"
+        verbose_name = "webhook from OpenAI"
+        verbose_name_plural = "webhooks from OpenAI"
 
     def __str__(self) -> str:
         return f"{self.type} {self.upstream_id}"
@@ -138,6 +141,14 @@ class ModelPrice(models.Model):
     output_per_million = models.DecimalField(
         "output $ / 1M tokens", max_digits=10, decimal_places=4, default=Decimal(0)
     )
+    per_image = models.DecimalField(
+        "$ / image",
+        max_digits=10,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="For models priced per image (DALL-E), at their default size and quality.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -147,11 +158,12 @@ class ModelPrice(models.Model):
     def __str__(self) -> str:
         return self.model
 
-    def synchronous_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
+    def synchronous_cost(self, input_tokens: int, output_tokens: int, images: int = 0) -> Decimal:
         million = Decimal(1_000_000)
-        return (
+        per_token = (
             input_tokens * self.input_per_million + output_tokens * self.output_per_million
         ) / million
+        return per_token + images * (self.per_image or 0)
 
 
 SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")

@@ -4,7 +4,8 @@ Every write here only touches requests that are still `submitted` in the batch b
 so ingesting the same file twice (after a crash, or two pollers at once) changes nothing.
 """
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -14,8 +15,8 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from batchproxy.utils import batched
-from requests_app.models import BatchRequest
+from requests_app.models import BatchRequest, ResponseChunk
+from requests_app.webhooks import webhook_events_record
 
 from . import capacity
 from .models import Batch
@@ -34,12 +35,17 @@ LINE_FIELDS = (
     "not_before",
     "input_tokens",
     "output_tokens",
+    "output_images",
+    "response_chunks",
+    "response_bytes",
 )
+# Characters per ResponseChunk row: a large answer is read back one such piece at a time.
+RESPONSE_CHUNK_CHARS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
 class LineOutcome:
-    """One output or error line: an answer to deliver, or a retryable failure."""
+    """One output or error line: an answer to deliver, or a failure (retryable or not)."""
 
     custom_id: str
     status_code: int | None
@@ -47,35 +53,53 @@ class LineOutcome:
     error_code: str = ""
     error_message: str = ""
     tokens: tuple[int | None, int | None] = (None, None)
+    images: int | None = None
+    body_bytes: int = 0
+    permanent: bool = False  # retrying would only bring the same failure back
 
     @property
     def delivers(self) -> bool:
         code = self.status_code
-        return code is not None and code < 500 and code != 429
+        return code is not None and code < 500 and code != 429 and not self.permanent
 
     @classmethod
     def parse(cls, line: str) -> "LineOutcome":
-        data = orjson.loads(line)
+        loads, dumps = _codec(line)
+        data = loads(line)
         response = data.get("response")
         if response:
             body = response.get("body")
             code = response.get("status_code")
+            raw = dumps(body)
+            if len(raw) > settings.MAX_RESPONSE_BYTES:
+                return cls(
+                    data["custom_id"],
+                    code,
+                    None,
+                    "response_too_large",
+                    f"The answer has {len(raw)} bytes; the proxy keeps at most "
+                    f"{settings.MAX_RESPONSE_BYTES} (MAX_RESPONSE_BYTES).",
+                    permanent=True,
+                )
             if code == 200:
                 usage = body.get("usage") if isinstance(body, dict) else None
                 return cls(
                     data["custom_id"],
                     code,
-                    orjson.dumps(body).decode(),
+                    raw.decode(),
                     tokens=usage_tokens(usage),
+                    images=_image_count(body),
+                    body_bytes=len(raw),
                 )
             error = (body or {}).get("error") if isinstance(body, dict) else None
             return cls(
                 data["custom_id"],
                 code,
-                orjson.dumps(body).decode(),
+                raw.decode(),
                 (error or {}).get("code")
                 or ("rate_limit_exceeded" if code == 429 else "server_error"),
                 (error or {}).get("message") or f"The upstream answered HTTP {code}.",
+                body_bytes=len(raw),
             )
         error = data.get("error") or {}
         return cls(
@@ -87,11 +111,55 @@ class LineOutcome:
         )
 
 
-def lines_apply(*, batch: Batch, lines: Iterable[str], chunk_size: int = 1000) -> int:
+def _compact_json(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _codec(line: str) -> tuple:
+    """orjson for ordinary lines; the standard library for large ones (images), where orjson
+    takes about ten times the line's size in working memory and the standard library one."""
+    if len(line) <= settings.RESPONSE_INLINE_BYTES:
+        return orjson.loads, orjson.dumps
+    return json.loads, _compact_json
+
+
+def _image_count(body) -> int | None:
+    """Images in an ImagesResponse (`created` and `data` of url/b64_json items), else None."""
+    if not (isinstance(body, dict) and "created" in body and isinstance(body.get("data"), list)):
+        return None
+    return sum(1 for item in body["data"] if isinstance(item, dict) and "embedding" not in item)
+
+
+def _outcome_chunks(
+    lines: Iterable[str], max_lines: int, max_bytes: int
+) -> Iterator[dict[str, LineOutcome]]:
+    """Parsed lines, a chunk at a time: at most `max_lines` lines and about `max_bytes` of
+    answers (a chunk is closed once it reaches that), so that large answers (images) are
+    never held a thousand at a time."""
+    chunk: dict[str, LineOutcome] = {}
+    size = 0
+    for line in lines:
+        outcome = LineOutcome.parse(line)
+        chunk[outcome.custom_id] = outcome
+        size += outcome.body_bytes
+        if len(chunk) >= max_lines or size >= max_bytes:
+            yield chunk
+            chunk, size = {}, 0
+    if chunk:
+        yield chunk
+
+
+def lines_apply(
+    *,
+    batch: Batch,
+    lines: Iterable[str],
+    chunk_size: int = 1000,
+    chunk_bytes: int | None = None,
+) -> int:
     """Write back the outcome of each line; return how many requests it settled."""
     settled = 0
-    for chunk in batched(lines, chunk_size):
-        outcomes = {o.custom_id: o for o in map(LineOutcome.parse, chunk)}
+    max_bytes = chunk_bytes or settings.INGEST_CHUNK_BYTES
+    for outcomes in _outcome_chunks(lines, chunk_size, max_bytes):
         settled += _apply_chunk(batch, outcomes)
     return settled
 
@@ -104,23 +172,49 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
             .filter(batch=batch, status=Status.SUBMITTED, pk__in=list(outcomes))
             .values_list("pk", "attempts")
         )
-        rows = []
+        rows, large = [], []
         for pk, attempts in pending:
             outcome = outcomes[str(pk)]
-            tokens = (None, None)
+            tokens, images, stored = (None, None), None, (0, None)
             if outcome.delivers:
                 status, code, body = Status.COMPLETED, outcome.status_code, outcome.body
                 finished_at, batch_id, tokens = now, batch.pk, outcome.tokens
-            elif attempts >= settings.MAX_ATTEMPTS:
+                images, stored = outcome.images, (0, outcome.body_bytes)
+                if outcome.body_bytes > settings.RESPONSE_INLINE_BYTES:
+                    large.append((pk, body))
+                    body, stored = None, (_chunk_count(outcome.body), outcome.body_bytes)
+            elif outcome.permanent or attempts >= settings.MAX_ATTEMPTS:
                 status, code, body, finished_at, batch_id = Status.FAILED, None, None, now, batch.pk
             else:
                 status, code, body, finished_at, batch_id = Status.QUEUED, None, None, None, None
             # In the order of LINE_FIELDS, then the key.
             error_code, error_message = outcome.error_code, outcome.error_message
             values = (status, code, body, error_code, error_message, finished_at, batch_id)
-            rows.append((*values, None, *tokens, pk))
+            rows.append((*values, None, *tokens, images, *stored, pk))
         rows_update(rows, now)
+        _store_chunks(large)
+        # Counted with the lines it settles, so ingesting a file twice counts nothing twice.
+        images = sum(row[LINE_FIELDS.index("output_images")] or 0 for row in rows)
+        if images:
+            Batch.objects.filter(pk=batch.pk).update(output_images=F("output_images") + images)
+        webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at=now))
     return len(rows)
+
+
+def _chunk_count(body: str) -> int:
+    return -(-len(body) // RESPONSE_CHUNK_CHARS)
+
+
+def _store_chunks(large: list[tuple]) -> None:
+    """Keep each large answer as ResponseChunk rows, in order (see requests_app.models)."""
+    if not large:
+        return
+    ResponseChunk.objects.filter(request_id__in=[pk for pk, _ in large]).delete()
+    for pk, body in large:
+        ResponseChunk.objects.bulk_create(
+            ResponseChunk(request_id=pk, seq=seq, data=body[start : start + RESPONSE_CHUNK_CHARS])
+            for seq, start in enumerate(range(0, len(body), RESPONSE_CHUNK_CHARS))
+        )
 
 
 def rows_update(rows: list[tuple], now: datetime, names: tuple[str, ...] = LINE_FIELDS) -> None:
@@ -213,7 +307,15 @@ def batch_settle_rest(*, batch: Batch) -> None:
     One transaction: a crash halfway must not leave a token-limit deferral counted twice.
     """
     with transaction.atomic():
+        started = timezone.now()
         _settle_rest(batch, _unsettled(batch))
+        webhooks_for_settled(batch=batch, since=started)
+
+
+def webhooks_for_settled(*, batch: Batch, since: datetime) -> None:
+    """Outbox events for the requests of `batch` that ended since `since` (every path that
+    ends a request sets its `finished_at`); in the caller's transaction."""
+    webhook_events_record(requests=BatchRequest.objects.filter(batch=batch, finished_at__gte=since))
 
 
 def _settle_rest(batch: Batch, rest: QuerySet) -> None:

@@ -10,6 +10,9 @@ from django_q.models import Schedule
 SCHEDULES = {
     "batchproxy.tick": ("batches_app.tasks.tick", 1),
     "batchproxy.purge": ("batches_app.tasks.purge", 60),
+    # Completion webhooks to callers: each run sends what is due for up to WEBHOOK_RUN_SECONDS.
+    "batchproxy.webhooks": ("requests_app.tasks.webhooks_deliver", 1),
+    "batchproxy.webhooks_purge": ("requests_app.tasks.webhooks_purge", 60),
 }
 # Schedules of earlier versions, which the tick chain replaces.
 RETIRED = ("batchproxy.flush", "batchproxy.poll")

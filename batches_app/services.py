@@ -23,12 +23,19 @@ from django.utils import timezone
 
 from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
-from requests_app.models import BatchRequest, jsonl_line
+from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
+from requests_app.webhooks import webhook_events_record
 
 from . import capacity, upstream
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
-from .outcomes import batch_settle_rest, lines_apply, requests_retry, rows_update
+from .outcomes import (
+    batch_settle_rest,
+    lines_apply,
+    requests_retry,
+    rows_update,
+    webhooks_for_settled,
+)
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -209,12 +216,15 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
 def _fail_too_large(rows: list[tuple], *, model: str, limit: int) -> None:
     """Requests that alone have more input tokens than the model's queue limit never fit."""
     for pk, counted in rows:
-        BatchRequest.objects.filter(pk=pk, status=Status.QUEUED).update(
-            status=Status.FAILED,
-            error_code="token_limit_exceeded",
-            error_message=capacity.too_large_message(tokens=counted, limit=limit, model=model),
-            finished_at=timezone.now(),
-        )
+        with transaction.atomic():
+            failed = BatchRequest.objects.filter(pk=pk, status=Status.QUEUED).update(
+                status=Status.FAILED,
+                error_code="token_limit_exceeded",
+                error_message=capacity.too_large_message(tokens=counted, limit=limit, model=model),
+                finished_at=timezone.now(),
+            )
+            if failed:
+                webhook_events_record(requests=BatchRequest.objects.filter(pk=pk))
     log.warning("flush: %d %s requests over the queue limit failed for good", len(rows), model)
 
 
@@ -294,11 +304,14 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
         # OpenAI refused the file or the batch itself: give the requests back to the queue.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        requests_retry(
-            BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-            code=exc.code,
-            message=str(exc),
-        )
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(
+                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
+                code=exc.code,
+                message=str(exc),
+            )
+            webhooks_for_settled(batch=batch, since=started)
         _finish(batch, last_error=str(exc))
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
@@ -604,5 +617,7 @@ def requests_purge(*, now: datetime | None = None) -> int:
     )
     purged = 0
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
-        purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
+        with transaction.atomic():
+            ResponseChunk.objects.filter(request_id__in=ids).delete()
+            purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
     return purged

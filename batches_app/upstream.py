@@ -62,9 +62,19 @@ def _call(fn, *args, **kwargs):
         raise _translate(exc) from exc
 
 
+def _expiry() -> dict:
+    # A file the proxy fails to delete still goes away upstream.
+    return {"anchor": "created_at", "seconds": settings.UPSTREAM_FILE_EXPIRY}
+
+
 def upload_file(path: Path, filename: str) -> str:
     with path.open("rb") as fh:
-        created = _call(client(retries=False).files.create, file=(filename, fh), purpose="batch")
+        created = _call(
+            client(retries=False).files.create,
+            file=(filename, fh),
+            purpose="batch",
+            expires_after=_expiry(),
+        )
     return created.id
 
 
@@ -75,6 +85,7 @@ def create_batch(*, input_file_id: str, endpoint: str, metadata: dict[str, str])
         endpoint=endpoint,
         completion_window="24h",
         metadata=metadata,
+        output_expires_after=_expiry(),
     )
     return batch.to_dict()
 

@@ -193,6 +193,16 @@ TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
 OPENAI_WEBHOOK_SECRET = env.str("OPENAI_WEBHOOK_SECRET", default="")
 # Output lines applied per transaction while ingesting.
 INGEST_CHUNK_LINES = env.int("INGEST_CHUNK_LINES", default=1000)
+# ... and at most this many bytes of them, so 1000 lines of 5 MB images are never held at once.
+INGEST_CHUNK_BYTES = env.int("INGEST_CHUNK_BYTES", default=16_777_216)
+# The largest answer the proxy keeps (one output line is read whole at ingest); a larger one
+# fails its request with `response_too_large`. Answers over RESPONSE_INLINE_BYTES are stored in
+# pieces and streamed to the client.
+MAX_RESPONSE_BYTES = env.int("MAX_RESPONSE_BYTES", default=104_857_600)
+RESPONSE_INLINE_BYTES = 262_144
+# Files the proxy uploads, and the output and error files of its batches, expire upstream this
+# many seconds after their creation (OpenAI takes 3600 to 2592000), even if deleting them fails.
+UPSTREAM_FILE_EXPIRY = env.int("UPSTREAM_FILE_EXPIRY", default=2_592_000)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.
@@ -202,10 +212,32 @@ MAX_QUEUED_PER_KEY = env.int("MAX_QUEUED_PER_KEY", default=0)
 ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
 
+# Completion webhooks to callers (requests_app.webhooks).
+# Seconds to connect and to read the receiver's answer.
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# First delay (s) before resending a failed delivery; doubles, capped at WEBHOOK_BACKOFF_CAP.
+WEBHOOK_BACKOFF = env.float("WEBHOOK_BACKOFF", default=30.0)
+WEBHOOK_BACKOFF_CAP = env.float("WEBHOOK_BACKOFF_CAP", default=3600.0)
+# A delivery still failing this many seconds after it was made is given up (the admin resends).
+WEBHOOK_RETRY_FOR = env.int("WEBHOOK_RETRY_FOR", default=86_400)
+# Events per POST, and bytes of answer bodies per POST for endpoints that include them.
+WEBHOOK_MAX_EVENTS = env.int("WEBHOOK_MAX_EVENTS", default=100)
+WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=1_000_000)
+# Hosts that may be sent to over plain http; every other URL must be https.
+WEBHOOK_ALLOW_HTTP_HOSTS = env.list("WEBHOOK_ALLOW_HTTP_HOSTS", default=[])
+# Loopback, private, link-local and metadata addresses are refused unless this is true.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# Seconds one run of the delivery task may spend sending before it leaves the rest to the next.
+WEBHOOK_RUN_SECONDS = env.int("WEBHOOK_RUN_SECONDS", default=50)
+# GET /v1/batch_requests lists a request this many seconds after it finished, so that one
+# whose transaction commits late (or on a worker whose clock lags) never lands behind a cursor.
+LIST_SETTLE_SECONDS = env.float("LIST_SETTLE_SECONDS", default=10.0)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["requests_app.auth.HasActiveKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "requests_app.api.FirstRenderer",
     "EXCEPTION_HANDLER": "requests_app.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -1,7 +1,10 @@
 """Ingest: a completed batch of 50,000 results (about 2 KB each) downloaded from the fake OpenAI
 and written back to its requests.
 
-    python -m bench.bench_ingest [--requests 50000]
+    python -m bench.bench_ingest [--requests 50000] [--webhooks N]
+
+`--webhooks N` registers N completion-webhook endpoints (for every key) first, so that the
+ingest also writes N outbox events per request.
 
 The ingest runs in a child process of its own, so that its peak memory (ru_maxrss) is only the
 ingest's; the fake OpenAI, which holds the output file, runs in this process.
@@ -52,7 +55,7 @@ def child(batch_id: str) -> None:
     from batches_app import services, upstream
     from batches_app.models import Batch
     from batches_app.outcomes import LineOutcome
-    from requests_app.models import BatchRequest
+    from requests_app.models import BatchRequest, WebhookEvent
 
     start_mb = peak_rss_mb()
     # The download and parsing alone, to tell them from the database's share of the time.
@@ -79,6 +82,7 @@ def child(batch_id: str) -> None:
                 "start_mb": start_mb,
                 "peak_mb": peak_rss_mb(),
                 "state": Batch.objects.get(pk=batch_id).state,
+                "webhook_events": WebhookEvent.objects.count(),
                 "statuses": counts,
             }
         )
@@ -88,6 +92,7 @@ def child(batch_id: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--webhooks", type=int, default=0, help="webhook endpoints to register")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -95,13 +100,23 @@ def main() -> None:
     django_setup()
     from django.utils import timezone
 
-    from batches_app.fake_openai import FakeOpenAI
     from batches_app.models import Batch
+    from batchproxy.fakes.openai import FakeOpenAI
     from bench.engine_data import requests_fill
-    from requests_app.models import ApiKey, BatchRequest
+    from requests_app.models import ApiKey, BatchRequest, WebhookEndpoint
 
     print(machine())
-    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_upstreamfile")
+    truncate(
+        "requests_app_batchrequest",
+        "batches_app_batch",
+        "batches_app_upstreamfile",
+        "requests_app_webhookendpoint",
+        "requests_app_webhookevent",
+    )
+    for n in range(args.webhooks):
+        WebhookEndpoint.objects.create(
+            url=f"https://hooks.example.com/{n}", secret=WebhookEndpoint.new_secret()
+        )
     key, _ = ApiKey.objects.get_or_create(key_hash="bench-ingest", defaults={"name": "bench"})
     batch = Batch.objects.create(
         endpoint="/v1/chat/completions",
@@ -133,7 +148,8 @@ def main() -> None:
         f"{result['seconds']:.2f} s (target < 20 s; downloading and parsing alone: "
         f"{result['download_parse_s']:.2f} s); peak memory {result['peak_mb']:.0f} MB "
         f"(of which {result['start_mb']:.0f} MB is Django at rest; target < 300 MB); "
-        f"batch {result['state']}, requests {result['statuses']}"
+        f"batch {result['state']}, requests {result['statuses']}, "
+        f"webhook events {result['webhook_events']:,}"
     )
     print("JSON " + json.dumps(result | {"output_bytes": stored["bytes"]}))
     if result["statuses"].get("completed") != args.requests:

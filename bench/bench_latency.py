@@ -45,7 +45,7 @@ class TimedFake:
     """The fake OpenAI, noting when each batch was created and when it finished upstream."""
 
     def __init__(self, step_seconds: float):
-        from batches_app.fake_openai import FakeOpenAI
+        from batchproxy.fakes.openai import FakeOpenAI
 
         fake = FakeOpenAI(step_seconds=step_seconds).start()
         self.fake, self.step = fake, step_seconds
@@ -127,9 +127,9 @@ def one_round(port: int, fake: TimedFake, name: str, results: list) -> None:
 
 
 def run_mode(mode: str, rounds: int, step: float, gap: float) -> dict:
-    from batches_app.fake_openai import new_webhook_secret
+    from batchproxy.fakes.openai import new_webhook_secret
 
-    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_webhookevent")
+    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_openaiwebhook")
     fake = TimedFake(step)
     port = free_port()
     if mode == "webhooks":

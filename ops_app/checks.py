@@ -64,6 +64,26 @@ def queue_limits_check(app_configs, **kwargs) -> list:
 
 
 @register()
+def upstream_limits_check(app_configs, **kwargs) -> list:
+    problems = []
+    if not 3600 <= settings.UPSTREAM_FILE_EXPIRY <= 2_592_000:
+        problems.append(
+            Error(
+                "UPSTREAM_FILE_EXPIRY must be between 3600 and 2592000 seconds (OpenAI's range).",
+                id="ops_app.E010",
+            )
+        )
+    if settings.MAX_RESPONSE_BYTES < settings.RESPONSE_INLINE_BYTES:
+        problems.append(
+            Error(
+                f"MAX_RESPONSE_BYTES must be at least {settings.RESPONSE_INLINE_BYTES}.",
+                id="ops_app.E011",
+            )
+        )
+    return problems
+
+
+@register()
 def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
     problems = []
     if not 0.5 <= settings.TICK_SECONDS <= 60:

@@ -156,7 +156,7 @@ def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
 
 def _spend() -> list:
     """Tokens and money per model, over every batch the proxy has finished."""
-    from batches_app import dashboard
+    from batches_app.spend import PriceBook, spend_by_model
 
     tokens = CounterMetricFamily(
         "batchproxy_tokens", "Tokens used by finished batches.", labels=["model", "direction"]
@@ -170,7 +170,7 @@ def _spend() -> list:
     spent = CounterMetricFamily(
         "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=["model"]
     )
-    for spend in dashboard.spend_by_model(since=EPOCH, book=dashboard.PriceBook()):
+    for spend in spend_by_model(since=EPOCH, book=PriceBook()):
         tokens.add_metric([spend.label, "input"], spend.tokens_in)
         tokens.add_metric([spend.label, "output"], spend.tokens_out)
         if spend.priced:
@@ -218,6 +218,21 @@ def _capacity() -> list:
     return [*families.values(), waiting]
 
 
+def _webhooks() -> GaugeMetricFamily:
+    from requests_app.models import WebhookDelivery, WebhookEvent
+
+    gauge = GaugeMetricFamily(
+        "batchproxy_webhook_deliveries",
+        "Completion-webhook POSTs by status; `new` counts events not yet put into one.",
+        labels=["status"],
+    )
+    counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    for status in WebhookDelivery.Status.values:
+        gauge.add_metric([status], counts.get(status, 0))
+    gauge.add_metric(["new"], WebhookEvent.objects.filter(delivery=None).count())
+    return gauge
+
+
 class DatabaseCollector(Collector):
     """Everything in /metrics, computed from the database when Prometheus scrapes."""
 
@@ -226,6 +241,7 @@ class DatabaseCollector(Collector):
         yield from _queue(now)
         yield _requests()
         yield _batches()
+        yield _webhooks()
         yield from _upstream_calls()
         yield from _spend()
         yield from _capacity()

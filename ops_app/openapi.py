@@ -1,7 +1,8 @@
 """The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
 
-The intake endpoints are plain Django views (the hot path skips DRF), so drf-spectacular cannot
-see them: `add_intake_paths` describes them by hand, from the contract's table of answers.
+The intake endpoints are DRF views without serializers (`Intake.schema = None`): their bodies
+are OpenAI's and their answers the contract's, so `add_intake_paths` describes them by hand,
+from the contract's table of answers.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -124,14 +125,19 @@ COMPONENTS = {
 
 
 def add_intake_paths(result, generator, request, public):
-    """Add the five POST endpoints and the answers DRF cannot infer (401, 404)."""
+    """Add the POST endpoints and the answers DRF cannot infer (401, 404)."""
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(COMPONENTS)
     for endpoint in ENDPOINTS:
         result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
     for path, operations in result["paths"].items():
-        if path.startswith("/v1/batch_requests/"):
+        if path.startswith("/v1/batch_requests"):
             for operation in operations.values():
                 operation["responses"].setdefault("401", _error("Missing or wrong proxy key."))
-                operation["responses"].setdefault("404", _error("No such request for this key."))
+                if path.startswith("/v1/batch_requests/"):
+                    operation["responses"].setdefault(
+                        "404", _error("No such request for this key.")
+                    )
+                else:
+                    operation["responses"].setdefault("400", _error("A bad cursor or filter."))
     return result

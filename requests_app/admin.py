@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from batches_app import dashboard, services
+from batches_app.spend import PriceBook, Spend, spend_by_key
 
 from .keys import api_key_create, api_key_revoke, api_key_rotate
 from .models import ApiKey, BatchRequest
@@ -99,8 +100,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
             failed=Count("pk", filter=Q(status=BatchRequest.Status.FAILED)),
         )
         month = timezone.now() - timedelta(days=30)
-        spends = dashboard.spend_by_key(since=month, book=dashboard.PriceBook(), api_key_id=key.pk)
-        spend = spends[0] if spends else dashboard.Spend(str(key))
+        spends = spend_by_key(since=month, book=PriceBook(), api_key_id=key.pk)
+        spend = spends[0] if spends else Spend(str(key))
         money = (
             f"${spend.spent:.4f} spent, ${spend.saved:.4f} saved"
             if spend.priced
@@ -248,6 +249,9 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="answer")
     def response_pretty(self, obj: BatchRequest):
+        if obj.response_chunks:
+            # An image answer of megabytes: not rendered in a page.
+            return f"{obj.response_bytes} bytes, stored in {obj.response_chunks} pieces"
         return pretty_json(obj.response_body)
 
     @admin.action(description="Requeue selected failed or cancelled requests")
@@ -272,3 +276,6 @@ admin.site.site_header = "batchproxy"
 admin.site.site_title = "batchproxy admin"
 admin.site.index_title = "Operator's cockpit"
 admin.site.index_template = "admin/batchproxy/index.html"
+
+# Completion webhooks have an admin module of their own.
+from . import webhook_admin  # noqa: E402, F401

@@ -21,3 +21,4 @@ class RequestsAppConfig(AppConfig):
 
     def ready(self) -> None:
         connection_created.connect(allow_prepared_statements, dispatch_uid="prepared_statements")
+        from . import checks  # noqa: F401  (registers the system checks)

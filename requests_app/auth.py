@@ -1,5 +1,10 @@
+from functools import cached_property
+
 from django.conf import settings
+from django.utils.functional import SimpleLazyObject
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import NotAuthenticated
+from rest_framework.permissions import BasePermission
 
 from .models import ApiKey, hash_key
 
@@ -28,15 +33,70 @@ def api_key_for_hash(key_hash: str, token: str = "") -> ApiKey | None:
     return key if key is not None and key.is_active else None
 
 
+class ProxyKey:
+    """The proxy key a call presents: hashed once, its row looked up at most once, when needed.
+
+    The intake's hot path never needs the row: its one query finds the request joined with its
+    key by this hash (`accepts` reads the key's state from that row), and a new call's insert
+    selects the key in the same statement. Everything else asks `key` (or `is_authenticated`,
+    which DRF's `IsAuthenticated` reads) and pays one indexed lookup.
+    """
+
+    def __init__(self, token: str):
+        self.token = token
+        self.key_hash = hash_key(token)
+
+    @cached_property
+    def key(self) -> ApiKey | None:
+        return api_key_for_hash(self.key_hash, self.token)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.key is not None
+
+    def accepts(self, row: dict) -> bool:
+        """Whether the key's state joined to a request (`api_key__revoked_at`,
+        `api_key__from_env`) still lets this caller in."""
+        if row["api_key__revoked_at"] is not None:
+            return False
+        return not row["api_key__from_env"] or self.key_hash in settings.ENV_API_KEY_HASHES
+
+
 class ProxyKeyAuthentication(BaseAuthentication):
-    """DRF authentication by proxy key; the key itself stands in as the `user`."""
+    """DRF authentication by proxy key (`Authorization: Bearer <key>`).
+
+    `request.user` is the `ProxyKey` presented; `request.auth` is its `ApiKey` row, looked up
+    lazily (on first use, like Django's own `request.user`), None-like when the key is wrong,
+    revoked or gone. No header, no lookup: the permission check answers 401 (`HasActiveKey`,
+    or `PresentsKey` where the view checks the key in its own query).
+    """
 
     def authenticate(self, request):
         token = bearer_token(request)
-        key = api_key_for_hash(hash_key(token), token) if token else None
-        if key is None:
+        if token is None:
             return None
-        return (key, key)
+        caller = ProxyKey(token)
+        return (caller, SimpleLazyObject(lambda: caller.key))
 
     def authenticate_header(self, request) -> str:
         return "Bearer"
+
+
+class HasActiveKey(BasePermission):
+    """The default for client endpoints: the key presented is active (one lookup).
+
+    A wrong, revoked or unknown key is 401 exactly like a missing one; DRF would say 403,
+    because a key was presented.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        if request.user is None or not request.user.is_authenticated:
+            raise NotAuthenticated
+        return True
+
+
+class PresentsKey(BasePermission):
+    """A key was presented; the view checks it itself, in the query that answers the call."""
+
+    def has_permission(self, request, view) -> bool:
+        return request.user is not None

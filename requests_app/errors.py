@@ -7,14 +7,36 @@ from rest_framework.views import exception_handler
 
 
 class ClientError(Exception):
-    """Bad input: answered with `status` and nothing stored."""
+    """Bad input or a refused call: answered with `status` and nothing stored.
 
-    def __init__(self, status: int, message: str, *, code: str, param: str | None = None):
+    Raised anywhere under a DRF view, it is answered by `drf_exception_handler`.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.type = type
+        self.headers = headers or {}
+
+    def response(self) -> HttpResponse:
+        response = error_response(
+            self.status, self.message, type=self.type, code=self.code, param=self.param
+        )
+        for name, value in self.headers.items():
+            response[name] = value
+        return response
 
 
 def error_body(message: str, *, type: str, code: str | None, param: str | None = None) -> dict:
@@ -41,10 +63,6 @@ def error_response(
     return json_response(error_body(message, type=type, code=code, param=param), status, **headers)
 
 
-def client_error_response(exc: ClientError) -> HttpResponse:
-    return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
-
-
 def invalid_api_key() -> HttpResponse:
     return error_response(
         401,
@@ -64,17 +82,28 @@ def server_error(request, *args, **kwargs) -> HttpResponse:
 
 
 def drf_exception_handler(exc, context):
-    """Give DRF's errors the OpenAI shape the SDKs parse."""
+    """The one EXCEPTION_HANDLER: every refusal of a client endpoint in OpenAI's error shape.
+
+    A wrong or missing key is 401 `invalid_api_key` and says nothing else; a 429 has OpenAI's
+    type for rate limits (`requests`) and Retry-After; a 405 names the allowed methods.
+    Anything else DRF does not know is left to Django (a 500, logged).
+    """
+    if isinstance(exc, ClientError):
+        return exc.response()
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         return invalid_api_key()
     response = exception_handler(exc, context)
     if response is None:
         return None
-    detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)  # Http404
     code = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
+    headers = {k: v for k, v in response.items() if k.lower() == "retry-after"}
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        headers["Allow"] = ", ".join(context["view"].allowed_methods)
     return error_response(
         response.status_code,
         str(detail),
+        type="requests" if isinstance(exc, exceptions.Throttled) else "invalid_request_error",
         code=code if isinstance(code, str) else None,
-        **{k: v for k, v in response.items() if k.lower() in ("retry-after", "allow")},
+        **headers,
     )

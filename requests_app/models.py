@@ -1,3 +1,4 @@
+import base64
 import hashlib
 import secrets
 import uuid
@@ -6,7 +7,15 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-ENDPOINTS = ("responses", "chat/completions", "embeddings", "completions", "moderations")
+ENDPOINTS = (
+    "responses",
+    "chat/completions",
+    "embeddings",
+    "completions",
+    "moderations",
+    "images/generations",
+    "images/edits",
+)
 
 
 class Endpoint(models.TextChoices):
@@ -15,6 +24,12 @@ class Endpoint(models.TextChoices):
     EMBEDDINGS = "/v1/embeddings"
     COMPLETIONS = "/v1/completions"
     MODERATIONS = "/v1/moderations"
+    IMAGES_GENERATIONS = "/v1/images/generations"
+    IMAGES_EDITS = "/v1/images/edits"
+
+
+# Answers whose images make them large (b64_json: megabytes each).
+IMAGE_ENDPOINTS = (Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS)
 
 
 def hash_key(secret: str) -> str:
@@ -89,14 +104,21 @@ class BatchRequest(models.Model):
         related_name="requests",
     )
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    # NULL is "no answer yet", which an empty answer is not.
+    # NULL is "no answer yet", which an empty answer is not. A large answer (an image's
+    # b64_json) is kept in `ResponseChunk` rows instead, and this stays NULL.
     response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    response_chunks = models.PositiveIntegerField(
+        default=0, help_text="How many ResponseChunk rows hold the answer (0: it is inline)."
+    )
+    response_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
     # Tokens from the answer's own `usage`, kept apart from the body so that per-key figures are
     # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Images in the answer, for models priced per image (dall-e-2, dall-e-3).
+    output_images = models.PositiveSmallIntegerField(null=True, blank=True)
     # Input tokens counted by the proxy (batchproxy.tokens) before batching, for the upstream's
     # enqueued-token limit; counted by the flush, off the intake's hot path.
     counted_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -150,6 +172,28 @@ def jsonl_line(request_id: uuid.UUID | str, endpoint: str, body: str) -> str:
     return f'{{"custom_id":"{request_id}","method":"POST","url":"{endpoint}","body":{body}}}\n'
 
 
+class ResponseChunk(models.Model):
+    """One piece of a large answer, in order.
+
+    Large answers live in rows of at most RESPONSE_CHUNK_CHARS characters so that any web
+    process can stream one from the database a piece at a time, never holding it whole.
+    """
+
+    # Deleted with their request by `requests_purge`, explicitly: a cascade would make Django
+    # load every purged request (bodies and all) instead of deleting them in one statement.
+    request = models.ForeignKey(BatchRequest, on_delete=models.DO_NOTHING, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    data = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request", "seq"], name="one_chunk_per_place"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} #{self.seq}"
+
+
 class RateCounter(models.Model):
     """Hits on one scope (a proxy key, an admin login address) in one fixed time window.
 
@@ -168,3 +212,135 @@ class RateCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} until {self.window_end}: {self.hits}"
+
+
+class WebhookEndpoint(models.Model):
+    """A caller's URL told when requests of one key (or of every key) finish.
+
+    The signing secret must be kept in clear to sign with (an HMAC key cannot be hashed); it is
+    shown once when the endpoint is made and never again in the admin.
+    """
+
+    url = models.URLField(max_length=2000)
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="webhooks",
+        help_text="Empty: the requests of every key.",
+    )
+    include_body = models.BooleanField(
+        default=False, help_text="Send each answer's body with its event."
+    )
+    secret = models.CharField(max_length=100, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.url
+
+    @staticmethod
+    def new_secret() -> str:
+        """Standard Webhooks' format: `whsec_` and 32 random bytes in base64."""
+        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class WebhookDelivery(models.Model):
+    """One POST of a list of events to one endpoint, retried as a unit with the same id."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Also the lease of the worker sending it: pushed past the send's timeout when claimed.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    give_up_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="pending"),
+                name="webhook_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id
+
+    @property
+    def message_id(self) -> str:
+        """The `webhook-id` header: the same on every attempt, so receivers can de-duplicate."""
+        return f"msg_{self.id.hex}"
+
+
+class WebhookEvent(models.Model):
+    """The outbox: one finished request to tell one endpoint about, written in the same
+    transaction that finished the request."""
+
+    class Type(models.TextChoices):
+        COMPLETED = "batch_request.completed"
+        FAILED = "batch_request.failed"
+        CANCELLED = "batch_request.cancelled"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
+    # No constraint and no cascade: a cascade would make Django load every purged request
+    # (bodies and all) instead of deleting them in one statement. An event whose request was
+    # purged is skipped when sent, and goes with its delivery (`webhook_deliveries_purge`).
+    request = models.ForeignKey(
+        BatchRequest,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    type = models.CharField(max_length=32, choices=Type.choices)
+    status = models.CharField(max_length=16, choices=BatchRequest.Status.choices)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivery = models.ForeignKey(
+        WebhookDelivery, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["endpoint", "id"],
+                condition=models.Q(delivery__isnull=True),
+                name="webhook_undelivered_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.request_id}"
+
+
+class WebhookAttempt(models.Model):
+    """One try at a delivery, and what the receiver answered."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True, help_text="The first 1,000 characters.")
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.started_at:%Y-%m-%d %H:%M:%S}"

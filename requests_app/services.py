@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .errors import ClientError
-from .models import ApiKey, BatchRequest, Endpoint
+from .models import IMAGE_ENDPOINTS, ApiKey, BatchRequest, Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,20 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
             code="invalid_value",
             param="input",
         )
+    if endpoint in IMAGE_ENDPOINTS and not (isinstance(body.get("prompt"), str) and body["prompt"]):
+        raise ClientError(
+            400, "'prompt' is required: a non-empty string.", code="invalid_value", param="prompt"
+        )
+    if endpoint == Endpoint.IMAGES_EDITS and not (
+        isinstance(body.get("images"), list) and body["images"]
+    ):
+        raise ClientError(400, IMAGES_EDITS_JSON_ONLY, code="invalid_value", param="images")
+
+
+IMAGES_EDITS_JSON_ONLY = (
+    "The Batch API takes image edits in their JSON form only: send 'images' as an array of "
+    '{"image_url": "https://… or data:…"} or {"file_id": "file-…"}, not a multipart upload.'
+)
 
 
 # 19 digits in a row: where an integer beyond 64 bits could hide.
@@ -236,6 +250,8 @@ ANSWER_FIELDS = (
     "not_before",
     "response_status",
     "response_body",
+    "response_chunks",
+    "response_bytes",
     "error_code",
     "error_message",
 )

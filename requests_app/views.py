@@ -1,21 +1,32 @@
 import math
 
+import orjson
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers
-from rest_framework.generics import RetrieveAPIView
+from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
+from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from batches_app import capacity
 
 from . import limits
-from .auth import api_key_for_hash, bearer_token
-from .errors import ClientError, client_error_response, error_response, invalid_api_key
-from .models import ApiKey, BatchRequest, hash_key
+from .api import RawBodyParser
+from .auth import PresentsKey, ProxyKey
+from .errors import ClientError, error_response
+from .listing import FinishedCursorPagination, finished_requests
+from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
+    IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
     requests_insert,
@@ -71,6 +82,8 @@ def answer(row: dict) -> HttpResponse:
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
+        if row["response_chunks"]:
+            return streamed_answer(row)
         response = HttpResponse(
             row["response_body"], status=row["response_status"], content_type="application/json"
         )
@@ -96,12 +109,57 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def streamed_answer(row: dict) -> StreamingHttpResponse:
+    """A large stored answer (images), read from the database and sent one piece at a time.
+
+    Any web process can serve it, and holds one piece (RESPONSE_CHUNK_CHARS) of it at a time,
+    however many such answers it sends at once.
+    """
+    request_id, pieces = row["id"], row["response_chunks"]
+    chunks = ResponseChunk.objects.filter(request_id=request_id)
+
+    def body():
+        # One query per piece: a cursor held open across the whole answer would pin a
+        # connection (and, on PostgreSQL, a snapshot) to a slow client.
+        for seq in range(pieces):
+            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
+            if data is None:
+                return  # purged while being sent: the short body tells the client
+            yield data.encode()
+
+    response = StreamingHttpResponse(
+        body(), status=row["response_status"], content_type="application/json"
+    )
+    response["Content-Length"] = str(row["response_bytes"])
+    response["X-Batch-Request-Id"] = str(request_id)
+    return response
+
+
 # JSON travels as UTF-8 (RFC 8259 §8.1); a body declared in another charset is refused rather
 # than guessed at.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-def _read_body(request: HttpRequest) -> bytes:
+def refuse_form_upload(request: Request, endpoint: str) -> None:
+    """A form or file upload cannot go into a batch: every batch line is a JSON body.
+
+    The SDKs send images.edit as multipart by default; say how to send the JSON form instead
+    of calling the upload invalid JSON.
+    """
+    if request.content_type.split(";")[0].strip() not in (
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ):
+        return
+    if endpoint == Endpoint.IMAGES_EDITS:
+        message = IMAGES_EDITS_JSON_ONLY
+    else:
+        message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
+    raise ClientError(400, message, code="unsupported_content_type")
+
+
+def _read_body(request: Request) -> bytes:
+    """The body's bytes (RawBodyParser), once its declared charset and length are acceptable."""
     charset = request.content_params.get("charset")
     if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
         raise ClientError(
@@ -117,65 +175,67 @@ def _read_body(request: HttpRequest) -> bytes:
             411, "Send the body with a Content-Length header.", code="length_required"
         )
     if not declared.isdigit() or int(declared) > settings.MAX_REQUEST_BYTES:
+        # Refused before a byte is read; what is read below is at most what was declared.
         raise ClientError(
             413,
             f"The body is larger than the proxy accepts ({settings.MAX_REQUEST_BYTES} bytes).",
             code="request_too_large",
         )
-    try:
-        return request.body
-    except RequestDataTooBig:
-        raise ClientError(413, "The body is too large.", code="request_too_large") from None
+    # DRF parses nothing when the declared length is 0: an empty body, not JSON (400).
+    return request.data or b""
 
 
-@csrf_exempt
-def intake(request: HttpRequest, endpoint: str) -> HttpResponse:
+class Intake(APIView):
     """POST /v1/<endpoint>: queue the call, or answer how it stands.
 
-    A plain Django view rather than DRF: this is the hot path. A repeated call costs one
-    query (the request joined with its key), a new call one more (the insert).
+    DRF, lean, because this is the hot path: the authentication hashes the key once and leaves
+    the key's row to the call's own query (the request joined with its key), so a repeated call
+    costs one query and a new call two (that lookup, then the insert, which finds the key in the
+    same statement). The answer is the contract's HttpResponse, sent as it is.
     """
-    if request.method != "POST":
-        response = error_response(405, f"Use POST for {request.path}.", code="method_not_allowed")
-        response["Allow"] = "POST"
-        return response
-    token = bearer_token(request)
-    if token is None:
-        return invalid_api_key()
-    key_hash = hash_key(token)
-    try:
-        call = call_parse(endpoint=endpoint, raw=_read_body(request))
-    except ClientError as exc:
-        # Only a valid key learns what is wrong with its input.
-        if api_key_for_hash(key_hash, token) is None:
-            return invalid_api_key()
-        return client_error_response(exc)
 
-    row = ANSWER_LOOKUP.first(key_hash, call.fingerprint)
-    if row is not None:
-        if row["api_key__revoked_at"] is not None or (
-            row["api_key__from_env"] and key_hash not in settings.ENV_API_KEY_HASHES
-        ):
-            return invalid_api_key()
+    http_method_names = ["post"]
+    permission_classes = [PresentsKey]
+    parser_classes = [RawBodyParser]
+    throttle_classes = [limits.KeyRateThrottle]
+    metadata_class = None
+    schema = None  # described by hand: ops_app/openapi.py
+
+    @property
+    def default_response_headers(self) -> dict:
+        return {}  # DRF would add `Allow` to every answer; a 405 has it (errors.py)
+
+    def initial(self, request, *args, **kwargs) -> None:
+        # A wrong method is 405 whoever asks, before the key is looked at.
+        if request.method != "POST":
+            raise MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+    def post(self, request: Request, endpoint: str) -> HttpResponse:
+        caller: ProxyKey = request.user
         try:
-            limits.rate_limit_take(api_key_id=row["api_key_id"])
-        except limits.LimitExceeded as exc:
-            return exc.response()
-        return answer(row)
-    if settings.RATE_LIMIT_PER_MINUTE <= 0 and settings.MAX_QUEUED_PER_KEY <= 0:
-        # No per-key limit to count first: find the key and insert in one statement.
-        created = requests_insert(key_hash=key_hash, call=call)
-        if created is not None:
-            return answer(created)
-    key = api_key_for_hash(key_hash, token)
-    if key is None:
-        return invalid_api_key()
-    try:
-        limits.rate_limit_take(api_key_id=key.pk)
-        created = limits.requests_enqueue_capped(api_key_id=key.pk, call=call)
-    except limits.LimitExceeded as exc:
-        return exc.response()
-    return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
+            refuse_form_upload(request, endpoint)
+            call = call_parse(endpoint=endpoint, raw=_read_body(request))
+        except ClientError:
+            # Only a valid key learns what is wrong with its input.
+            if not caller.is_authenticated:
+                raise NotAuthenticated from None
+            raise
+
+        row = ANSWER_LOOKUP.first(caller.key_hash, call.fingerprint)
+        if row is not None:
+            if not caller.accepts(row):
+                raise NotAuthenticated
+            return answer(row)
+        if settings.MAX_QUEUED_PER_KEY <= 0:
+            # No queue cap to count under a lock: find the key and insert in one statement.
+            created = requests_insert(key_hash=caller.key_hash, call=call)
+            if created is not None:
+                return answer(created)
+        if not caller.is_authenticated:
+            raise NotAuthenticated
+        created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
+        return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
 
 
 class BatchRequestSerializer(serializers.ModelSerializer):
@@ -238,3 +298,52 @@ class BatchRequestDetail(RetrieveAPIView):
             .select_related("batch")
             .defer("body", "response_body")
         )
+
+
+class FinishedRequestSerializer(BatchRequestSerializer):
+    """A list entry; with `?include=body`, also the answer as the caller would get it."""
+
+    response = serializers.SerializerMethodField()
+
+    class Meta(BatchRequestSerializer.Meta):
+        fields = (*BatchRequestSerializer.Meta.fields, "response")
+
+    @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
+    def get_response(self, obj: BatchRequest) -> dict | None:
+        if not self.context.get("include_body") or obj.response_body is None:
+            return None
+        return orjson.loads(obj.response_body)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                description="Comma-separated: completed, failed, cancelled (default: all three).",
+            ),
+            OpenApiParameter("include", str, enum=["body"], description="`body`: the answers."),
+        ]
+    )
+)
+class BatchRequestList(ListAPIView):
+    """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
+    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+
+    serializer_class = FinishedRequestSerializer
+    pagination_class = FinishedCursorPagination
+    throttle_classes = [limits.KeyRateThrottle]
+
+    def include_body(self) -> bool:
+        return "body" in self.request.query_params.get("include", "").split(",")
+
+    def get_serializer_context(self) -> dict:
+        return super().get_serializer_context() | {"include_body": self.include_body()}
+
+    def get_queryset(self):
+        key: ApiKey = self.request.auth
+        rows = BatchRequest.objects.filter(api_key=key).select_related("batch").defer("body")
+        if not self.include_body():
+            rows = rows.defer("body", "response_body")
+        return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))

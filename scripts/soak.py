@@ -200,7 +200,7 @@ def run(args) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="batchproxy-soak-"))
     database_url, drop_database = fresh_database(tmp)
-    from batches_app.fake_openai import FakeOpenAI
+    from batchproxy.fakes.openai import FakeOpenAI
 
     fake = FakeOpenAI(step_seconds=0.3).start()
     fake._server.handle_error = lambda *args: None  # a killed worker's reset socket: expected

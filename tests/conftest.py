@@ -41,7 +41,7 @@ def post(client, api_key):
 
 @pytest.fixture(scope="session")
 def fake_server():
-    from batches_app.fake_openai import FakeOpenAI
+    from batchproxy.fakes.openai import FakeOpenAI
 
     server = FakeOpenAI().start()
     yield server

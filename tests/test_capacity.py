@@ -386,3 +386,19 @@ def test_nonsense_queue_settings_fail_the_system_check(settings):
     settings.QUEUE_LIMIT_MARGIN = 1.5
     settings.QUEUE_REQUEST_LIMITS = {"text-embedding-3-small": 0}
     assert {e.id for e in queue_limits_check(None)} == {"ops_app.E003", "ops_app.E004"}
+
+
+@pytest.mark.django_db
+def test_embeddings_also_keep_to_a_limit_of_queued_requests(post, fake_openai, settings):
+    settings.QUEUE_REQUEST_LIMITS = {"text-embedding-3-small": 4}
+    fake_openai.configure(step_seconds=60)
+    for n in range(10):
+        post("/v1/embeddings", {"model": "text-embedding-3-small", "input": f"text {n}"})
+
+    first = services.batch_flush(force=True)
+    services.batches_advance(force=True)
+    second = services.batch_flush(force=True)
+
+    assert [batch.request_count for batch in first] == [4]
+    assert second == []
+    assert BatchRequest.objects.filter(status=Status.QUEUED).count() == 6

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from batches_app import dashboard
+from batches_app import dashboard, spend
 from batches_app.models import Batch, ModelPrice
 from batches_app.prices import prices_ensure
 from batches_app.usage import usage_tokens
@@ -47,7 +47,7 @@ def test_prices_for_current_models_are_installed_by_migration():
 
 
 def test_dated_snapshot_is_priced_as_its_model_and_unknown_model_is_not_priced():
-    book = dashboard.PriceBook()
+    book = spend.PriceBook()
     assert book.find("gpt-4o-mini-2024-07-18").model == "gpt-4o-mini"
     assert book.find("gpt-4o-mini-tts") is None
     assert book.find("mystery-model") is None

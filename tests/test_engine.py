@@ -249,3 +249,16 @@ def test_output_lines_are_matched_by_custom_id(enqueue, fake_openai, post):
     for text in texts:
         content = post("/v1/chat/completions", chat(text)).json()["choices"][0]["message"]
         assert content["content"] == f"echo: {text}"
+
+
+def test_uploaded_input_and_batch_outputs_expire_upstream_even_if_never_deleted(
+    enqueue, fake_openai, settings
+):
+    settings.DELETE_UPSTREAM_FILES = False
+    settings.UPSTREAM_FILE_EXPIRY = 7200
+    enqueue(chat("expiring"))
+    cycle()
+
+    files = [f["object"] for f in fake_openai.files.values()]
+    assert sorted(f["purpose"] for f in files) == ["batch", "batch_output"]
+    assert all(f["expires_at"] - f["created_at"] == 7200 for f in files)

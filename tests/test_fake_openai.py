@@ -15,11 +15,16 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 from openai import OpenAI
-from openai.types import Completion, CreateEmbeddingResponse, ModerationCreateResponse
+from openai.types import (
+    Completion,
+    CreateEmbeddingResponse,
+    ImagesResponse,
+    ModerationCreateResponse,
+)
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from batches_app.fake_openai import FakeOpenAI
+from batchproxy.fakes.openai import PNG_MAGIC, FakeOpenAI
 
 CHAT = "/v1/chat/completions"
 
@@ -458,8 +463,9 @@ def test_file_delete_then_lookups_are_404(fake, client):
 @pytest.mark.parametrize(
     "options",
     [
-        {"endpoint": "/v1/images/generations"},
+        {"endpoint": "/v1/audio/speech"},
         {"completion_window": "48h"},
+        {"output_expires_after": {"anchor": "created_at", "seconds": 60}},
         {"metadata": {f"k{i}": "v" for i in range(17)}},
         {"metadata": {"k" * 65: "v"}},
         {"metadata": {"k": "v" * 513}},
@@ -543,7 +549,7 @@ def test_control_endpoints_work_from_another_process(fake, client):
 def test_main_serves_until_sigterm():
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {"PYTHONPATH": str(root)}
-    command = [sys.executable, "-m", "batches_app.fake_openai", "--port", "0"]
+    command = [sys.executable, "-m", "batchproxy.fakes.openai", "--port", "0"]
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().split()[4]
@@ -554,3 +560,40 @@ def test_main_serves_until_sigterm():
     finally:
         process.kill()
         process.stdout.close()
+
+
+EDITS = "/v1/images/edits"
+
+
+def edit(prompt: str, model: str = "gpt-image-1", **fields) -> dict:
+    return {"model": model, "prompt": prompt, "images": [{"image_url": "https://e/a.png"}]} | fields
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"model": "gpt-image-1", "prompt": "b", "image": "cat.png"}, "invalid_request"),
+        (edit("b", images=[]), "invalid_request"),
+        (edit("b", model="dall-e-2"), "invalid_request"),
+        ({"model": "gpt-image-1", "images": [{"file_id": "file-1"}]}, "missing_required_parameter"),
+        (edit("b", model="gpt-image-1-mini"), "mismatched_model"),
+    ],
+)
+def test_image_edit_lines_must_be_the_json_form_of_one_model(client, body, code):
+    lines = request_lines(EDITS, [edit("a"), body])
+    batch = client.batches.retrieve(submit_lines(client, EDITS, lines).id)
+
+    assert batch.status == "failed"
+    assert (batch.errors.data[0].code, batch.errors.data[0].line) == (code, 2)
+
+
+def test_image_answers_draw_the_prompt_in_the_spec_shape(client):
+    lines = request_lines(EDITS, [edit("a hat", n=2)])
+    batch = client.batches.retrieve(submit_lines(client, EDITS, lines).id)
+    [line] = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    answer = ImagesResponse.model_validate(line["response"]["body"])
+
+    assert len(answer.data) == 2 and answer.usage.input_tokens_details.image_tokens > 0
+    assert (
+        base64.b64decode(answer.data[0].b64_json) == PNG_MAGIC + b"echo: a hat on https://e/a.png"
+    )

@@ -157,7 +157,7 @@ def test_body_over_the_limit_is_413(post, settings):
 
 def test_unknown_path_is_404_and_wrong_method_405(client, api_key):
     auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
-    assert error_of(client.post("/v1/images/generations", **auth))["code"] == "unknown_url"
+    assert error_of(client.post("/v1/audio/speech", **auth))["code"] == "unknown_url"
     response = client.get("/v1/chat/completions", **auth)
     assert response.status_code == 405
     assert response["Allow"] == "POST"
@@ -246,3 +246,46 @@ def test_the_two_intake_statements_are_prepared_once_per_connection(post):
     assert prepared == ["INSERT", "SELECT"]  # the insert and the lookup, nothing else
     # psycopg keeps the text of the other queries it counts: only a few of them.
     assert connection.connection.prepared_max == 4
+
+
+@pytest.mark.parametrize("path", [f"/v1/{e}" for e in ENDPOINTS] + [f"/{e}" for e in ENDPOINTS])
+def test_client_endpoints_are_drf_views_with_the_proxy_key_authentication(path):
+    from django.urls import resolve
+    from rest_framework.views import APIView
+
+    from requests_app.api import RawBodyParser
+    from requests_app.auth import ProxyKeyAuthentication
+
+    view = resolve(path).func.cls
+    assert issubclass(view, APIView)
+    assert [type(a) for a in view().get_authenticators()] == [ProxyKeyAuthentication]
+    assert view.parser_classes == [RawBodyParser]
+    detail = resolve("/v1/batch_requests/00000000-0000-0000-0000-000000000000").func.cls
+    assert issubclass(detail, APIView)
+
+
+def test_a_new_call_costs_two_queries_and_a_repeat_one(post, django_assert_num_queries):
+    """The key's hash is looked up in the call's own statements, never in one of its own."""
+    with django_assert_num_queries(2):  # the lookup that finds nothing, the insert
+        assert post("/v1/chat/completions", CHAT).status_code == 422
+    with django_assert_num_queries(1):  # the request joined with its key
+        assert post("/v1/chat/completions", CHAT).status_code == 422
+
+
+def test_bad_input_with_a_good_key_looks_the_key_up_once(post, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        response = post("/v1/chat/completions", {"model": 7})
+    assert error_of(response)["param"] == "model"
+
+
+def test_accept_header_is_not_negotiated(post, client, api_key):
+    response = client.post(
+        "/v1/chat/completions",
+        data=json.dumps(CHAT),
+        content_type="application/json",
+        HTTP_ACCEPT="text/html",
+        HTTP_AUTHORIZATION=f"Bearer {api_key[1]}",
+    )
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/json"
+    assert "Allow" not in response  # only a 405 names the methods

@@ -22,9 +22,9 @@ def node_client():
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
         )
 
-    def run(base_url: str, key: str, who: str) -> dict:
+    def run(base_url: str, key: str, who: str, script: str = "client.mjs") -> dict:
         out = subprocess.run(
-            ["node", "client.mjs", base_url, key, who],
+            ["node", script, base_url, key, who],
             cwd=NODE_DIR,
             check=True,
             capture_output=True,
@@ -57,4 +57,30 @@ def test_node_sdk_gets_422_then_its_own_answers(
             "completions": f"echo: completions for {who}",
             "embeddings": 8,
             "moderations": 1,
+        }
+
+
+@pytest.mark.parametrize("suffix", ["/v1", ""], ids=["v1", "no-v1"])
+def test_node_sdk_gets_422_then_the_image_of_its_own_call(
+    node_client, live_server, api_key, fake_openai, suffix
+):
+    base_url = live_server.url + suffix
+    for who in ("carol", "dave"):
+        first = node_client(base_url, api_key[1], who, "images.mjs")
+        assert {name: r["status"] for name, r in first.items()} == {
+            "gptImage": 422,
+            "dallE": 422,
+            "edit": 422,
+            "multipartEdit": 400,
+        }
+        assert "JSON form" in first["multipartEdit"]["message"]
+    cycle()
+
+    for who in ("carol", "dave"):
+        answers = node_client(base_url, api_key[1], who, "images.mjs")
+        assert {name: r.get("answer") for name, r in answers.items()} == {
+            "gptImage": f"echo: a fox for {who}",
+            "dallE": f"echo: a lake for {who}",
+            "edit": f"echo: a hat for {who} on https://example.com/cat.png",
+            "multipartEdit": None,
         }

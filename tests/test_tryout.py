@@ -122,5 +122,5 @@ def test_with_polls_an_hour_apart_the_webhook_brings_the_answer_within_seconds(t
     # A tick to flush (BATCH_MAX_WAIT 1 s, ticks of 1 s), 1.5 s upstream, then the webhook.
     assert took < 10
     with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
-        [(received,)] = db.execute("SELECT count(*) FROM batches_app_webhookevent").fetchall()
+        [(received,)] = db.execute("SELECT count(*) FROM batches_app_openaiwebhook").fetchall()
     assert received == 1

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django_q.tasks import async_task
 
-from batches_app.fake_openai import FakeOpenAI, new_webhook_secret
+from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import superuser_ensure
 

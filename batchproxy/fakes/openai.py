@@ -11,13 +11,18 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[status:400]]          the response has that status and an OpenAI error body (error file)
     [[error:server_error]]  no response, only an error with that code (error file)
     [[invalid]]             the whole batch fails validation on that line
+    [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
+
+Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
+for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
+bodies, one model per batch, and image edits in their JSON form only (`images` references).
 
 With a `webhook_url` (and `webhook_secret`, `whsec_…`) configured, the fake also watches its
 batches from a thread of its own and, when one ends, POSTs OpenAI's `batch.<status>` event to
 that URL, signed as OpenAI signs them (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`).
 
-Run `python -m batches_app.fake_openai --port 9488 --step-seconds 2` to serve in the foreground.
+Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class Run:
     lines: list  # (line number, parsed JSON or None) for each non-blank input line
     settings: dict  # configuration as it was when the batch was created
     forced_error: dict | None = None
+    output_expiry: int = 30 * DAY
     results: list | None = None
     cancel_done: int = 0
     notified: bool = False  # its end was sent as a webhook
@@ -366,12 +372,75 @@ def _moderations_answer(body):
     return answer, 0, 0  # moderations are free: no usage
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMAGE_BYTES_MARK = re.compile(r"\[\[image_bytes:(\d+)\]\]")
+
+
+def _image_bytes(text: str) -> bytes:
+    """A stand-in image: PNG's signature, then the text, padded to [[image_bytes:N]] bytes."""
+    content = PNG_MAGIC + text.encode()
+    if match := IMAGE_BYTES_MARK.search(text):
+        content = content.ljust(int(match[1]), b"\0")
+    return content
+
+
+def _image_answer(body, text: str, *, input_images: int = 0):
+    """An ImagesResponse: GPT image models answer b64_json with token usage; DALL-E answers a
+    URL by default (or b64_json when asked) and has no usage, being priced per image."""
+    model = body["model"]
+    count = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    gpt_image = model.startswith(("gpt-image", "chatgpt-image"))
+    as_b64 = gpt_image or body.get("response_format") == "b64_json"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    data = []
+    for index in range(count):
+        item = {}
+        if as_b64:
+            item["b64_json"] = base64.b64encode(_image_bytes(text)).decode()
+        else:
+            item["url"] = f"https://images.fake-openai.invalid/{digest}-{index}.png"
+        if model == "dall-e-3":
+            item["revised_prompt"] = text
+        data.append(item)
+    answer = {"created": int(time.time()), "data": data}
+    if not gpt_image:
+        return answer, 0, 0
+    prompt = _tokens(body.get("prompt") or "")
+    image_in = 323 * input_images  # roughly what one input image costs in tokens
+    done = 1056 * count  # a 1024x1024 image at medium quality
+    answer |= {
+        "background": "opaque",
+        "output_format": body.get("output_format", "png"),
+        "quality": body.get("quality", "medium"),
+        "size": body.get("size", "1024x1024"),
+        "usage": {
+            "input_tokens": prompt + image_in,
+            "input_tokens_details": {"text_tokens": prompt, "image_tokens": image_in},
+            "output_tokens": done,
+            "total_tokens": prompt + image_in + done,
+        },
+    }
+    return answer, prompt + image_in, done
+
+
+def _generation_answer(body):
+    return _image_answer(body, "echo: " + str(body.get("prompt")))
+
+
+def _edit_answer(body):
+    refs = [ref.get("image_url") or ref.get("file_id") for ref in body["images"]]
+    text = "echo: " + str(body.get("prompt")) + " on " + ", ".join(map(str, refs))
+    return _image_answer(body, text, input_images=len(refs))
+
+
 ANSWERS = {
     "/v1/chat/completions": _chat_answer,
     "/v1/responses": _response_answer,
     "/v1/completions": _completion_answer,
     "/v1/embeddings": _embeddings_answer,
     "/v1/moderations": _moderations_answer,
+    "/v1/images/generations": _generation_answer,
+    "/v1/images/edits": _edit_answer,
 }
 ENDPOINTS = tuple(ANSWERS)
 
@@ -425,8 +494,41 @@ def _line_problem(endpoint: str, value) -> tuple | None:
         return ("invalid_request", "The body must be a JSON object.", "body")
     if not isinstance(value["body"].get("model"), str):
         return ("missing_required_parameter", "Missing required parameter: 'model'.", "body.model")
+    if problem := _image_line_problem(endpoint, value["body"]):
+        return problem
     if INVALID_MARK in json.dumps(value["body"]):
         return ("invalid_request", "This request is marked [[invalid]].", None)
+    return None
+
+
+def _image_line_problem(endpoint: str, body: dict) -> tuple | None:
+    """Image lines: a prompt, and for edits the JSON form (`images` by URL or file id)."""
+    if endpoint not in ("/v1/images/generations", "/v1/images/edits"):
+        return None
+    if not isinstance(body.get("prompt"), str):
+        return (
+            "missing_required_parameter",
+            "Missing required parameter: 'prompt'.",
+            "body.prompt",
+        )
+    if endpoint == "/v1/images/generations":
+        return None
+    if "image" in body or ("mask" in body and not isinstance(body["mask"], dict)):
+        message = (
+            "Batch image edits take the JSON form: 'images' as image_url or file_id references."
+        )
+        return ("invalid_request", message, "body.image")
+    images = body.get("images")
+    if not (
+        isinstance(images, list)
+        and 1 <= len(images) <= 16
+        and all(isinstance(i, dict) and ("image_url" in i or "file_id" in i) for i in images)
+    ):
+        message = "'images' must hold 1 to 16 references, each {image_url} or {file_id}."
+        return ("invalid_request", message, "body.images")
+    if body["model"].startswith("dall-e"):
+        message = "JSON image edits support GPT image models only."
+        return ("invalid_request", message, "body.model")
     return None
 
 
@@ -495,6 +597,21 @@ def _limit(query: dict, default: int, maximum: int) -> int:
     if not 1 <= limit <= maximum:
         raise ApiError(400, f"limit must be between 1 and {maximum}.", param="limit")
     return limit
+
+
+def _expiry(policy, param: str = "expires_after") -> int:
+    """Seconds until a file expires: its `expires_after` policy, else 30 days."""
+    if policy is None:
+        return 30 * DAY
+    seconds = policy.get("seconds") if isinstance(policy, dict) else None
+    if isinstance(seconds, str) and seconds.isdigit():
+        seconds = int(seconds)
+    if policy.get("anchor") != "created_at" or not (
+        isinstance(seconds, int) and 3600 <= seconds <= 30 * DAY
+    ):
+        message = f"{param} takes anchor 'created_at' and seconds between 3600 and 2592000."
+        raise ApiError(400, message, param=param, code="invalid_value")
+    return seconds
 
 
 def _json_object(body: bytes) -> dict:
@@ -764,14 +881,16 @@ class FakeOpenAI:
 
     # -- files -----------------------------------------------------------------------------------
 
-    def _store_file(self, content: bytes, filename: str, purpose: str) -> dict:
+    def _store_file(
+        self, content: bytes, filename: str, purpose: str, expires_after: int = 30 * DAY
+    ) -> dict:
         now = int(time.time())
         obj = {
             "id": _new_id("file-"),
             "object": "file",
             "bytes": len(content),
             "created_at": now,
-            "expires_at": now + 30 * DAY,
+            "expires_at": now + expires_after,
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
@@ -798,7 +917,10 @@ class FakeOpenAI:
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
         if len(content) > MAX_UPLOAD_BYTES:
             raise ApiError(400, "Batch input files are limited to 200 MB.", param="file")
-        return _json_reply(self._store_file(content, filename, purpose))
+        anchor = fields.get("expires_after[anchor]", (None, b""))[1].decode(errors="replace")
+        seconds = fields.get("expires_after[seconds]", (None, b""))[1].decode(errors="replace")
+        expires = _expiry({"anchor": anchor, "seconds": seconds} if anchor or seconds else None)
+        return _json_reply(self._store_file(content, filename, purpose, expires))
 
     def _list_files(self, request: Request) -> Reply:
         purpose = request.query.get("purpose")
@@ -850,6 +972,7 @@ class FakeOpenAI:
         ):
             message = "metadata holds at most 16 string pairs, keys ≤ 64 and values ≤ 512 chars."
             raise ApiError(400, message, param="metadata", code="invalid_value")
+        output_expiry = _expiry(params.get("output_expires_after"), "output_expires_after")
         stored = self._file(params["input_file_id"], "input_file_id")
         if stored["object"]["purpose"] != "batch":
             raise ApiError(400, "The input file must have purpose 'batch'.", param="input_file_id")
@@ -885,6 +1008,7 @@ class FakeOpenAI:
             "metadata": metadata,
         }
         run = Run(started=now, lines=lines, settings=dict(self._config))
+        run.output_expiry = output_expiry
         run.tokens = sum(_body_tokens(body) for body in bodies)
         run.forced_error = self._take_batch_failure(batch["model"]) or self._over_queue_limit(
             batch["model"], run.tokens
@@ -1054,7 +1178,8 @@ class FakeOpenAI:
             if lines:
                 content = "".join(json.dumps(line) + "\n" for line in _shuffled(lines, rng))
                 name = f"{batch['id']}_{kind}.jsonl"
-                batch[key] = self._store_file(content.encode(), name, "batch_output")["id"]
+                stored = self._store_file(content.encode(), name, "batch_output", run.output_expiry)
+                batch[key] = stored["id"]
         self._count(batch, finished, expired)
         batch["usage"] = self._usage([r for r in finished if r.ok])
         batch.update({"status": status, f"{status}_at": when})
@@ -1162,7 +1287,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m batches_app.fake_openai",
+        prog="python -m batchproxy.fakes.openai",
         description="Serve a fake OpenAI Files + Batches API until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1")

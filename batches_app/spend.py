@@ -1,0 +1,139 @@
+"""Tokens and money: the price book and what batches and keys spent and saved.
+
+It sits below the dashboard (batches_app/dashboard.py) and /metrics (ops_app/metrics.py), which
+both read it, and imports neither, nor the engine's services: a price lookup needs no upstream.
+
+Money: OpenAI's Batch API charges half the synchronous price, so for every model with a price
+(`ModelPrice`) this gives what the batches cost and what the same tokens would have cost
+synchronously. Per model, tokens come from each batch's upstream `usage` (batches are kept); per
+key, from each answer's own `usage`, counted into `BatchRequest.input_tokens/output_tokens`
+(answers are purged after RESULT_RETENTION, so per-key figures reach back that far at most).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Sum
+
+from requests_app.models import ApiKey, BatchRequest
+
+from .models import Batch, ModelPrice, base_model
+from .usage import usage_tokens
+
+
+class PriceBook:
+    """The price table, read once, matching dated snapshots to their model."""
+
+    def __init__(self) -> None:
+        self.prices = {p.model: p for p in ModelPrice.objects.all()}
+
+    def find(self, model: str) -> ModelPrice | None:
+        return self.prices.get(model) or self.prices.get(base_model(model))
+
+
+@dataclass
+class Spend:
+    """Tokens and money of one model, one key or one day."""
+
+    label: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    synchronous: Decimal = Decimal(0)
+    unpriced_tokens: int = 0  # tokens of models with no price: not counted as free
+    images: int = 0
+    unpriced_images: int = 0  # likewise for models priced per image
+    models: set = field(default_factory=set)
+
+    def add(
+        self,
+        price: ModelPrice | None,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        images: int = 0,
+    ) -> None:
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.images += images
+        self.models.add(model)
+        if price is None:
+            self.unpriced_tokens += tokens_in + tokens_out
+            self.unpriced_images += images
+        else:
+            self.synchronous += price.synchronous_cost(tokens_in, tokens_out, images)
+
+    @property
+    def priced(self) -> bool:
+        return self.unpriced_tokens == 0 and self.unpriced_images == 0
+
+    @property
+    def spent(self) -> Decimal:
+        return self.synchronous * ModelPrice.BATCH_DISCOUNT
+
+    @property
+    def saved(self) -> Decimal:
+        return self.synchronous - self.spent
+
+
+def batch_tokens(batches: list[dict]) -> dict:
+    """Tokens per batch: its upstream `usage`, else the sum its answers report."""
+    missing = [b["pk"] for b in batches if not b["usage"]]
+    from_requests = {
+        row["batch"]: (row["tin"] or 0, row["tout"] or 0)
+        for row in BatchRequest.objects.filter(batch__in=missing)
+        .values("batch")
+        .annotate(tin=Sum("input_tokens"), tout=Sum("output_tokens"))
+    }
+    return {
+        b["pk"]: usage_tokens(b["usage"]) if b["usage"] else from_requests.get(b["pk"], (0, 0))
+        for b in batches
+    }
+
+
+def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
+    batches = list(
+        Batch.objects.filter(state=Batch.State.DONE, finished_at__gte=since).values(
+            "pk", "model", "usage", "request_counts", "output_images"
+        )
+    )
+    tokens = batch_tokens(batches)
+    by_model: dict[str, Spend] = {}
+    for b in batches:
+        spend = by_model.setdefault(b["model"], Spend(b["model"]))
+        spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]], b["output_images"])
+        spend.requests += (b["request_counts"] or {}).get("completed", 0)
+    return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+
+
+def spend_by_key(*, since: datetime, book: PriceBook, api_key_id: int | None = None) -> list[Spend]:
+    answered = BatchRequest.objects.filter(
+        status=BatchRequest.Status.COMPLETED, finished_at__gte=since
+    )
+    if api_key_id is not None:
+        answered = answered.filter(api_key_id=api_key_id)
+    rows = answered.values("api_key", "model").annotate(
+        n=Count("pk"), tin=Sum("input_tokens"), tout=Sum("output_tokens"), img=Sum("output_images")
+    )
+    names = {k.pk: str(k) for k in ApiKey.objects.all()}
+    by_key: dict[int, Spend] = {}
+    for row in rows:
+        spend = by_key.setdefault(row["api_key"], Spend(names.get(row["api_key"], "?")))
+        tokens = (row["tin"] or 0, row["tout"] or 0, row["img"] or 0)
+        spend.add(book.find(row["model"]), row["model"], *tokens)
+        spend.requests += row["n"]
+    return sorted(by_key.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+
+
+def total(spends: list[Spend], label: str = "all") -> Spend:
+    result = Spend(label)
+    for s in spends:
+        result.tokens_in += s.tokens_in
+        result.tokens_out += s.tokens_out
+        result.requests += s.requests
+        result.synchronous += s.synchronous
+        result.unpriced_tokens += s.unpriced_tokens
+        result.images += s.images
+        result.unpriced_images += s.unpriced_images
+    return result

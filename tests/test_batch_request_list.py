@@ -1,0 +1,195 @@
+"""GET /v1/batch_requests: the key's finished requests by cursor, each exactly once."""
+
+from datetime import timedelta
+
+import openai
+import pytest
+from django.utils import timezone
+
+from batches_app import services
+from requests_app.models import BatchRequest
+
+from .engine import cycle
+
+pytestmark = pytest.mark.django_db
+Status = BatchRequest.Status
+
+
+def chat(text: str) -> dict:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture
+def listing(client, api_key, settings):
+    settings.LIST_SETTLE_SECONDS = 0
+
+    def _get(query: str = "", *, secret: str | None = None, path="/v1/batch_requests"):
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {secret or api_key[1]}"}
+        return client.get(f"{path}{'?' if query else ''}{query}", **headers)
+
+    return _get
+
+
+@pytest.fixture
+def finished(post, fake_openai):
+    """Finish `n` requests of one key in one ingest chunk: they share one `finished_at`."""
+
+    def _finished(n: int, prefix: str, secret: str | None = None) -> list[str]:
+        ids = []
+        for i in range(n):
+            response = post("/v1/chat/completions", chat(f"{prefix} {i}"), secret=secret)
+            ids.append(response["X-Batch-Request-Id"])
+        cycle()
+        return ids
+
+    return _finished
+
+
+def all_pages(listing, query: str) -> tuple[list[str], str | None, int]:
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = listing(query + (f"&after={cursor}" if cursor else "")).json()
+        pages += 1
+        seen += [row["id"] for row in page["data"]]
+        cursor = page["next_cursor"] or cursor
+        if not page["has_more"]:
+            return seen, cursor, pages
+
+
+def test_each_finished_request_comes_exactly_once_across_pages_though_all_share_a_time(
+    listing, finished, other_key
+):
+    mine = finished(25, "mine")
+    finished(5, "theirs", secret=other_key[1])
+    assert len(set(BatchRequest.objects.values_list("finished_at", flat=True))) <= 2
+
+    seen, _, pages = all_pages(listing, "status=completed&limit=10")
+
+    assert sorted(seen) == sorted(mine) and len(seen) == 25
+    assert pages == 3
+
+
+def test_the_last_cursor_gives_what_finished_since_and_nothing_twice(listing, finished):
+    first = finished(4, "first")
+    seen, cursor, _ = all_pages(listing, "limit=3")
+    assert sorted(seen) == sorted(first)
+    empty = listing(f"after={cursor}").json()
+    assert (empty["data"], empty["has_more"], empty["next_cursor"]) == ([], False, cursor)
+
+    later = finished(2, "later")
+    page = listing(f"after={cursor}").json()
+
+    assert sorted(row["id"] for row in page["data"]) == sorted(later)
+
+
+def test_another_keys_requests_are_never_listed(listing, finished, other_key):
+    finished(3, "mine")
+    theirs = finished(3, "theirs", secret=other_key[1])
+    seen, _, _ = all_pages(listing, "limit=2")
+    assert not set(seen) & set(theirs) and len(seen) == 3
+    their_view, _, _ = all_pages(lambda q: listing(q, secret=other_key[1]), "limit=2")
+    assert sorted(their_view) == sorted(theirs)
+
+
+def test_pending_requests_are_not_listed_and_status_filters(listing, finished, post, settings):
+    settings.MAX_ATTEMPTS = 1
+    done = finished(2, "done")
+    waiting = post("/v1/chat/completions", chat("still waiting"))["X-Batch-Request-Id"]
+    failed = BatchRequest.objects.get(pk=done[0])
+    failed.status, failed.error_code = Status.FAILED, "server_error"
+    failed.save()
+
+    everything = [r["id"] for r in listing().json()["data"]]
+    completed = listing("status=completed").json()["data"]
+    failures = listing("status=failed,cancelled").json()["data"]
+
+    assert sorted(everything) == sorted(done) and waiting not in everything
+    assert [r["id"] for r in completed] == [done[1]]
+    assert [(r["id"], r["status"], r["error"]["code"]) for r in failures] == [
+        (done[0], "failed", "server_error")
+    ]
+
+
+def test_include_body_adds_the_answers(listing, finished):
+    [request_id] = finished(1, "with body")
+    plain = listing().json()["data"][0]
+    assert plain["response"] is None and plain["response_status"] == 200
+    row = listing("include=body").json()["data"][0]
+    assert row["id"] == request_id
+    assert row["response"]["choices"][0]["message"]["content"] == "echo: with body 0"
+
+
+def test_newest_last_by_finish_time(listing, finished):
+    early = finished(1, "early")
+    later = finished(1, "later")
+    BatchRequest.objects.filter(pk=early[0]).update(
+        finished_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert [r["id"] for r in listing().json()["data"]] == early + later
+
+
+def test_a_request_is_listed_once_it_has_settled(listing, finished, settings):
+    finished(1, "fresh")
+    settings.LIST_SETTLE_SECONDS = 60
+    assert listing().json()["data"] == []
+    BatchRequest.objects.update(finished_at=timezone.now() - timedelta(seconds=61))
+    assert len(listing().json()["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    "query, param",
+    [
+        ("after=bm9wZQ", "after"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("status=queued", "status"),
+    ],
+)
+def test_bad_query_is_a_400_in_the_openai_shape(listing, query, param):
+    response = listing(query)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert param in error["message"] or "Invalid cursor" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_without_a_valid_key_401(listing):
+    response = listing(secret="bp-wrong")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_served_without_v1_too(listing, finished):
+    finished(1, "no v1")
+    assert len(listing(path="/batch_requests").json()["data"]) == 1
+
+
+def test_requeued_request_is_listed_again_when_it_finishes_again(listing, finished):
+    [request_id] = finished(1, "again")
+    _, cursor, _ = all_pages(listing, "")
+    # An operator requeues it (only failed or cancelled requests can be).
+    BatchRequest.objects.filter(pk=request_id).update(status=Status.FAILED)
+    assert services.requests_requeue(request_ids=[request_id]) == 1
+    cycle()
+    assert [r["id"] for r in listing(f"after={cursor}").json()["data"]] == [request_id]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_pages_through_the_list_as_the_readme_shows(sdk, settings):
+    settings.LIST_SETTLE_SECONDS = 0
+    asked = set()
+    for i in range(3):
+        with pytest.raises(openai.UnprocessableEntityError) as pending:
+            sdk.responses.create(model="gpt-4.1-mini", input=f"listed {i}")
+        asked.add(pending.value.response.headers["x-batch-request-id"])
+    cycle()
+
+    seen = []
+    page = sdk.get("/batch_requests", cast_to=object, options={"params": {"limit": 2}})
+    while page["data"]:
+        seen += [row["id"] for row in page["data"]]
+        params = {"limit": 2, "after": page["next_cursor"]}
+        page = sdk.get("/batch_requests", cast_to=object, options={"params": params})
+
+    assert sorted(seen) == sorted(asked)
