@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import openai
 import pytest
@@ -29,20 +30,26 @@ def readme_example(language: str, number: int) -> str:
     return blocks[number]
 
 
-def first_line_time(command: list[str], cwd, env=None) -> tuple[float, str]:
-    """Run an example; the seconds until it printed its first line, and that line."""
-    started = time.monotonic()
+def first_call_to_answer(command: list[str], cwd, data_dir, env=None) -> tuple[float, str]:
+    """Run an example; the seconds from its first call to its first printed line, and that line.
+
+    The first call's time is its request's `created_at` in the proxy's database: the example's
+    own start (an interpreter and the SDK loading, seconds on a busy machine) is not the proxy's.
+    """
     proc = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         line = proc.stdout.readline().strip()
-        took = time.monotonic() - started
+        printed = datetime.now(UTC)
         _, err = proc.communicate(timeout=60)  # the rest of the example runs to its end too
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    return took, line
+    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
+        [(first,)] = db.execute("SELECT min(created_at) FROM requests_app_batchrequest")
+    first_call = datetime.fromisoformat(first).replace(tzinfo=UTC)
+    return (printed - first_call).total_seconds(), line
 
 
 @pytest.fixture
@@ -77,16 +84,16 @@ def try_out(tmp_path, request):
 
 @pytest.mark.parametrize("number", range(EXAMPLES), ids=["helper", "loop"])
 def test_a_readme_python_example_prints_its_answer_within_15_seconds(try_out, number):
-    port, output, _ = try_out
+    port, output, data_dir = try_out
     code = readme_example("python", number).replace("localhost:9487", f"localhost:{port}")
     assert f"localhost:{port}" in code
     # What `pip install ./clients/python` gives the helper's example.
     env = os.environ | {"PYTHONPATH": str(ROOT / "clients" / "python")}
 
-    took, line = first_line_time([sys.executable, "-c", code], ROOT, env)
+    took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir, env)
 
     assert line == ANSWER
-    print(f"README Python example {number} answered in {took:.1f} s")
+    print(f"README Python example {number} answered {took:.1f} s after its first call")
     assert took < 15
     assert any("Try-out waits: BATCH_MAX_WAIT=1 s, TICK_SECONDS=1 s" in line for line in output)
 
@@ -99,7 +106,7 @@ def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, numb
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
         )
-    port, _, _ = try_out
+    port, _, data_dir = try_out
     code = readme_example("js", number).replace("localhost:9487", f"localhost:{port}")
     # The helper from the checkout, as its import's own comment offers.
     helper = (ROOT / "clients" / "node" / "index.js").as_uri()
@@ -108,12 +115,12 @@ def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, numb
     script = NODE_DIR / f"readme-example-{port}.mjs"
     script.write_text(code)
     try:
-        took, line = first_line_time(["node", script.name], NODE_DIR)
+        took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
     finally:
         script.unlink()
 
     assert line == ANSWER
-    print(f"README Node example {number} answered in {took:.1f} s")
+    print(f"README Node example {number} answered {took:.1f} s after its first call")
     assert took < 15
 
 
