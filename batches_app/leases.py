@@ -72,6 +72,8 @@ def _key(batch_id) -> int:
 
 @contextmanager
 def _advisory_lock(batch_id) -> Iterator[bool]:
+    # Session locks stack within one session, so only other connections (other threads and
+    # processes) are kept out: the engine never nests one batch's steps in one thread.
     key = _key(batch_id)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, key])
