@@ -70,20 +70,31 @@ def _key(batch_id) -> int:
     return zlib.crc32(str(batch_id).encode()) - 2**31
 
 
+# The advisory locks this thread's connection holds. A session advisory lock is reentrant (the
+# same session gets it again and again), so the session must not ask for one it holds.
+_session = threading.local()
+
+
 @contextmanager
 def _advisory_lock(batch_id) -> Iterator[bool]:
-    # Session locks stack within one session, so only other connections (other threads and
-    # processes) are kept out: the engine never nests one batch's steps in one thread.
     key = _key(batch_id)
+    held = _session.__dict__.setdefault("keys", set())
+    if key in held:
+        yield False
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, key])
         got = cursor.fetchone()[0]
+    if got:
+        held.add(key)
     try:
         yield got
     finally:
-        if got and connection.is_usable():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_NAMESPACE, key])
+        if got:
+            held.discard(key)
+            if connection.is_usable():
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_NAMESPACE, key])
 
 
 def _lock_dir() -> Path:

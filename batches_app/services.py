@@ -250,28 +250,27 @@ def batches_advance(
     for pk in due.order_by("created_at").values_list("pk", flat=True):
         if stopping.is_set():
             break  # a SIGTERM: leave the rest to the next tick, which may be another worker's
-        error = batch_step(batch_id=pk, due_only=not force)
+        error = batch_step(batch_id=pk, force=force)
         report.stepped += 1
         if error:
             report.failures.append(f"{pk}: {error}")
     return report
 
 
-def batch_step(*, batch_id, due_only: bool = False, wait: float = 0) -> str | None:
+def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
     """Advance one batch as far as it goes now; return the upstream error that stopped it.
 
-    The batch is held by a lease that dies with this worker (`leases`), then read afresh; with
-    `due_only` (the ticks), a step that another worker took meanwhile, moving the batch's next
-    attempt on, is not repeated. With `wait`, a batch another worker holds is waited for that
-    many seconds, so that a step asked for now (a webhook's) runs after the one under way
-    rather than not at all.
+    The batch is held by a lease that dies with this worker (`leases`), then read afresh: a
+    step that another worker finished meanwhile is not repeated unless `force`. With `wait`,
+    a batch another worker holds is waited for that many seconds, so that a step asked for
+    now (a webhook's) runs after the one under way rather than not at all.
     """
     deadline = time.monotonic() + wait
     while True:
         with batch_lease(batch_id) as held:
             if held:
                 due = Batch.objects.filter(pk=batch_id, state__in=Batch.ACTIVE)
-                if due_only:
+                if not force:
                     due = due.filter(next_attempt_at__lte=timezone.now())
                 batch = due.first()
                 return _step(batch) if batch else None

@@ -79,7 +79,7 @@ def batch_refresh(*, upstream_id: str) -> str:
     batch = Batch.objects.filter(upstream_id=upstream_id, state__in=Batch.ACTIVE).first()
     if batch is None:
         return f"{upstream_id}: not active"
-    error = services.batch_step(batch_id=batch.pk, wait=REFRESH_WAIT)
+    error = services.batch_step(batch_id=batch.pk, force=True, wait=REFRESH_WAIT)
     return f"{upstream_id}: {error or 'refreshed'}"
 
 

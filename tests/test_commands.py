@@ -20,8 +20,12 @@ def run(*args) -> str:
 
 def test_schedules_exist_after_migrate():
     schedules = {s.name: s for s in Schedule.objects.all()}
-    assert {"batchproxy.tick", "batchproxy.purge"} <= set(schedules)
-    assert not {"batchproxy.flush", "batchproxy.poll"} & set(schedules)  # the tick replaced them
+    assert set(schedules) == {
+        "batchproxy.tick",
+        "batchproxy.purge",
+        "batchproxy.webhooks",
+        "batchproxy.webhooks_purge",
+    }
     assert schedules["batchproxy.tick"].func == "batches_app.tasks.tick"
     assert schedules["batchproxy.tick"].minutes == 1
 

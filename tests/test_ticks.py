@@ -85,7 +85,9 @@ def test_a_lease_excludes_a_second_holder_even_in_the_same_process():
     batch = Batch.objects.create(endpoint="/v1/chat/completions", model="m")
     with batch_lease(batch.pk) as first:
         assert first
-        assert not try_lease_in_a_thread(batch.pk)
+        with batch_lease(batch.pk) as nested:  # the same thread, the same connection
+            assert not nested
+        assert not try_lease_in_a_thread(batch.pk)  # another thread, its own connection
     assert try_lease_in_a_thread(batch.pk)
 
 
