@@ -76,6 +76,9 @@ class BatchAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # batches are made by the flush
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the engine's record: shown read-only, changed by the actions only
+
     def changelist_view(self, request, extra_context=None):
         # Whether OpenAI's webhooks arrive, at a glance: without them results wait for a poll.
         last = webhooks.last_webhook_at()
@@ -199,6 +202,9 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # what the proxy knows of a file upstream: nothing to edit
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # the row is how the proxy knows a file still exists upstream

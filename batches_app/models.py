@@ -49,8 +49,9 @@ class Batch(models.Model):
     error_file_id = models.CharField(max_length=100, blank=True)
     request_counts = models.JSONField(null=True, blank=True)
     usage = models.JSONField(null=True, blank=True)
-    # Images its answers held, counted at ingest: DALL-E is priced per image, with no usage.
-    output_images = models.PositiveIntegerField(default=0)
+    # Images (or seconds of video) its answers held, counted at ingest: DALL-E is priced per
+    # image and Sora per second, with no usage.
+    output_images = models.PositiveIntegerField(default=0, db_default=0)
     errors = models.JSONField(null=True, blank=True)
     upstream_created_at = models.DateTimeField(null=True, blank=True)
 
@@ -142,12 +143,13 @@ class ModelPrice(models.Model):
         "output $ / 1M tokens", max_digits=10, decimal_places=4, default=Decimal(0)
     )
     per_image = models.DecimalField(
-        "$ / image",
+        "$ / image or video second",
         max_digits=10,
         decimal_places=4,
         null=True,
         blank=True,
-        help_text="For models priced per image (DALL-E), at their default size and quality.",
+        help_text="For models priced per image (DALL-E) or per second of video (Sora), at their "
+        "default size and quality.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -124,7 +124,11 @@ def _codec(line: str) -> tuple:
 
 
 def _image_count(body) -> int | None:
-    """Images in an ImagesResponse (`created` and `data` of url/b64_json items), else None."""
+    """What per-unit prices count in an answer: the images of an ImagesResponse (`created` and
+    `data` of url/b64_json items), the seconds of a video; None for anything else."""
+    if isinstance(body, dict) and body.get("object") == "video":
+        seconds = str(body.get("seconds") or "")
+        return int(seconds) if seconds.isdigit() else None
     if not (isinstance(body, dict) and "created" in body and isinstance(body.get("data"), list)):
         return None
     return sum(1 for item in body["data"] if isinstance(item, dict) and "embedding" not in item)

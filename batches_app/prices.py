@@ -45,6 +45,10 @@ DEFAULT_PRICES = {
 PER_IMAGE_PRICES = {
     "dall-e-3": "0.040",
     "dall-e-2": "0.020",
+    # Videos are priced per second of video, at 720p (the default size); kept in the same
+    # column, as the seconds are counted in the same one (`output_images`).
+    "sora-2": "0.10",
+    "sora-2-pro": "0.30",
 }
 IMAGE_MODELS = ("gpt-image-1", "gpt-image-1-mini", *PER_IMAGE_PRICES)
 

@@ -8,6 +8,8 @@ Money: OpenAI's Batch API charges half the synchronous price, so for every model
 synchronously. Per model, tokens come from each batch's upstream `usage` (batches are kept); per
 key, from each answer's own `usage`, counted into `BatchRequest.input_tokens/output_tokens`
 (answers are purged after RESULT_RETENTION, so per-key figures reach back that far at most).
+Models priced per image (DALL-E) are priced by the images counted at ingest, per batch
+(`Batch.output_images`) and per answer (`BatchRequest.output_images`).
 """
 
 from dataclasses import dataclass, field

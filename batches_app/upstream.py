@@ -7,6 +7,7 @@ second file or batch: the services reconcile first and retry on a later tick.
 """
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from functools import cache
 from pathlib import Path
 
@@ -24,14 +25,33 @@ class UpstreamError(Exception):
         self.code = code
 
 
+def upstream_refusal() -> str | None:
+    """Why this process may not call upstream, or None.
+
+    Without OPENAI_API_KEY only a data directory in try-out mode may (batchproxy/tryout.py):
+    a process never falls back to sending prompts to OPENAI_BASE_URL with no key. Commands
+    that call upstream refuse to start on it; `client` refuses every call on it.
+    """
+    if settings.TRY_OUT is None and not settings.OPENAI_API_KEY:
+        return (
+            "OPENAI_API_KEY is not set, and this data directory is not in try-out mode. Set "
+            "OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API), or run "
+            "`manage.py serve --fake-openai` to try the proxy against the built-in fake OpenAI."
+        )
+    return None
+
+
 @cache
 def _client(base_url: str, api_key: str, max_retries: int, timeout: float) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=api_key or "missing", base_url=base_url, timeout=timeout, max_retries=max_retries
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
     )
 
 
 def client(*, retries: bool = True) -> openai.OpenAI:
+    refusal = upstream_refusal()
+    if refusal is not None:
+        raise UpstreamError(refusal, permanent=False, code="no_api_key")
     return _client(
         settings.OPENAI_BASE_URL,
         settings.OPENAI_API_KEY,
@@ -159,3 +179,28 @@ def create_webhook_endpoint(*, url: str, name: str, event_types: list[str]) -> t
         client(retries=False).webhooks.create, url=url, name=name, event_types=event_types
     )
     return created.id, created.signing_secret
+
+
+def video_content(video_id: str, *, variant: str = "video") -> tuple[str, Iterator[bytes]]:
+    """A video's media type and its bytes, streamed from upstream: a video is megabytes.
+
+    The upstream response stays open until its bytes are read to the end or the iterator is
+    closed (Django closes it when the client's answer ends).
+    """
+    stack = ExitStack()
+    try:
+        with upstream_observed("videos.content"):
+            streamed = client().videos.with_streaming_response.download_content
+            response = stack.enter_context(streamed(video_id, variant=variant))
+    except openai.OpenAIError as exc:
+        stack.close()
+        raise _translate(exc) from exc
+
+    def chunks() -> Iterator[bytes]:
+        with stack:
+            try:
+                yield from response.iter_bytes(65536)
+            except httpx2.HTTPError as exc:
+                raise UpstreamError(f"download broken off: {exc!r}", permanent=False) from exc
+
+    return response.headers.get("content-type") or "video/mp4", chunks()

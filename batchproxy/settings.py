@@ -2,10 +2,14 @@
 
 import hashlib
 import hmac
+import re
+import warnings
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from batchproxy.tryout import FAKE_API_KEY, tryout_read
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,10 +61,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
-    "django_q",
     "requests_app",
     "batches_app",
     "ops_app",
+    # After batches_app, whose `qcluster` (with the try-out guard) shadows django-q2's.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -134,12 +139,18 @@ if env.bool("STATIC_MANIFEST", default=False):
         "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
     }
 else:
-    # A checkout without collectstatic: serve the admin's files straight from the apps.
+    # A checkout without collectstatic: serve the admin's files straight from the apps. No
+    # collected directory is expected, so WhiteNoise's warning that there is none is noise.
     WHITENOISE_USE_FINDERS = True
+    warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}")
 
 # --- The proxy's own knobs (CONTRACT.md §4) ---------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+# A data directory in try-out mode (batchproxy/tryout.py) talks to its fake OpenAI only.
+TRY_OUT = tryout_read(DATA_DIR)
+if TRY_OUT is not None:
+    OPENAI_BASE_URL, OPENAI_API_KEY = TRY_OUT["openai_base_url"], FAKE_API_KEY
 OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
 # The SDK's own retries of reads; calls that create something upstream never retry blindly.
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
@@ -223,8 +234,11 @@ WEBHOOK_RETRY_FOR = env.int("WEBHOOK_RETRY_FOR", default=86_400)
 # Events per POST, and bytes of answer bodies per POST for endpoints that include them.
 WEBHOOK_MAX_EVENTS = env.int("WEBHOOK_MAX_EVENTS", default=100)
 WEBHOOK_MAX_BYTES = env.int("WEBHOOK_MAX_BYTES", default=1_000_000)
-# Hosts that may be sent to over plain http; every other URL must be https.
-WEBHOOK_ALLOW_HTTP_HOSTS = env.list("WEBHOOK_ALLOW_HTTP_HOSTS", default=[])
+# Hosts that may be sent to over plain http; every other URL must be https. Loopback by default:
+# its traffic never leaves the machine, and it is refused anyway unless private URLs are allowed.
+WEBHOOK_ALLOW_HTTP_HOSTS = env.list(
+    "WEBHOOK_ALLOW_HTTP_HOSTS", default=["localhost", "127.0.0.1", "::1"]
+)
 # Loopback, private, link-local and metadata addresses are refused unless this is true.
 WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
 # Seconds one run of the delivery task may spend sending before it leaves the rest to the next.

@@ -13,20 +13,24 @@ intake = views.Intake.as_view()
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
 # without it.
-client_urls = (
-    [
-        path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
-        for prefix in ("v1/", "")
-        for endpoint in ENDPOINTS
-    ]
-    + [
-        path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view())
-        for prefix in ("v1/", "")
-    ]
-    + [path(f"{prefix}batch_requests", views.BatchRequestList.as_view()) for prefix in ("v1/", "")]
-)
+client_urls = [
+    path(f"{prefix}{endpoint}", intake, {"endpoint": f"/v1/{endpoint}"})
+    for prefix in ("v1/", "")
+    for endpoint in ENDPOINTS
+] + [
+    route
+    for prefix in ("v1/", "")
+    for route in (
+        path(f"{prefix}batch_requests", views.BatchRequestList.as_view()),
+        path(f"{prefix}batch_requests/<uuid:pk>", views.BatchRequestDetail.as_view()),
+        path(f"{prefix}models", views.ModelList.as_view()),
+        path(f"{prefix}models/<path:model>", views.ModelDetail.as_view()),
+        path(f"{prefix}videos/<str:video_id>/content", views.VideoContent.as_view()),
+    )
+]
 
 urlpatterns = [
+    path("", ops_views.front_page, name="front-page"),
     # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.
     path(f"{settings.ADMIN_URL}login/", limits.login_throttled(admin.site.login)),
     # The operator's dashboard, ahead of the admin's catch-all route.

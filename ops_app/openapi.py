@@ -124,20 +124,49 @@ COMPONENTS = {
 }
 
 
+VIDEO_CONTENT = {
+    "operationId": "video_content",
+    "summary": "Download a video one of this key's calls made, streamed from upstream",
+    "tags": ["batched calls"],
+    "security": [{"proxyKey": []}],
+    "parameters": [
+        {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "variant",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["video", "thumbnail", "spritesheet"]},
+        },
+    ],
+    "responses": {
+        "200": {
+            "description": "The content, as upstream sends it.",
+            "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "401": _error("Missing or wrong proxy key (`invalid_api_key`)."),
+        "404": _error("No such video for this key, or its content expired upstream."),
+        "502": _error("The upstream failed to send it."),
+    },
+}
+
+
 def add_intake_paths(result, generator, request, public):
     """Add the POST endpoints and the answers DRF cannot infer (401, 404)."""
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(COMPONENTS)
     for endpoint in ENDPOINTS:
         result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
+    result["paths"]["/v1/videos/{video_id}/content"] = {"get": VIDEO_CONTENT}
     for path, operations in result["paths"].items():
-        if path.startswith("/v1/batch_requests"):
+        if path.startswith(("/v1/batch_requests", "/v1/models")):
             for operation in operations.values():
                 operation["responses"].setdefault("401", _error("Missing or wrong proxy key."))
-                if path.startswith("/v1/batch_requests/"):
-                    operation["responses"].setdefault(
-                        "404", _error("No such request for this key.")
-                    )
-                else:
-                    operation["responses"].setdefault("400", _error("A bad cursor or filter."))
+        if path == "/v1/batch_requests":
+            for operation in operations.values():
+                operation["responses"].setdefault("400", _error("A bad cursor or filter."))
+        if path.startswith("/v1/batch_requests/"):
+            for operation in operations.values():
+                operation["responses"].setdefault("404", _error("No such request for this key."))
+        if path.startswith("/v1/models/"):
+            for operation in operations.values():
+                operation["responses"].setdefault("404", _error("No such model."))
     return result

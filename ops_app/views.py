@@ -3,12 +3,16 @@ import hmac
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from requests_app.auth import bearer_token
 from requests_app.errors import error_response, json_response
+from requests_app.operators import admin_exists
 
 from .health import readiness_problems
 from .metrics import DatabaseCollector
@@ -18,8 +22,10 @@ registry.register(DatabaseCollector())
 
 
 def require_get(view):
-    """Like Django's require_GET, with the proxy's JSON error body."""
+    """Like Django's require_GET, with the proxy's JSON error body (and no CSRF 403 first:
+    these pages change nothing)."""
 
+    @csrf_exempt
     @functools.wraps(view)
     def checked(request: HttpRequest) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
@@ -31,6 +37,31 @@ def require_get(view):
         return view(request)
 
     return checked
+
+
+@never_cache
+@require_get
+def front_page(request: HttpRequest) -> HttpResponse:
+    """GET /: what this is, where to point the SDK, where the operator goes, what is missing.
+
+    Public, like /healthz: it names no key, no upstream address and no figure.
+    """
+    base = request.build_absolute_uri("/").rstrip("/")
+    if settings.TRY_OUT is not None:
+        upstream = "the built-in fake OpenAI (try-out mode: nothing reaches OpenAI)"
+    elif settings.OPENAI_BASE_URL.startswith("https://api.openai.com/"):
+        upstream = "OpenAI's Batch API"
+    else:
+        upstream = "an OpenAI-compatible Batch API (OPENAI_BASE_URL)"
+    context = {
+        "base": base,
+        "sdk_base_url": f"{base}/v1",
+        "admin_url": f"/{settings.ADMIN_URL}",
+        "dashboard_url": reverse("batchproxy-dashboard"),
+        "admin_exists": admin_exists(),
+        "upstream": upstream,
+    }
+    return render(request, "batchproxy/front_page.html", context)
 
 
 @never_cache

@@ -81,9 +81,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # A key owns its requests (PROTECT); revoking is how a key is retired.
         return False
 
-    @admin.display(description="prefix")
+    @admin.display(description="key")
     def prefix_shown(self, key: ApiKey) -> str:
-        return f"{key.prefix}…"
+        return key.hint
 
     @admin.display(description="state")
     def state(self, key: ApiKey) -> str:
@@ -156,17 +156,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(BatchRequest)
 class BatchRequestAdmin(admin.ModelAdmin):
+    # What an operator looks for first comes first: at 1366 px these fit without scrolling
+    # (tests/test_admin_browser.py); the rest may scroll.
     list_display = (
         "short_id",
         "status",
-        "endpoint",
         "model",
         "api_key",
         "age",
-        "attempts",
         "error_code",
-        "response_status",
         "batch_link",
+        "attempts",
+        "response_status",
+        "endpoint",
         "body_preview",
     )
     list_filter = ("status", "endpoint", "model", "api_key")
@@ -196,6 +198,9 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # requests come from clients only
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the engine's record: shown read-only, changed by the actions only
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # answers are purged after RESULT_RETENTION; requeue or cancel instead
@@ -276,6 +281,9 @@ admin.site.site_header = "batchproxy"
 admin.site.site_title = "batchproxy admin"
 admin.site.index_title = "Operator's cockpit"
 admin.site.index_template = "admin/batchproxy/index.html"
+# The index lists every model already; the sidebar took a fifth of a 1366 px screen.
+admin.site.enable_nav_sidebar = False
+admin.site.site_url = "/"  # "View site": the front page (ops_app.views.front_page)
 
 # Completion webhooks have an admin module of their own.
 from . import webhook_admin  # noqa: E402, F401

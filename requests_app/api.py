@@ -20,7 +20,13 @@ class RawBodyParser(BaseParser):
 
 
 class FirstRenderer(DefaultContentNegotiation):
-    """Parsers are still chosen by `Content-Type`; the answer is always the first renderer's."""
+    """The answer is always the first renderer's; a parser is chosen by `Content-Type`, except
+    that a view whose one parser takes every type gets it without parsing the header."""
+
+    def select_parser(self, request, parsers):
+        if len(parsers) == 1 and parsers[0].media_type == "*/*":
+            return parsers[0]
+        return super().select_parser(request, parsers)
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type

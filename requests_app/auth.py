@@ -28,7 +28,9 @@ def api_key_for_hash(key_hash: str, token: str = "") -> ApiKey | None:
     if key is None and key_hash in settings.ENV_API_KEY_HASHES:
         key, _ = ApiKey.objects.get_or_create(
             key_hash=key_hash,
-            defaults={"name": "BATCH_SERVER_API_KEY", "prefix": token[:8], "from_env": True},
+            # An operator chose this secret, maybe a short one: only its last 4 characters are
+            # kept to recognise it (a made key's 8 first are a small part of its 46).
+            defaults={"name": "BATCH_SERVER_API_KEY", "prefix": token[-4:], "from_env": True},
         )
     return key if key is not None and key.is_active else None
 

@@ -2,6 +2,7 @@
 
 import orjson
 from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.views import exception_handler
 
@@ -71,6 +72,7 @@ def invalid_api_key() -> HttpResponse:
     )
 
 
+@csrf_exempt  # an unknown path is 404 for every method, never a CSRF 403
 def not_found(request, *args, **kwargs) -> HttpResponse:
     return error_response(404, f"Unknown path: {request.path}", code="unknown_url")
 

@@ -15,6 +15,7 @@ ENDPOINTS = (
     "moderations",
     "images/generations",
     "images/edits",
+    "videos",
 )
 
 
@@ -26,10 +27,12 @@ class Endpoint(models.TextChoices):
     MODERATIONS = "/v1/moderations"
     IMAGES_GENERATIONS = "/v1/images/generations"
     IMAGES_EDITS = "/v1/images/edits"
+    VIDEOS = "/v1/videos"
 
 
-# Answers whose images make them large (b64_json: megabytes each).
+# The endpoints whose calls are a prompt (and whose answers are priced per image or second).
 IMAGE_ENDPOINTS = (Endpoint.IMAGES_GENERATIONS, Endpoint.IMAGES_EDITS)
+PROMPT_ENDPOINTS = (*IMAGE_ENDPOINTS, Endpoint.VIDEOS)
 
 
 def hash_key(secret: str) -> str:
@@ -40,7 +43,10 @@ class ApiKey(models.Model):
     """A proxy key: one tenant. Only the SHA-256 of the secret is stored."""
 
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise a key.")
+    prefix = models.CharField(
+        max_length=12,
+        help_text="To recognise a key: a made key's first 8 characters, an env key's last 4.",
+    )
     key_hash = models.CharField(max_length=64, unique=True)
     from_env = models.BooleanField(default=False, help_text="Defined by BATCH_SERVER_API_KEY.")
     created_at = models.DateTimeField(default=timezone.now)
@@ -53,7 +59,14 @@ class ApiKey(models.Model):
         verbose_name = "API key"
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
+        return f"{self.name} ({self.hint})" if self.hint else self.name
+
+    @property
+    def hint(self) -> str:
+        """How the key is recognised: `bp-AbCdE…` for a made key, `…wxyz` for an env key."""
+        if not self.prefix:
+            return ""
+        return f"…{self.prefix}" if self.from_env else f"{self.prefix}…"
 
     @property
     def is_active(self) -> bool:
@@ -107,8 +120,11 @@ class BatchRequest(models.Model):
     # NULL is "no answer yet", which an empty answer is not. A large answer (an image's
     # b64_json) is kept in `ResponseChunk` rows instead, and this stays NULL.
     response_body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    # A database default too, so that rows inserted by raw SQL (bench/, scripts/) get it.
     response_chunks = models.PositiveIntegerField(
-        default=0, help_text="How many ResponseChunk rows hold the answer (0: it is inline)."
+        default=0,
+        db_default=0,
+        help_text="How many ResponseChunk rows hold the answer (0: it is inline).",
     )
     response_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=100, blank=True)
@@ -117,7 +133,8 @@ class BatchRequest(models.Model):
     # one SQL aggregate; recorded at ingest, NULL for requests with no answer.
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    # Images in the answer, for models priced per image (dall-e-2, dall-e-3).
+    # Images (or seconds of video) in the answer, for models priced per image (dall-e-2,
+    # dall-e-3) or per second (sora-2).
     output_images = models.PositiveSmallIntegerField(null=True, blank=True)
     # Input tokens counted by the proxy (batchproxy.tokens) before batching, for the upstream's
     # enqueued-token limit; counted by the flush, off the intake's hot path.
@@ -153,6 +170,13 @@ class BatchRequest(models.Model):
                 include=["status", "id"],
                 condition=models.Q(finished_at__isnull=False),
                 name="finished_at_idx",
+            ),
+            # A key's videos, for the owner check of a video's content (requests_app.videos):
+            # a handful of rows per key, however many other calls it makes.
+            models.Index(
+                fields=["api_key", "status"],
+                condition=models.Q(endpoint="/v1/videos"),
+                name="videos_idx",
             ),
         ]
 
@@ -234,7 +258,9 @@ class WebhookEndpoint(models.Model):
         default=False, help_text="Send each answer's body with its event."
     )
     secret = models.CharField(max_length=100, editable=False)
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True, help_text="Off: no new events; waiting deliveries are held until it is on."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -299,9 +325,9 @@ class WebhookEvent(models.Model):
         CANCELLED = "batch_request.cancelled"
 
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="events")
-    # No constraint and no cascade: a cascade would make Django load every purged request
-    # (bodies and all) instead of deleting them in one statement. An event whose request was
-    # purged is skipped when sent, and goes with its delivery (`webhook_deliveries_purge`).
+    # No constraint and no cascade: the answers' purge deletes requests without looking for
+    # their events (nor locking them). An event whose request was purged is skipped when sent,
+    # and goes with its delivery (`webhook_deliveries_purge`).
     request = models.ForeignKey(
         BatchRequest,
         on_delete=models.DO_NOTHING,

@@ -27,3 +27,8 @@ def superuser_ensure(
     except IntegrityError:  # another process started at the same moment and made it
         return False
     return True
+
+
+def admin_exists() -> bool:
+    """Whether anyone can sign in to the admin: an active superuser exists."""
+    return get_user_model().objects.filter(is_superuser=True, is_active=True).exists()

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .errors import ClientError
-from .models import IMAGE_ENDPOINTS, ApiKey, BatchRequest, Endpoint
+from .models import PROMPT_ENDPOINTS, ApiKey, BatchRequest, Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,9 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
             code="invalid_value",
             param="input",
         )
-    if endpoint in IMAGE_ENDPOINTS and not (isinstance(body.get("prompt"), str) and body["prompt"]):
+    if endpoint in PROMPT_ENDPOINTS and not (
+        isinstance(body.get("prompt"), str) and body["prompt"]
+    ):
         raise ClientError(
             400, "'prompt' is required: a non-empty string.", code="invalid_value", param="prompt"
         )

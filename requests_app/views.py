@@ -14,9 +14,10 @@ from rest_framework import serializers
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from batches_app import capacity
+from batches_app import capacity, catalog
 
 from . import limits
 from .api import RawBodyParser
@@ -31,6 +32,7 @@ from .services import (
     call_parse,
     requests_insert,
 )
+from .videos import video_content_stream
 
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
@@ -153,6 +155,11 @@ def refuse_form_upload(request: Request, endpoint: str) -> None:
         return
     if endpoint == Endpoint.IMAGES_EDITS:
         message = IMAGES_EDITS_JSON_ONLY
+    elif endpoint == Endpoint.VIDEOS:
+        message = (
+            "The Batch API takes videos in their JSON form only: send 'Content-Type: "
+            'application/json\', with \'input_reference\' as {"image_url": …} or {"file_id": …}.'
+        )
     else:
         message = "The Batch API takes JSON bodies only: send 'Content-Type: application/json'."
     raise ClientError(400, message, code="unsupported_content_type")
@@ -160,14 +167,15 @@ def refuse_form_upload(request: Request, endpoint: str) -> None:
 
 def _read_body(request: Request) -> bytes:
     """The body's bytes (RawBodyParser), once its declared charset and length are acceptable."""
-    charset = request.content_params.get("charset")
+    http = request._request  # its headers, without DRF's attribute proxy (the hot path)
+    charset = http.content_params.get("charset")
     if charset is not None and charset.strip().lower() not in UTF8_CHARSETS:
         raise ClientError(
             415,
             f"The body must be JSON in UTF-8, not {charset[:40]!r}.",
             code="unsupported_media_type",
         )
-    declared = request.META.get("CONTENT_LENGTH") or ""
+    declared = http.META.get("CONTENT_LENGTH") or ""
     if not declared:
         # Django reads a body only as far as its declared length: a chunked one would look
         # empty. Say what to do instead of calling it invalid JSON.
@@ -304,9 +312,14 @@ class FinishedRequestSerializer(BatchRequestSerializer):
     """A list entry; with `?include=body`, also the answer as the caller would get it."""
 
     response = serializers.SerializerMethodField()
+    response_omitted = serializers.SerializerMethodField()
 
     class Meta(BatchRequestSerializer.Meta):
-        fields = (*BatchRequestSerializer.Meta.fields, "response")
+        fields = (*BatchRequestSerializer.Meta.fields, "response", "response_omitted")
+
+    def get_response_omitted(self, obj: BatchRequest) -> bool:
+        """True for a large answer (images), which only the identical call streams."""
+        return bool(self.context.get("include_body") and obj.response_chunks)
 
     @extend_schema_field({"type": "object", "nullable": True, "additionalProperties": True})
     def get_response(self, obj: BatchRequest) -> dict | None:
@@ -347,3 +360,65 @@ class BatchRequestList(ListAPIView):
         if not self.include_body():
             rows = rows.defer("body", "response_body")
         return finished_requests(queryset=rows, statuses=self.request.query_params.get("status"))
+
+
+class VideoContent(APIView):
+    """GET /v1/videos/{id}/content: a video one of the caller's calls made, streamed from
+    upstream (which keeps it for a day); another key's video is 404, like an unknown one."""
+
+    throttle_classes = [limits.KeyRateThrottle]
+    schema = None  # described by hand: ops_app/openapi.py
+
+    def get(self, request: Request, video_id: str) -> StreamingHttpResponse:
+        key: ApiKey = request.auth
+        variant = request.query_params.get("variant", "video")
+        media_type, content = video_content_stream(
+            api_key_id=key.pk, video_id=video_id, variant=variant
+        )
+        return StreamingHttpResponse(content, content_type=media_type)
+
+
+class ModelSerializer(serializers.Serializer):
+    """OpenAI's model object (openai.types.Model)."""
+
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelSerializer(many=True)
+
+
+class ModelList(APIView):
+    """GET /v1/models: the models the proxy knows, in OpenAI's list shape (a key's health check).
+
+    Shared by every key: the price table, the queue limits and the models batched so far.
+    """
+
+    throttle_classes = [limits.KeyRateThrottle]
+
+    @extend_schema(operation_id="list_models", responses=ModelListSerializer)
+    def get(self, request: Request) -> Response:
+        data = [catalog.model_object(m, first) for m, first in catalog.models_known().items()]
+        return Response({"object": "list", "data": data})
+
+
+class ModelDetail(APIView):
+    """GET /v1/models/{model}: one known model, or 404 `model_not_found` as OpenAI answers."""
+
+    throttle_classes = [limits.KeyRateThrottle]
+
+    @extend_schema(operation_id="retrieve_model", responses=ModelSerializer)
+    def get(self, request: Request, model: str) -> Response:
+        found = catalog.model_find(model)
+        if found is None:
+            raise ClientError(
+                404,
+                f"The model '{model[:200]}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        return Response(found)

@@ -50,10 +50,11 @@ class IssuedEndpoint:
     secret: str
 
 
-def webhook_url_check(url: str) -> None:
+def webhook_url_check(url: str, *, resolve: bool = True) -> None:
     """Refuse what the proxy will not send to: not http(s), plain http to a host the operator
-    did not allow, or a host that resolves to a loopback, private, link-local or metadata
-    address (unless WEBHOOK_ALLOW_PRIVATE_URLS). Run again before every delivery: DNS changes.
+    did not allow, or (with `resolve`) a host that resolves to a loopback, private, link-local
+    or metadata address, unless WEBHOOK_ALLOW_PRIVATE_URLS. At delivery the address check is
+    made by the session itself, on the very address it connects to (DNS can change).
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -64,17 +65,21 @@ def webhook_url_check(url: str) -> None:
             f"Plain http to {host} is not allowed: use https, or list the host in "
             "WEBHOOK_ALLOW_HTTP_HOSTS."
         )
-    if settings.WEBHOOK_ALLOW_PRIVATE_URLS:
+    if settings.WEBHOOK_ALLOW_PRIVATE_URLS or not resolve:
         return
     try:
         filter_host(host, parts.port or 443, allow_loopback=False)
     except InvalidIPAddress as exc:
-        raise WebhookURLError(
-            f"{host} resolves to a private address ({exc}); set "
-            "WEBHOOK_ALLOW_PRIVATE_URLS=true to allow it."
-        ) from None
+        raise _private(host, exc) from None
     except requests.RequestException as exc:
         raise WebhookURLError(f"{host} cannot be resolved: {exc}") from None
+
+
+def _private(host: str, address: object) -> WebhookURLError:
+    return WebhookURLError(
+        f"{host} resolves to a private address ({address}); set "
+        "WEBHOOK_ALLOW_PRIVATE_URLS=true to allow it."
+    )
 
 
 def webhook_endpoint_create(
@@ -168,7 +173,8 @@ def webhook_deliveries_group() -> int:
     endpoint_ids = (
         Event.objects.filter(delivery=None).values_list("endpoint_id", flat=True).distinct()
     )
-    for endpoint in WebhookEndpoint.objects.filter(pk__in=list(endpoint_ids)):
+    active = WebhookEndpoint.objects.filter(pk__in=list(endpoint_ids), is_active=True)
+    for endpoint in active:
         while _group_one(endpoint):
             made += 1
     return made
@@ -225,6 +231,7 @@ def _claim_due(*, exclude: set[int]) -> WebhookDelivery | None:
     due = (
         WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("endpoint")
+        .filter(endpoint__is_active=True)  # an inactive endpoint is paused
         .exclude(endpoint_id__in=exclude)
         .order_by("next_attempt_at")
     )
@@ -255,7 +262,8 @@ def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:
     include_body = delivery.endpoint.include_body
     fields = ["pk", "type", "created_at", "status", "response_status"]
     fields += [f"request__{name}" for name in ("id", "endpoint", "model", "error_code")]
-    fields += ["request__error_message"] + (["request__response_body"] if include_body else [])
+    fields += ["request__error_message"]
+    fields += ["request__response_body", "request__response_chunks"] if include_body else []
     events = []
     for row in delivery.events.order_by("pk").values(*fields):
         data = {
@@ -274,6 +282,9 @@ def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:
         if include_body:
             body = row["request__response_body"]
             data["response"] = orjson.Fragment(body) if body is not None else None
+            if row["request__response_chunks"]:
+                # A large answer (images) is not inlined: the caller's identical call gets it.
+                data["response_omitted"] = True
         events.append(
             {
                 "id": f"evt_{row['pk']}",
@@ -307,7 +318,7 @@ def webhook_delivery_send(*, delivery: WebhookDelivery) -> bool:
     attempt = WebhookAttempt(delivery=delivery, started_at=timezone.now())
     started = time.monotonic()
     try:
-        webhook_url_check(endpoint.url)
+        webhook_url_check(endpoint.url, resolve=False)
         body = webhook_payload(delivery=delivery)
         if body is None:
             return _settle(delivery, attempt)
@@ -318,10 +329,12 @@ def webhook_delivery_send(*, delivery: WebhookDelivery) -> bool:
         attempt.response_body = response.text[:1000]
         if response.is_redirect:
             attempt.error = "Redirects are not followed: register the final URL."
-        elif not response.ok:
+        elif not 200 <= response.status_code < 300:
             attempt.error = f"The receiver answered HTTP {response.status_code}."
     except WebhookURLError as exc:
         attempt.error = str(exc)
+    except InvalidIPAddress as exc:
+        attempt.error = str(_private(urlsplit(endpoint.url).hostname, exc))
     except requests.RequestException as exc:
         # The exception names the URL, never the secret (which only went into a header's HMAC).
         attempt.error = f"{type(exc).__name__}: {exc}"[:2000]

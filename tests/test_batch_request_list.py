@@ -193,3 +193,16 @@ def test_the_sdk_pages_through_the_list_as_the_readme_shows(sdk, settings):
         page = sdk.get("/batch_requests", cast_to=object, options={"params": params})
 
     assert sorted(seen) == sorted(asked)
+
+
+def test_a_large_answer_in_pieces_is_omitted_from_the_list(
+    listing, finished, monkeypatch, settings
+):
+    from batches_app import outcomes
+
+    settings.RESPONSE_INLINE_BYTES = 100  # every answer is "large"
+    monkeypatch.setattr(outcomes, "RESPONSE_CHUNK_CHARS", 64)
+    finished(1, "big")
+    row = listing("include=body").json()["data"][0]
+    assert (row["response"], row["response_omitted"]) == (None, True)
+    assert listing().json()["data"][0]["response_omitted"] is False

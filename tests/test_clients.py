@@ -30,6 +30,17 @@ EXAMPLES = ROOT / "clients" / "python" / "examples"
 NODE_DIR = Path(__file__).parent / "node"
 
 
+@pytest.fixture(scope="module")
+def node() -> None:
+    """Node.js with tests/node installed (the official SDK), as tests/test_node_sdk.py has it."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed on this machine")
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
+        )
+
+
 def pending_then_answer(times: int, retry_after: str = "7"):
     """A fake proxy: 422 pending `times` times, then the answer; counts the asks."""
     asked = []
@@ -119,6 +130,96 @@ def test_bulk_returns_results_in_order_and_exceptions_in_place():
         bulk([lambda i=i: call(i) for i in range(5)], progress=False)
 
 
+def answering_proxy():
+    """A fake proxy through the real SDK: each body is pending on its first ask only."""
+    asked: list[str] = []
+
+    def handler(request):
+        body = json.loads(request.content)["input"]
+        first = body not in asked
+        asked.append(body)
+        if first:
+            return httpx.Response(
+                422,
+                headers={"retry-after": "1", "x-batch-request-id": body},
+                json={"error": {"message": "pending", "type": "batch_pending"}},
+            )
+        return httpx.Response(200, json=response_body(body))
+
+    return handler, asked
+
+
+def response_body(text: str) -> dict:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 0,
+        "model": "m",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+
+
+def test_bulk_queues_every_call_before_any_waits():
+    import openai
+
+    handler, asked = answering_proxy()
+    transport = WaitingTransport(httpx.MockTransport(handler), sleep=lambda s: None)
+    client = openai.OpenAI(
+        base_url="http://proxy/v1",
+        api_key="k",
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+    texts = [f"t{i}" for i in range(10)]
+    results = bulk(
+        [lambda t=t: client.responses.create(model="m", input=t) for t in texts],
+        concurrency=2,
+        progress=False,
+    )
+    assert [r.output_text for r in results] == texts
+    # All ten were asked (and so queued) before any was asked a second time.
+    assert sorted(asked[:10]) == sorted(texts) and len(asked) == 20
+
+
+def test_abulk_queues_every_call_before_any_waits():
+    import openai
+
+    handler, asked = answering_proxy()
+
+    async def no_sleep(seconds):
+        return None
+
+    async def main():
+        transport = AsyncWaitingTransport(httpx.MockTransport(handler), sleep=no_sleep)
+        client = openai.AsyncOpenAI(
+            base_url="http://proxy/v1",
+            api_key="k",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=transport),
+        )
+        return await abulk(
+            [lambda t=t: client.responses.create(model="m", input=t) for t in texts],
+            concurrency=3,
+            progress=False,
+        )
+
+    texts = [f"a{i}" for i in range(9)]
+    results = asyncio.run(main())
+    assert [r.output_text for r in results] == texts
+    assert sorted(asked[:9]) == sorted(texts) and len(asked) == 18
+
+
 def test_abulk_bounds_concurrency_and_keeps_order():
     running, peak = 0, 0
 
@@ -196,14 +297,8 @@ def test_python_asyncio_script_gets_its_answers_with_no_loop_of_its_own(
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_node_helper_gets_its_answers_with_no_loop_of_its_own(
-    live_server, api_key, fake_openai, fast_proxy
+    node, live_server, api_key, fake_openai, fast_proxy
 ):
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
-        )
     out = run_while_cycling(
         ["node", "waiting.mjs", f"{live_server.url}/v1", api_key[1], "cy"], NODE_DIR
     )
@@ -211,3 +306,22 @@ def test_node_helper_gets_its_answers_with_no_loop_of_its_own(
         "single": "echo: node single for cy",
         "bulk": [f"echo: node bulk {i} for cy" for i in range(4)],
     }
+
+
+def test_node_bulk_queues_every_call_before_any_waits(node):
+    out = subprocess.run(
+        ["node", "bulk_order.mjs"], cwd=NODE_DIR, check=True, capture_output=True, text=True
+    )
+    result = json.loads(out.stdout)
+    inputs = [f"n{i}" for i in range(8)]
+    assert result["answers"] == inputs
+    assert sorted(result["asked"][:8]) == inputs and len(result["asked"]) == 16
+
+
+def test_node_fetch_gives_the_sdk_the_422_once_its_deadline_has_passed(node):
+    out = subprocess.run(
+        ["node", "deadline.mjs"], cwd=NODE_DIR, check=True, capture_output=True, text=True
+    )
+    result = json.loads(out.stdout)
+    assert (result["status"], result["code"]) == (422, "batch_pending")
+    assert 300 <= result["ms"] < 3000 and 3 <= result["asks"] <= 10

@@ -171,3 +171,23 @@ def test_no_superuser_without_the_environment(monkeypatch):
     monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
     assert superuser_ensure() is False
     assert not get_user_model().objects.exists()
+
+
+def test_a_key_from_the_environment_shows_its_name_and_last_four_only(
+    settings, client, admin_client
+):
+    from requests_app.models import hash_key
+
+    secret = "my-proxy-key-9z8y"
+    settings.ENV_API_KEY_HASHES = frozenset({hash_key(secret)})
+    response = client.post(
+        "/v1/embeddings",
+        data='{"model": "e", "input": "x"}',
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 422
+    page = admin_client.get("/admin/requests_app/apikey/").content.decode()
+    assert "BATCH_SERVER_API_KEY" in page and "…9z8y" in page
+    for shown in range(5, len(secret)):  # no longer piece of the secret is anywhere
+        assert secret[:shown] not in page and secret[-shown:] not in page

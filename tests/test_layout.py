@@ -94,3 +94,12 @@ def test_fakes_live_apart_and_only_try_out_mode_starts_one():
     assert not any(name.startswith("batches_app.fake") for name in graph)
     users = {name for name, imports in graph.items() if "batchproxy.fakes.openai" in imports}
     assert users == FAKE_USERS
+
+
+def test_templates_live_at_the_top_and_nowhere_else():
+    from django.conf import settings
+
+    assert ROOT / "templates" in [Path(d) for d in settings.TEMPLATES[0]["DIRS"]]
+    assert (ROOT / "templates" / "batchproxy" / "front_page.html").exists()
+    in_apps = [p for package in PACKAGES for p in (ROOT / package).rglob("templates")]
+    assert in_apps == []

@@ -61,7 +61,8 @@ def test_node_sdk_gets_422_then_its_own_answers(
 
 
 @pytest.mark.parametrize("suffix", ["/v1", ""], ids=["v1", "no-v1"])
-def test_node_sdk_gets_422_then_the_image_of_its_own_call(
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # the proxy's own SDK
+def test_node_sdk_gets_422_then_the_image_or_video_of_its_own_call(
     node_client, live_server, api_key, fake_openai, suffix
 ):
     base_url = live_server.url + suffix
@@ -71,6 +72,7 @@ def test_node_sdk_gets_422_then_the_image_of_its_own_call(
             "gptImage": 422,
             "dallE": 422,
             "edit": 422,
+            "video": 422,
             "multipartEdit": 400,
         }
         assert "JSON form" in first["multipartEdit"]["message"]
@@ -82,5 +84,6 @@ def test_node_sdk_gets_422_then_the_image_of_its_own_call(
             "gptImage": f"echo: a fox for {who}",
             "dallE": f"echo: a lake for {who}",
             "edit": f"echo: a hat for {who} on https://example.com/cat.png",
+            "video": f"echo: a film for {who}",
             "multipartEdit": None,
         }

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,12 +61,31 @@ def served(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    output: list[str] = []  # what serve and its children print, read as it comes
+    threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
     try:
         wait_for_port(port, proc)
-        yield port, proc
+        yield port, proc, output, tmp_path
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def manage(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    """A manage.py command in another shell: that data directory, no upstream key unless given."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "POSTGRES_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=base | {"DATA_DIR": str(data_dir)} | env,
+        timeout=120,
+    )
 
 
 def test_serve_refuses_to_start_without_an_upstream_key(tmp_path):
@@ -89,7 +109,7 @@ def test_serve_refuses_to_start_without_an_upstream_key(tmp_path):
 
 def test_serve_answers_through_its_own_scheduler(served):
     """One full cycle with nothing but the scheduler's schedules: 422, then the answer."""
-    port, proc = served
+    port, proc, _, _ = served
     client = openai.OpenAI(
         base_url=f"http://127.0.0.1:{port}/v1", api_key="serve-test-key", max_retries=0
     )
@@ -111,3 +131,57 @@ def test_serve_answers_through_its_own_scheduler(served):
     assert answer.choices[0].message.content == "echo: served?"
     print(f"full cycle through serve: {time.monotonic() - started:.1f} s")
     assert proc.poll() is None
+
+
+def test_start_up_text_says_where_to_go_and_what_is_missing(served):
+    port, _, output, _ = served
+    with socket.create_connection(("127.0.0.1", port)) as sock:  # a request: the app is loaded
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        sock.recv(1000)
+    deadline = time.monotonic() + 90  # a loaded machine starts gunicorn slowly
+    while not any("Try-out pace" in line for line in output) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = "".join(output)
+    # Printed once the web server listens: after gunicorn's own lines, the last on the screen.
+    ours = text[text.index("batchproxy running") :]
+    assert "gunicorn" not in ours and "Listening at" not in ours
+    assert f"SDK base URL: http://127.0.0.1:{port}/v1" in text
+    assert f"Admin:        http://127.0.0.1:{port}/admin/" in text
+    assert "Admin account: none yet. Make one:" in text and "manage.py createsuperuser" in text
+    assert "Try-out pace: a new call is answered within about" in text
+    assert "http://127.0.0.1" in ours and "0.0.0.0" not in ours  # noqa: S104
+    assert "No directory at" not in text and "Warning" not in text
+
+
+@pytest.mark.parametrize(
+    "command", [["flush_batches"], ["poll_batches"], ["qcluster", "--run-once"]]
+)
+def test_commands_that_call_upstream_refuse_to_start_without_a_key(tmp_path, command):
+    result = manage(*command, data_dir=tmp_path)
+    assert result.returncode != 0
+    assert "OPENAI_API_KEY is not set" in result.stderr
+    assert "--fake-openai" in result.stderr
+
+
+def test_try_out_mode_is_found_by_the_other_commands_of_its_data_directory(served):
+    """`serve --fake-openai` records its fake in DATA_DIR: a command in another shell, with no
+    key or even with a real one, sends to that fake and never to OpenAI."""
+    _, _, output, data_dir = served
+    fake_url = next(line for line in output if "fake OpenAI at" in line).split(" at ")[1].strip()
+    show = "from django.conf import settings; print(settings.OPENAI_BASE_URL)"
+    for env in ({}, {"OPENAI_API_KEY": "sk-real-looking-key"}):
+        shown = manage("shell", "-c", show, data_dir=data_dir, **env).stdout
+        assert shown.strip().splitlines()[-1] == fake_url
+    result = manage("poll_batches", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "batches polled" in result.stdout
+
+
+def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
+    from batchproxy.tryout import tryout_record
+
+    tryout_record(tmp_path, openai_base_url="http://127.0.0.1:1/v1")
+    result = manage("serve", data_dir=tmp_path, OPENAI_API_KEY="sk-real-looking-key")
+    assert result.returncode != 0
+    assert "try-out mode" in result.stderr
+    assert "try-out.json" in result.stderr

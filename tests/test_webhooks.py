@@ -304,6 +304,16 @@ def test_a_redirect_is_not_followed(enqueue, fake_openai, hook_settings):
 
 
 @responses.activate
+def test_only_a_2xx_counts_as_delivered(enqueue, fake_openai, hook_settings):
+    add_endpoint()
+    enqueue("not modified")
+    cycle()
+    responses.post(HOOK, status=304)
+    assert deliver_all().failed == 1
+    assert WebhookDelivery.objects.get().status == "pending"
+
+
+@responses.activate
 def test_a_down_endpoint_costs_one_attempt_per_run_and_never_blocks_ingest(
     enqueue, fake_openai, hook_settings
 ):
@@ -345,6 +355,16 @@ def test_plain_http_needs_an_allowed_host(settings):
     assert add_endpoint(url="http://hooks.example.com/x").endpoint.pk
     with pytest.raises(webhooks.WebhookURLError):
         add_endpoint(url="ftp://hooks.example.com/x")
+
+
+def test_plain_http_to_loopback_is_allowed_by_default_but_loopback_itself_is_not(settings):
+    with pytest.raises(webhooks.WebhookURLError, match="private address"):
+        add_endpoint(url="http://127.0.0.1:8000/hook")
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
+    assert add_endpoint(url="http://127.0.0.1:8000/hook").endpoint.pk
+    assert add_endpoint(url="http://[::1]:8000/hook").endpoint.pk
+    with pytest.raises(webhooks.WebhookURLError, match="use https"):
+        add_endpoint(url="http://10.0.0.1:8000/hook")
 
 
 @pytest.mark.parametrize(
@@ -499,7 +519,7 @@ def test_admin_adds_an_endpoint_and_shows_its_secret_once(admin_client, settings
 
 
 @responses.activate
-def test_purging_answers_stays_one_delete_and_their_events_are_skipped(
+def test_purging_answers_leaves_their_events_alone_and_they_are_skipped(
     enqueue, fake_openai, hook_settings
 ):
     from django.db import connection
@@ -509,10 +529,12 @@ def test_purging_answers_stays_one_delete_and_their_events_are_skipped(
     enqueue("purged before told")
     cycle()
     assert WebhookEvent.objects.count() == 1
+
     # Events must not make the purge load every request it deletes (bodies and all).
     assert Collector(using=connection.alias).can_fast_delete(BatchRequest.objects.all())
 
     assert services.requests_purge(now=timezone.now() + timedelta(days=30)) == 1
+    assert WebhookEvent.objects.count() == 1  # no cascade: the purge did not look for it
     responses.post(HOOK, status=200)
 
     assert deliver_all().delivered == 1
@@ -564,3 +586,24 @@ def test_metrics_count_deliveries_by_status(client, enqueue, fake_openai, hook_s
     text = client.get("/metrics").text
     assert 'batchproxy_webhook_deliveries{status="pending"} 1.0' in text
     assert 'batchproxy_webhook_deliveries{status="new"} 0.0' in text
+
+
+@responses.activate
+def test_a_large_answer_kept_in_pieces_is_not_inlined_in_the_event(
+    enqueue, fake_openai, hook_settings, monkeypatch
+):
+    from batches_app import outcomes
+
+    hook_settings.RESPONSE_INLINE_BYTES = 100  # every answer is "large"
+    monkeypatch.setattr(outcomes, "RESPONSE_CHUNK_CHARS", 64)
+    issued = add_endpoint(include_body=True)
+    enqueue("a big one")
+    cycle()
+    assert BatchRequest.objects.get().response_chunks > 0
+    responses.post(HOOK, status=200)
+
+    deliver_all()
+
+    [event] = verify(responses.calls[0], issued.secret)["data"]
+    assert event["data"]["response"] is None and event["data"]["response_omitted"] is True
+    assert event["data"]["response_status"] == 200

@@ -14,8 +14,11 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
 
 Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
-for edits, " on <image urls or file ids>"). Input lines are checked as OpenAI checks them: JSON
-bodies, one model per batch, and image edits in their JSON form only (`images` references).
+for edits, " on <image urls or file ids>"). A video line is answered with a finished video object;
+its content (MP4's signature, then "echo: <prompt>") is served at GET /v1/videos/{id}/content for
+a day (`expire_videos()` ends that at once). Input lines are checked as OpenAI checks them: JSON
+bodies, one model per batch, image edits in their JSON form only (`images` references), and a
+video's `input_reference` a reference, not an upload.
 
 With a `webhook_url` (and `webhook_secret`, `whsec_…`) configured, the fake also watches its
 batches from a thread of its own and, when one ends, POSTs OpenAI's `batch.<status>` event to
@@ -433,6 +436,31 @@ def _edit_answer(body):
     return _image_answer(body, text, input_images=len(refs))
 
 
+MP4_MAGIC = b"\x00\x00\x00\x18ftypmp42"
+
+
+def _video_answer(body):
+    """A video job, finished by the time the batch is: its content (MP4's signature, then
+    "echo: <prompt>") is downloadable for a day (GET /v1/videos/{id}/content)."""
+    now = int(time.time())
+    answer = {
+        "id": _new_id("video_"),
+        "object": "video",
+        "model": body["model"],
+        "status": "completed",
+        "progress": 100,
+        "created_at": now,
+        "completed_at": now,
+        "expires_at": now + DAY,
+        "prompt": body.get("prompt"),
+        "size": body.get("size", "720x1280"),
+        "seconds": str(body.get("seconds", "4")),
+        "remixed_from_video_id": None,
+        "error": None,
+    }
+    return answer, 0, 0  # priced per second of video, not per token
+
+
 ANSWERS = {
     "/v1/chat/completions": _chat_answer,
     "/v1/responses": _response_answer,
@@ -441,6 +469,7 @@ ANSWERS = {
     "/v1/moderations": _moderations_answer,
     "/v1/images/generations": _generation_answer,
     "/v1/images/edits": _edit_answer,
+    "/v1/videos": _video_answer,
 }
 ENDPOINTS = tuple(ANSWERS)
 
@@ -502,8 +531,9 @@ def _line_problem(endpoint: str, value) -> tuple | None:
 
 
 def _image_line_problem(endpoint: str, body: dict) -> tuple | None:
-    """Image lines: a prompt, and for edits the JSON form (`images` by URL or file id)."""
-    if endpoint not in ("/v1/images/generations", "/v1/images/edits"):
+    """Image and video lines: a prompt, and for edits the JSON form (`images` by URL or file
+    id); a video's `input_reference` likewise a reference, not an upload."""
+    if endpoint not in ("/v1/images/generations", "/v1/images/edits", "/v1/videos"):
         return None
     if not isinstance(body.get("prompt"), str):
         return (
@@ -511,6 +541,12 @@ def _image_line_problem(endpoint: str, body: dict) -> tuple | None:
             "Missing required parameter: 'prompt'.",
             "body.prompt",
         )
+    if endpoint == "/v1/videos":
+        reference = body.get("input_reference")
+        if reference is not None and not isinstance(reference, dict):
+            message = "Batch videos take 'input_reference' as an image_url or file_id reference."
+            return ("invalid_request", message, "body.input_reference")
+        return None
     if endpoint == "/v1/images/generations":
         return None
     if "image" in body or ("mask" in body and not isinstance(body["mask"], dict)):
@@ -695,6 +731,7 @@ class FakeOpenAI:
             self._batches: dict[str, dict] = {}
             self._runs: dict[str, Run] = {}
             self._submitted: list[dict] = []
+            self._videos: dict[str, dict] = {}  # video id: its content and when it expires
             self._calls: list[tuple[str, str]] = []
             self._faults: list[list] = []
             self._webhooks: list[dict] = []  # every delivery attempt: event, status
@@ -942,6 +979,30 @@ class FakeOpenAI:
         del self._files[file_id]
         return _json_reply({"id": file_id, "object": "file", "deleted": True})
 
+    # -- videos ----------------------------------------------------------------------------------
+
+    def _keep_videos(self, results: list) -> None:
+        for result in results:
+            if result.ok:
+                video = result.line["response"]["body"]
+                content = MP4_MAGIC + f"echo: {video['prompt']}".encode()
+                self._videos[video["id"]] = {"content": content, "expires_at": video["expires_at"]}
+
+    def expire_videos(self) -> None:
+        """Let a day pass for every video: their content is gone, as upstream after a day."""
+        with self._lock:
+            for video in self._videos.values():
+                video["expires_at"] = int(time.time()) - 1
+
+    def _video_content(self, request: Request, video_id: str) -> Reply:
+        video = self._videos.get(video_id)
+        if video is None or video["expires_at"] < time.time():
+            raise ApiError(404, f"Video '{video_id}' not found or its content expired.")
+        variant = request.query.get("variant", "video")
+        if variant != "video":
+            raise ApiError(404, f"Video '{video_id}' has no {variant}.", param="variant")
+        return Reply(200, video["content"], "video/mp4")
+
     # -- batches ---------------------------------------------------------------------------------
 
     def _batch(self, batch_id: str) -> dict:
@@ -1132,6 +1193,8 @@ class FakeOpenAI:
                 return
             endpoint = batch["endpoint"]
             run.results = [_execute(endpoint, value) for _, value in run.lines]
+            if endpoint == "/v1/videos":
+                self._keep_videos(run.results)
             batch.update(status="in_progress", in_progress_at=at(1))
 
         total, done = len(run.results), self._progress(run, elapsed)
@@ -1208,6 +1271,7 @@ ROUTES = [
     ("GET", re.compile(r"/v1/batches/([^/]+)"), "retrieve"),
     ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "cancel"),
     ("POST", re.compile(r"/v1/webhook_endpoints"), "create_webhook"),
+    ("GET", re.compile(r"/v1/videos/([^/]+)/content"), "video_content"),
 ]
 # Faults are injected per operation (or "*" for any of them).
 OPERATIONS = tuple(name for _, _, name in ROUTES)

@@ -6,7 +6,11 @@
 // The SDK's own `timeout` covers the whole fetch, waits included: give the client a timeout
 // above the deadline (`waitingOptions` does both).
 
+import { AsyncLocalStorage } from "node:async_hooks";
+
 const DEFAULT_DEADLINE_MS = 26 * 3600 * 1000;
+// Set while `bulk` makes every call once, so that all are queued before any of them waits.
+const submitting = new AsyncLocalStorage();
 
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
@@ -34,6 +38,7 @@ export function waitingFetch({
     for (;;) {
       const response = await inner(url, init);
       if (response.status !== 422 || !response.headers.has("x-batch-request-id")) return response;
+      if (submitting.getStore()) return response;
       const left = until - Date.now();
       if (left <= 0) return response;
       const seconds = Number(response.headers.get("retry-after") ?? 60);
@@ -50,24 +55,41 @@ export function waitingOptions(options = {}) {
   return { fetch: waitingFetch({ ...options, deadlineMs }), timeout: deadlineMs + 60_000 };
 }
 
-// Run zero-argument async calls, at most `concurrency` at a time; results in the order of
-// `calls`. `onProgress(done, total)` is called after each; by default a line on stderr.
+// Run zero-argument async calls (`() => client.responses.create(...)`), results in the order of
+// `calls`: first every call once without waiting, so that all are queued at the proxy (and go
+// into the same batches), then the pending ones again, each waiting for its answer, at most
+// `concurrency` at a time. `onProgress(done, total)` after each answer; by default a line on
+// stderr. The first error, if any, is thrown once every call has ended.
 export async function bulk(calls, { concurrency = 64, onProgress = stderrProgress } = {}) {
   const results = new Array(calls.length);
-  let next = 0;
+  const errors = new Array(calls.length);
   let done = 0;
-  async function worker() {
-    while (next < calls.length) {
-      const index = next++;
-      try {
-        results[index] = await calls[index]();
-      } finally {
+  async function pool(indexes, wait) {
+    const pending = [];
+    let next = 0;
+    async function worker() {
+      while (next < indexes.length) {
+        const index = indexes[next++];
+        try {
+          results[index] = await (wait ? calls[index]() : submitting.run(true, calls[index]));
+        } catch (err) {
+          if (!wait && err?.status === 422 && err.headers?.get?.("x-batch-request-id")) {
+            pending.push(index);
+            continue;
+          }
+          errors[index] = err ?? new Error("call failed");
+        }
         done += 1;
         onProgress?.(done, calls.length);
       }
     }
+    await Promise.all(Array.from({ length: Math.min(concurrency, indexes.length) }, worker));
+    return pending.sort((a, b) => a - b);
   }
-  await Promise.all(Array.from({ length: Math.min(concurrency, calls.length) }, worker));
+  const pending = await pool([...calls.keys()], false);
+  await pool(pending, true);
+  const failed = errors.findIndex((e) => e !== undefined);
+  if (failed !== -1) throw errors[failed];
   return results;
 }
 

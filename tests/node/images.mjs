@@ -1,12 +1,14 @@
-// Asks the proxy for images with the official Node SDK and prints, as JSON, what came back:
+// Asks the proxy for images and a video with the official Node SDK and prints, as JSON, what came back:
 // the status (422 while pending) and the answer's image text (what the fake OpenAI drew).
 // images.edit in the SDK always sends multipart, which the Batch API does not take: the JSON
-// form goes through the SDK's own client.post. Usage: node images.mjs BASE_URL API_KEY WHO
+// form goes through the SDK's own client.post (videos.create likewise). The video's content is
+// downloaded through the proxy. Usage: node images.mjs BASE_URL API_KEY WHO
 import OpenAI, { toFile } from "openai";
 
 const [baseURL, apiKey, who] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
 const PNG_MAGIC_LENGTH = 8;
+const MP4_MAGIC_LENGTH = 12;
 const drawn = (image) =>
   Buffer.from(image.b64_json, "base64").subarray(PNG_MAGIC_LENGTH).toString().replace(/\0+$/, "");
 
@@ -28,6 +30,11 @@ const calls = {
         })
       ).data[0],
     ),
+  video: async () => {
+    const video = await client.post("/videos", { body: { model: "sora-2", prompt: `a film for ${who}` } });
+    const content = await client.videos.downloadContent(video.id);
+    return Buffer.from(await content.arrayBuffer()).subarray(MP4_MAGIC_LENGTH).toString();
+  },
   multipartEdit: async () =>
     (await client.images.edit({ model: "gpt-image-1", prompt: "a hat", image: await toFile(Buffer.from("x"), "cat.png") }))
       .created,

@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from batches_app import services
+from batches_app import services, upstream
 from batches_app.models import Batch
 
 
@@ -15,6 +15,9 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="only this model")
 
     def handle(self, *args, endpoint: str | None, model: str | None, **options) -> None:
+        refusal = upstream.upstream_refusal()
+        if refusal is not None:
+            raise CommandError(refusal)
         if endpoint and not endpoint.startswith("/v1/"):
             endpoint = "/v1/" + endpoint.lstrip("/")
         created = services.batch_flush(force=True, endpoint=endpoint, model=model)

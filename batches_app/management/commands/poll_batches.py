@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from batches_app import services
+from batches_app import services, upstream
 from batches_app.models import Batch
 
 
@@ -11,6 +11,9 @@ class Command(BaseCommand):
         parser.add_argument("batch", nargs="?", help="only this batch (proxy id)")
 
     def handle(self, *args, batch: str | None, **options) -> None:
+        refusal = upstream.upstream_refusal()
+        if refusal is not None:
+            raise CommandError(refusal)
         report = services.batches_advance(
             states=(Batch.State.RUNNING, Batch.State.INGESTING), force=True, batch_id=batch
         )

@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,9 +10,22 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django_q.tasks import async_task
 
+from batches_app import upstream
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
+from batchproxy.tryout import FAKE_API_KEY, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
-from requests_app.operators import superuser_ensure
+from requests_app.operators import admin_exists, superuser_ensure
+
+
+def _python() -> str:
+    """This interpreter as the user would type it: relative when it is under the cwd."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Command(BaseCommand):
@@ -61,7 +75,10 @@ class Command(BaseCommand):
         env = dict(os.environ, PORT=str(port))
         if fake_openai:
             fake = FakeOpenAI(step_seconds=fake_step_seconds).start()
-            env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "fake-openai"}
+            # Recorded in the data directory: its other processes (flush_batches in another
+            # shell, a scheduler started alone) send to this fake too, never to OpenAI.
+            tryout_record(settings.DATA_DIR, openai_base_url=fake.url)
+            env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": FAKE_API_KEY}
             env |= self._try_out_waits(fake, port)
             self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
             self.stdout.write(
@@ -70,11 +87,14 @@ class Command(BaseCommand):
                 + f"a fake batch takes {3 * fake_step_seconds:g} s and its end comes back as "
                 "a webhook to /webhooks/openai"
             )
-        elif not settings.OPENAI_API_KEY:
+        elif settings.TRY_OUT is not None:
             raise CommandError(
-                "OPENAI_API_KEY is not set. Set it (and OPENAI_BASE_URL for another "
-                "OpenAI-compatible API), or pass --fake-openai to try the proxy without OpenAI."
+                f"{settings.DATA_DIR} is in try-out mode: its queued requests were meant for the "
+                "fake OpenAI. Run `serve --fake-openai` again, use another DATA_DIR for real "
+                f"traffic, or delete {tryout_path(settings.DATA_DIR)} to send them to OpenAI."
             )
+        elif (refusal := upstream.upstream_refusal()) is not None:
+            raise CommandError(refusal)
         if not settings.ENV_API_KEY_HASHES:
             self.stderr.write(
                 "No BATCH_SERVER_API_KEY set: only keys made with `manage.py create_api_key` work."
@@ -99,16 +119,45 @@ class Command(BaseCommand):
             )
         if role in ("all", "scheduler"):
             commands.append([sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"])
-        if role == "scheduler":
-            self.stdout.write("batchproxy scheduler running (role: scheduler)")
-        else:
-            self.stdout.write(f"batchproxy listening on http://0.0.0.0:{port}/v1 (role: {role})")
         if role in ("all", "scheduler"):
             # django-q2's scheduler first wakes 30 s after start: start the tick chain now.
             async_task("batches_app.tasks.tick", q_options={"task_name": "batchproxy.tick"})
+        fake_step = fake_step_seconds if fake_openai else None
+        started = self._started_text(role=role, port=port, env=env, fake_step=fake_step)
         # The children open their own connections; this one would only sit idle.
         connections.close_all()
-        raise SystemExit(self._supervise(commands, env))
+        raise SystemExit(self._supervise(commands, env, started=started, port=port))
+
+    def _started_text(self, *, role: str, port: int, env: dict, fake_step: float | None) -> str:
+        """Where to point the SDK and the browser, and what an operator still has to do."""
+        if role == "scheduler":
+            return "batchproxy scheduler running (role: scheduler)"
+        host = env.get("HOST", "")
+        # gunicorn listens on every address by default: this machine's own is the one to click.
+        if host in ("", "0.0.0.0", "::"):  # noqa: S104
+            host = "127.0.0.1"
+        base = f"http://{host}:{port}"
+        lines = [
+            f"batchproxy running (role: {role}) at {base}/",
+            f"  SDK base URL: {base}/v1",
+            f"  Admin:        {base}/{settings.ADMIN_URL}",
+            f"  Dashboard:    {base}/{settings.ADMIN_URL}dashboard/",
+        ]
+        if admin_exists():
+            lines.append("  Admin account: exists.")
+        else:
+            lines.append(
+                f"  Admin account: none yet. Make one: {_python()} manage.py createsuperuser"
+            )
+        if fake_step is not None:
+            wait = float(env.get("BATCH_MAX_WAIT", settings.BATCH_MAX_WAIT))
+            tick = float(env.get("TICK_SECONDS", settings.TICK_SECONDS))
+            poll = float(env.get("POLL_INTERVAL", settings.POLL_INTERVAL))
+            # Flushed within a tick of BATCH_MAX_WAIT, 3 steps in the fake, seen within a poll
+            # (sooner by webhook), served at the caller's next repeat (about a tick later).
+            slowest = wait + tick + 3 * fake_step + poll + tick
+            lines.append(f"  Try-out pace: a new call is answered within about {slowest:.0f} s.")
+        return "\n".join(lines)
 
     @staticmethod
     def _try_out_waits(fake: FakeOpenAI, port: int) -> dict:
@@ -120,8 +169,12 @@ class Command(BaseCommand):
         fake.configure(webhook_url=url, webhook_secret=secret)
         return waits | {"OPENAI_WEBHOOK_SECRET": secret}
 
-    def _supervise(self, commands: list[list[str]], env: dict) -> int:
-        """Run the children; when one ends or a signal comes, stop them all."""
+    def _supervise(self, commands: list[list[str]], env: dict, *, started: str, port: int) -> int:
+        """Run the children; when one ends or a signal comes, stop them all.
+
+        `started` is printed once the web server listens (at once without one), after
+        gunicorn's own start-up lines, so that it is the last thing on the screen.
+        """
         # Our own fixed argument lists: nothing from the outside reaches them.
         children = [
             subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR)  # noqa: S603
@@ -135,7 +188,11 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        web = any("gunicorn" in command for command in commands)
         while not stopping and all(child.poll() is None for child in children):
+            if started and (not web or _listening(port)):
+                self.stdout.write(started)
+                started = ""
             time.sleep(0.5)
         for child in children:
             if child.poll() is None:

@@ -8,10 +8,13 @@ the SDK, so SDK code needs no loop: a call returns when the answer is there.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+import openai
 
 try:  # openai 3 sends through httpx2; earlier versions through httpx.
     import httpx2 as httpx
@@ -29,11 +32,15 @@ __all__ = [
 
 DEFAULT_DEADLINE = 26 * 3600  # a batch's 24-hour window, the proxy's flush wait and polls
 T = TypeVar("T")
+# Off while `bulk` submits every call once, so that all of them are queued before any waits.
+_waiting: contextvars.ContextVar[bool] = contextvars.ContextVar("batchproxy_wait", default=True)
 
 
 def _wait(response: Any, waited_until: float, *, min_wait: float, max_wait: float) -> float | None:
     """Seconds to sleep before asking again, or None to hand the response to the SDK."""
     if response.status_code != 422 or "x-batch-request-id" not in response.headers:
+        return None
+    if not _waiting.get():
         return None
     try:
         seconds = float(response.headers.get("retry-after", "60"))
@@ -142,6 +149,40 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="call")
 
 
+def _is_pending(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, openai.UnprocessableEntityError)
+        and "x-batch-request-id" in exc.response.headers
+    )
+
+
+class _Results:
+    """Results in the order of the calls, with the progress bar and the first error."""
+
+    def __init__(self, total: int, progress: bool, return_exceptions: bool) -> None:
+        self.values: list[Any] = [None] * total
+        self.bar = _progress(total, progress)
+        self.return_exceptions = return_exceptions
+
+    def settle(self, index: int, wait: bool, outcome: Any, error: BaseException | None) -> bool:
+        """Record a call's outcome; False when it is pending and should be asked again."""
+        if error is not None and not wait and _is_pending(error):
+            return False
+        self.values[index] = error if error is not None else outcome
+        if self.bar is not None:
+            self.bar.update(1)
+        return True
+
+    def final(self) -> list[Any]:
+        if self.bar is not None:
+            self.bar.close()
+        if not self.return_exceptions:
+            for value in self.values:
+                if isinstance(value, BaseException):
+                    raise value
+        return self.values
+
+
 def bulk(
     calls: Iterable[Callable[[], T]],
     *,
@@ -152,30 +193,30 @@ def bulk(
     """Run zero-argument calls (e.g. `lambda: client.responses.create(...)`) in threads and
     return their results in the order of `calls`; a progress bar with tqdm installed.
 
+    1. Every call is made once without waiting, so that all are queued at the proxy (and go
+       into the same batches) before any of them waits.
+    2. The pending ones are made again, each waiting for its answer (the client's waiting
+       transport), `concurrency` at a time.
     With `return_exceptions`, a call that raised gives its exception in its place; otherwise
-    the first exception is raised once every call has ended.
+    the first exception (in call order) is raised once every call has ended.
     """
     calls = list(calls)
-    bar = _progress(len(calls), progress)
+    results = _Results(len(calls), progress, return_exceptions)
 
-    def run(call: Callable[[], T]) -> Any:
+    def run(index: int, wait: bool) -> bool:
+        token = _waiting.set(wait)
         try:
-            return call()
+            return results.settle(index, wait, calls[index](), None)
         except Exception as exc:
-            if not return_exceptions:
-                raise
-            return exc
+            return results.settle(index, wait, None, exc)
         finally:
-            if bar is not None:
-                bar.update(1)
+            _waiting.reset(token)
 
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            futures = [pool.submit(run, call) for call in calls]
-        return [future.result() for future in futures]
-    finally:
-        if bar is not None:
-            bar.close()
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        settled = list(pool.map(lambda i: run(i, False), range(len(calls))))
+        pending = [i for i, done in enumerate(settled) if not done]
+        list(pool.map(lambda i: run(i, True), pending))
+    return results.final()
 
 
 async def abulk(
@@ -185,23 +226,22 @@ async def abulk(
     progress: bool = True,
     return_exceptions: bool = False,
 ) -> list[T]:
-    """`bulk` for coroutines: at most `concurrency` calls at a time, results in order."""
+    """`bulk` for coroutines (`lambda: client.responses.create(...)` on an AsyncOpenAI):
+    every call once without waiting, then the pending ones waiting, at most `concurrency`
+    at a time; results in order."""
     calls = list(calls)
-    bar = _progress(len(calls), progress)
+    results = _Results(len(calls), progress, return_exceptions)
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def run(call: Callable[[], Awaitable[T]]) -> T:
+    async def run(index: int, wait: bool) -> bool:
         async with gate:
+            _waiting.set(wait)  # each task has its own copy of the context
             try:
-                return await call()
-            finally:
-                if bar is not None:
-                    bar.update(1)
+                return results.settle(index, wait, await calls[index](), None)
+            except Exception as exc:
+                return results.settle(index, wait, None, exc)
 
-    try:
-        return await asyncio.gather(
-            *(run(call) for call in calls), return_exceptions=return_exceptions
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    settled = await asyncio.gather(*(run(i, False) for i in range(len(calls))))
+    pending = [i for i, done in enumerate(settled) if not done]
+    await asyncio.gather(*(run(i, True) for i in pending))
+    return results.final()

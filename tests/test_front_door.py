@@ -1,0 +1,63 @@
+"""The front door, as a newcomer meets it: `GET /`, the models list, unknown paths."""
+
+import openai
+import pytest
+from django.contrib.auth import get_user_model
+
+from batches_app.models import Batch, ModelPrice, QueueLimit
+
+from .shapes import error_of
+
+pytestmark = pytest.mark.django_db
+
+
+def test_front_page_says_what_this_is_and_where_to_go(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Batch API" in text
+    assert "http://testserver/v1" in text  # the base URL to give the SDK
+    assert 'href="/admin/"' in text and 'href="/admin/dashboard/"' in text
+    assert 'href="/v1/openapi.json"' in text
+    assert "No admin account yet" in text and "manage.py createsuperuser" in text
+    get_user_model().objects.create_superuser("boss", "b@example.com", "pw")
+    assert "An admin account exists." in client.get("/").content.decode()
+
+
+def test_admin_view_site_goes_to_the_front_page(admin_client):
+    assert 'href="/">View site' in admin_client.get("/admin/").content.decode()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW"])
+@pytest.mark.parametrize("path", ["/v1/foo", "/foo/bar", "/v1/chat/completions/x"])
+def test_unknown_path_is_404_for_every_method(client, method, path):
+    """Not a CSRF 403 for an unsafe method: there is nothing at that path to protect."""
+    response = client.generic(method, path, b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "unknown_url"
+
+
+def test_post_to_the_front_page_is_405_not_403(client):
+    response = client.post("/", {})
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+
+
+@pytest.mark.e2e
+def test_models_list_through_the_official_sdk(live_server, api_key):
+    ModelPrice.objects.filter(model="gpt-4o").delete()
+    QueueLimit.objects.create(model="gpt-4o", enqueued_tokens=1000)
+    ModelPrice.objects.filter(model="gpt-4o-mini").delete()
+    Batch.objects.create(endpoint="/v1/chat/completions", model="gpt-4o-mini")
+    sdk = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key[1], max_retries=0)
+
+    listed = {m.id: m for m in sdk.models.list()}
+    assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"} <= set(listed)  # limit, batch, price
+    assert listed["gpt-4o-mini"].created > 0 and listed["gpt-4o-mini"].object == "model"
+    assert sdk.models.retrieve("gpt-4o-mini-2024-07-18").id == "gpt-4o-mini-2024-07-18"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
