@@ -24,10 +24,16 @@ ANSWER = "echo: Summarise the Batch API in one line."
 
 
 def readme_example(language: str, number: int) -> str:
-    """The README's code block number `number` in `language`, as a user would copy it."""
+    """The README's whole example number `number` in `language`, as a user would copy it.
+
+    Whole examples are the blocks that make their own client (`localhost:9487`); the others
+    are fragments that continue one of them.
+    """
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
-    return blocks[number]
+    whole = [block for block in blocks if "localhost:9487" in block]
+    assert len(whole) == EXAMPLES, f"the README's {language} examples changed: {len(whole)}"
+    return whole[number]
 
 
 def first_call_to_answer(command: list[str], cwd, data_dir, env=None) -> tuple[float, str]:
