@@ -17,7 +17,7 @@ from requests_app.admin import age, pretty_json
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
-from .models import Batch, ModelPrice, QueueLimit, UpstreamFile, WebhookEvent
+from .models import Batch, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
 
 ERROR_PREVIEW = 80
 
@@ -176,8 +176,8 @@ def _report_poll(message_user, request, report: services.AdvanceReport) -> None:
     )
 
 
-@admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+@admin.register(OpenAIWebhook)
+class OpenAIWebhookAdmin(admin.ModelAdmin):
     list_display = ("received_at", "type", "upstream_id", "event_id")
     list_filter = ("type",)
     search_fields = ("upstream_id", "event_id")

@@ -106,7 +106,7 @@ class UpstreamFile(models.Model):
         return self.file_id
 
 
-class WebhookEvent(models.Model):
+class OpenAIWebhook(models.Model):
     """An event OpenAI sent to `/webhooks/openai`, kept so that a replay of it is refused.
 
     Kept a day (`tasks.purge`): OpenAI's signature holds a timestamp, and the SDK refuses one
@@ -120,7 +120,8 @@ class WebhookEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
-        verbose_name = "webhook event"
+        verbose_name = "webhook from OpenAI"
+        verbose_name_plural = "webhooks from OpenAI"
 
     def __str__(self) -> str:
         return f"{self.type} {self.upstream_id}"

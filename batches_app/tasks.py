@@ -69,6 +69,6 @@ def batch_refresh(upstream_id: str) -> str:
 
 def purge() -> str:
     summary = f"{services.requests_purge()} answers purged"
-    if pruned := webhooks.webhook_events_prune():
+    if pruned := webhooks.openai_webhooks_prune():
         summary += f", {pruned} old webhook ids pruned"
     return summary

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from . import services
-from .models import Batch, WebhookEvent
+from .models import Batch, OpenAIWebhook
 
 log = logging.getLogger(__name__)
 BATCH_EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
@@ -57,7 +57,7 @@ def webhook_receive(*, payload: bytes, headers: Mapping[str, str]) -> str:
         raise WebhookRefused(f"webhook not verified: {exc}") from None
     try:
         with transaction.atomic():
-            WebhookEvent.objects.create(
+            OpenAIWebhook.objects.create(
                 event_id=event_id, type=event_type, upstream_id=upstream_id or ""
             )
             active = Batch.objects.filter(upstream_id=upstream_id, state__in=Batch.ACTIVE)
@@ -84,10 +84,10 @@ def batch_refresh(*, upstream_id: str) -> str:
 
 
 def last_webhook_at():
-    return WebhookEvent.objects.values_list("received_at", flat=True).first()
+    return OpenAIWebhook.objects.values_list("received_at", flat=True).first()
 
 
-def webhook_events_prune() -> int:
+def openai_webhooks_prune() -> int:
     """Forget event ids older than a day: their signatures are long stale by then."""
     cutoff = timezone.now() - KEEP_EVENTS
-    return WebhookEvent.objects.filter(received_at__lt=cutoff).delete()[0]
+    return OpenAIWebhook.objects.filter(received_at__lt=cutoff).delete()[0]

@@ -129,7 +129,7 @@ def one_round(port: int, fake: TimedFake, name: str, results: list) -> None:
 def run_mode(mode: str, rounds: int, step: float, gap: float) -> dict:
     from batchproxy.fakes.openai import new_webhook_secret
 
-    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_webhookevent")
+    truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_openaiwebhook")
     fake = TimedFake(step)
     port = free_port()
     if mode == "webhooks":

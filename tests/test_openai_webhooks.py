@@ -12,7 +12,7 @@ from django_q.models import OrmQ
 
 from batches_app import tasks
 from batches_app.leases import batch_lease
-from batches_app.models import Batch, WebhookEvent
+from batches_app.models import Batch, OpenAIWebhook
 from batchproxy.fakes.openai import new_webhook_secret, sign_webhook
 from requests_app.models import BatchRequest
 
@@ -70,7 +70,7 @@ def test_a_verified_event_queues_a_refresh_that_ingests_the_batch_at_once(client
 
     assert response.status_code == 200
     assert queued_tasks() == [("batches_app.tasks.batch_refresh", (running.upstream_id,))]
-    assert WebhookEvent.objects.get().upstream_id == running.upstream_id
+    assert OpenAIWebhook.objects.get().upstream_id == running.upstream_id
     run_queued()
     assert Batch.objects.get().state == Batch.State.DONE
     assert BatchRequest.objects.get().status == BatchRequest.Status.COMPLETED
@@ -100,7 +100,7 @@ def test_a_forged_or_stale_webhook_is_400_and_changes_nothing(client, running, s
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_webhook"
-    assert not WebhookEvent.objects.exists()
+    assert not OpenAIWebhook.objects.exists()
     assert not queued_tasks()
     assert Batch.objects.get().state == Batch.State.RUNNING
 
@@ -114,7 +114,7 @@ def test_a_replayed_event_is_400_and_queues_nothing_more(client, running, secret
     assert replayed.status_code == 400
     assert "already received" in replayed.json()["error"]["message"]
     assert len(queued_tasks()) == 1
-    assert WebhookEvent.objects.count() == 1
+    assert OpenAIWebhook.objects.count() == 1
 
 
 def test_an_unknown_batch_is_acknowledged_and_ignored(client, running, secret):
@@ -129,7 +129,7 @@ def test_an_unknown_batch_is_acknowledged_and_ignored(client, running, secret):
 def test_without_a_secret_webhooks_are_refused(client, running, secret, settings):
     settings.OPENAI_WEBHOOK_SECRET = ""
     assert deliver(client, event(running.upstream_id), secret).status_code == 400
-    assert not WebhookEvent.objects.exists()
+    assert not OpenAIWebhook.objects.exists()
 
 
 def test_a_refresh_waits_for_the_worker_holding_the_batch(running):
@@ -170,12 +170,14 @@ def test_purge_forgets_webhook_ids_after_a_day(running):
 
     from django.utils import timezone
 
-    WebhookEvent.objects.create(event_id="evt_old", type="batch.completed")
-    WebhookEvent.objects.filter(pk="evt_old").update(received_at=timezone.now() - timedelta(days=2))
-    WebhookEvent.objects.create(event_id="evt_new", type="batch.completed")
+    OpenAIWebhook.objects.create(event_id="evt_old", type="batch.completed")
+    OpenAIWebhook.objects.filter(pk="evt_old").update(
+        received_at=timezone.now() - timedelta(days=2)
+    )
+    OpenAIWebhook.objects.create(event_id="evt_new", type="batch.completed")
 
     assert "1 old webhook ids pruned" in tasks.purge()
-    assert list(WebhookEvent.objects.values_list("pk", flat=True)) == ["evt_new"]
+    assert list(OpenAIWebhook.objects.values_list("pk", flat=True)) == ["evt_new"]
 
 
 def test_the_admin_shows_when_the_last_webhook_came(admin_client, client, running, secret):

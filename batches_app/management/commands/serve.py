@@ -167,7 +167,7 @@ class Command(BaseCommand):
     @staticmethod
     def _try_out_waits(fake: FakeOpenAI, port: int) -> dict:
         """Short waits, so that a try-out call is answered in seconds (the environment wins)."""
-        waits = {"BATCH_MAX_WAIT": "1", "TICK_SECONDS": "1", "POLL_INTERVAL": "2"}
+        waits = {"BATCH_MAX_WAIT": "1", "TICK_SECONDS": "1", "POLL_INTERVAL": "1"}
         waits = {name: os.environ.get(name, value) for name, value in waits.items()}
         secret = new_webhook_secret()
         url = f"http://127.0.0.1:{port}/webhooks/openai"
