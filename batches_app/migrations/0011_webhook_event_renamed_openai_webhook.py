@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """OpenAI's inbound webhooks get a name of their own beside the callers' WebhookEvent."""
 
     dependencies = [
-        ("batches_app", "0008_video_prices_and_db_default"),
+        ("batches_app", "0010_claude_gemini_prices"),
     ]
 
     operations = [
