@@ -321,7 +321,7 @@ def test_two_flushing_schedulers_finish_a_big_job_with_no_batch_refused(
         post("/v1/chat/completions", chat(prompt(n)))
 
     commands = [("flush-loop",), ("flush-loop",), ("poll-loop",)]
-    extra = {"QUEUE_LIMITS": f"gpt-4o={LIMIT}", "BATCH_LEASE_SECONDS": 120, "POLL_INTERVAL": 0}
+    extra = {"QUEUE_LIMITS": f"gpt-4o={LIMIT}", "POLL_INTERVAL": 0}
     finish(start_together(fake_openai, commands, tmp_path / "go", **extra), timeout=240)
 
     assert refusals(fake_openai) == 0
