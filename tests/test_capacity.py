@@ -4,7 +4,6 @@ from refusals, and big jobs that finish under it."""
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
@@ -13,7 +12,6 @@ import openai
 import orjson
 import pytest
 from django.core.management import call_command
-from django.db import connections, transaction
 from django.utils import timezone
 
 from batches_app import capacity, services
@@ -22,7 +20,13 @@ from batchproxy import tokens
 from requests_app.models import BatchRequest
 
 from .engine import cycle
-from .workers import ROOT, assert_each_answered_once, finish, start_together
+from .workers import (
+    ROOT,
+    assert_each_answered_once,
+    claim_beside_a_held_claim,
+    finish,
+    start_together,
+)
 
 Status = BatchRequest.Status
 CHAT = "/v1/chat/completions"
@@ -276,34 +280,9 @@ def test_two_claims_at_once_never_take_more_than_the_budget(post, fake_openai, s
     for n in range(30):
         post("/v1/chat/completions", chat(prompt(n)))
     services.tokens_fill(endpoint=CHAT, model="gpt-4o")
-    holding, released = threading.Event(), threading.Event()
-    claims = {}
-
-    def first():
-        try:
-            with transaction.atomic():  # holds the model's budget until released
-                claims["first"] = services._claim_one_batch(CHAT, "gpt-4o", force=True)
-                holding.set()
-                released.wait(30)
-        finally:
-            connections.close_all()
-
-    def second():
-        try:
-            claims["second"] = services._claim_one_batch(CHAT, "gpt-4o", force=True)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    assert holding.wait(30)
-    threads.append(threading.Thread(target=second))
-    threads[1].start()
-    threads[1].join(1)
-    waited_for_the_first = threads[1].is_alive()
-    released.set()
-    for thread in threads:
-        thread.join(30)
+    claims, waited_for_the_first = claim_beside_a_held_claim(
+        lambda: services._claim_one_batch(CHAT, "gpt-4o", force=True), wait=1
+    )
 
     assert waited_for_the_first  # the budget is taken under a lock
     assert claims["first"].batch is not None

@@ -6,19 +6,23 @@ writers, so there the tests show the weaker promise that serialised workers do n
 PostgreSQL can show SKIP LOCKED letting flushers claim side by side.
 """
 
-import threading
 from collections import Counter
 
 import orjson
 import pytest
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection
 
 from batches_app import services
 from batches_app.models import Batch
 from requests_app.models import BatchRequest
 
-from .workers import assert_each_answered_once, finish, start_together
+from .workers import (
+    assert_each_answered_once,
+    claim_beside_a_held_claim,
+    finish,
+    start_together,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,37 +83,11 @@ def test_concurrent_claims_skip_each_others_locked_rows(post, fake_openai, setti
     for i in range(10):
         assert post("/v1/chat/completions", orjson.loads(chat(f"lock {i}"))).status_code == 422
     services.tokens_fill(endpoint="/v1/chat/completions", model="gpt-4o-mini")
-    holding, released = threading.Event(), threading.Event()
-    claims = {}
-
-    def first():
-        try:
-            with transaction.atomic():  # holds its row locks until released
-                claims["first"] = services._claim_one_batch(
-                    "/v1/chat/completions", "gpt-4o-mini", force=True
-                )
-                holding.set()
-                released.wait(30)
-        finally:
-            connections.close_all()
-
-    def second():
-        try:
-            claims["second"] = services._claim_one_batch(
-                "/v1/chat/completions", "gpt-4o-mini", force=True
-            )
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    assert holding.wait(30)
-    threads.append(threading.Thread(target=second))
-    threads[1].start()
-    threads[1].join(30)
-    finished_while_held = not threads[1].is_alive()
-    released.set()
-    threads[0].join(30)
+    claims, held_back = claim_beside_a_held_claim(
+        lambda: services._claim_one_batch("/v1/chat/completions", "gpt-4o-mini", force=True),
+        wait=30,
+    )
+    finished_while_held = not held_back
 
     assert finished_while_held  # not blocked by the first claimer's locks
     assert claims["first"].batch.request_count == claims["second"].batch.request_count == 5

@@ -123,3 +123,45 @@ def finish(procs: list, timeout: float = 150) -> list[str]:
         assert proc.returncode == 0, err[-3000:]
         lines += out.splitlines()
     return lines
+
+
+def claim_beside_a_held_claim(claim, *, wait: float) -> tuple[dict, bool]:
+    """Run `claim()` in one thread holding its transaction open, then `claim()` in another.
+
+    Returns both results and whether the second was still running after `wait` seconds, i.e.
+    whether the first's locks held it back. Each thread has its own connection, as two
+    schedulers would.
+    """
+    import threading
+
+    from django.db import connections, transaction
+
+    holding, released = threading.Event(), threading.Event()
+    claims = {}
+
+    def first():
+        try:
+            with transaction.atomic():  # holds its locks until released
+                claims["first"] = claim()
+                holding.set()
+                released.wait(30)
+        finally:
+            connections.close_all()
+
+    def second():
+        try:
+            claims["second"] = claim()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert holding.wait(30)
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    threads[1].join(wait)
+    held_back = threads[1].is_alive()
+    released.set()
+    for thread in threads:
+        thread.join(30)
+    return claims, held_back
