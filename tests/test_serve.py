@@ -68,7 +68,12 @@ def served(tmp_path):
         yield port, proc, output, tmp_path
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            # serve gives its children 30 s to end their step before it kills them.
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
 
 
 def manage(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess:

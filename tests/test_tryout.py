@@ -31,7 +31,7 @@ def readme_example(language: str, number: int) -> str:
     """
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
-    whole = [b for b in blocks if "localhost:9487" in b and "import openai" in b]
+    whole = [b for b in blocks if "localhost:9487" in b and "anthropic" not in b.lower()]
     assert len(whole) == EXAMPLES, f"the README's {language} examples changed: {len(whole)}"
     return whole[number]
 
