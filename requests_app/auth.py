@@ -77,6 +77,10 @@ class ProxyKeyAuthentication(BaseAuthentication):
         token = bearer_token(request)
         if token is None:
             return None
+        return self.presented(token)
+
+    @staticmethod
+    def presented(token: str) -> tuple:
         caller = ProxyKey(token)
         return (caller, SimpleLazyObject(lambda: caller.key))
 
@@ -84,15 +88,28 @@ class ProxyKeyAuthentication(BaseAuthentication):
         return "Bearer"
 
 
-class AnthropicKeyAuthentication(ProxyKeyAuthentication):
-    """The Anthropic SDK's way: the proxy key as `x-api-key`, or (recent SDKs) as a bearer."""
+class ProviderKeyAuthentication(ProxyKeyAuthentication):
+    """A provider SDK's own key header (`key_headers`, as in request.META), else a bearer.
+
+    The Anthropic SDK sends `x-api-key` (recent ones a bearer), google-genai `x-goog-api-key`.
+    """
+
+    key_headers: tuple[str, ...] = ("HTTP_X_API_KEY", "HTTP_X_GOOG_API_KEY")
 
     def authenticate(self, request):
-        token = request.META.get("HTTP_X_API_KEY", "").strip()
-        if not token or len(token) > 256:
-            return super().authenticate(request)
-        caller = ProxyKey(token)
-        return (caller, SimpleLazyObject(lambda: caller.key))
+        for header in self.key_headers:
+            token = request.META.get(header, "").strip()
+            if token and len(token) <= 256:
+                return self.presented(token)
+        return super().authenticate(request)
+
+
+class AnthropicKeyAuthentication(ProviderKeyAuthentication):
+    key_headers = ("HTTP_X_API_KEY",)
+
+
+class GeminiKeyAuthentication(ProviderKeyAuthentication):
+    key_headers = ("HTTP_X_GOOG_API_KEY",)
 
 
 class HasActiveKey(BasePermission):
