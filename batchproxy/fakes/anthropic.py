@@ -8,20 +8,18 @@ request, in an order that is not the input's. Standard library only; state in me
 Markers in a request's text ask for per-request outcomes:
     [[status:400]]   the request is `errored` with that status's Anthropic error type
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
-Faults: `inject(operation, 500 | 429 | "disconnect" | "lost_response", times)`.
+Faults: `inject(operation, 500 | 429 | "disconnect" | "lost_response", times)` (fakes/http.py).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+
+from .http import Call, FakeServer, Reply
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -34,15 +32,6 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 STATUS_MARKER = re.compile(r"\[\[status:(\d{3})\]\]")
-ROUTES = [
-    ("POST", re.compile(r"/v1/messages/batches"), "create"),
-    ("GET", re.compile(r"/v1/messages/batches"), "list"),
-    ("GET", re.compile(r"/v1/messages/batches/([^/]+)"), "retrieve"),
-    ("POST", re.compile(r"/v1/messages/batches/([^/]+)/cancel"), "cancel"),
-    ("GET", re.compile(r"/v1/messages/batches/([^/]+)/results"), "results"),
-    ("DELETE", re.compile(r"/v1/messages/batches/([^/]+)"), "delete"),
-]
-OPERATIONS = tuple(name for _, _, name in ROUTES)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -84,44 +73,28 @@ def _result(params: dict) -> dict:
     return {"type": "succeeded", "message": message}
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
+    routes = (
+        ("POST", re.compile(r"/v1/messages/batches"), "create"),
+        ("GET", re.compile(r"/v1/messages/batches"), "list"),
+        ("GET", re.compile(r"/v1/messages/batches/([^/]+)"), "retrieve"),
+        ("POST", re.compile(r"/v1/messages/batches/([^/]+)/cancel"), "cancel"),
+        ("GET", re.compile(r"/v1/messages/batches/([^/]+)/results"), "results"),
+        ("DELETE", re.compile(r"/v1/messages/batches/([^/]+)"), "delete"),
+    )
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
-        self._address = (host, port)
+        super().__init__(host, port)
         self._step_seconds = step_seconds
-        self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
         self.reset()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeAnthropic:
-        self._server = ThreadingHTTPServer(self._address, _Handler)
-        self._server.fake = self
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def reset(self) -> None:
         with self._lock:
             self._batches: dict[str, dict] = {}
             self._requests: dict[str, list[dict]] = {}
-            self.calls: list[tuple[str, str]] = []
-            self.keys: list[str] = []
-            self._faults: list[list] = []
+            self.faults_clear()
             self.step_seconds = self._step_seconds
             self.expire_after: int | None = None
-
-    def inject(self, operation: str, fault, times: int = 1) -> None:
-        if operation not in OPERATIONS:
-            raise ValueError(f"unknown operation {operation!r}; one of {OPERATIONS}")
-        with self._lock:
-            self._faults.append([operation, fault, times])
 
     @property
     def batches(self) -> list[dict]:
@@ -133,17 +106,14 @@ class FakeAnthropic:
         with self._lock:
             return [copy.deepcopy(r) for rs in self._requests.values() for r in rs]
 
-    # -- requests ------------------------------------------------------------------------------
+    def key_of(self, headers: dict[str, str]) -> str:
+        key = headers.get("x-api-key") or headers.get("authorization", "")
+        return key.removeprefix("Bearer ")
 
-    def _take_fault(self, operation: str):
-        with self._lock:
-            for entry in self._faults:
-                if entry[0] == operation:
-                    entry[2] -= 1
-                    if not entry[2]:
-                        self._faults.remove(entry)
-                    return entry[1]
-        return None
+    def error(self, status: int, message: str) -> Reply:
+        return Reply(status, _error(status, message), {"request-id": "req_fake"})
+
+    # -- requests ------------------------------------------------------------------------------
 
     def _view(self, batch: dict) -> dict:
         """The batch as observed now: ended once `step_seconds` have passed."""
@@ -203,109 +173,48 @@ class FakeAnthropic:
         }
         return 200, self._view(self._batches[batch_id])
 
-    def _handle(self, method: str, path: str, query: dict, body: dict | None):
-        operation, args = "unknown", ()
-        for route_method, pattern, name in ROUTES:
-            if route_method == method and (match := pattern.fullmatch(path)):
-                operation, args = name, match.groups()
+    def respond(self, call: Call) -> Reply:
         with self._lock:
-            self.calls.append((operation, path))
-        if operation == "unknown":
-            return 404, _error(404, f"Not found: {method} {path}"), operation
-        with self._lock:
-            if operation == "create":
-                return (*self._create(body or {}), operation)
-            if operation == "list":
-                found = sorted(self._batches.values(), key=lambda b: -b["_created"])
-                if after := query.get("after_id"):
-                    ids = [b["id"] for b in found]
-                    found = found[ids.index(after) + 1 :] if after in ids else []
-                limit = int(query.get("limit", 20))
-                page = [self._view(b) for b in found[:limit]]
-                return (
-                    200,
-                    {
-                        "data": page,
-                        "has_more": len(found) > limit,
-                        "first_id": page[0]["id"] if page else None,
-                        "last_id": page[-1]["id"] if page else None,
-                    },
-                    operation,
-                )
-            batch = self._batches.get(args[0])
-            if batch is None:
-                return 404, _error(404, f"No batch {args[0]}."), operation
-            view = self._view(batch)
-            if operation == "retrieve":
-                return 200, view, operation
-            if operation == "cancel":
-                if batch["processing_status"] == "in_progress":
-                    now = time.time()
-                    batch.update(processing_status="canceling", cancel_initiated_at=_iso(now))
-                    self._end(batch, now, canceled=True)
-                return 200, self._view(batch), operation
-            if view["processing_status"] != "ended":
-                return 400, _error(400, "The batch has not ended yet."), operation
-            if operation == "delete":
-                del self._batches[batch["id"]]
-                return 200, {"id": batch["id"], "type": "message_batch_deleted"}, operation
-            lines = [
-                {"custom_id": r["custom_id"], "result": r["result"]}
-                for r in reversed(self._requests[batch["id"]])  # never the input's order
-            ]
-            return 200, lines, operation
+            status, body = self._answer(call)
+        if isinstance(body, list):
+            return Reply(status, body, {"request-id": "req_fake"}, "application/binary")
+        return Reply(status, body, {"request-id": "req_fake"})
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        self._serve("GET")
-
-    def do_POST(self):
-        self._serve("POST")
-
-    def do_DELETE(self):
-        self._serve("DELETE")
-
-    def log_message(self, format, *args):
-        pass
-
-    def _serve(self, method: str) -> None:
-        fake: FakeAnthropic = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        url = urlsplit(self.path)
-        key = self.headers.get("x-api-key") or self.headers.get("Authorization", "")
-        key = key.removeprefix("Bearer ")
-        if not key:
-            return self._send(401, _error(401, "x-api-key header is required"))
-        with fake._lock:
-            fake.keys.append(key)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        operation = next(
-            (n for m, p, n in ROUTES if m == method and p.fullmatch(url.path)), "unknown"
-        )
-        fault = fake._take_fault(operation)
-        if isinstance(fault, int):
-            return self._send(fault, _error(fault, f"Injected HTTP {fault}."))
-        if fault == "disconnect":
-            self.close_connection = True
-            return None
-        status, body, _ = fake._handle(method, url.path, query, json.loads(raw) if raw else None)
-        if fault == "lost_response":
-            self.close_connection = True
-            return None
-        return self._send(status, body)
-
-    def _send(self, status: int, body) -> None:
-        if isinstance(body, list):  # results: JSONL
-            data = "".join(json.dumps(line) + "\n" for line in body).encode()
-            content_type = "application/binary"
-        else:
-            data, content_type = json.dumps(body).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", "req_fake")
-        self.end_headers()
-        self.wfile.write(data)
+    def _answer(self, call: Call) -> tuple[int, dict | list]:
+        operation, query = call.operation, call.query
+        if operation == "create":
+            return self._create(call.json() or {})
+        if operation == "list":
+            found = sorted(self._batches.values(), key=lambda b: -b["_created"])
+            if after := query.get("after_id"):
+                ids = [b["id"] for b in found]
+                found = found[ids.index(after) + 1 :] if after in ids else []
+            limit = int(query.get("limit", 20))
+            page = [self._view(b) for b in found[:limit]]
+            return 200, {
+                "data": page,
+                "has_more": len(found) > limit,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        batch = self._batches.get(call.args[0])
+        if batch is None:
+            return 404, _error(404, f"No batch {call.args[0]}.")
+        view = self._view(batch)
+        if operation == "retrieve":
+            return 200, view
+        if operation == "cancel":
+            if batch["processing_status"] == "in_progress":
+                now = time.time()
+                batch.update(processing_status="canceling", cancel_initiated_at=_iso(now))
+                self._end(batch, now, canceled=True)
+            return 200, self._view(batch)
+        if view["processing_status"] != "ended":
+            return 400, _error(400, "The batch has not ended yet.")
+        if operation == "delete":
+            del self._batches[batch["id"]]
+            return 200, {"id": batch["id"], "type": "message_batch_deleted"}
+        return 200, [
+            {"custom_id": r["custom_id"], "result": r["result"]}
+            for r in reversed(self._requests[batch["id"]])  # never the input's order
+        ]

@@ -1,0 +1,169 @@
+"""What the providers' fakes share: a loopback HTTP server, routes, injected faults, keys seen.
+
+A fake names its operations by route (`routes`: method, path pattern, name), answers each in
+`respond`, and can be told to fail the next calls of one operation:
+`inject(operation, 500 | 429 | "disconnect" | "lost_response", times)`. A "lost_response" does
+the work and then drops the connection, as a response lost on the way back would.
+Standard library only; state in memory, under one lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict | list | bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    def encoded(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, list):  # results: JSONL
+            return "".join(json.dumps(line) + "\n" for line in self.body).encode()
+        return json.dumps(self.body).encode()
+
+
+@dataclass
+class Call:
+    """One request to the fake, as its `respond` sees it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    raw: bytes
+    operation: str
+    args: tuple[str, ...]
+
+    def json(self) -> dict | None:
+        return json.loads(self.raw) if self.raw else None
+
+
+class FakeServer:
+    routes: tuple[tuple[str, re.Pattern, str], ...] = ()
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._address = (host, port)
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self.calls: list[tuple[str, str]] = []
+        self.keys: list[str] = []
+        self._faults: list[list] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return tuple(name for _, _, name in self.routes)
+
+    def start(self):
+        self._server = ThreadingHTTPServer(self._address, _Handler)
+        self._server.fake = self
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def inject(self, operation: str, fault, times: int = 1) -> None:
+        if operation not in self.operations:
+            raise ValueError(f"unknown operation {operation!r}; one of {self.operations}")
+        with self._lock:
+            self._faults.append([operation, fault, times])
+
+    def faults_clear(self) -> None:
+        with self._lock:
+            self.calls, self.keys, self._faults = [], [], []
+
+    def take_fault(self, operation: str):
+        with self._lock:
+            for entry in self._faults:
+                if entry[0] == operation:
+                    entry[2] -= 1
+                    if not entry[2]:
+                        self._faults.remove(entry)
+                    return entry[1]
+        return None
+
+    def route(self, method: str, path: str) -> tuple[str, tuple[str, ...]]:
+        for route_method, pattern, name in self.routes:
+            if route_method == method and (match := pattern.fullmatch(path)):
+                return name, match.groups()
+        return "unknown", ()
+
+    # A fake's own: who may call, its error body, and its answers.
+    def key_of(self, headers: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def error(self, status: int, message: str) -> Reply:
+        raise NotImplementedError
+
+    def respond(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_DELETE(self):
+        self._serve("DELETE")
+
+    def log_message(self, format, *args):
+        pass
+
+    def _serve(self, method: str) -> None:
+        fake: FakeServer = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        operation, args = fake.route(method, url.path)
+        with fake._lock:
+            fake.calls.append((operation, url.path))
+        key = fake.key_of(headers)
+        if not key:
+            return self._send(fake.error(401, "An API key is required."))
+        with fake._lock:
+            fake.keys.append(key)
+        fault = fake.take_fault(operation)
+        if isinstance(fault, int):
+            return self._send(fake.error(fault, f"Injected HTTP {fault}."))
+        if fault == "disconnect":
+            self.close_connection = True
+            return None
+        if operation == "unknown":
+            return self._send(fake.error(404, f"Not found: {method} {url.path}"))
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        reply = fake.respond(Call(method, url.path, query, headers, raw, operation, args))
+        if fault == "lost_response":
+            self.close_connection = True
+            return None
+        return self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        data = reply.encoded()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
