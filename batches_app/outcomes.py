@@ -20,7 +20,7 @@ from requests_app.webhooks import webhook_events_record
 
 from . import capacity
 from .models import Batch
-from .usage import usage_tokens
+from .usage import answer_usage, usage_tokens
 
 Status = BatchRequest.Status
 TOKEN_LIMIT_CAP = 6 * 3600
@@ -82,12 +82,11 @@ class LineOutcome:
                     permanent=True,
                 )
             if code == 200:
-                usage = body.get("usage") if isinstance(body, dict) else None
                 return cls(
                     data["custom_id"],
                     code,
                     raw.decode(),
-                    tokens=usage_tokens(usage),
+                    tokens=usage_tokens(answer_usage(body)),
                     images=_image_count(body),
                     body_bytes=len(raw),
                 )
@@ -96,8 +95,7 @@ class LineOutcome:
                 data["custom_id"],
                 code,
                 raw.decode(),
-                (error or {}).get("code")
-                or ("rate_limit_exceeded" if code == 429 else "server_error"),
+                _error_code(error or {}, code),
                 (error or {}).get("message") or f"The upstream answered HTTP {code}.",
                 body_bytes=len(raw),
             )
@@ -121,6 +119,16 @@ def _codec(line: str) -> tuple:
     if len(line) <= settings.RESPONSE_INLINE_BYTES:
         return orjson.loads, orjson.dumps
     return json.loads, _compact_json
+
+
+def _error_code(error: dict, status: int) -> str:
+    """The code of an error body: OpenAI's `code`, Gemini's `status`, Anthropic's `type`."""
+    for code in (error.get("code"), error.get("status")):
+        if isinstance(code, str) and code:
+            return code
+    if status == 429:
+        return "rate_limit_exceeded"
+    return error.get("type") or "server_error"
 
 
 def _image_count(body) -> int | None:

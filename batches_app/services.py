@@ -36,12 +36,11 @@ from .outcomes import (
     rows_update,
     webhooks_for_settled,
 )
-from .upstreams import UpstreamError
+from .upstreams import METADATA_KEY, UpstreamError
 
 log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 State = Batch.State
-METADATA_KEY = "batchproxy_batch_id"
 BACKOFF_CAP = 3600
 # Requests whose tokens are counted per statement.
 TOKEN_COUNT_CHUNK = 1000
@@ -371,7 +370,8 @@ def _upload(batch: Batch) -> None:
     The file id is recorded only after the upload answers, so a crash or a lost response in
     between leaves a file upstream that only its name ties to this batch.
     """
-    if upstreams.transport(batch.upstream).inline:
+    transport = upstreams.transport(batch.upstream)
+    if transport.takes_inline(batch.input_bytes):
         _move_inline(batch)
         return
     if batch.upload_attempted_at:
@@ -382,14 +382,14 @@ def _upload(batch: Batch) -> None:
         written = 0
         with path.open("w", encoding="utf-8") as fh:
             for pk, body in rows.iterator(chunk_size=2000):
-                fh.write(jsonl_line(pk, batch.endpoint, body))
+                fh.write(transport.input_line(pk, batch.endpoint, body))
                 written += 1
         if not written:
             _finish(batch, last_error="no requests left to submit")
             return
         batch.upload_attempted_at = timezone.now()
         Batch.objects.filter(pk=batch.pk).update(upload_attempted_at=batch.upload_attempted_at)
-        file_id = upstreams.transport(batch.upstream).upload_file(path, batch.input_filename)
+        file_id = transport.upload_file(path, batch.input_filename)
     crash_point("after_upload")
     with transaction.atomic():
         UpstreamFile.objects.get_or_create(
@@ -434,15 +434,19 @@ def _create(batch: Batch) -> None:
         Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
     crash_point("before_create")
     transport = upstreams.transport(batch.upstream)
-    if transport.inline:
+    metadata = {METADATA_KEY: str(batch.pk), "model": batch.model[:512]}
+    if transport.takes_inline(batch.input_bytes):
         created = transport.create_inline(
-            requests=_submitted_bodies(batch).iterator(chunk_size=2000)
+            requests=_submitted_bodies(batch).iterator(chunk_size=2000),
+            model=batch.model,
+            metadata=metadata,
         )
     else:
         created = transport.create_batch(
             input_file_id=batch.input_file_id,
             endpoint=batch.endpoint,
-            metadata={METADATA_KEY: str(batch.pk), "model": batch.model[:512]},
+            model=batch.model,
+            metadata=metadata,
         )
     crash_point("after_create")
     _record_running(batch, created)

@@ -184,6 +184,23 @@ if env.str("ANTHROPIC_API_KEY", default=""):
             "api_version": "",
         }
     )
+if env.str("GEMINI_API_KEY", default=""):
+    # google-genai's own variables make the default Gemini upstream.
+    UPSTREAMS.append(
+        {
+            "name": "gemini",
+            "kind": "gemini",
+            "base_url": env.str(
+                "GOOGLE_GEMINI_BASE_URL", default="https://generativelanguage.googleapis.com/"
+            ),
+            "key_env": "GEMINI_API_KEY",
+            "models": env.list("GEMINI_MODELS", default=["gemini-*"]),
+            "api_version": env.str("GEMINI_API_VERSION", default="v1beta"),
+        }
+    )
+# A Gemini batch of at most this many bytes goes with its requests inline (the API takes
+# 20 MB), a larger one as a JSONL file through the File API.
+GEMINI_INLINE_MAX_BYTES = env.int("GEMINI_INLINE_MAX_BYTES", default=10_000_000)
 if env.str("AZURE_OPENAI_ENDPOINT", default="") and env.str("AZURE_OPENAI_API_KEY", default=""):
     # The AzureOpenAI SDK's own variables make the default Azure upstream; its models are the
     # names of its Global-Batch deployments.

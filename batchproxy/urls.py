@@ -11,6 +11,7 @@ from requests_app.models import ENDPOINTS
 
 intake = views.Intake.as_view()
 anthropic_intake = views.AnthropicIntake.as_view()
+gemini = {"endpoint": "/v1beta/models:generateContent"}
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
 # without it.
@@ -23,6 +24,23 @@ client_urls = (
     + [
         path(f"{prefix}messages", anthropic_intake, {"endpoint": "/v1/messages"})
         for prefix in ("v1/", "")
+    ]
+    # google-genai puts its API version in every path: v1 by default, v1beta in Google's docs.
+    + [
+        route
+        for version in ("v1", "v1beta")
+        for route in (
+            path(
+                f"{version}/models/<str:model>:generateContent",
+                views.GeminiIntake.as_view(),
+                gemini,
+            ),
+            path(
+                f"{version}/models/<str:model>:streamGenerateContent",
+                views.GeminiStreamRefused.as_view(),
+                gemini,
+            ),
+        )
     ]
     + [
         route

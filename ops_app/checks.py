@@ -103,7 +103,7 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure", "anthropic")
+UPSTREAM_KINDS = ("openai", "azure", "anthropic", "gemini")
 
 
 @register()

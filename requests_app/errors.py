@@ -90,24 +90,81 @@ def anthropic_shaped(response: HttpResponse) -> HttpResponse:
     """An OpenAI-shaped error answer rewritten as Anthropic's `{"type": "error", "error":
     {"type", "message"}}`, headers kept. Other bodies (an answer, or Anthropic's own error for
     that request) pass unchanged."""
-    if response.status_code < 400 or not response.get("Content-Type", "").startswith(
-        "application/json"
-    ):
-        return response
-    try:
-        error = orjson.loads(response.content).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return response
-    if not isinstance(error, dict) or "message" not in error or "code" not in error:
+    error = _proxy_error(response)
+    if error is None:
         return response
     kind = error.get("type")
     if kind not in PROXY_TYPES:
         kind = ANTHROPIC_TYPES.get(response.status_code, "invalid_request_error")
-    body = {"type": "error", "error": {"type": kind, "message": error["message"]}}
+    return _rewritten(
+        response, {"type": "error", "error": {"type": kind, "message": error["message"]}}
+    )
+
+
+def _proxy_error(response: HttpResponse) -> dict | None:
+    """The `error` of one of the proxy's own OpenAI-shaped error answers, else None (an
+    answer, or the upstream's own error body for that request)."""
+    if response.status_code < 400 or not response.get("Content-Type", "").startswith(
+        "application/json"
+    ):
+        return None
+    try:
+        error = orjson.loads(response.content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(error, dict) or "message" not in error or "code" not in error:
+        return None
+    if set(error) != {"message", "type", "param", "code"}:
+        return None  # not ours: ours always has these four
+    return error
+
+
+def _rewritten(response: HttpResponse, body: dict) -> HttpResponse:
     response.content = orjson.dumps(body)
     if response.has_header("Content-Length"):
         response["Content-Length"] = str(len(response.content))
     return response
+
+
+# HTTP status -> google.rpc.Code name, as Google's APIs answer (https://google.aip.dev/193).
+GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    411: "INVALID_ARGUMENT",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    422: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+}
+
+
+def gemini_shaped(response: HttpResponse) -> HttpResponse:
+    """An OpenAI-shaped error answer rewritten as Google's `{"error": {"code", "message",
+    "status", "details"}}`, headers kept; the proxy's own state (`batch_pending`, ...) is the
+    reason of a google.rpc.ErrorInfo in `details`. Other bodies pass unchanged."""
+    error = _proxy_error(response)
+    if error is None:
+        return response
+    status = response.status_code
+    body = {
+        "code": status,
+        "message": error["message"],
+        "status": GOOGLE_STATUSES.get(status, "UNKNOWN"),
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": str(error.get("code") or error.get("type") or "").upper(),
+                "domain": "batchproxy",
+            }
+        ],
+    }
+    return _rewritten(response, {"error": body})
 
 
 @csrf_exempt  # an unknown path is 404 for every method, never a CSRF 403

@@ -29,6 +29,8 @@ class Endpoint(models.TextChoices):
     IMAGES_EDITS = "/v1/images/edits"
     VIDEOS = "/v1/videos"
     MESSAGES = "/v1/messages"  # Anthropic's
+    # Gemini's `models/{model}:generateContent`, under /v1 or /v1beta: the model is the path's.
+    GENERATE_CONTENT = "/v1beta/models:generateContent"
 
 
 # The endpoints whose calls are a prompt (and whose answers are priced per image or second).

@@ -15,6 +15,8 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from batches_app.upstreams.gemini import inlined_request
+
 from .errors import ClientError
 from .models import PROMPT_ENDPOINTS, ApiKey, BatchRequest, Endpoint
 
@@ -41,6 +43,8 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
     Everything else is OpenAI's to judge: it answers a bad line with a 400 that reaches the
     client as that line's answer, and the proxy cannot follow every schema of every endpoint.
     """
+    if endpoint == Endpoint.GENERATE_CONTENT:
+        _check_generate_content(body)
     if endpoint == Endpoint.MESSAGES and not isinstance(body.get("messages"), list):
         raise ClientError(
             400, "messages: an array is required.", code="invalid_value", param="messages"
@@ -68,6 +72,22 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
         isinstance(body.get("images"), list) and body["images"]
     ):
         raise ClientError(400, IMAGES_EDITS_JSON_ONLY, code="invalid_value", param="images")
+
+
+def _check_generate_content(body: dict) -> None:
+    """A GenerateContentRequest the SDK can put in a batch job, or a 400 saying why not."""
+    if not (isinstance(body.get("contents"), list) and body["contents"]):
+        raise ClientError(
+            400, "contents: a non-empty array is required.", code="invalid_value", param="contents"
+        )
+    try:
+        inlined_request(body)
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(first[:3])[:300]
+        raise ClientError(
+            400, f"The request is not one a Gemini batch job takes: {detail}", code="invalid_value"
+        ) from None
 
 
 IMAGES_EDITS_JSON_ONLY = (
@@ -98,11 +118,12 @@ def _has_huge_int(raw: bytes) -> bool:
     return False
 
 
-def call_parse(*, endpoint: str, raw: bytes) -> ParsedCall:
+def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> ParsedCall:
     """Validate a call's body and give its canonical form and fingerprint.
 
     Canonical JSON (sorted keys, no insignificant white space) is the request's identity, so
-    the same call with its keys in another order is the same request.
+    the same call with its keys in another order is the same request. A `model` given apart
+    (Gemini's is in the path) goes into the body, where the identity and the engine find it.
     """
     try:
         body = orjson.loads(raw)
@@ -110,6 +131,8 @@ def call_parse(*, endpoint: str, raw: bytes) -> ParsedCall:
         raise ClientError(400, "The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ClientError(400, "The body must be a JSON object.", code="invalid_json")
+    if model is not None:
+        body["model"] = model
     if LONG_DIGITS.search(raw) and _has_huge_int(raw):
         raise ClientError(
             400, "The body holds an integer outside the 64-bit range.", code="invalid_json"

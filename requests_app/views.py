@@ -21,8 +21,8 @@ from batches_app import capacity, catalog, upstreams
 
 from . import limits
 from .api import RawBodyParser
-from .auth import AnthropicKeyAuthentication, PresentsKey, ProxyKey
-from .errors import ClientError, anthropic_shaped, error_response
+from .auth import AnthropicKeyAuthentication, GeminiKeyAuthentication, PresentsKey, ProxyKey
+from .errors import ClientError, anthropic_shaped, error_response, gemini_shaped
 from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
@@ -219,11 +219,11 @@ class Intake(APIView):
             raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
 
-    def post(self, request: Request, endpoint: str) -> HttpResponse:
+    def post(self, request: Request, endpoint: str, model: str | None = None) -> HttpResponse:
         caller: ProxyKey = request.user
         try:
             refuse_form_upload(request, endpoint)
-            call = call_parse(endpoint=endpoint, raw=_read_body(request))
+            call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
             self.check_served(call)
         except ClientError:
             # Only a valid key learns what is wrong with its input.
@@ -250,24 +250,58 @@ class Intake(APIView):
         """On OpenAI's endpoints the default upstream serves every model."""
 
 
-class AnthropicIntake(Intake):
-    """POST /v1/messages: Anthropic's Messages API, queued like the others and sent through
-    Message Batches; the key as `x-api-key` or a bearer, every error in Anthropic's shape."""
+class ProviderIntake(Intake):
+    """An endpoint of another provider's API, served only by an upstream of its kind."""
 
-    authentication_classes = [AnthropicKeyAuthentication]
+    key_variable = ""
 
     def check_served(self, call) -> None:
         if upstreams.upstream_route(endpoint=call.endpoint, model=call.model) is None:
+            kind = upstreams.kinds_for(call.endpoint)[0]
             raise ClientError(
                 404,
-                f"model: no upstream of this proxy serves {call.model!r} (set ANTHROPIC_API_KEY "
-                "or an upstream of kind anthropic).",
+                f"model: no upstream of this proxy serves {call.model!r} (set "
+                f"{self.key_variable} or an upstream of kind {kind}).",
                 code="model_not_found",
                 param="model",
             )
 
+
+class AnthropicIntake(ProviderIntake):
+    """POST /v1/messages: Anthropic's Messages API, queued like the others and sent through
+    Message Batches; the key as `x-api-key` or a bearer, every error in Anthropic's shape."""
+
+    authentication_classes = [AnthropicKeyAuthentication]
+    key_variable = "ANTHROPIC_API_KEY"
+
     def finalize_response(self, request, response, *args, **kwargs):
         return anthropic_shaped(super().finalize_response(request, response, *args, **kwargs))
+
+
+class GeminiIntake(ProviderIntake):
+    """POST /v1beta/models/{model}:generateContent (or /v1/…): the Gemini API's, as google-genai
+    calls it, queued like the others and sent as a Gemini batch job; the key as
+    `x-goog-api-key`, every error in Google's shape."""
+
+    authentication_classes = [GeminiKeyAuthentication]
+    key_variable = "GEMINI_API_KEY"
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        return gemini_shaped(super().finalize_response(request, response, *args, **kwargs))
+
+
+class GeminiStreamRefused(GeminiIntake):
+    """…:streamGenerateContent: a batch is answered whole, never streamed."""
+
+    def post(self, request: Request, endpoint: str, model: str | None = None) -> HttpResponse:
+        if not request.user.is_authenticated:
+            raise NotAuthenticated
+        raise ClientError(
+            400,
+            "Streaming is not supported: batched requests are answered whole. Call "
+            "generate_content, not generate_content_stream.",
+            code="unsupported_parameter",
+        )
 
 
 class BatchRequestSerializer(serializers.ModelSerializer):

@@ -7,18 +7,21 @@ claims. Each kind has its module behind `base.Transport`.
 
 from django.conf import settings
 
-from .base import Transport, Upstream, UpstreamError
+from requests_app.models import Endpoint
 
-__all__ = ["DEFAULT", "KINDS", "Transport", "Upstream", "UpstreamError"]
+from .base import METADATA_KEY, Transport, Upstream, UpstreamError
+
+__all__ = ["DEFAULT", "KINDS", "METADATA_KEY", "Transport", "Upstream", "UpstreamError"]
 
 DEFAULT = "openai"
-# The kinds that serve an endpoint family: OpenAI's endpoints, or Anthropic's Messages.
-ANTHROPIC_ENDPOINTS = ("/v1/messages",)
+# The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
+# generateContent.
+FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
 KINDS = ("openai", "azure")
 
 
 def kinds_for(endpoint: str) -> tuple[str, ...]:
-    return ("anthropic",) if endpoint in ANTHROPIC_ENDPOINTS else KINDS
+    return FAMILIES.get(endpoint, KINDS)
 
 
 def upstreams_all() -> list[Upstream]:
@@ -47,8 +50,8 @@ def upstreams_all() -> list[Upstream]:
 def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
     """The first upstream that serves this model on this endpoint's family.
 
-    On OpenAI's endpoints the default upstream serves every model; on Anthropic's, only a
-    configured Anthropic upstream does (None without one).
+    On OpenAI's endpoints the default upstream serves every model; on Anthropic's and Gemini's,
+    only a configured upstream of that kind does (None without one).
     """
     kinds = kinds_for(endpoint)
     for upstream in upstreams_all():
@@ -90,10 +93,12 @@ def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
     from .anthropic import AnthropicTransport
     from .azure import AzureTransport
+    from .gemini import GeminiTransport
     from .openai import OpenAITransport
 
     upstream = upstream_get(name)
     if upstream.name == DEFAULT and (refusal := upstream_refusal()) is not None:
         raise UpstreamError(refusal, permanent=False, code="no_api_key")
-    kind = {"azure": AzureTransport, "anthropic": AnthropicTransport}.get(upstream.kind)
+    kinds = {"azure": AzureTransport, "anthropic": AnthropicTransport, "gemini": GeminiTransport}
+    kind = kinds.get(upstream.kind)
     return (kind or OpenAITransport)(upstream, upstream_key(upstream))

@@ -120,8 +120,6 @@ def _output_line(result: dict) -> str | None:
 
 
 class AnthropicTransport(Transport):
-    inline = True
-
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
         self._api_key = api_key
@@ -140,10 +138,13 @@ class AnthropicTransport(Transport):
     def upload_file(self, path: Path, filename: str) -> str:
         raise UpstreamError("Anthropic batches take their requests inline", permanent=True)
 
-    def create_batch(self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
+    def create_batch(self, **_) -> dict:
         raise UpstreamError("Anthropic batches take their requests inline", permanent=True)
 
-    def create_inline(self, *, requests: Iterable[tuple[str, str]]) -> dict:
+    def takes_inline(self, input_bytes: int) -> bool:
+        return True
+
+    def create_inline(self, *, requests: Iterable[tuple[str, str]], **_) -> dict:
         """Create a batch of (custom_id, canonical JSON body) requests, never retried blindly."""
         items = [{"custom_id": str(pk), "params": orjson.loads(body)} for pk, body in requests]
         batches = self.client(retries=False).messages.batches

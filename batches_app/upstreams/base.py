@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from requests_app.models import jsonl_line
+
+# The metadata key that names the proxy's batch on its upstream batch.
+METADATA_KEY = "batchproxy_batch_id"
+
 
 class UpstreamError(Exception):
     def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
@@ -47,23 +52,32 @@ class Transport(ABC):
     (`find_batch`, `find_files`) before it tries again on a later tick.
     """
 
-    # True for a kind whose batches take their requests inline (`create_inline`), with no
-    # file to upload first.
-    inline = False
-
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
 
-    def create_inline(self, *, requests: Iterable[tuple[str, str]]) -> dict:
+    def takes_inline(self, input_bytes: int) -> bool:
+        """True when a batch of this size goes with its requests inline (`create_inline`),
+        with no file to upload first."""
+        return False
+
+    def create_inline(
+        self, *, requests: Iterable[tuple[str, str]], model: str, metadata: dict[str, str]
+    ) -> dict:
         """Create a batch of (custom_id, canonical JSON body) requests; OpenAI's Batch shape."""
         raise NotImplementedError
+
+    def input_line(self, custom_id, endpoint: str, body: str) -> str:
+        """One line of an input file: OpenAI's `{"custom_id", "method", "url", "body"}`."""
+        return jsonl_line(custom_id, endpoint, body)
 
     @abstractmethod
     def upload_file(self, path: Path, filename: str) -> str:
         """Upload a JSONL input file; its id."""
 
     @abstractmethod
-    def create_batch(self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
+    def create_batch(
+        self, *, input_file_id: str, endpoint: str, model: str, metadata: dict[str, str]
+    ) -> dict:
         """Create the batch; the upstream batch in OpenAI's shape (`id`, `status`, ...)."""
 
     @abstractmethod

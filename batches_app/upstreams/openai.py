@@ -77,7 +77,9 @@ class OpenAITransport(Transport):
             )
         return created.id
 
-    def create_batch(self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]) -> dict:
+    def create_batch(
+        self, *, input_file_id: str, endpoint: str, model: str, metadata: dict[str, str]
+    ) -> dict:
         batch = self._call(
             self.client(retries=False).batches.create,
             input_file_id=input_file_id,

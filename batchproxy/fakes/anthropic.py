@@ -106,7 +106,7 @@ class FakeAnthropic(FakeServer):
         with self._lock:
             return [copy.deepcopy(r) for rs in self._requests.values() for r in rs]
 
-    def key_of(self, headers: dict[str, str]) -> str:
+    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
         key = headers.get("x-api-key") or headers.get("authorization", "")
         return key.removeprefix("Bearer ")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,7 +106,7 @@ class FakeServer:
         return "unknown", ()
 
     # A fake's own: who may call, its error body, and its answers.
-    def key_of(self, headers: dict[str, str]) -> str:
+    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
         raise NotImplementedError
 
     def error(self, status: int, message: str) -> Reply:
@@ -113,6 +114,17 @@ class FakeServer:
 
     def respond(self, call: Call) -> Reply:
         raise NotImplementedError
+
+
+def serve_until_signalled(fake: FakeServer, what: str) -> None:
+    """Serve in the foreground (`python -m batchproxy.fakes.…`) until SIGINT or SIGTERM."""
+    fake.start()
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    print(f"{what} on {fake.url}", flush=True)
+    stopped.wait()
+    fake.stop()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         operation, args = fake.route(method, url.path)
         with fake._lock:
             fake.calls.append((operation, url.path))
-        key = fake.key_of(headers)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        key = fake.key_of(headers, query)
         if not key:
             return self._send(fake.error(401, "An API key is required."))
         with fake._lock:
@@ -151,7 +164,6 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if operation == "unknown":
             return self._send(fake.error(404, f"Not found: {method} {url.path}"))
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         reply = fake.respond(Call(method, url.path, query, headers, raw, operation, args))
         if fault == "lost_response":
             self.close_connection = True

@@ -1,0 +1,291 @@
+"""Gemini through the proxy (issue 16): `google-genai` pointed at a live proxy gets 422 until
+its batch job has answered, then its own GenerateContentResponse; errors in Google's shape;
+jobs sent to a fake Gemini API over real HTTP, inline or through the File API."""
+
+import json
+
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from batches_app import services
+from batches_app.models import Batch, UpstreamFile
+from batchproxy.fakes.gemini import FakeGemini
+from batchproxy.settings import upstream_from_env
+from requests_app.models import BatchRequest
+
+from .engine import cycle
+
+pytestmark = pytest.mark.django_db(transaction=True)
+Status = BatchRequest.Status
+MODEL = "gemini-2.5-flash"
+UPSTREAM_KEY = "gemini-upstream-test-secret"
+
+
+@pytest.fixture(scope="module")
+def gemini_server():
+    server = FakeGemini().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_gemini(gemini_server, fake_openai, settings, monkeypatch):
+    """The fake Gemini API, reset, as the proxy's upstream for gemini-* models."""
+    gemini_server.reset()
+    monkeypatch.setenv("UPSTREAMS", "google")  # for worker processes too
+    monkeypatch.setenv("UPSTREAM_GOOGLE_KIND", "gemini")
+    monkeypatch.setenv("UPSTREAM_GOOGLE_BASE_URL", gemini_server.url)
+    monkeypatch.setenv("UPSTREAM_GOOGLE_MODELS", "gemini-*")
+    monkeypatch.setenv("UPSTREAM_GOOGLE_API_KEY", UPSTREAM_KEY)
+    settings.UPSTREAMS = [upstream_from_env("google")]
+    settings.OPENAI_MAX_RETRIES = 0
+    return gemini_server
+
+
+@pytest.fixture(params=["v1", "v1beta"])
+def gemini(request, live_server, api_key, fake_gemini) -> genai.Client:
+    """google-genai at the proxy, with each API version it may be set to."""
+    options = {"base_url": live_server.url, "api_version": request.param}
+    return genai.Client(api_key=api_key[1], http_options=options)
+
+
+def ask(client: genai.Client, text: str, **config) -> types.GenerateContentResponse:
+    return client.models.generate_content(
+        model=MODEL, contents=text, config=types.GenerateContentConfig(**config) if config else None
+    )
+
+
+def pending(client: genai.Client, text: str, **config) -> errors.ClientError:
+    with pytest.raises(errors.ClientError) as raised:
+        ask(client, text, **config)
+    assert raised.value.code == 422, raised.value
+    return raised.value
+
+
+def test_the_sdk_gets_422_then_its_own_answer(gemini, fake_gemini):
+    for text in ("first", "second"):
+        refused = pending(gemini, text, temperature=0.2, system_instruction="Be brief.")
+        assert refused.status == "FAILED_PRECONDITION"
+        assert refused.details["error"]["details"][0]["reason"] == "BATCH_PENDING"
+        assert refused.response.headers["retry-after"].isdigit()
+
+    cycle()
+
+    assert ask(gemini, "second", temperature=0.2, system_instruction="Be brief.").text == (
+        "echo: second"
+    )
+    answer = ask(gemini, "first", temperature=0.2, system_instruction="Be brief.")
+    assert answer.text == "echo: first"
+    assert answer.usage_metadata.prompt_token_count == 2
+    sent = fake_gemini.submitted()
+    assert sorted(r["request"]["contents"][0]["parts"][0]["text"] for r in sent) == [
+        "first",
+        "second",
+    ]
+    # The SDK's own request reached the job whole: config, system instruction and model.
+    assert all(r["request"]["generationConfig"] == {"temperature": 0.2} for r in sent)
+    assert all(r["request"]["systemInstruction"]["parts"][0]["text"] == "Be brief." for r in sent)
+    assert all(r["request"]["model"] == f"models/{MODEL}" and r["inline"] for r in sent)
+    batch = Batch.objects.get()
+    assert batch.upstream == "google" and batch.upstream_id.startswith("batches/")
+    assert set(fake_gemini.keys) == {UPSTREAM_KEY}  # never the caller's
+    assert fake_gemini.jobs == []  # an inline job is deleted once its results are in
+
+
+def test_a_large_batch_goes_as_a_file_through_the_file_api(client, api_key, fake_gemini, settings):
+    settings.GEMINI_INLINE_MAX_BYTES = 0
+    for text in ("file a", "file b"):
+        assert _post(client, api_key[1], text).status_code == 422
+
+    cycle()
+
+    for text in ("file a", "file b"):
+        answer = _post(client, api_key[1], text)
+        assert answer.status_code == 200
+        assert answer.json()["candidates"][0]["content"]["parts"][0]["text"] == f"echo: {text}"
+    sent = fake_gemini.submitted()
+    assert len(sent) == 2 and not any(r["inline"] for r in sent)
+    assert "model" not in sent[0]["request"]  # the job's model, not the line's
+    assert {r["key"] for r in sent} == {
+        str(pk) for pk in BatchRequest.objects.values_list("pk", flat=True)
+    }
+    assert UpstreamFile.objects.filter(deleted_at=None).count() == 0
+    assert fake_gemini.files == []  # input and results files deleted upstream
+
+
+def test_a_request_that_failed_upstream_reaches_its_caller_with_its_status(gemini):
+    pending(gemini, "bad [[status:400]]")
+    cycle()
+    with pytest.raises(errors.ClientError) as refused:
+        ask(gemini, "bad [[status:400]]")
+    assert refused.value.code == 400
+    assert refused.value.status == "INVALID_ARGUMENT"
+    assert refused.value.message == "Injected 400."
+    assert BatchRequest.objects.get().error_code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
+def test_an_expired_job_delivers_what_finished_and_resubmits_the_rest(
+    client, api_key, fake_gemini, settings, inline
+):
+    settings.GEMINI_INLINE_MAX_BYTES = 10_000_000 if inline else 0
+    fake_gemini.expire_after = 1
+    for text in ("a", "b", "c"):
+        assert _post(client, api_key[1], text).status_code == 422
+    cycle()
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 1
+    requeued = BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired")
+    assert requeued.count() == 2
+
+    fake_gemini.expire_after = None
+    cycle()
+
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 3
+    assert len(fake_gemini.submitted()) == 3 + 2  # the finished one was not sent again
+
+
+def test_a_failed_job_is_requeued_and_answered_by_the_next(client, api_key, fake_gemini):
+    fake_gemini.fail_batches = 1
+    assert _post(client, api_key[1], "f").status_code == 422
+    cycle()
+    assert BatchRequest.objects.get().status == Status.QUEUED
+    cycle()
+    assert BatchRequest.objects.get().status == Status.COMPLETED
+    assert Batch.objects.filter(state=Batch.State.DONE).count() == 2
+
+
+def _post(client, secret: str, text: str, *, version: str = "v1beta", header="x-goog-api-key"):
+    body = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+    headers = {"HTTP_X_GOOG_API_KEY": secret} if header == "x-goog-api-key" else {}
+    return client.post(
+        f"/{version}/models/{MODEL}:generateContent",
+        json.dumps(body),
+        content_type="application/json",
+        **headers,
+    )
+
+
+def test_the_key_is_x_goog_api_key_and_errors_have_googles_shape(client, api_key, fake_gemini):
+    assert _post(client, api_key[1], "k").status_code == 422
+    assert _post(client, api_key[1], "k", version="v1").status_code == 422
+    assert BatchRequest.objects.count() == 1  # the same call under either version
+
+    for wrong in (_post(client, "bp-wrong", "k"), _post(client, api_key[1], "k", header=None)):
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["status"] == "UNAUTHENTICATED"
+        assert wrong.json()["error"]["code"] == 401
+
+    def post(path: str, body) -> dict:
+        answer = client.post(
+            path, json.dumps(body), content_type="application/json", HTTP_X_GOOG_API_KEY=api_key[1]
+        )
+        return answer.status_code, answer.json()["error"]
+
+    status, error = post(f"/v1beta/models/{MODEL}:streamGenerateContent", {"contents": []})
+    assert (status, error["status"]) == (400, "INVALID_ARGUMENT")
+    assert "stream" in error["message"].lower()
+    status, error = post(f"/v1beta/models/{MODEL}:generateContent", {"contents": "hi"})
+    assert (status, error["status"]) == (400, "INVALID_ARGUMENT")
+    assert "contents" in error["message"]
+    status, error = post(
+        f"/v1beta/models/{MODEL}:generateContent",
+        {"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"temperature": "hot"}},
+    )
+    assert status == 400 and "temperature" in error["message"]
+    status, error = post("/v1beta/models/gpt-4o:generateContent", {"contents": [{"parts": []}]})
+    assert (status, error["status"]) == (404, "NOT_FOUND")
+    assert "GEMINI_API_KEY" in error["message"]
+    assert BatchRequest.objects.count() == 1  # nothing stored for the refusals
+
+
+def test_without_a_gemini_upstream_a_gemini_model_is_not_found(client, api_key, fake_openai):
+    answer = _post(client, api_key[1], "nobody serves me")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["status"] == "NOT_FOUND"
+    assert BatchRequest.objects.count() == 0
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
+@pytest.mark.parametrize("fault", [500, "disconnect", "lost_response"])
+def test_a_failed_create_is_retried_and_never_makes_a_second_job(
+    client, api_key, fake_gemini, settings, fault, inline
+):
+    settings.GEMINI_INLINE_MAX_BYTES = 10_000_000 if inline else 0
+    for text in ("x", "y"):
+        assert _post(client, api_key[1], text).status_code == 422
+    fake_gemini.inject("create", fault)
+    services.batch_flush(force=True)
+    assert services.batches_advance(force=True).failures
+
+    cycle()
+
+    assert len(fake_gemini.submitted()) == 2  # created once: a lost answer is found again
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 2
+
+
+@pytest.mark.parametrize("fault", [500, "disconnect", "lost_response"])
+def test_a_failed_upload_is_retried_and_its_orphan_deleted(
+    client, api_key, fake_gemini, settings, fault
+):
+    settings.GEMINI_INLINE_MAX_BYTES = 0
+    assert _post(client, api_key[1], "u").status_code == 422
+    fake_gemini.inject("upload", fault)
+    services.batch_flush(force=True)
+    assert services.batches_advance(force=True).failures
+
+    cycle()
+    cycle()
+
+    assert BatchRequest.objects.get().status == Status.COMPLETED
+    assert len(fake_gemini.submitted()) == 1
+    assert fake_gemini.files == []  # the orphaned upload too
+
+
+@pytest.mark.parametrize("operation", ["retrieve", "download", "delete", "file_delete"])
+def test_failed_polls_reads_and_deletes_are_retried(
+    client, api_key, fake_gemini, settings, operation
+):
+    settings.GEMINI_INLINE_MAX_BYTES = 0 if operation in ("download", "file_delete") else 10**7
+    assert _post(client, api_key[1], "p").status_code == 422
+    fake_gemini.inject(operation, 503)
+    cycle()
+    cycle()
+    services.files_sweep()
+    assert BatchRequest.objects.get().status == Status.COMPLETED
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert fake_gemini.files == []
+
+
+@pytest.mark.parametrize(
+    "point", ["after_claim", "before_create", "after_create", "mid_ingest", "after_ingest_file"]
+)
+def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
+    client, api_key, fake_openai, fake_gemini, point
+):
+    """As tests/test_crash.py does for OpenAI's kinds: the worker dies at `point`, the next
+    one finishes the step (the job created before the crash is found, not made again)."""
+    from .test_crash import lease_free
+    from .workers import CRASHED, run, wait_for
+
+    texts = [f"crash {i}" for i in range(5)]
+    for text in texts:
+        assert _post(client, api_key[1], text).status_code == 422
+    crashed = run(fake_openai, "tick", crash_at=point, INGEST_CHUNK_LINES=2)
+    assert crashed.returncode == CRASHED, crashed.stderr[-3000:]
+    wait_for(lease_free, timeout=2, what="the dead worker's lease to be released")
+    again = run(fake_openai, "tick", INGEST_CHUNK_LINES=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    assert sorted(r["key"] for r in fake_gemini.submitted()) == sorted(
+        str(pk) for pk in BatchRequest.objects.values_list("pk", flat=True)
+    )
+    answers = {
+        json.loads(body)["contents"][0]["parts"][0]["text"]: json.loads(response)["candidates"][0][
+            "content"
+        ]["parts"][0]["text"]
+        for body, response in BatchRequest.objects.values_list("body", "response_body")
+    }
+    assert answers == {text: f"echo: {text}" for text in texts}
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert fake_gemini.jobs == []
