@@ -83,10 +83,10 @@ def _check_generate_content(body: dict) -> None:
     try:
         inlined_request(body)
     except ValueError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(first[:3])[:300]
         raise ClientError(
-            400, f"The request is not one a Gemini batch job takes: {detail}", code="invalid_value"
+            400,
+            f"The request is not one a Gemini batch job takes: {str(exc)[:300]}",
+            code="invalid_value",
         ) from None
 
 

@@ -26,6 +26,7 @@ import orjson
 from django.conf import settings
 from google import genai
 from google.genai import errors, types
+from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
@@ -118,23 +119,40 @@ def _call(upstream: str, fn, *args, **kwargs):
 def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
     """A GenerateContentRequest as it came over the wire, as the SDK's InlinedRequest.
 
-    Raises pydantic's ValidationError when the SDK cannot read it: the intake calls this to
+    Raises ValueError, saying where, when the SDK cannot read it: the intake calls this to
     refuse such a body at once, so a batch never holds one.
     """
     request = dict(body)
     model = request.pop("model", None)
     config = request.pop("generationConfig", None) or {}
-    config |= {name: request.pop(name) for name in CONFIG_FIELDS if name in request}
-    if request.keys() - {"contents"}:
-        raise ValueError(f"unknown fields: {', '.join(sorted(request.keys() - {'contents'}))}")
-    return types.InlinedRequest.model_validate(
-        {
-            "model": model,
-            "contents": request.get("contents"),
-            "config": config or None,
-            "metadata": {"key": key} if key else None,
-        }
-    )
+    if not isinstance(config, dict):
+        raise ValueError("generationConfig: an object is required")
+    config = config | {name: request.pop(name) for name in CONFIG_FIELDS if name in request}
+    contents = request.pop("contents", None)
+    if request:
+        raise ValueError(f"unknown fields: {', '.join(sorted(request))}")
+    if not isinstance(contents, list):
+        raise ValueError("contents: an array is required")
+    fields = {"model": model, "contents": contents, "config": config or None}
+    try:
+        return types.InlinedRequest.model_validate(
+            fields | {"metadata": {"key": key} if key else None}
+        )
+    except ValidationError:
+        # The union of content shapes makes pydantic's own message a riddle: say where.
+        for number, item in enumerate(contents):
+            _validated(types.Content, item, f"contents[{number}]")
+        _validated(types.GenerateContentConfig, config, "")  # generationConfig's and the rest
+        raise
+
+
+def _validated(model: type[BaseModel], value, where: str):
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(part) for part in (where, *first["loc"]) if part != "")
+        raise ValueError(f"{path}: {first['msg']}") from None
 
 
 def _normalised(job: types.BatchJob) -> dict:
