@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
-from .test_node_sdk import NODE_DIR
+from .test_node_sdk import NODE_DIR, node_modules_ensure
 from .test_serve import ROOT, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -106,12 +105,7 @@ def test_a_readme_python_example_prints_its_answer_within_15_seconds(try_out, nu
 
 @pytest.mark.parametrize("number", range(EXAMPLES), ids=["helper", "loop"])
 def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, number):
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
-        )
+    node_modules_ensure()
     port, _, data_dir = try_out
     code = readme_example("js", number).replace("localhost:9487", f"localhost:{port}")
     # The helper from the checkout, as its import's own comment offers.
