@@ -21,7 +21,7 @@ from batches_app import capacity, catalog, upstreams
 
 from . import limits
 from .api import RawBodyParser
-from .auth import AnthropicKeyAuthentication, PresentsKey, ProxyKey
+from .auth import AnthropicKeyAuthentication, PresentsKey, ProviderKeyAuthentication, ProxyKey
 from .errors import ClientError, anthropic_shaped, error_response
 from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
@@ -270,6 +270,11 @@ class AnthropicIntake(Intake):
         return anthropic_shaped(super().finalize_response(request, response, *args, **kwargs))
 
 
+# The proxy's own read endpoints take the key as the caller's SDK sends it: an Anthropic or
+# Gemini caller holds only its x-api-key or x-goog-api-key (or a bearer, as OpenAI's SDKs send).
+PROVIDER_KEYS = [ProviderKeyAuthentication]
+
+
 class BatchRequestSerializer(serializers.ModelSerializer):
     object = serializers.SerializerMethodField()
     waiting_for = serializers.SerializerMethodField()
@@ -321,6 +326,7 @@ class BatchRequestDetail(RetrieveAPIView):
     """GET /v1/batch_requests/{id}: how one of the caller's own requests stands."""
 
     serializer_class = BatchRequestSerializer
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     def get_queryset(self):
@@ -370,6 +376,7 @@ class BatchRequestList(ListAPIView):
 
     serializer_class = FinishedRequestSerializer
     pagination_class = FinishedCursorPagination
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     def include_body(self) -> bool:
@@ -422,6 +429,7 @@ class ModelList(APIView):
     Shared by every key: the price table, the queue limits and the models batched so far.
     """
 
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     @extend_schema(operation_id="list_models", responses=ModelListSerializer)
@@ -433,6 +441,7 @@ class ModelList(APIView):
 class ModelDetail(APIView):
     """GET /v1/models/{model}: one known model, or 404 `model_not_found` as OpenAI answers."""
 
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     @extend_schema(operation_id="retrieve_model", responses=ModelSerializer)
