@@ -35,6 +35,15 @@ def readme_example(language: str, number: int) -> str:
     return whole[number]
 
 
+def readme_anthropic_example(language: str) -> str:
+    """The README's one whole Anthropic example in `language`."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
+    whole = [b for b in blocks if "localhost:9487" in b and "anthropic" in b.lower()]
+    assert len(whole) == 1, f"the README's {language} Anthropic examples changed: {len(whole)}"
+    return whole[0]
+
+
 def first_call_to_answer(command: list[str], cwd, data_dir, env=None) -> tuple[float, str]:
     """Run an example; the seconds from its first call to its first printed line, and that line.
 
@@ -149,3 +158,33 @@ def test_with_polls_an_hour_apart_the_webhook_brings_the_answer_within_seconds(t
     with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
         [(received,)] = db.execute("SELECT count(*) FROM batches_app_openaiwebhook").fetchall()
     assert received == 1
+
+
+@pytest.mark.parametrize("language", ["python", "js"])
+def test_the_readme_anthropic_example_is_answered_by_the_fake_anthropic(try_out, language):
+    """claude-* in try-out mode: the official Anthropic SDK's call is batched to the fake
+    Anthropic that serve started, and answered within 15 s, as the OpenAI examples are."""
+    port, output, data_dir = try_out
+    code = readme_anthropic_example(language).replace("localhost:9487", f"localhost:{port}")
+    assert f"localhost:{port}" in code
+    if language == "python":
+        took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
+    else:
+        node_modules_ensure()
+        script = NODE_DIR / f"readme-anthropic-{port}.mjs"  # beside @anthropic-ai/sdk
+        script.write_text(code)
+        try:
+            took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
+        finally:
+            script.unlink()
+
+    assert line == ANSWER
+    print(f"README Anthropic {language} example answered {took:.1f} s after its first call")
+    assert took < 15
+    assert any("claude-* models to the built-in fake Anthropic at" in line for line in output)
+    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
+        [(upstream, endpoint)] = db.execute(
+            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
+            "JOIN batches_app_batch b ON b.id = r.batch_id"
+        ).fetchall()
+    assert (upstream, endpoint) == ("anthropic", "/v1/messages")
