@@ -9,7 +9,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from batchproxy.tryout import FAKE_API_KEY, tryout_read
+from batchproxy.tryout import FAKE_API_KEY, tryout_read, tryout_upstreams
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -147,10 +147,10 @@ else:
 # --- The proxy's own knobs (CONTRACT.md §4) ---------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
-# A data directory in try-out mode (batchproxy/tryout.py) talks to its fake OpenAI only.
+# A data directory in try-out mode (batchproxy/tryout.py) talks to its fakes only.
 TRY_OUT = tryout_read(DATA_DIR)
 if TRY_OUT is not None:
-    OPENAI_BASE_URL, OPENAI_API_KEY = TRY_OUT["openai_base_url"], FAKE_API_KEY
+    OPENAI_BASE_URL, OPENAI_API_KEY = TRY_OUT["fakes"]["openai"], FAKE_API_KEY
 OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=60.0)
 # The SDK's own retries of reads; calls that create something upstream never retry blindly.
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
@@ -214,6 +214,10 @@ if env.str("AZURE_OPENAI_ENDPOINT", default="") and env.str("AZURE_OPENAI_API_KE
             "api_version": env.str("OPENAI_API_VERSION", default="2025-04-01-preview"),
         }
     )
+if TRY_OUT is not None:
+    # The environment's upstreams are set aside, keys and all: the try-out's prompts go to its
+    # fakes (claude-* to the fake Anthropic, gemini-* to the fake Gemini), never to a provider.
+    UPSTREAMS = tryout_upstreams(TRY_OUT)
 # Only the hashes are kept in memory beyond this point.
 ENV_API_KEY_HASHES = frozenset(
     hashlib.sha256(key.encode()).hexdigest() for key in BATCH_SERVER_API_KEY if key

@@ -1,8 +1,8 @@
 """The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
 
 The intake endpoints are DRF views without serializers (`Intake.schema = None`): their bodies
-are OpenAI's and their answers the contract's, so `add_intake_paths` describes them by hand,
-from the contract's table of answers.
+are OpenAI's (or Anthropic's, on /v1/messages) and their answers the contract's, so
+`add_intake_paths` describes them by hand, from the contract's table of answers.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -10,6 +10,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from requests_app.models import ENDPOINTS
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ANTHROPIC_ERROR_REF = {"$ref": "#/components/schemas/AnthropicError"}
 REQUEST_ID_HEADER = {
     "description": "The proxy's id of this request (GET /v1/batch_requests/{id}).",
     "schema": {"type": "string", "format": "uuid"},
@@ -20,12 +21,40 @@ NO_RETRY_HEADER = {
 }
 
 
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "A proxy key."}
+ANTHROPIC_KEY_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "x-api-key",
+    "description": "A proxy key, as the Anthropic SDK's API key.",
+}
+GEMINI_KEY_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "x-goog-api-key",
+    "description": "A proxy key, as google-genai's API key.",
+}
+
+
 class ProxyKeyScheme(OpenApiAuthenticationExtension):
     target_class = "requests_app.auth.ProxyKeyAuthentication"
     name = "proxyKey"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "description": "A proxy key."}
+        return BEARER_SCHEME
+
+
+class ProviderKeyScheme(OpenApiAuthenticationExtension):
+    """A provider SDK's own key header or a bearer: any one of the three (OR)."""
+
+    target_class = "requests_app.auth.ProviderKeyAuthentication"
+    name = ["proxyKey", "anthropicKey", "geminiKey"]
+
+    def get_security_requirement(self, auto_schema):
+        return [{name: []} for name in self.name]
+
+    def get_security_definition(self, auto_schema):
+        return [BEARER_SCHEME, ANTHROPIC_KEY_SCHEME, GEMINI_KEY_SCHEME]
 
 
 def only_v1_paths(endpoints, **kwargs):
@@ -33,8 +62,8 @@ def only_v1_paths(endpoints, **kwargs):
     return [endpoint for endpoint in endpoints if endpoint[0].startswith("/v1/")]
 
 
-def _error(description: str, **headers: dict) -> dict:
-    response = {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+def _error(description: str, schema: dict = ERROR_REF, **headers: dict) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
     if headers:
         response["headers"] = headers
     return response
@@ -90,6 +119,69 @@ def _intake_operation(endpoint: str) -> dict:
     }
 
 
+def _messages_operation() -> dict:
+    """POST /v1/messages: as the other intakes, with Anthropic's body, key and error shape."""
+    error = ANTHROPIC_ERROR_REF
+    return {
+        "operationId": "create_messages",
+        "summary": "Queue an Anthropic /v1/messages call for Message Batches, or get its answer",
+        "description": (
+            "Repeat the identical call (same key, same body) until it stops answering 422. "
+            "The body is passed to Anthropic unchanged; only `model`, `messages` and `stream` "
+            "are checked. Every error is in Anthropic's shape."
+        ),
+        "tags": ["batched calls"],
+        "security": [{"anthropicKey": []}, {"proxyKey": []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/MessagesCall"}}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Done: the Message, unchanged.",
+                "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER},
+                "content": {
+                    "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+                },
+            },
+            "400": _error(
+                "The body is not a JSON object, `model` is missing, `messages` is not an array, "
+                "or `stream` is true (`invalid_request_error`).",
+                error,
+            ),
+            "401": _error("Missing or wrong proxy key (`authentication_error`).", error),
+            "404": _error("No Anthropic upstream serves this model (`not_found_error`).", error),
+            "409": _error(
+                "Cancelled by an operator (`batch_cancelled`).",
+                error,
+                **{"x-should-retry": NO_RETRY_HEADER},
+            ),
+            "413": _error("The body is larger than MAX_REQUEST_BYTES.", error),
+            "422": _error(
+                "Pending (`batch_pending`): queued or running upstream; repeat the call later.",
+                error,
+                **{
+                    "Retry-After": {
+                        "description": "Seconds until the answer could be there (at least 1).",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    "X-Batch-Request-Id": REQUEST_ID_HEADER,
+                },
+            ),
+            "502": _error(
+                "Failed for good in Message Batches (`batch_failed`).",
+                error,
+                **{"x-should-retry": NO_RETRY_HEADER},
+            ),
+            "4XX": _error(
+                "Done: the batch answered this request `errored`; its error, unchanged.", error
+            ),
+        },
+    }
+
+
 COMPONENTS = {
     "Error": {
         "type": "object",
@@ -113,6 +205,35 @@ COMPONENTS = {
         "required": ["model"],
         "properties": {
             "model": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+            "stream": {
+                "type": "boolean",
+                "enum": [False],
+                "description": "Batches cannot stream: true is refused with 400.",
+            },
+        },
+        "additionalProperties": True,
+    },
+    "AnthropicError": {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"type": "string", "enum": ["error"]},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "request_id": {"type": "string"},
+        },
+    },
+    "MessagesCall": {
+        "type": "object",
+        "description": "An Anthropic Messages request body; passed upstream unchanged.",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "messages": {"type": "array", "items": {"type": "object"}},
             "stream": {
                 "type": "boolean",
                 "enum": [False],
@@ -153,8 +274,12 @@ def add_intake_paths(result, generator, request, public):
     """Add the POST endpoints and the answers DRF cannot infer (401, 404)."""
     components = result.setdefault("components", {})
     components.setdefault("schemas", {}).update(COMPONENTS)
+    schemes = components.setdefault("securitySchemes", {})
+    schemes.setdefault("proxyKey", BEARER_SCHEME)
+    schemes.setdefault("anthropicKey", ANTHROPIC_KEY_SCHEME)
     for endpoint in ENDPOINTS:
         result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
+    result["paths"]["/v1/messages"] = {"post": _messages_operation()}
     result["paths"]["/v1/videos/{video_id}/content"] = {"get": VIDEO_CONTENT}
     for path, operations in result["paths"].items():
         if path.startswith(("/v1/batch_requests", "/v1/models")):

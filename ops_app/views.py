@@ -48,7 +48,7 @@ def front_page(request: HttpRequest) -> HttpResponse:
     """
     base = request.build_absolute_uri("/").rstrip("/")
     if settings.TRY_OUT is not None:
-        upstream = "the built-in fake OpenAI (try-out mode: nothing reaches OpenAI)"
+        upstream = "the built-in fakes (try-out mode: nothing reaches OpenAI or Anthropic)"
     elif settings.OPENAI_BASE_URL.startswith("https://api.openai.com/"):
         upstream = "OpenAI's Batch API"
     else:

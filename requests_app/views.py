@@ -21,7 +21,13 @@ from batches_app import capacity, catalog, upstreams
 
 from . import limits
 from .api import RawBodyParser
-from .auth import AnthropicKeyAuthentication, GeminiKeyAuthentication, PresentsKey, ProxyKey
+from .auth import (
+    AnthropicKeyAuthentication,
+    GeminiKeyAuthentication,
+    PresentsKey,
+    ProviderKeyAuthentication,
+    ProxyKey,
+)
 from .errors import ClientError, anthropic_shaped, error_response, gemini_shaped
 from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
@@ -304,6 +310,11 @@ class GeminiStreamRefused(GeminiIntake):
         )
 
 
+# The proxy's own read endpoints take the key as the caller's SDK sends it: an Anthropic or
+# Gemini caller holds only its x-api-key or x-goog-api-key (or a bearer, as OpenAI's SDKs send).
+PROVIDER_KEYS = [ProviderKeyAuthentication]
+
+
 class BatchRequestSerializer(serializers.ModelSerializer):
     object = serializers.SerializerMethodField()
     waiting_for = serializers.SerializerMethodField()
@@ -355,6 +366,7 @@ class BatchRequestDetail(RetrieveAPIView):
     """GET /v1/batch_requests/{id}: how one of the caller's own requests stands."""
 
     serializer_class = BatchRequestSerializer
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     def get_queryset(self):
@@ -404,6 +416,7 @@ class BatchRequestList(ListAPIView):
 
     serializer_class = FinishedRequestSerializer
     pagination_class = FinishedCursorPagination
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     def include_body(self) -> bool:
@@ -456,6 +469,7 @@ class ModelList(APIView):
     Shared by every key: the price table, the queue limits and the models batched so far.
     """
 
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     @extend_schema(operation_id="list_models", responses=ModelListSerializer)
@@ -467,6 +481,7 @@ class ModelList(APIView):
 class ModelDetail(APIView):
     """GET /v1/models/{model}: one known model, or 404 `model_not_found` as OpenAI answers."""
 
+    authentication_classes = PROVIDER_KEYS
     throttle_classes = [limits.KeyRateThrottle]
 
     @extend_schema(operation_id="retrieve_model", responses=ModelSerializer)

@@ -101,3 +101,28 @@ def upstream_kind(request, fake_openai, settings, monkeypatch) -> str:
     assert all(path.startswith((prefix, "/_fake")) for _, path in fake_openai.calls), (
         f"a call missed the {request.param} upstream"
     )
+
+
+@pytest.fixture(scope="session")
+def anthropic_server():
+    from batchproxy.fakes.anthropic import FakeAnthropic
+
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_anthropic(anthropic_server, fake_openai, settings, monkeypatch):
+    """The fake Anthropic, reset, as the proxy's upstream for claude-* models."""
+    from batchproxy.settings import upstream_from_env
+
+    anthropic_server.reset()
+    monkeypatch.setenv("UPSTREAMS", "claude")  # for worker processes too
+    monkeypatch.setenv("UPSTREAM_CLAUDE_KIND", "anthropic")
+    monkeypatch.setenv("UPSTREAM_CLAUDE_BASE_URL", anthropic_server.url)
+    monkeypatch.setenv("UPSTREAM_CLAUDE_MODELS", "claude-*")
+    monkeypatch.setenv("UPSTREAM_CLAUDE_API_KEY", "sk-ant-upstream-test-secret")
+    settings.UPSTREAMS = [upstream_from_env("claude")]
+    settings.OPENAI_MAX_RETRIES = 0
+    return anthropic_server

@@ -9,8 +9,6 @@ import pytest
 
 from batches_app import services
 from batches_app.models import Batch
-from batchproxy.fakes.anthropic import FakeAnthropic
-from batchproxy.settings import upstream_from_env
 from requests_app.models import BatchRequest
 
 from .engine import cycle
@@ -18,27 +16,6 @@ from .engine import cycle
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = BatchRequest.Status
 MODEL = "claude-sonnet-4-20250514"
-
-
-@pytest.fixture(scope="module")
-def anthropic_server():
-    server = FakeAnthropic().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake_anthropic(anthropic_server, fake_openai, settings, monkeypatch):
-    """The fake Anthropic, reset, as the proxy's upstream for claude-* models."""
-    anthropic_server.reset()
-    monkeypatch.setenv("UPSTREAMS", "claude")  # for worker processes too
-    monkeypatch.setenv("UPSTREAM_CLAUDE_KIND", "anthropic")
-    monkeypatch.setenv("UPSTREAM_CLAUDE_BASE_URL", anthropic_server.url)
-    monkeypatch.setenv("UPSTREAM_CLAUDE_MODELS", "claude-*")
-    monkeypatch.setenv("UPSTREAM_CLAUDE_API_KEY", "sk-ant-upstream-test-secret")
-    settings.UPSTREAMS = [upstream_from_env("claude")]
-    settings.OPENAI_MAX_RETRIES = 0
-    return anthropic_server
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """GET /v1/batch_requests: the key's finished requests by cursor, each exactly once."""
 
+import json
 from datetime import timedelta
 
 import openai
@@ -206,3 +207,46 @@ def test_a_large_answer_in_pieces_is_omitted_from_the_list(
     row = listing("include=body").json()["data"][0]
     assert (row["response"], row["response_omitted"]) == (None, True)
     assert listing().json()["data"][0]["response_omitted"] is False
+
+
+# An Anthropic or a Gemini caller holds its SDK's own key header only.
+KEY_HEADERS = {
+    "bearer": lambda secret: {"HTTP_AUTHORIZATION": f"Bearer {secret}"},
+    "x-api-key": lambda secret: {"HTTP_X_API_KEY": secret},
+    "x-goog-api-key": lambda secret: {"HTTP_X_GOOG_API_KEY": secret},
+}
+
+
+@pytest.mark.parametrize("header", KEY_HEADERS)
+def test_the_read_endpoints_take_the_key_in_each_sdks_header(
+    client, api_key, other_key, finished, settings, header
+):
+    settings.LIST_SETTLE_SECONDS = 0
+    [mine] = finished(1, "by header")
+    finished(1, "not mine", secret=other_key[1])
+    auth = KEY_HEADERS[header]
+
+    listed = client.get("/v1/batch_requests", **auth(api_key[1]))
+    assert listed.status_code == 200
+    assert [row["id"] for row in listed.json()["data"]] == [mine]  # this key's only
+    detail = client.get(f"/v1/batch_requests/{mine}", **auth(api_key[1]))
+    assert (detail.status_code, detail.json()["id"]) == (200, mine)
+    assert client.get(f"/v1/batch_requests/{mine}", **auth(other_key[1])).status_code == 404
+    models = client.get("/v1/models", **auth(api_key[1]))
+    assert models.status_code == 200 and "gpt-4o-mini" in {m["id"] for m in models.json()["data"]}
+    model = client.get("/v1/models/gpt-4o-mini", **auth(api_key[1]))
+    assert (model.status_code, model.json()["id"]) == (200, "gpt-4o-mini")
+
+    for path in ("/v1/batch_requests", f"/v1/batch_requests/{mine}", "/v1/models"):
+        refused = client.get(path, **auth("bp-wrong"))
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_the_openai_intake_still_takes_only_a_bearer(post, client, api_key):
+    body = json.dumps(chat("bearer only"))
+    sent = client.post(
+        "/v1/chat/completions", body, content_type="application/json", HTTP_X_API_KEY=api_key[1]
+    )
+    assert sent.status_code == 401
+    assert post("/v1/chat/completions", chat("bearer only")).status_code == 422

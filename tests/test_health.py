@@ -186,6 +186,30 @@ def test_openapi_description_is_valid_and_lists_every_endpoint(openapi):
         assert operation["security"] == [{"proxyKey": []}]
     detail = openapi["paths"]["/v1/batch_requests/{id}"]["get"]
     assert {"200", "401", "404"} <= set(detail["responses"])
+    messages = openapi["paths"]["/v1/messages"]["post"]
+    assert {"200", "400", "401", "404", "409", "413", "422", "502"} <= set(messages["responses"])
+    assert {"anthropicKey": []} in messages["security"]
+    assert messages["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnthropicError"
+    }
+    # The read endpoints take an Anthropic or Gemini caller's key header too.
+    for path in (
+        "/v1/batch_requests",
+        "/v1/batch_requests/{id}",
+        "/v1/models",
+        "/v1/models/{model}",
+    ):
+        security = openapi["paths"][path]["get"]["security"]
+        assert {"proxyKey": []} in security and {"anthropicKey": []} in security, path
+        assert {"geminiKey": []} in security, path
+    schemes = openapi["components"]["securitySchemes"]
+    assert schemes["anthropicKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": schemes["anthropicKey"]["description"],
+    }
+    assert schemes["geminiKey"]["name"] == "x-goog-api-key"
 
 
 def test_openapi_responses_match_what_the_proxy_answers(openapi, post, client):
@@ -212,6 +236,41 @@ def test_openapi_responses_match_what_the_proxy_answers(openapi, post, client):
     check(post("/v1/chat/completions", {"messages": []}))  # 400
     check(post("/v1/chat/completions", call, secret="bp-wrong-key"))  # 401
     check(post("/v1/chat/completions", {"model": "m", "stream": True}))  # 400
+
+
+def test_openapi_messages_responses_match_what_the_proxy_answers(
+    openapi, post, client, api_key, fake_anthropic
+):
+    import jsonschema
+
+    components = openapi["components"]["schemas"]
+    operation = openapi["paths"]["/v1/messages"]["post"]
+
+    def check(response):
+        declared = operation["responses"][str(response.status_code)]
+        schema = as_json_schema(declared["content"]["application/json"]["schema"], components)
+        jsonschema.validate(response.json(), schema)
+        for header in declared.get("headers", {}):
+            assert header in response, f"{response.status_code} lacks {header}"
+
+    call = {
+        "model": "claude-sonnet-4-20250514",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "schema"}],
+    }
+    body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema.validate(call, as_json_schema(body_schema, components))
+    check(post("/v1/messages", call, HTTP_X_API_KEY=api_key[1]))  # 422 pending
+    check(post("/v1/messages", {"messages": []}))  # 400
+    check(post("/v1/messages", call, secret="bp-wrong-key"))  # 401
+    check(post("/v1/messages", call | {"model": "gpt-4o"}))  # 404: no Anthropic upstream
+    check(post("/v1/messages", call | {"stream": True}))  # 400
+    # Not OpenAI's shape: an SDK reading `error.code` would find nothing.
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            post("/v1/messages", {"messages": []}).json(),
+            as_json_schema({"$ref": "#/components/schemas/Error"}, components),
+        )
 
 
 # --- Production configuration checks -----------------------------------------------------------

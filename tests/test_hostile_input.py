@@ -49,6 +49,16 @@ def assert_refused(status: int, content_type: str, content: bytes) -> dict:
     return error
 
 
+def assert_refused_as_anthropic(status: int, content_type: str, content: bytes) -> dict:
+    """As `assert_refused`, in Anthropic's error shape (/v1/messages)."""
+    assert 400 <= status < 500 and status != 422, (status, content[:300])
+    assert content_type == "application/json", content[:300]
+    body = json.loads(content)
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
 def send(client, secret: str, path: str, body: bytes, content_type="application/json", **extra):
     return client.generic(
         "POST",
@@ -352,7 +362,9 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
     """Every operation of /v1/openapi.json, fed valid and invalid requests by schemathesis."""
     auth = {"Authorization": f"Bearer {api_key[1]}"}
     operations = [result.ok() for result in openapi_schema.get_all_operations()]
-    assert {op.path for op in operations} >= {f"/v1/{endpoint}" for endpoint in ENDPOINTS}
+    assert {op.path for op in operations} >= {f"/v1/{endpoint}" for endpoint in ENDPOINTS} | {
+        "/v1/messages"
+    }
     tried = []
     for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
 
@@ -366,7 +378,10 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
             content_type = content_type[0] if isinstance(content_type, list) else content_type
             if response.status_code in (200, 422):
                 return
-            assert_refused(response.status_code, content_type, response.content)
+            if case.operation.path == "/v1/messages":
+                assert_refused_as_anthropic(response.status_code, content_type, response.content)
+            else:
+                assert_refused(response.status_code, content_type, response.content)
             assert snapshot() == before
 
         check()

@@ -1,4 +1,5 @@
-"""The official OpenAI Node SDK against a live proxy, with and without /v1 in its base URL."""
+"""The official OpenAI Node SDK against a live proxy, with and without /v1 in its base URL, and
+the official Anthropic TypeScript SDK against its /v1/messages."""
 
 import json
 import shutil
@@ -13,14 +14,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 NODE_DIR = Path(__file__).parent / "node"
 
 
-@pytest.fixture(scope="module")
-def node_client():
+def node_modules_ensure() -> None:
+    """Skip without Node; install tests/node's SDKs when one is missing (a checkout made
+    before a dependency joined has the others only)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
+    dependencies = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if not all((NODE_DIR / "node_modules" / name).exists() for name in dependencies):
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
         )
+
+
+@pytest.fixture(scope="module")
+def node_client():
+    node_modules_ensure()
 
     def run(base_url: str, key: str, who: str, script: str = "client.mjs") -> dict:
         out = subprocess.run(
@@ -87,3 +95,29 @@ def test_node_sdk_gets_422_then_the_image_or_video_of_its_own_call(
             "video": f"echo: a film for {who}",
             "multipartEdit": None,
         }
+
+
+def test_anthropic_typescript_sdk_gets_422_then_its_own_message_or_its_error(
+    node_client, live_server, api_key, fake_anthropic
+):
+    for who in ("carol", "dave"):
+        first = node_client(live_server.url, api_key[1], who, "anthropic.mjs")
+        assert {r["status"] for r in first.values()} == {422}
+        for pending in first.values():
+            assert pending["body"]["type"] == "error"  # Anthropic's shape, not OpenAI's
+            assert pending["body"]["error"]["type"] == "batch_pending"
+            assert int(pending["retryAfter"]) >= 1 and pending["requestId"]
+    cycle()
+
+    for who in ("carol", "dave"):
+        answers = node_client(live_server.url, api_key[1], who, "anthropic.mjs")
+        assert answers["message"] == {"status": 200, "answer": f"echo: message for {who}"}
+        refused = answers["refused"]
+        assert refused["status"] == 400
+        # The fake's error for that request, as it sent it.
+        assert refused["body"] == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": "Injected 400 for this request."},
+            "request_id": "req_fake",
+        }
+    assert len(fake_anthropic.submitted()) == 4  # each caller's two calls, once each

@@ -182,11 +182,58 @@ def test_try_out_mode_is_found_by_the_other_commands_of_its_data_directory(serve
     assert "batches polled" in result.stdout
 
 
+def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_real_key(served):
+    """The fake Anthropic is in the record too: another shell's process, even with a real
+    Anthropic key and an upstream of its own in its environment, routes claude-* to the fake,
+    with a placeholder key."""
+    _, _, output, data_dir = served
+    fake_url = next(line for line in output if "fake Anthropic at" in line).split(" at ")[1]
+    show = (
+        "from batches_app import upstreams; "
+        "u = upstreams.upstream_route(endpoint='/v1/messages', model='claude-sonnet-4-5'); "
+        "print([x.name for x in upstreams.upstreams_all()], u.base_url, upstreams.upstream_key(u))"
+    )
+    real = {
+        "ANTHROPIC_API_KEY": "sk-ant-real-looking-key",
+        "UPSTREAMS": "groq",
+        "UPSTREAM_GROQ_BASE_URL": "https://api.groq.com/openai/v1",
+        "UPSTREAM_GROQ_MODELS": "*",
+    }
+    for env in ({}, real):
+        shown = manage("shell", "-c", show, data_dir=data_dir, **env)
+        assert shown.returncode == 0, shown.stderr
+        names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+        assert names == "['anthropic', 'gemini', 'openai']"  # the environment's set aside
+        assert (url, key) == (fake_url.strip(), "fake-anthropic")
+
+
 def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
     from batchproxy.tryout import tryout_record
 
-    tryout_record(tmp_path, openai_base_url="http://127.0.0.1:1/v1")
+    tryout_record(tmp_path, fakes={"openai": "http://127.0.0.1:1/v1"})
     result = manage("serve", data_dir=tmp_path, OPENAI_API_KEY="sk-real-looking-key")
     assert result.returncode != 0
     assert "try-out mode" in result.stderr
     assert "try-out.json" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("record", "fakes"),
+    [
+        ('{"fakes": {"openai": "http://f:1/v1", "anthropic": "http://f:2"}}', None),
+        # Written before the fake Anthropic was recorded: the OpenAI fake only.
+        ('{"openai_base_url": "http://f:1/v1", "pid": 7}', {"openai": "http://f:1/v1"}),
+        # Damaged: still try-out, every kind sent where nothing listens.
+        ("{not json", dict.fromkeys(("openai", "anthropic", "gemini"), "http://127.0.0.1:9")),
+    ],
+    ids=["current", "old", "damaged"],
+)
+def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
+    from batchproxy.tryout import tryout_path, tryout_read, tryout_upstreams
+
+    tryout_path(tmp_path).write_text(record)
+    tryout = tryout_read(tmp_path)
+    assert tryout["fakes"] == (fakes or {"openai": "http://f:1/v1", "anthropic": "http://f:2"})
+    others = {u["name"]: u["models"] for u in tryout_upstreams(tryout)}
+    expected = {"anthropic": ["claude-*"], "gemini": ["gemini-*"]}
+    assert others == {kind: expected[kind] for kind in tryout["fakes"] if kind != "openai"}

@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
-from .test_node_sdk import NODE_DIR
+from .test_node_sdk import NODE_DIR, node_modules_ensure
 from .test_serve import ROOT, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -31,9 +30,22 @@ def readme_example(language: str, number: int) -> str:
     """
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
-    whole = [b for b in blocks if "localhost:9487" in b and "anthropic" not in b.lower()]
+    whole = [b for b in blocks if "localhost:9487" in b and not any(m in b for m in PROVIDER_SDKS)]
     assert len(whole) == EXAMPLES, f"the README's {language} examples changed: {len(whole)}"
     return whole[number]
+
+
+# How an example of another provider's SDK shows itself.
+PROVIDER_SDKS = ("anthropic", "from google import genai")
+
+
+def readme_provider_example(language: str, sdk: str) -> str:
+    """The README's one whole example of that provider's SDK in `language`."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
+    whole = [b for b in blocks if "localhost:9487" in b and sdk in b]
+    assert len(whole) == 1, f"the README's {language} {sdk} examples changed: {len(whole)}"
+    return whole[0]
 
 
 def first_call_to_answer(command: list[str], cwd, data_dir, env=None) -> tuple[float, str]:
@@ -106,12 +118,7 @@ def test_a_readme_python_example_prints_its_answer_within_15_seconds(try_out, nu
 
 @pytest.mark.parametrize("number", range(EXAMPLES), ids=["helper", "loop"])
 def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, number):
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js is not installed on this machine")
-    if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True
-        )
+    node_modules_ensure()
     port, _, data_dir = try_out
     code = readme_example("js", number).replace("localhost:9487", f"localhost:{port}")
     # The helper from the checkout, as its import's own comment offers.
@@ -155,3 +162,57 @@ def test_with_polls_an_hour_apart_the_webhook_brings_the_answer_within_seconds(t
     with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
         [(received,)] = db.execute("SELECT count(*) FROM batches_app_openaiwebhook").fetchall()
     assert received == 1
+
+
+@pytest.mark.parametrize("language", ["python", "js"])
+def test_the_readme_anthropic_example_is_answered_by_the_fake_anthropic(try_out, language):
+    """claude-* in try-out mode: the official Anthropic SDK's call is batched to the fake
+    Anthropic that serve started, and answered within 15 s, as the OpenAI examples are."""
+    port, output, data_dir = try_out
+    code = readme_provider_example(language, "anthropic").replace(
+        "localhost:9487", f"localhost:{port}"
+    )
+    assert f"localhost:{port}" in code
+    if language == "python":
+        took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
+    else:
+        node_modules_ensure()
+        script = NODE_DIR / f"readme-anthropic-{port}.mjs"  # beside @anthropic-ai/sdk
+        script.write_text(code)
+        try:
+            took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
+        finally:
+            script.unlink()
+
+    assert line == ANSWER
+    print(f"README Anthropic {language} example answered {took:.1f} s after its first call")
+    assert took < 15
+    assert any("claude-* models to the built-in fake Anthropic at" in line for line in output)
+    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
+        [(upstream, endpoint)] = db.execute(
+            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
+            "JOIN batches_app_batch b ON b.id = r.batch_id"
+        ).fetchall()
+    assert (upstream, endpoint) == ("anthropic", "/v1/messages")
+
+
+def test_the_readme_gemini_example_is_answered_by_the_fake_gemini(try_out):
+    """gemini-* in try-out mode: google-genai's call is batched to the fake Gemini that serve
+    started, and answered within 15 s."""
+    port, output, data_dir = try_out
+    code = readme_provider_example("python", "from google import genai")
+    code = code.replace("localhost:9487", f"localhost:{port}")
+    assert f"localhost:{port}" in code
+
+    took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
+
+    assert line == ANSWER
+    print(f"README Gemini example answered {took:.1f} s after its first call")
+    assert took < 15
+    assert any("gemini-* models to the built-in fake Gemini at" in line for line in output)
+    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
+        [(upstream, endpoint)] = db.execute(
+            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
+            "JOIN batches_app_batch b ON b.id = r.batch_id"
+        ).fetchall()
+    assert (upstream, endpoint) == ("gemini", "/v1beta/models:generateContent")

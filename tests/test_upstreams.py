@@ -115,5 +115,5 @@ def test_the_default_upstream_refuses_every_call_without_a_key_outside_try_out(s
     with pytest.raises(upstreams.UpstreamError) as refused:
         upstreams.transport()
     assert refused.value.code == "no_api_key" and not refused.value.permanent
-    settings.TRY_OUT = {"openai_base_url": "http://127.0.0.1:9/v1"}
+    settings.TRY_OUT = {"fakes": {"openai": "http://127.0.0.1:9/v1"}}
     assert upstreams.transport().upstream.name == upstreams.DEFAULT

@@ -7,6 +7,7 @@ claims. Each kind has its module behind `base.Transport`.
 
 from django.conf import settings
 
+from batchproxy.tryout import fake_key
 from requests_app.models import Endpoint
 
 from .base import METADATA_KEY, Transport, Upstream, UpstreamError
@@ -85,8 +86,12 @@ def upstream_refusal() -> str | None:
 
 def upstream_key(upstream: Upstream) -> str:
     """The default's key is a setting (OPENAI_API_KEY); the others' are read from their
-    variable at call time."""
-    return settings.OPENAI_API_KEY if upstream.name == DEFAULT else upstream.api_key()
+    variable at call time. In try-out mode every upstream is a fake: it gets a placeholder."""
+    if upstream.name == DEFAULT:
+        return settings.OPENAI_API_KEY
+    if settings.TRY_OUT is not None:
+        return fake_key(upstream.kind)
+    return upstream.api_key()
 
 
 def transport(name: str = DEFAULT) -> Transport:

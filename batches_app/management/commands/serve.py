@@ -12,10 +12,19 @@ from django_q.tasks import async_task
 
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
+from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
-from batchproxy.tryout import FAKE_API_KEY, tryout_path, tryout_record
+from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import admin_exists, superuser_ensure
+
+# The fakes a try-out starts, by upstream kind, and their names on screen; the models each
+# serves are batchproxy/tryout.py's FAKE_MODELS.
+FAKES = {
+    "openai": (FakeOpenAI, "OpenAI"),
+    "anthropic": (FakeAnthropic, "Anthropic"),
+    "gemini": (FakeGemini, "Gemini"),
+}
 
 
 def _python() -> str:
@@ -44,16 +53,18 @@ class Command(BaseCommand):
             help="run only the web server or only the scheduler (default: both)",
         )
         parser.add_argument(
+            "--fake-upstreams",
             "--fake-openai",
+            dest="fake_upstreams",
             action="store_true",
-            help="send batches to the built-in fake OpenAI (and claude-* to the fake Anthropic) "
-            "instead of the real ones (a try-out)",
+            help="a try-out: start the built-in fakes (OpenAI; Anthropic for claude-*; Gemini "
+            "for gemini-*) and send every batch to them instead of to a provider",
         )
         parser.add_argument(
             "--fake-step-seconds",
             type=float,
             default=0.5,
-            help="with --fake-openai: seconds the fake spends in each batch status",
+            help="in a try-out: seconds a fake spends in each batch status",
         )
         parser.add_argument("--no-migrate", action="store_true")
         parser.add_argument(
@@ -68,24 +79,31 @@ class Command(BaseCommand):
         *args,
         port: int,
         role: str,
-        fake_openai: bool,
+        fake_upstreams: bool,
         fake_step_seconds: float,
         no_migrate: bool,
         wait_for_db: float,
         **options,
     ) -> None:
         env = dict(os.environ, PORT=str(port))
-        if fake_openai:
-            fake = FakeOpenAI(step_seconds=fake_step_seconds).start()
-            # Recorded in the data directory: its other processes (flush_batches in another
-            # shell, a scheduler started alone) send to this fake too, never to OpenAI.
-            tryout_record(settings.DATA_DIR, openai_base_url=fake.url)
-            env |= {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": FAKE_API_KEY}
-            env |= self._try_out_waits(fake, port)
-            self.stdout.write(f"Try-out mode: batches go to the built-in fake OpenAI at {fake.url}")
-            claude = FakeAnthropic(step_seconds=fake_step_seconds).start()
-            env |= {"ANTHROPIC_BASE_URL": claude.url, "ANTHROPIC_API_KEY": "fake-anthropic"}
-            self.stdout.write(f"and claude-* models to the built-in fake Anthropic at {claude.url}")
+        if fake_upstreams:
+            fakes = {
+                kind: fake(step_seconds=fake_step_seconds).start()
+                for kind, (fake, _) in FAKES.items()
+            }
+            # Recorded in the data directory: its processes (these children, flush_batches in
+            # another shell, a scheduler started alone) read it and send to these fakes only.
+            tryout_record(settings.DATA_DIR, fakes={kind: fake.url for kind, fake in fakes.items()})
+            env |= self._try_out_waits(fakes["openai"], port)
+            self.stdout.write(
+                f"Try-out mode: batches go to the built-in fake OpenAI at {fakes['openai'].url}"
+            )
+            for kind, fake in fakes.items():
+                if kind != "openai":
+                    models = ", ".join(FAKE_MODELS[kind])
+                    self.stdout.write(
+                        f"  and {models} models to the built-in fake {FAKES[kind][1]} at {fake.url}"
+                    )
             self.stdout.write(
                 "Try-out waits: BATCH_MAX_WAIT={BATCH_MAX_WAIT} s, TICK_SECONDS={TICK_SECONDS} s, "
                 "POLL_INTERVAL={POLL_INTERVAL} s; ".format(**env)
@@ -95,8 +113,8 @@ class Command(BaseCommand):
         elif settings.TRY_OUT is not None:
             raise CommandError(
                 f"{settings.DATA_DIR} is in try-out mode: its queued requests were meant for the "
-                "fake OpenAI. Run `serve --fake-openai` again, use another DATA_DIR for real "
-                f"traffic, or delete {tryout_path(settings.DATA_DIR)} to send them to OpenAI."
+                "built-in fakes. Run `serve --fake-openai` again, use another DATA_DIR for real "
+                f"traffic, or delete {tryout_path(settings.DATA_DIR)} to send them upstream."
             )
         elif (refusal := upstreams.upstream_refusal()) is not None:
             raise CommandError(refusal)
@@ -127,7 +145,7 @@ class Command(BaseCommand):
         if role in ("all", "scheduler"):
             # django-q2's scheduler first wakes 30 s after start: start the tick chain now.
             async_task("batches_app.tasks.tick", q_options={"task_name": "batchproxy.tick"})
-        fake_step = fake_step_seconds if fake_openai else None
+        fake_step = fake_step_seconds if fake_upstreams else None
         started = self._started_text(role=role, port=port, env=env, fake_step=fake_step)
         # The children open their own connections; this one would only sit idle.
         connections.close_all()
