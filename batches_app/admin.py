@@ -192,9 +192,9 @@ class OpenAIWebhookAdmin(admin.ModelAdmin):
 
 @admin.register(UpstreamFile)
 class UpstreamFileAdmin(admin.ModelAdmin):
-    list_display = ("file_id", "purpose", "batch_link", "bytes", "created_at", "ingested_at")
-    list_display += ("deleted_at",)
-    list_filter = ("purpose", ("deleted_at", admin.EmptyFieldListFilter))
+    list_display = ("file_id", "purpose", "upstream", "batch_link", "bytes", "created_at")
+    list_display += ("ingested_at", "deleted_at")
+    list_filter = ("purpose", "batch__upstream", ("deleted_at", admin.EmptyFieldListFilter))
     list_select_related = ("batch",)
     search_fields = ("=file_id", "=batch__upstream_id")
     ordering = ("-created_at",)
@@ -209,6 +209,10 @@ class UpstreamFileAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # the row is how the proxy knows a file still exists upstream
+
+    @admin.display(description="upstream", ordering="batch__upstream")
+    def upstream(self, upstream_file: UpstreamFile) -> str:
+        return upstream_file.batch.upstream
 
     @admin.display(description="batch")
     def batch_link(self, upstream_file: UpstreamFile):
@@ -235,12 +239,14 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 @admin.register(QueueLimit)
 class QueueLimitAdmin(admin.ModelAdmin):
-    """The upstream's enqueued-token limit per model, beside the prices (batches_app.capacity)."""
+    """Each upstream's enqueued-token limit per model, beside the prices (batches_app.capacity)."""
 
-    list_display = ("model", "enqueued_tokens", "queued_requests", "learned", "upstream", "waiting")
+    list_display = ("upstream", "model", "enqueued_tokens", "queued_requests", "learned")
+    list_display += ("tokens_upstream", "waiting")
     list_editable = ("enqueued_tokens", "queued_requests")
-    search_fields = ("model",)
-    readonly_fields = ("learned", "upstream", "waiting", "waiting_since", "updated_at")
+    list_filter = ("upstream",)
+    search_fields = ("model", "upstream")
+    readonly_fields = ("learned", "tokens_upstream", "waiting", "waiting_since", "updated_at")
     actions = ("forget_learned",)
 
     @admin.display(description="learned budget")
@@ -251,12 +257,12 @@ class QueueLimitAdmin(admin.ModelAdmin):
         return f"{limit.learned_tokens:,} ({age(limit.learned_at)} ago{stated})"
 
     @admin.display(description="tokens upstream")
-    def upstream(self, limit: QueueLimit) -> str:
-        return f"{capacity.queued_upstream(limit.model)[0]:,}"
+    def tokens_upstream(self, limit: QueueLimit) -> str:
+        return f"{capacity.queued_upstream(limit.model, limit.upstream)[0]:,}"
 
     @admin.display(description="tokens waiting")
     def waiting(self, limit: QueueLimit) -> str:
-        tokens = capacity.tokens_waiting(limit.model)
+        tokens = capacity.tokens_waiting(limit.model, limit.upstream)
         since = f" (waiting for queue capacity for {age(limit.waiting_since)})"
         return f"{tokens:,}" + (since if limit.waiting_since else "")
 
@@ -265,7 +271,11 @@ class QueueLimitAdmin(admin.ModelAdmin):
         forgotten = 0
         for limit in queryset.exclude(learned_tokens=None):
             capacity.queue_limit_set(
-                model=limit.model, tokens=None, requests=None, forget_learned=True
+                model=limit.model,
+                upstream=limit.upstream,
+                tokens=None,
+                requests=None,
+                forget_learned=True,
             )
             forgotten += 1
         self.message_user(request, f"{forgotten} learned budgets forgotten.", messages.SUCCESS)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -18,7 +18,7 @@ from requests_app.models import BatchRequest
 from . import capacity, services
 from .models import Batch
 from .spend import PriceBook, Spend, batch_tokens, spend_by_key, spend_by_model, total
-from .upstreams import upstream_key, upstreams_all
+from .upstreams import upstream_key, upstream_route, upstreams_all
 
 Status = BatchRequest.Status
 CHUNK = 1000
@@ -28,7 +28,8 @@ CHUNK = 1000
 
 
 def queue_depth(*, now: datetime) -> list[dict]:
-    """Waiting requests per endpoint and model: queued, submitted, and the oldest's age."""
+    """Waiting requests per endpoint and model (with the upstream the model routes to now):
+    queued, submitted, and the oldest's age."""
     rows = (
         BatchRequest.objects.filter(status__in=BatchRequest.PENDING)
         .values("endpoint", "model")
@@ -39,7 +40,12 @@ def queue_depth(*, now: datetime) -> list[dict]:
         )
         .order_by("endpoint", "model")
     )
-    return [row | {"age": now - row["oldest"] if row["oldest"] else None} for row in rows]
+    shown = []
+    for row in rows:
+        route = upstream_route(endpoint=row["endpoint"], model=row["model"])
+        age = now - row["oldest"] if row["oldest"] else None
+        shown.append(row | {"upstream": route.name if route else "none", "age": age})
+    return shown
 
 
 def finished_counts(*, since: datetime) -> dict:
@@ -51,18 +57,19 @@ def finished_counts(*, since: datetime) -> dict:
 
 
 def upstream_errors(*, since: datetime) -> dict:
-    """Batches the proxy is retrying upstream, and request failures by code."""
+    """Batches the proxy is retrying upstream, and request failures by upstream (their last
+    batch's; none for a request failed before it reached one) and code."""
     retrying = list(
         Batch.objects.filter(state__in=Batch.ACTIVE, upstream_failures__gt=0)
         .order_by("-upstream_failures")
-        .values("pk", "model", "state", "upstream_failures", "last_error")[:10]
+        .values("pk", "upstream", "model", "state", "upstream_failures", "last_error")[:10]
     )
     codes = list(
         BatchRequest.objects.filter(finished_at__gte=since)
         .exclude(error_code="")
-        .values("error_code")
+        .values("error_code", upstream=F("batch__upstream"))
         .annotate(n=Count("pk"))
-        .order_by("-n")[:10]
+        .order_by("-n", "upstream", "error_code")[:10]
     )
     failed_batches = Batch.objects.filter(
         finished_at__gte=since, upstream_status__in=("failed", "expired")

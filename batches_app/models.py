@@ -182,15 +182,21 @@ def base_model(model: str) -> str:
 
 
 class QueueLimit(models.Model):
-    """How much of a model may wait upstream in batches not yet finished (OpenAI's per-model
-    enqueued-token limit), and what the proxy has learned of it from refusals.
+    """How much of a model may wait on one upstream in batches not yet finished (OpenAI's
+    enqueued-token limit, per organisation and model), and what the proxy has learned of it
+    from refusals.
 
-    One row per model, as clients name it without a date; its snapshots share it. A limit left
-    empty here falls back to QUEUE_LIMITS / QUEUE_REQUEST_LIMITS; with neither, none is
-    enforced until a refusal teaches one. Flushers lock the row while they take from the budget.
+    One row per upstream and model, as clients name it without a date; its snapshots share it.
+    The same model on two upstreams (two OpenAI organisations) has two rows: each organisation
+    has its own limit. A limit left empty here falls back to QUEUE_LIMITS / QUEUE_REQUEST_LIMITS;
+    with neither, none is enforced until a refusal teaches one. Flushers lock the row while they
+    take from the budget.
     """
 
-    model = models.CharField(max_length=200, unique=True, help_text="Without a date suffix.")
+    upstream = models.CharField(
+        max_length=64, default="openai", help_text="The name of the upstream whose limit it is."
+    )
+    model = models.CharField(max_length=200, help_text="Without a date suffix.")
     enqueued_tokens = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="The upstream's enqueued-token limit for this model."
     )
@@ -216,8 +222,11 @@ class QueueLimit(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["model"]
+        ordering = ["upstream", "model"]
         verbose_name = "queue limit"
+        constraints = [
+            models.UniqueConstraint(fields=["upstream", "model"], name="queue_limit_upstream_model")
+        ]
 
     def __str__(self) -> str:
-        return self.model
+        return f"{self.upstream}:{self.model}"

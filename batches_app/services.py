@@ -106,7 +106,8 @@ def batch_flush(
     )
     created, waiting = [], set()
     for group in groups:
-        if upstreams.upstream_route(endpoint=group["endpoint"], model=group["model"]) is None:
+        route = upstreams.upstream_route(endpoint=group["endpoint"], model=group["model"])
+        if route is None:
             log.warning("flush: no upstream serves %s on %s", group["model"], group["endpoint"])
             continue
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
@@ -116,10 +117,10 @@ def batch_flush(
             if claim.batch:
                 created.append(claim.batch)
             if claim.waiting:
-                waiting.add(base_model(group["model"]))
+                waiting.add((route.name, base_model(group["model"])))
                 break
     if not (endpoint or model):
-        capacity.waiting_clear(except_models=waiting)
+        capacity.waiting_clear(still_waiting=waiting)
     return created
 
 
@@ -151,15 +152,17 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
 
     `SKIP LOCKED` lets flushers run side by side on PostgreSQL, each claiming other rows; the
     status filter in the update keeps SQLite (which serialises writers) just as safe. The
-    model's queue budget is taken under a lock on its row (`capacity.room_take`), so two
-    flushers never fill the same room. None when nothing was claimed and nothing waits.
+    queue budget of the group's upstream and model is taken under a lock on its row
+    (`capacity.room_take`), so two flushers never fill the same room. None when nothing was
+    claimed and nothing waits.
     """
     now = timezone.now()
     overhead = _line_overhead(endpoint)
+    upstream = upstreams.upstream_route(endpoint=endpoint, model=model).name
     with transaction.atomic():
-        room = capacity.room_take(model=model)
+        room = capacity.room_take(upstream=upstream, model=model)
         if room is not None and room.busy and not room.fits(1, 1):
-            capacity.waiting_mark(model=model, waiting=True)
+            capacity.waiting_mark(upstream=upstream, model=model, waiting=True)
             return Claim(None, waiting=True)
         rows = list(
             _ready(now)
@@ -198,12 +201,12 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
         if too_large:
             _fail_too_large(too_large, model=model, limit=room.limit)
         if room is not None:
-            capacity.waiting_mark(model=model, waiting=waiting)
+            capacity.waiting_mark(upstream=upstream, model=model, waiting=waiting)
         aged = rows[0][3] <= now - timedelta(seconds=settings.BATCH_MAX_WAIT)
         if not taken or not (full or force or aged):
             return Claim(None, waiting) if waiting else None
         batch = Batch.objects.create(
-            upstream=upstreams.upstream_route(endpoint=endpoint, model=model).name,
+            upstream=upstream,
             endpoint=endpoint,
             model=model,
             input_bytes=size,

@@ -5,7 +5,8 @@ both read it, and imports neither, nor the engine's services: a price lookup nee
 
 Money: OpenAI's Batch API charges half the synchronous price, so for every model with a price
 (`ModelPrice`) this gives what the batches cost and what the same tokens would have cost
-synchronously. Per model, tokens come from each batch's upstream `usage` (batches are kept); per
+synchronously. Per upstream and model, tokens come from each batch's upstream `usage` (batches
+are kept), so OpenAI, Anthropic and Gemini spend show apart; per
 key, from each answer's own `usage`, counted into `BatchRequest.input_tokens/output_tokens`
 (answers are purged after RESULT_RETENTION, so per-key figures reach back that far at most).
 Models priced per image (DALL-E) are priced by the images counted at ingest, per batch
@@ -36,9 +37,10 @@ class PriceBook:
 
 @dataclass
 class Spend:
-    """Tokens and money of one model, one key or one day."""
+    """Tokens and money of one model (on one upstream), one key or one day."""
 
     label: str
+    upstream: str = ""  # per-model figures only: the upstream the batches went to
     tokens_in: int = 0
     tokens_out: int = 0
     requests: int = 0
@@ -95,15 +97,17 @@ def batch_tokens(batches: list[dict]) -> dict:
 
 
 def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
+    """Per upstream and model (the same model on two upstreams is two rows)."""
     batches = list(
         Batch.objects.filter(state=Batch.State.DONE, finished_at__gte=since).values(
-            "pk", "model", "usage", "request_counts", "output_images"
+            "pk", "upstream", "model", "usage", "request_counts", "output_images"
         )
     )
     tokens = batch_tokens(batches)
-    by_model: dict[str, Spend] = {}
+    by_model: dict[tuple[str, str], Spend] = {}
     for b in batches:
-        spend = by_model.setdefault(b["model"], Spend(b["model"]))
+        key = (b["upstream"], b["model"])
+        spend = by_model.setdefault(key, Spend(b["model"], upstream=b["upstream"]))
         spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]], b["output_images"])
         spend.requests += (b["request_counts"] or {}).get("completed", 0)
     return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))

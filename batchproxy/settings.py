@@ -232,17 +232,21 @@ POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
 MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)
 TOKEN_LIMIT_BACKOFF = env.int("TOKEN_LIMIT_BACKOFF", default=600)
-# The upstream's enqueued-token limit per model (batches_app.capacity), e.g.
-# QUEUE_LIMITS=gpt-4o=90000,gpt-4o-mini=2000000; the admin's Queue limits table overrides it.
+# Each upstream's enqueued-token limit per model (batches_app.capacity), e.g.
+# QUEUE_LIMITS=gpt-4o=90000,openai-2:gpt-4o=450000: `UPSTREAM:MODEL=N` names the upstream, a
+# plain `MODEL=N` means the upstream the model routes to (capacity.env_limits reads the keys).
+# The admin's Queue limits table overrides it.
 
 
 def _model_numbers(name: str) -> dict[str, int]:
-    """`MODEL=N,MODEL=N` pairs from the environment."""
+    """`MODEL=N` (or `UPSTREAM:MODEL=N`) pairs from the environment, keyed as written."""
     pairs = {}
     for pair in env.list(name, default=[]):
         model, _, number = pair.partition("=")
         if not model.strip() or not number.strip().isdigit():
-            raise ImproperlyConfigured(f"{name}: {pair!r} is not MODEL=N (e.g. gpt-4o=90000).")
+            raise ImproperlyConfigured(
+                f"{name}: {pair!r} is not MODEL=N or UPSTREAM:MODEL=N (e.g. gpt-4o=90000)."
+            )
         pairs[model.strip()] = int(number)
     return pairs
 

@@ -173,66 +173,73 @@ def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
 
 
 def _spend() -> list:
-    """Tokens and money per model, over every batch the proxy has finished."""
+    """Tokens and money per upstream and model, over every batch the proxy has finished."""
     from batches_app.spend import PriceBook, spend_by_model
 
+    labels = ["upstream", "model"]
     tokens = CounterMetricFamily(
-        "batchproxy_tokens", "Tokens used by finished batches.", labels=["model", "direction"]
+        "batchproxy_tokens",
+        "Tokens used by finished batches, per upstream, model and direction.",
+        labels=[*labels, "direction"],
     )
     saved = CounterMetricFamily(
         "batchproxy_saved_usd",
         "Money saved against synchronous prices (ModelPrice table); models with no price are "
         "left out, never counted as free.",
-        labels=["model"],
+        labels=labels,
     )
     spent = CounterMetricFamily(
-        "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=["model"]
+        "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=labels
     )
     for spend in spend_by_model(since=EPOCH, book=PriceBook()):
-        tokens.add_metric([spend.label, "input"], spend.tokens_in)
-        tokens.add_metric([spend.label, "output"], spend.tokens_out)
+        names = [spend.upstream, spend.label]
+        tokens.add_metric([*names, "input"], spend.tokens_in)
+        tokens.add_metric([*names, "output"], spend.tokens_out)
         if spend.priced:
-            saved.add_metric([spend.label], float(spend.saved))
-            spent.add_metric([spend.label], float(spend.spent))
+            saved.add_metric(names, float(spend.saved))
+            spent.add_metric(names, float(spend.spent))
     return [tokens, saved, spent]
 
 
 def _capacity() -> list:
-    """Each model's queue limit, its tokens upstream and waiting, and whether it waits."""
+    """Each upstream and model's queue limit, its tokens upstream and waiting, and whether it
+    waits (budgets are per upstream: each organisation has its own limit)."""
     from batches_app import capacity
 
+    labels = ["upstream", "model"]
     families = {
         "limit": GaugeMetricFamily(
             "batchproxy_queue_limit_tokens",
             "The upstream's enqueued-token limit (configured, or stated by a refusal).",
-            labels=["model"],
+            labels=labels,
         ),
         "budget": GaugeMetricFamily(
             "batchproxy_queue_budget_tokens",
             "Input tokens the proxy lets wait upstream (limit less margin, or learned).",
-            labels=["model"],
+            labels=labels,
         ),
         "upstream_tokens": GaugeMetricFamily(
             "batchproxy_queue_upstream_tokens",
             "Counted input tokens in the model's batches not finished upstream.",
-            labels=["model"],
+            labels=labels,
         ),
         "waiting_tokens": GaugeMetricFamily(
             "batchproxy_queue_waiting_tokens",
             "Counted input tokens of queued requests not yet in a batch.",
-            labels=["model"],
+            labels=labels,
         ),
     }
     waiting = GaugeMetricFamily(
         "batchproxy_waiting_for_capacity",
         "1 while the model's queued requests wait for queue capacity upstream.",
-        labels=["model"],
+        labels=labels,
     )
     for row in capacity.capacity_rows():
+        names = [row["upstream"], row["model"]]
         for name, family in families.items():
             if row[name] is not None:
-                family.add_metric([row["model"]], row[name])
-        waiting.add_metric([row["model"]], 1 if row["waiting_since"] else 0)
+                family.add_metric(names, row[name])
+        waiting.add_metric(names, 1 if row["waiting_since"] else 0)
     return [*families.values(), waiting]
 
 

@@ -171,7 +171,8 @@ class BatchRequestAdmin(admin.ModelAdmin):
         "endpoint",
         "body_preview",
     )
-    list_filter = ("status", "endpoint", "model", "api_key")
+    # The upstream is its batch's: a request not yet in a batch has none.
+    list_filter = ("status", "batch__upstream", "endpoint", "model", "api_key")
     list_select_related = ("api_key", "batch")
     search_fields = ("fingerprint",)  # the real search is get_search_results
     search_help_text = "A request id (= custom_id), fingerprint, or upstream batch id (batch_…)."

@@ -344,7 +344,9 @@ class BatchRequestSerializer(serializers.ModelSerializer):
 
     def get_waiting_for(self, obj: BatchRequest) -> str | None:
         """`queue_capacity` while the request waits for room in its model's upstream queue."""
-        waiting = obj.status == BatchRequest.Status.QUEUED and capacity.is_waiting(obj.model)
+        waiting = obj.status == BatchRequest.Status.QUEUED and capacity.is_waiting(
+            obj.model, obj.endpoint
+        )
         return "queue_capacity" if waiting else None
 
     def get_batch(self, obj: BatchRequest) -> dict | None:

@@ -126,3 +126,19 @@ def fake_anthropic(anthropic_server, fake_openai, settings, monkeypatch):
     settings.UPSTREAMS = [upstream_from_env("claude")]
     settings.OPENAI_MAX_RETRIES = 0
     return anthropic_server
+
+
+@pytest.fixture
+def second_org(fake_openai, settings, monkeypatch):
+    """A second OpenAI organisation, `openai-2`, on a fake of its own, serving gpt-4o: the same
+    model as the default upstream, with a queue limit of its own."""
+    from batchproxy.fakes.openai import FakeOpenAI
+    from batchproxy.settings import upstream_from_env
+
+    server = FakeOpenAI().start()
+    monkeypatch.setenv("UPSTREAM_OPENAI_2_BASE_URL", server.url)
+    monkeypatch.setenv("UPSTREAM_OPENAI_2_MODELS", "gpt-4o")
+    monkeypatch.setenv("UPSTREAM_OPENAI_2_API_KEY", "sk-second-org-test-secret")
+    settings.UPSTREAMS = [upstream_from_env("openai-2")]
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from batches_app.models import Batch, UpstreamFile
+from batches_app.models import Batch, QueueLimit, UpstreamFile
 from requests_app.models import BatchRequest
 
 from .cockpit import chat, send
@@ -22,7 +22,8 @@ ACTION = "django.contrib.admin.helpers.ACTION_CHECKBOX_NAME"
 
 
 def changelist(model: str) -> str:
-    app = "batches_app" if model in ("batch", "upstreamfile", "modelprice") else "requests_app"
+    ours = ("batch", "upstreamfile", "modelprice", "queuelimit")
+    app = "batches_app" if model in ours else "requests_app"
     return reverse(f"admin:{app}_{model}_changelist")
 
 
@@ -180,6 +181,43 @@ def test_files_list_links_to_batches(admin_client, answered):
     upstream_file = UpstreamFile.objects.first()
     assert upstream_file.file_id in page
     assert reverse("admin:batches_app_batch_change", args=[upstream_file.batch_id]) in page
+
+
+@pytest.fixture
+def two_upstreams(client, api_key, second_org, fake_openai):
+    """Answered requests of gpt-4o on the second organisation and gpt-4o-mini on the default."""
+    second = send(client, api_key[1], chat("to openai-2", model="gpt-4o"))
+    first = send(client, api_key[1], chat("to openai"))
+    cycle()
+    return BatchRequest.objects.get(pk=first), BatchRequest.objects.get(pk=second)
+
+
+def listed(admin_client, model: str, query: str = "") -> set:
+    return {row.pk for row in admin_client.get(changelist(model) + query).context["cl"].result_list}
+
+
+def test_batches_requests_and_files_are_filtered_by_upstream(admin_client, two_upstreams):
+    first, second = two_upstreams
+    assert listed(admin_client, "batch", "?upstream__exact=openai-2") == {second.batch_id}
+    assert listed(admin_client, "batchrequest", "?batch__upstream=openai-2") == {second.pk}
+    assert listed(admin_client, "batchrequest", "?batch__upstream=openai") == {first.pk}
+    files = listed(admin_client, "upstreamfile", "?batch__upstream=openai-2")
+    assert files == set(
+        UpstreamFile.objects.filter(batch=second.batch).values_list("pk", flat=True)
+    )
+    assert files and not files & set(first.batch.files.values_list("pk", flat=True))
+    page = admin_client.get(changelist("upstreamfile")).content.decode()
+    assert '<td class="field-upstream">openai-2</td>' in page
+    assert '<td class="field-upstream">openai</td>' in page
+
+
+def test_queue_limits_list_and_filter_by_upstream(admin_client, second_org):
+    QueueLimit.objects.create(upstream="openai", model="gpt-4o", enqueued_tokens=90_000)
+    other = QueueLimit.objects.create(upstream="openai-2", model="gpt-4o", enqueued_tokens=7_000)
+    assert listed(admin_client, "queuelimit", "?upstream__exact=openai-2") == {other.pk}
+    page = admin_client.get(changelist("queuelimit")).content.decode()
+    assert page.count('class="field-upstream"') == 2  # the first column, each row's link
+    assert f'/{other.pk}/change/">openai-2</a>' in page
 
 
 def test_admin_index_links_to_the_dashboard(admin_client):

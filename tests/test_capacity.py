@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from batches_app import capacity, services
@@ -332,13 +333,14 @@ def test_operators_see_limits_budget_and_waiting_everywhere(
     assert "waiting for queue capacity" in board
     assert '<td class="bp-num">900</td>' in board  # the budget: the limit less 10%
     metrics = client.get("/metrics").content.decode()
-    assert 'batchproxy_waiting_for_capacity{model="gpt-4o"} 1.0' in metrics
-    assert 'batchproxy_queue_limit_tokens{model="gpt-4o"} 1000.0' in metrics
-    assert f'batchproxy_queue_upstream_tokens{{model="gpt-4o"}} {batch.counted_tokens}.0' in metrics
+    openai_4o = 'model="gpt-4o",upstream="openai"'  # labels come sorted
+    assert f"batchproxy_waiting_for_capacity{{{openai_4o}}} 1.0" in metrics
+    assert f"batchproxy_queue_limit_tokens{{{openai_4o}}} 1000.0" in metrics
+    assert f"batchproxy_queue_upstream_tokens{{{openai_4o}}} {batch.counted_tokens}.0" in metrics
 
     out = StringIO()
     call_command("set_queue_limit", stdout=out)
-    assert "gpt-4o: limit 1000, budget 900" in out.getvalue()
+    assert "openai:gpt-4o: limit 1000, budget 900" in out.getvalue()
     assert "waiting for queue capacity" in out.getvalue()
 
 
@@ -381,3 +383,122 @@ def test_embeddings_also_keep_to_a_limit_of_queued_requests(post, fake_openai, s
     assert [batch.request_count for batch in first] == [4]
     assert second == []
     assert BatchRequest.objects.filter(status=Status.QUEUED).count() == 6
+
+
+# --- A budget per upstream and model --------------------------------------------------------
+
+
+def test_limits_in_the_environment_name_an_upstream_or_go_where_the_model_routes(settings):
+    second = {"name": "openai-2", "kind": "openai", "base_url": "http://b", "key_env": "B_KEY"}
+    settings.UPSTREAMS = [second | {"models": ["gpt-4.1*"]}]
+    limits = {
+        "gpt-4o": 100,  # routes to the default upstream
+        "openai-2:gpt-4o": 200,
+        "gpt-4.1-2025-04-14": 300,  # routes to openai-2; a snapshot counts as its model
+        "gpt-4o-mini": 400,
+        "openai:gpt-4o-mini": 450,  # named both ways: the explicit one wins
+        "ft:gpt-4o-mini:acme::x1": 5,  # a fine-tuned model's colons are its own
+    }
+    assert capacity.env_limits(limits) == {
+        ("openai", "gpt-4o"): 100,
+        ("openai-2", "gpt-4o"): 200,
+        ("openai-2", "gpt-4.1"): 300,
+        ("openai", "gpt-4o-mini"): 450,
+        ("openai", "ft:gpt-4o-mini:acme::x1"): 5,
+    }
+    settings.QUEUE_LIMITS = limits
+    assert capacity.limits_of("gpt-4o", upstream="openai-2")[2] == 200
+    assert capacity.limits_of("gpt-4.1", upstream="openai")[2] is None
+
+
+@pytest.mark.django_db
+def test_the_same_model_on_a_second_organisation_has_a_budget_of_its_own(
+    post, second_org, fake_openai, settings
+):
+    """The first organisation's gpt-4o queue is full; the operator adds a second one, whose
+    own budget takes the next batch while the first stays full."""
+    settings.QUEUE_LIMITS = {"openai:gpt-4o": LIMIT, "openai-2:gpt-4o": LIMIT}
+    budget = LIMIT * (1 - settings.QUEUE_LIMIT_MARGIN)
+    two_orgs, settings.UPSTREAMS = settings.UPSTREAMS, []
+    for fake in (fake_openai, second_org):
+        fake.configure(step_seconds=60)  # batches stay in progress upstream
+    for n in range(40):
+        post("/v1/chat/completions", chat(prompt(n)))
+    [first] = services.batch_flush(force=True)
+    services.batches_advance(force=True)
+    assert services.batch_flush(force=True) == []  # the first organisation is full
+    assert capacity.is_waiting("gpt-4o") and capacity.is_waiting("gpt-4o", CHAT)
+
+    settings.UPSTREAMS = two_orgs  # gpt-4o now routes to openai-2
+    assert not capacity.is_waiting("gpt-4o")  # nothing waits on openai-2 yet
+    [second] = services.batch_flush(force=True)
+    services.batches_advance(force=True)
+
+    assert (first.upstream, second.upstream) == ("openai", "openai-2")
+    assert 0 < second.counted_tokens <= budget
+    assert len(second_org.batches) == len(fake_openai.batches) == 1
+    assert capacity.queued_upstream("gpt-4o", "openai") == (
+        first.counted_tokens,
+        first.request_count,
+    )
+    assert capacity.queued_upstream("gpt-4o", "openai-2")[0] == second.counted_tokens
+    waiting = dict(QueueLimit.objects.values_list("upstream", "waiting_since"))
+    assert waiting["openai"] is None  # nothing routes there any more
+    assert waiting["openai-2"] is not None  # the rest waits for the second organisation
+    assert capacity.is_waiting("gpt-4o")
+    rows = {(r["upstream"], r["model"]): r for r in capacity.capacity_rows()}
+    assert rows["openai", "gpt-4o"]["waiting_tokens"] == 0
+    assert rows["openai-2", "gpt-4o"]["waiting_tokens"] > 0
+
+
+@pytest.mark.django_db
+def test_a_refusal_teaches_the_budget_of_the_batchs_own_upstream(second_org):
+    QueueLimit.objects.create(upstream="openai", model="gpt-4o", enqueued_tokens=5_000)
+    refused = Batch.objects.create(
+        upstream="openai-2", endpoint=CHAT, model="gpt-4o-2024-08-06", counted_tokens=2_000
+    )
+
+    capacity.budget_learn(batch=refused, message="Limit: 1,000 enqueued tokens.")
+
+    learned = QueueLimit.objects.get(upstream="openai-2", model="gpt-4o")
+    assert (learned.learned_tokens, learned.stated_tokens) == (900, 1_000)
+    untouched = QueueLimit.objects.get(upstream="openai", model="gpt-4o")
+    assert untouched.learned_tokens is None
+    assert capacity.limits_of("gpt-4o", untouched)[0] == 4_500
+
+
+@pytest.mark.django_db
+def test_set_queue_limit_takes_an_upstream_and_defaults_to_where_the_model_routes(second_org):
+    out = StringIO()
+    call_command("set_queue_limit", "gpt-4o", "--tokens", "500", stdout=out)
+    call_command("set_queue_limit", "gpt-4o", "--upstream", "openai", "--tokens", "700", stdout=out)
+    assert "openai-2:gpt-4o: 500 enqueued-token limit" in out.getvalue()
+    assert "openai:gpt-4o: 700 enqueued-token limit" in out.getvalue()
+    assert dict(QueueLimit.objects.values_list("upstream", "enqueued_tokens")) == {
+        "openai-2": 500,
+        "openai": 700,
+    }
+    with pytest.raises(CommandError, match="No upstream 'opneai'"):
+        call_command("set_queue_limit", "gpt-4o", "--upstream", "opneai", "--tokens", "1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_limits_to_the_default_upstream():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("batches_app", "0011_webhook_event_renamed_openai_webhook")]
+    after = [("batches_app", "0012_queue_limit_per_upstream")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("batches_app", "QueueLimit")
+    old.objects.create(model="gpt-4o", enqueued_tokens=90_000, learned_tokens=4_000)
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    row = QueueLimit.objects.get()
+    assert (row.upstream, row.model, row.enqueued_tokens) == ("openai", "gpt-4o", 90_000)
+    assert row.learned_tokens == 4_000
+    QueueLimit.objects.create(upstream="openai-2", model="gpt-4o")  # a second one may exist

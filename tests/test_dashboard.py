@@ -136,10 +136,13 @@ def test_queue_depth_and_oldest_wait(client, api_key, fake_openai):
 
     figures = dashboard.dashboard_figures()
 
-    depth = {(r["endpoint"], r["model"]): (r["queued"], r["submitted"]) for r in figures["queue"]}
+    depth = {
+        (r["upstream"], r["endpoint"], r["model"]): (r["queued"], r["submitted"])
+        for r in figures["queue"]
+    }
     assert depth == {
-        ("/v1/chat/completions", "gpt-4o-mini"): (2, 0),
-        ("/v1/chat/completions", "gpt-4o"): (1, 0),
+        ("openai", "/v1/chat/completions", "gpt-4o-mini"): (2, 0),
+        ("openai", "/v1/chat/completions", "gpt-4o"): (1, 0),
     }
     assert figures["waiting_total"] == 3
     assert timedelta(minutes=10) <= figures["oldest_wait"] < timedelta(minutes=11)
@@ -155,7 +158,8 @@ def test_completed_and_failed_counts_and_error_codes(client, api_key, fake_opena
 
     assert figures["last_hour"] == {"completed": 1, "failed": 1, "cancelled": 0}
     assert figures["last_day"] == {"completed": 1, "failed": 1, "cancelled": 0}
-    assert figures["errors"]["codes"] == [{"error_code": "server_error", "n": 1}]
+    codes = figures["errors"]["codes"]
+    assert codes == [{"error_code": "server_error", "upstream": "openai", "n": 1}]
     assert figures["failed_total"] == 1
     assert sum(p["completed"] for p in figures["hourly"]) == 1
     assert sum(p["failed"] for p in figures["hourly"]) == 1
@@ -208,3 +212,37 @@ def test_usage_of_every_endpoint_is_read():
     assert usage_tokens({"input_tokens": 5, "output_tokens": 6}) == (5, 6)  # responses, batch
     assert usage_tokens({"prompt_tokens": 7, "total_tokens": 7}) == (7, 0)  # embeddings
     assert usage_tokens(None) == (0, 0)  # moderations report none
+
+
+def test_each_upstream_shows_its_own_queue_spend_and_errors(
+    admin_client, client, api_key, second_org, fake_openai, settings
+):
+    """gpt-4o goes to a second organisation, gpt-4o-mini to the default one: the tables say
+    which upstream each figure belongs to, and never add the two together."""
+    settings.MAX_ATTEMPTS = 1
+    send(client, api_key[1], chat("a" * 4000, model="gpt-4o"))  # 1000 in, 1002 out
+    send(client, api_key[1], chat("b" * 8000))  # 2000 in, 2002 out
+    send(client, api_key[1], chat("boom [[error:server_error]]", model="gpt-4o"))
+    cycle()
+    send(client, api_key[1], chat("queued", model="gpt-4o"))
+    Batch.objects.filter(upstream="openai").update(model="gpt-4o")  # the same model on both
+
+    figures = dashboard.dashboard_figures()
+
+    spends = {(s.upstream, s.label): (s.tokens_in, s.tokens_out) for s in figures["by_model_month"]}
+    assert spends == {
+        ("openai-2", "gpt-4o"): (1000, 1002),  # the failed line used none
+        ("openai", "gpt-4o"): (2000, 2002),
+    }
+    assert [(r["upstream"], r["model"], r["queued"]) for r in figures["queue"]] == [
+        ("openai-2", "gpt-4o", 1)
+    ]
+    codes = figures["errors"]["codes"]
+    assert codes == [{"error_code": "server_error", "upstream": "openai-2", "n": 1}]
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    by_model = page[page.index('id="bp-by-model"') : page.index('id="bp-by-key"')]
+    assert "<th>upstream</th><th>model</th>" in by_model
+    assert "<td>openai-2</td><td>gpt-4o</td><td" in by_model
+    assert "<td>openai</td><td>gpt-4o</td><td" in by_model
+    queue = page[page.index('id="bp-queue"') : page.index('id="bp-capacity"')]
+    assert "<td>openai-2</td><td>/v1/chat/completions</td><td>gpt-4o</td>" in queue

@@ -3,9 +3,10 @@
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from batches_app.models import ModelPrice
+from batches_app.models import Batch, ModelPrice
 
 from .engine import cycle
 
@@ -157,11 +158,12 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
     assert value(done, calls, upstream="openai", operation="files.content", outcome="ok") == 2
     assert value(done, calls, upstream="openai", operation="files.delete", outcome="ok") == 4
     # Tokens and savings from the batches' usage and the price table.
-    assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="input") > 0
-    assert value(done, "batchproxy_tokens_total", model="gpt-4o-mini", direction="output") > 0
-    assert value(done, "batchproxy_saved_usd_total", model="gpt-4o-mini") > 0
-    assert value(done, "batchproxy_saved_usd_total", model="gpt-4o-mini") == pytest.approx(
-        value(done, "batchproxy_spent_usd_total", model="gpt-4o-mini")
+    mini = {"upstream": "openai", "model": "gpt-4o-mini"}
+    assert value(done, "batchproxy_tokens_total", **mini, direction="input") > 0
+    assert value(done, "batchproxy_tokens_total", **mini, direction="output") > 0
+    assert value(done, "batchproxy_saved_usd_total", **mini) > 0
+    assert value(done, "batchproxy_saved_usd_total", **mini) == pytest.approx(
+        value(done, "batchproxy_spent_usd_total", **mini)
     )
 
 
@@ -207,3 +209,65 @@ def test_metrics_ask_for_the_token_when_one_is_set(client, db, settings):
 def test_metrics_are_open_without_a_token(client, db, settings):
     settings.METRICS_TOKEN = ""
     assert ("batchproxy_requests", frozenset({"status": "queued"}.items())) in scrape(client)
+
+
+@pytest.mark.django_db
+def test_spend_and_queue_limits_of_each_upstream_are_labelled_apart(client, settings):
+    """The same model on two OpenAI organisations: two sets of figures, never summed."""
+    settings.QUEUE_LIMITS = {"openai:gpt-4o-mini": 1000, "openai-2:gpt-4o-mini": 5000}
+    second = {"name": "openai-2", "kind": "openai", "base_url": "http://b", "key_env": "B"}
+    settings.UPSTREAMS = [second | {"models": ["gpt-4o-mini"]}]
+    for upstream, tokens_in in (("openai", 1_000_000), ("openai-2", 3_000_000)):
+        Batch.objects.create(
+            upstream=upstream,
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            state=Batch.State.DONE,
+            finished_at=timezone.now(),
+            usage={"input_tokens": tokens_in, "output_tokens": 0},
+        )
+    Batch.objects.create(upstream="openai-2", endpoint=CHAT, model="gpt-4o-mini", counted_tokens=7)
+
+    samples = scrape(client)
+
+    def of(name: str, upstream: str, **labels) -> float:
+        return value(samples, name, upstream=upstream, model="gpt-4o-mini", **labels)
+
+    tokens = "batchproxy_tokens_total"
+    assert of(tokens, "openai", direction="input") == 1_000_000
+    assert of(tokens, "openai-2", direction="input") == 3_000_000
+    # gpt-4o-mini costs $0.15 per 1M input tokens synchronously, half of it as a batch.
+    assert of("batchproxy_spent_usd_total", "openai") == pytest.approx(0.075)
+    assert of("batchproxy_spent_usd_total", "openai-2") == pytest.approx(0.225)
+    assert of("batchproxy_queue_limit_tokens", "openai") == 1000
+    assert of("batchproxy_queue_limit_tokens", "openai-2") == 5000
+    assert of("batchproxy_queue_upstream_tokens", "openai") == 0
+    assert of("batchproxy_queue_upstream_tokens", "openai-2") == 7
+    assert of("batchproxy_waiting_for_capacity", "openai-2") == 0
+
+
+@pytest.mark.django_db
+def test_calls_and_errors_of_a_second_upstream_are_labelled_with_its_name(
+    client, post, second_org, fake_openai
+):
+    assert ask(post, "to the second organisation", model="gpt-4o").status_code == 422
+    assert ask(post, "to the first", model="gpt-4o-mini").status_code == 422
+    second_org.inject("create", 500)
+    cycle()  # the second organisation's create fails once; the next cycle creates it
+    cycle()
+
+    samples = scrape(client)
+
+    calls = "batchproxy_upstream_call_seconds_count"
+    for upstream in ("openai", "openai-2"):
+        assert (
+            value(samples, calls, upstream=upstream, operation="batches.create", outcome="ok") == 1
+        )
+        done = {"state": "done", "upstream_status": "completed"}
+        assert value(samples, "batchproxy_batches", upstream=upstream, **done) == 1
+    errors = {
+        dict(labels)["upstream"]: count
+        for (name, labels), count in samples.items()
+        if name == "batchproxy_upstream_errors_total"
+    }
+    assert errors == {"openai-2": 1}
