@@ -1,8 +1,8 @@
 """The OpenAPI description of the proxy's own endpoints (drf-spectacular hooks).
 
 The intake endpoints are DRF views without serializers (`Intake.schema = None`): their bodies
-are OpenAI's (or Anthropic's, on /v1/messages) and their answers the contract's, so
-`add_intake_paths` describes them by hand, from the contract's table of answers.
+are OpenAI's (or Anthropic's on /v1/messages, Gemini's on generateContent) and their answers
+the contract's, so `add_intake_paths` describes them by hand, from the contract's table.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -119,40 +119,45 @@ def _intake_operation(endpoint: str) -> dict:
     }
 
 
-def _messages_operation() -> dict:
-    """POST /v1/messages: as the other intakes, with Anthropic's body, key and error shape."""
-    error = ANTHROPIC_ERROR_REF
-    return {
-        "operationId": "create_messages",
-        "summary": "Queue an Anthropic /v1/messages call for Message Batches, or get its answer",
+def _provider_operation(
+    *,
+    provider: str,
+    operation_id: str,
+    summary: str,
+    body: str,
+    error: dict,
+    checked: str,
+    security: list,
+    not_served: str,
+    **extra,
+) -> dict:
+    """An intake of another provider's API: as the other intakes, with its body, key and
+    error shape."""
+    return extra | {
+        "operationId": operation_id,
+        "summary": summary,
         "description": (
             "Repeat the identical call (same key, same body) until it stops answering 422. "
-            "The body is passed to Anthropic unchanged; only `model`, `messages` and `stream` "
-            "are checked. Every error is in Anthropic's shape."
+            f"The body is passed to {provider} unchanged; {checked} "
+            f"Every error is in {provider}'s shape."
         ),
         "tags": ["batched calls"],
-        "security": [{"anthropicKey": []}, {"proxyKey": []}],
+        "security": security,
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/MessagesCall"}}
-            },
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
         },
         "responses": {
             "200": {
-                "description": "Done: the Message, unchanged.",
+                "description": "Done: the answer, unchanged.",
                 "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER},
                 "content": {
                     "application/json": {"schema": {"type": "object", "additionalProperties": True}}
                 },
             },
-            "400": _error(
-                "The body is not a JSON object, `model` is missing, `messages` is not an array, "
-                "or `stream` is true (`invalid_request_error`).",
-                error,
-            ),
-            "401": _error("Missing or wrong proxy key (`authentication_error`).", error),
-            "404": _error("No Anthropic upstream serves this model (`not_found_error`).", error),
+            "400": _error("The body is not one the batch can take, or asks to stream.", error),
+            "401": _error("Missing or wrong proxy key.", error),
+            "404": _error(not_served, error),
             "409": _error(
                 "Cancelled by an operator (`batch_cancelled`).",
                 error,
@@ -171,15 +176,36 @@ def _messages_operation() -> dict:
                 },
             ),
             "502": _error(
-                "Failed for good in Message Batches (`batch_failed`).",
+                "Failed for good in the batch (`batch_failed`).",
                 error,
                 **{"x-should-retry": NO_RETRY_HEADER},
             ),
-            "4XX": _error(
-                "Done: the batch answered this request `errored`; its error, unchanged.", error
-            ),
+            "4XX": _error("Done: the batch answered this request with an error, unchanged.", error),
         },
     }
+
+
+MESSAGES = _provider_operation(
+    provider="Anthropic",
+    operation_id="create_messages",
+    summary="Queue an Anthropic /v1/messages call for Message Batches, or get its answer",
+    body="MessagesCall",
+    error=ANTHROPIC_ERROR_REF,
+    checked="only `model`, `messages` and `stream` are checked.",
+    security=[{"anthropicKey": []}, {"proxyKey": []}],
+    not_served="No Anthropic upstream serves this model (`not_found_error`).",
+)
+GENERATE_CONTENT = _provider_operation(
+    provider="Google",
+    operation_id="generate_content",
+    summary="Queue a Gemini generateContent call for a batch job, or get its answer",
+    body="GenerateContentCall",
+    error={"$ref": "#/components/schemas/GoogleError"},
+    checked="it is checked against google-genai's own types. Also served under /v1.",
+    security=[{"geminiKey": []}],
+    not_served="No Gemini upstream serves this model (`NOT_FOUND`).",
+    parameters=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+)
 
 
 COMPONENTS = {
@@ -225,6 +251,29 @@ COMPONENTS = {
             },
             "request_id": {"type": "string"},
         },
+    },
+    "GoogleError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "status"],
+                "properties": {
+                    "code": {"type": "integer"},
+                    "message": {"type": "string"},
+                    "status": {"type": "string"},
+                    "details": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        },
+    },
+    "GenerateContentCall": {
+        "type": "object",
+        "description": "A Gemini GenerateContentRequest; the model is the path's.",
+        "required": ["contents"],
+        "properties": {"contents": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+        "additionalProperties": True,
     },
     "MessagesCall": {
         "type": "object",
@@ -277,9 +326,11 @@ def add_intake_paths(result, generator, request, public):
     schemes = components.setdefault("securitySchemes", {})
     schemes.setdefault("proxyKey", BEARER_SCHEME)
     schemes.setdefault("anthropicKey", ANTHROPIC_KEY_SCHEME)
+    schemes.setdefault("geminiKey", GEMINI_KEY_SCHEME)
     for endpoint in ENDPOINTS:
         result["paths"][f"/v1/{endpoint}"] = {"post": _intake_operation(endpoint)}
-    result["paths"]["/v1/messages"] = {"post": _messages_operation()}
+    result["paths"]["/v1/messages"] = {"post": MESSAGES}
+    result["paths"]["/v1beta/models/{model}:generateContent"] = {"post": GENERATE_CONTENT}
     result["paths"]["/v1/videos/{video_id}/content"] = {"get": VIDEO_CONTENT}
     for path, operations in result["paths"].items():
         if path.startswith(("/v1/batch_requests", "/v1/models")):

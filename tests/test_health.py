@@ -192,6 +192,12 @@ def test_openapi_description_is_valid_and_lists_every_endpoint(openapi):
     assert messages["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/AnthropicError"
     }
+    gemini = openapi["paths"]["/v1beta/models/{model}:generateContent"]["post"]
+    assert {"200", "400", "401", "404", "409", "413", "422", "502"} <= set(gemini["responses"])
+    assert gemini["security"] == [{"geminiKey": []}]
+    assert gemini["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/GoogleError"
+    }
     # The read endpoints take an Anthropic or Gemini caller's key header too.
     for path in (
         "/v1/batch_requests",
@@ -212,65 +218,96 @@ def test_openapi_description_is_valid_and_lists_every_endpoint(openapi):
     assert schemes["geminiKey"]["name"] == "x-goog-api-key"
 
 
-def test_openapi_responses_match_what_the_proxy_answers(openapi, post, client):
+def assert_declared(openapi: dict, path: str, response) -> None:
+    """The answer's body and headers are those the description declares for its status."""
     import jsonschema
 
     components = openapi["components"]["schemas"]
-    operation = openapi["paths"]["/v1/chat/completions"]["post"]
+    declared = openapi["paths"][path]["post"]["responses"][str(response.status_code)]
+    schema = as_json_schema(declared["content"]["application/json"]["schema"], components)
+    jsonschema.validate(response.json(), schema)
+    for header in declared.get("headers", {}):
+        assert header in response, f"{response.status_code} lacks {header}"
 
-    def check(response):
-        declared = operation["responses"][str(response.status_code)]
-        schema = as_json_schema(declared["content"]["application/json"]["schema"], components)
-        jsonschema.validate(response.json(), schema)
-        for header in declared.get("headers", {}):
-            assert header in response, f"{response.status_code} lacks {header}"
 
-    call = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "schema"}]}
-    jsonschema.validate(
-        call,
-        as_json_schema(
-            operation["requestBody"]["content"]["application/json"]["schema"], components
-        ),
+def assert_body_declared(openapi: dict, path: str, body: dict) -> None:
+    import jsonschema
+
+    operation = openapi["paths"][path]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema.validate(body, as_json_schema(schema, openapi["components"]["schemas"]))
+
+
+def assert_not_openai_shaped(openapi: dict, body: dict) -> None:
+    """Not OpenAI's shape: an SDK reading `error.code` as OpenAI's would find nothing."""
+    import jsonschema
+
+    schema = as_json_schema(
+        {"$ref": "#/components/schemas/Error"}, openapi["components"]["schemas"]
     )
-    check(post("/v1/chat/completions", call))  # 422 pending
-    check(post("/v1/chat/completions", {"messages": []}))  # 400
-    check(post("/v1/chat/completions", call, secret="bp-wrong-key"))  # 401
-    check(post("/v1/chat/completions", {"model": "m", "stream": True}))  # 400
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, schema)
+
+
+def test_openapi_responses_match_what_the_proxy_answers(openapi, post, client):
+    path = "/v1/chat/completions"
+    call = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "schema"}]}
+    assert_body_declared(openapi, path, call)
+    assert_declared(openapi, path, post(path, call))  # 422 pending
+    assert_declared(openapi, path, post(path, {"messages": []}))  # 400
+    assert_declared(openapi, path, post(path, call, secret="bp-wrong-key"))  # 401
+    assert_declared(openapi, path, post(path, {"model": "m", "stream": True}))  # 400
 
 
 def test_openapi_messages_responses_match_what_the_proxy_answers(
     openapi, post, client, api_key, fake_anthropic
 ):
-    import jsonschema
-
-    components = openapi["components"]["schemas"]
-    operation = openapi["paths"]["/v1/messages"]["post"]
-
-    def check(response):
-        declared = operation["responses"][str(response.status_code)]
-        schema = as_json_schema(declared["content"]["application/json"]["schema"], components)
-        jsonschema.validate(response.json(), schema)
-        for header in declared.get("headers", {}):
-            assert header in response, f"{response.status_code} lacks {header}"
-
+    path = "/v1/messages"
     call = {
         "model": "claude-sonnet-4-20250514",
         "max_tokens": 64,
         "messages": [{"role": "user", "content": "schema"}],
     }
-    body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    jsonschema.validate(call, as_json_schema(body_schema, components))
-    check(post("/v1/messages", call, HTTP_X_API_KEY=api_key[1]))  # 422 pending
-    check(post("/v1/messages", {"messages": []}))  # 400
-    check(post("/v1/messages", call, secret="bp-wrong-key"))  # 401
-    check(post("/v1/messages", call | {"model": "gpt-4o"}))  # 404: no Anthropic upstream
-    check(post("/v1/messages", call | {"stream": True}))  # 400
-    # Not OpenAI's shape: an SDK reading `error.code` would find nothing.
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(
-            post("/v1/messages", {"messages": []}).json(),
-            as_json_schema({"$ref": "#/components/schemas/Error"}, components),
+    assert_body_declared(openapi, path, call)
+    assert_declared(openapi, path, post(path, call, HTTP_X_API_KEY=api_key[1]))  # 422 pending
+    assert_declared(openapi, path, post(path, {"messages": []}))  # 400
+    assert_declared(openapi, path, post(path, call, secret="bp-wrong-key"))  # 401
+    assert_declared(openapi, path, post(path, call | {"model": "gpt-4o"}))  # 404: not served
+    assert_declared(openapi, path, post(path, call | {"stream": True}))  # 400
+    assert_not_openai_shaped(openapi, post(path, {"messages": []}).json())
+
+
+def test_openapi_generate_content_responses_match_what_the_proxy_answers(
+    openapi, client, api_key, settings
+):
+    settings.UPSTREAMS = [
+        {
+            "name": "g",
+            "kind": "gemini",
+            "base_url": "http://127.0.0.1:9",  # never called: only the intake answers here
+            "key_env": "G_KEY",
+            "models": ["gemini-*"],
+            "api_version": "",
+        }
+    ]
+    path = "/v1beta/models/{model}:generateContent"
+    call = {"contents": [{"role": "user", "parts": [{"text": "schema"}]}]}
+
+    def post(model: str, body: dict, key: str = api_key[1]):
+        return client.post(
+            f"/v1beta/models/{model}:generateContent",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_X_GOOG_API_KEY=key,
         )
+
+    assert_body_declared(openapi, path, call)
+    assert post("gemini-2.5-flash", call).status_code == 422
+    assert_declared(openapi, path, post("gemini-2.5-flash", call))  # 422 pending
+    assert_declared(openapi, path, post("gemini-2.5-flash", {"contents": "no"}))  # 400
+    assert_declared(openapi, path, post("gemini-2.5-flash", call, key="bp-wrong"))  # 401
+    assert_declared(openapi, path, post("gpt-4o", call))  # 404: no Gemini upstream serves it
+    assert_not_openai_shaped(openapi, post("gemini-2.5-flash", {"contents": "no"}).json())
 
 
 # --- Production configuration checks -----------------------------------------------------------

@@ -49,6 +49,15 @@ def assert_refused(status: int, content_type: str, content: bytes) -> dict:
     return error
 
 
+def assert_refused_as_google(status: int, content_type: str, content: bytes) -> dict:
+    """As `assert_refused`, in Google's error shape (Gemini's generateContent)."""
+    assert 400 <= status < 500 and status != 422, (status, content[:300])
+    assert content_type == "application/json", content[:300]
+    error = json.loads(content)["error"]
+    assert error["code"] == status and isinstance(error["status"], str) and error["message"]
+    return error
+
+
 def assert_refused_as_anthropic(status: int, content_type: str, content: bytes) -> dict:
     """As `assert_refused`, in Anthropic's error shape (/v1/messages)."""
     assert 400 <= status < 500 and status != 422, (status, content[:300])
@@ -363,7 +372,8 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
     auth = {"Authorization": f"Bearer {api_key[1]}"}
     operations = [result.ok() for result in openapi_schema.get_all_operations()]
     assert {op.path for op in operations} >= {f"/v1/{endpoint}" for endpoint in ENDPOINTS} | {
-        "/v1/messages"
+        "/v1/messages",
+        "/v1beta/models/{model}:generateContent",
     }
     tried = []
     for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
@@ -380,6 +390,8 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
                 return
             if case.operation.path == "/v1/messages":
                 assert_refused_as_anthropic(response.status_code, content_type, response.content)
+            elif case.operation.path.endswith(":generateContent"):
+                assert_refused_as_google(response.status_code, content_type, response.content)
             else:
                 assert_refused(response.status_code, content_type, response.content)
             assert snapshot() == before
