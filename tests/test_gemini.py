@@ -289,3 +289,76 @@ def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
     assert answers == {text: f"echo: {text}" for text in texts}
     assert Batch.objects.get().state == Batch.State.DONE
     assert fake_gemini.jobs == []
+
+
+# --- Hostile input: Google's 4xx, never a 5xx, nothing stored --------------------------------
+
+GEMINI_CORPUS = [
+    ("contents-empty", b'{"contents": []}'),
+    ("contents-null-item", b'{"contents": [null]}'),
+    ("parts-a-string", b'{"contents": [{"parts": "x"}]}'),
+    ("text-a-number", b'{"contents": [{"parts": [{"text": 5}]}]}'),
+    ("unknown-part-field", b'{"contents": [{"parts": [{"txt": "a"}]}]}'),
+    ("unknown-top-field", b'{"contents": [{"parts": [{"text": "a"}]}], "prompt": "x"}'),
+    ("config-an-array", b'{"contents": [{"parts": [{"text": "a"}]}], "generationConfig": []}'),
+    (
+        "config-wrong-type",
+        b'{"contents": [{"parts": [{"text": "a"}]}], "generationConfig": {"topK": "x"}}',
+    ),
+    (
+        "seed-overflow",
+        b'{"contents": [{"parts": [{"text": "a"}]}], "generationConfig": {"seed": 1'
+        + b"0" * 40
+        + b"}}",
+    ),
+    (
+        "deep-in-contents",
+        b'{"contents": [{"parts": [{"text": "a", "x": ' + b"[" * 600 + b"]" * 600 + b"}]}]}",
+    ),
+    (
+        "inline-data-not-base64",
+        b'{"contents": [{"parts": [{"inlineData": {"data": "%%%", "mimeType": "image/png"}}]}]}',
+    ),
+]
+
+
+def _send_raw(client, secret: str, body: bytes, model: str = MODEL):
+    return client.generic(
+        "POST",
+        f"/v1beta/models/{model}:generateContent",
+        body,
+        content_type="application/json",
+        HTTP_X_GOOG_API_KEY=secret,
+    )
+
+
+@pytest.mark.parametrize(("name", "body"), GEMINI_CORPUS, ids=[n for n, _ in GEMINI_CORPUS])
+def test_a_bad_generate_content_body_is_refused_in_googles_shape(
+    client, api_key, fake_gemini, name, body
+):
+    from .test_hostile_input import assert_refused_as_google, snapshot
+
+    before = snapshot()
+    response = _send_raw(client, api_key[1], body)
+    error = assert_refused_as_google(
+        response.status_code, response["Content-Type"], response.content
+    )
+    assert error["status"] == "INVALID_ARGUMENT"
+    assert snapshot() == before
+
+
+def test_the_openai_corpus_is_refused_on_generate_content_too(client, api_key, fake_gemini):
+    from .fuzz.corpus import CORPUS
+    from .test_hostile_input import assert_refused_as_google, snapshot
+
+    before = snapshot()
+    for _name, body in CORPUS:
+        response = _send_raw(client, api_key[1], body)
+        assert_refused_as_google(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+def test_the_paths_model_wins_over_one_in_the_body(client, api_key, fake_gemini):
+    body = b'{"model": "models/gemini-other", "contents": [{"parts": [{"text": "m"}]}]}'
+    assert _send_raw(client, api_key[1], body).status_code == 422
+    assert BatchRequest.objects.get().model == MODEL

@@ -124,7 +124,8 @@ def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
     """
     request = dict(body)
     model = request.pop("model", None)
-    config = request.pop("generationConfig", None) or {}
+    config = request.pop("generationConfig", None)
+    config = {} if config is None else config
     if not isinstance(config, dict):
         raise ValueError("generationConfig: an object is required")
     config = config | {name: request.pop(name) for name in CONFIG_FIELDS if name in request}
