@@ -107,8 +107,9 @@ class Command(BaseCommand):
             self.stdout.write(
                 "Try-out waits: BATCH_MAX_WAIT={BATCH_MAX_WAIT} s, TICK_SECONDS={TICK_SECONDS} s, "
                 "POLL_INTERVAL={POLL_INTERVAL} s; ".format(**env)
-                + f"a fake batch takes {3 * fake_step_seconds:g} s and its end comes back as "
-                "a webhook to /webhooks/openai"
+                + f"a fake OpenAI batch takes {3 * fake_step_seconds:g} s and its end comes "
+                "back as a webhook to /webhooks/openai; the other fakes' take no longer and are "
+                "polled"
             )
         elif settings.TRY_OUT is not None:
             raise CommandError(
