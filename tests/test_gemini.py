@@ -114,6 +114,28 @@ def test_a_large_batch_goes_as_a_file_through_the_file_api(client, api_key, fake
     assert fake_gemini.files == []  # input and results files deleted upstream
 
 
+def test_gemini_usage_is_counted_and_priced_for_its_upstream(client, api_key, fake_gemini):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from batches_app.spend import PriceBook, spend_by_model
+
+    assert _post(client, api_key[1], "count me").status_code == 422
+    cycle()
+    request = BatchRequest.objects.get()
+    # The fake reports a token per 4 characters: "count me" in, "echo: count me" out.
+    assert (request.input_tokens, request.output_tokens) == (2, 4)
+    [spend] = spend_by_model(since=timezone.now() - timedelta(hours=1), book=PriceBook())
+    assert (spend.upstream, spend.label, spend.tokens_in, spend.tokens_out) == (
+        "google",
+        MODEL,
+        2,
+        4,
+    )
+    assert spend.priced and spend.spent > 0 and spend.saved == spend.spent
+
+
 def test_a_request_that_failed_upstream_reaches_its_caller_with_its_status(gemini):
     pending(gemini, "bad [[status:400]]")
     cycle()
