@@ -164,20 +164,43 @@ def test_with_polls_an_hour_apart_the_webhook_brings_the_answer_within_seconds(t
     assert received == 1
 
 
-@pytest.mark.parametrize("language", ["python", "js"])
-def test_the_readme_anthropic_example_is_answered_by_the_fake_anthropic(try_out, language):
-    """claude-* in try-out mode: the official Anthropic SDK's call is batched to the fake
-    Anthropic that serve started, and answered within 15 s, as the OpenAI examples are."""
+def batched_to(data_dir) -> tuple[str, str]:
+    """The upstream and endpoint of the one request a try-out's example made."""
+    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
+        [(upstream, endpoint)] = db.execute(
+            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
+            "JOIN batches_app_batch b ON b.id = r.batch_id"
+        ).fetchall()
+    return upstream, endpoint
+
+
+# What serve says of each fake besides OpenAI's.
+FAKE_LINES = {
+    "anthropic": "claude-* models to the built-in fake Anthropic at",
+    "gemini": "gemini-* models to the built-in fake Gemini at",
+}
+
+
+@pytest.mark.parametrize(
+    ("sdk", "language", "kind", "endpoint"),
+    [
+        ("anthropic", "python", "anthropic", "/v1/messages"),
+        ("anthropic", "js", "anthropic", "/v1/messages"),
+        ("from google import genai", "python", "gemini", "/v1beta/models:generateContent"),
+    ],
+    ids=["anthropic-python", "anthropic-js", "gemini-python"],
+)
+def test_a_readme_provider_example_is_answered_by_its_fake(try_out, sdk, language, kind, endpoint):
+    """claude-* and gemini-* in try-out mode: the provider SDK's call is batched to the fake
+    of its kind that serve started, and answered within 15 s, as the OpenAI examples are."""
     port, output, data_dir = try_out
-    code = readme_provider_example(language, "anthropic").replace(
-        "localhost:9487", f"localhost:{port}"
-    )
+    code = readme_provider_example(language, sdk).replace("localhost:9487", f"localhost:{port}")
     assert f"localhost:{port}" in code
     if language == "python":
         took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
     else:
         node_modules_ensure()
-        script = NODE_DIR / f"readme-anthropic-{port}.mjs"  # beside @anthropic-ai/sdk
+        script = NODE_DIR / f"readme-provider-{port}.mjs"  # beside the SDKs' node_modules
         script.write_text(code)
         try:
             took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
@@ -185,34 +208,7 @@ def test_the_readme_anthropic_example_is_answered_by_the_fake_anthropic(try_out,
             script.unlink()
 
     assert line == ANSWER
-    print(f"README Anthropic {language} example answered {took:.1f} s after its first call")
+    print(f"README {kind} {language} example answered {took:.1f} s after its first call")
     assert took < 15
-    assert any("claude-* models to the built-in fake Anthropic at" in line for line in output)
-    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
-        [(upstream, endpoint)] = db.execute(
-            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
-            "JOIN batches_app_batch b ON b.id = r.batch_id"
-        ).fetchall()
-    assert (upstream, endpoint) == ("anthropic", "/v1/messages")
-
-
-def test_the_readme_gemini_example_is_answered_by_the_fake_gemini(try_out):
-    """gemini-* in try-out mode: google-genai's call is batched to the fake Gemini that serve
-    started, and answered within 15 s."""
-    port, output, data_dir = try_out
-    code = readme_provider_example("python", "from google import genai")
-    code = code.replace("localhost:9487", f"localhost:{port}")
-    assert f"localhost:{port}" in code
-
-    took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
-
-    assert line == ANSWER
-    print(f"README Gemini example answered {took:.1f} s after its first call")
-    assert took < 15
-    assert any("gemini-* models to the built-in fake Gemini at" in line for line in output)
-    with sqlite3.connect(data_dir / "batchproxy.sqlite3") as db:
-        [(upstream, endpoint)] = db.execute(
-            "SELECT b.upstream, r.endpoint FROM requests_app_batchrequest r "
-            "JOIN batches_app_batch b ON b.id = r.batch_id"
-        ).fetchall()
-    assert (upstream, endpoint) == ("gemini", "/v1beta/models:generateContent")
+    assert any(FAKE_LINES[kind] in line for line in output)
+    assert batched_to(data_dir) == (kind, endpoint)

@@ -83,17 +83,11 @@ class FakeAnthropic(FakeServer):
         ("DELETE", re.compile(r"/v1/messages/batches/([^/]+)"), "delete"),
     )
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
-        super().__init__(host, port)
-        self._step_seconds = step_seconds
-        self.reset()
-
     def reset(self) -> None:
         with self._lock:
+            super().reset()
             self._batches: dict[str, dict] = {}
             self._requests: dict[str, list[dict]] = {}
-            self.faults_clear()
-            self.step_seconds = self._step_seconds
             self.expire_after: int | None = None
 
     @property

@@ -114,19 +114,13 @@ class FakeGemini(FakeServer):
         ("DELETE", re.compile(V + r"/files/([^/:]+)"), "file_delete"),
     )
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
-        super().__init__(host, port)
-        self._step_seconds = step_seconds
-        self.reset()
-
     def reset(self) -> None:
         with self._lock:
+            super().reset()
             self._jobs: dict[str, dict] = {}
             self._files: dict[str, dict] = {}
             self._uploads: dict[str, dict] = {}
             self._submitted: list[dict] = []
-            self.faults_clear()
-            self.step_seconds = self._step_seconds
             self.expire_after: int | None = None
             self.fail_batches = 0
 

@@ -52,13 +52,20 @@ class Call:
 class FakeServer:
     routes: tuple[tuple[str, re.Pattern, str], ...] = ()
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
         self._address = (host, port)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
-        self.calls: list[tuple[str, str]] = []
-        self.keys: list[str] = []
-        self._faults: list[list] = []
+        self._step_seconds = step_seconds  # how long a batch takes in each of its states
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch, file, call, key and fault; back to the configured pace."""
+        with self._lock:
+            self.calls: list[tuple[str, str]] = []
+            self.keys: list[str] = []
+            self._faults: list[list] = []
+            self.step_seconds = self._step_seconds
 
     @property
     def url(self) -> str:
@@ -84,10 +91,6 @@ class FakeServer:
             raise ValueError(f"unknown operation {operation!r}; one of {self.operations}")
         with self._lock:
             self._faults.append([operation, fault, times])
-
-    def faults_clear(self) -> None:
-        with self._lock:
-            self.calls, self.keys, self._faults = [], [], []
 
     def take_fault(self, operation: str):
         with self._lock:
