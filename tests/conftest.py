@@ -142,3 +142,31 @@ def second_org(fake_openai, settings, monkeypatch):
     settings.UPSTREAMS = [upstream_from_env("openai-2")]
     yield server
     server.stop()
+
+
+GEMINI_UPSTREAM_KEY = "gemini-upstream-test-secret"
+
+
+@pytest.fixture(scope="session")
+def gemini_server():
+    from batchproxy.fakes.gemini import FakeGemini
+
+    server = FakeGemini().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_gemini(gemini_server, fake_openai, settings, monkeypatch):
+    """The fake Gemini API, reset, as the proxy's upstream (`google`) for gemini-* models."""
+    from batchproxy.settings import upstream_from_env
+
+    gemini_server.reset()
+    monkeypatch.setenv("UPSTREAMS", "google")  # for worker processes too
+    monkeypatch.setenv("UPSTREAM_GOOGLE_KIND", "gemini")
+    monkeypatch.setenv("UPSTREAM_GOOGLE_BASE_URL", gemini_server.url)
+    monkeypatch.setenv("UPSTREAM_GOOGLE_MODELS", "gemini-*")
+    monkeypatch.setenv("UPSTREAM_GOOGLE_API_KEY", GEMINI_UPSTREAM_KEY)
+    settings.UPSTREAMS = [upstream_from_env("google")]
+    settings.OPENAI_MAX_RETRIES = 0
+    return gemini_server

@@ -10,37 +10,14 @@ from google.genai import errors, types
 
 from batches_app import services
 from batches_app.models import Batch, UpstreamFile
-from batchproxy.fakes.gemini import FakeGemini
-from batchproxy.settings import upstream_from_env
 from requests_app.models import BatchRequest
 
+from .conftest import GEMINI_UPSTREAM_KEY as UPSTREAM_KEY
 from .engine import cycle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = BatchRequest.Status
 MODEL = "gemini-2.5-flash"
-UPSTREAM_KEY = "gemini-upstream-test-secret"
-
-
-@pytest.fixture(scope="module")
-def gemini_server():
-    server = FakeGemini().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake_gemini(gemini_server, fake_openai, settings, monkeypatch):
-    """The fake Gemini API, reset, as the proxy's upstream for gemini-* models."""
-    gemini_server.reset()
-    monkeypatch.setenv("UPSTREAMS", "google")  # for worker processes too
-    monkeypatch.setenv("UPSTREAM_GOOGLE_KIND", "gemini")
-    monkeypatch.setenv("UPSTREAM_GOOGLE_BASE_URL", gemini_server.url)
-    monkeypatch.setenv("UPSTREAM_GOOGLE_MODELS", "gemini-*")
-    monkeypatch.setenv("UPSTREAM_GOOGLE_API_KEY", UPSTREAM_KEY)
-    settings.UPSTREAMS = [upstream_from_env("google")]
-    settings.OPENAI_MAX_RETRIES = 0
-    return gemini_server
 
 
 @pytest.fixture(params=["v1", "v1beta"])

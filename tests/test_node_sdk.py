@@ -121,3 +121,29 @@ def test_anthropic_typescript_sdk_gets_422_then_its_own_message_or_its_error(
             "request_id": "req_fake",
         }
     assert len(fake_anthropic.submitted()) == 4  # each caller's two calls, once each
+
+
+def test_google_genai_typescript_sdk_gets_422_then_its_own_answer_or_its_error(
+    node_client, live_server, api_key, fake_gemini
+):
+    for who in ("erin", "frank"):
+        first = node_client(live_server.url, api_key[1], who, "gemini.mjs")
+        assert {r["status"] for r in first.values()} == {422}
+        for pending in first.values():
+            error = pending["body"]["error"]  # Google's shape, not OpenAI's
+            assert (error["code"], error["status"]) == (422, "FAILED_PRECONDITION")
+            assert error["details"][0]["reason"] == "BATCH_PENDING"
+    cycle()
+
+    for who in ("erin", "frank"):
+        answers = node_client(live_server.url, api_key[1], who, "gemini.mjs")
+        assert answers["answer"] == {"status": 200, "answer": f"echo: answer for {who}"}
+        refused = answers["refused"]
+        assert refused["status"] == 400
+        assert refused["body"]["error"] == {
+            "code": 400,
+            "message": "Injected 400.",
+            "status": "INVALID_ARGUMENT",
+        }
+    assert len(fake_gemini.submitted()) == 4  # each caller's two calls, once each
+    assert all(r["request"]["model"] == "models/gemini-2.5-flash" for r in fake_gemini.submitted())
