@@ -36,7 +36,7 @@ def readme_example(language: str, number: int) -> str:
 
 
 # How an example of another provider's SDK shows itself.
-PROVIDER_SDKS = ("anthropic", "from google import genai")
+PROVIDER_SDKS = ("anthropic", "from google import genai", "@google/genai")
 
 
 def readme_provider_example(language: str, sdk: str) -> str:
@@ -187,8 +187,9 @@ FAKE_LINES = {
         ("anthropic", "python", "anthropic", "/v1/messages"),
         ("anthropic", "js", "anthropic", "/v1/messages"),
         ("from google import genai", "python", "gemini", "/v1beta/models:generateContent"),
+        ("@google/genai", "js", "gemini", "/v1beta/models:generateContent"),
     ],
-    ids=["anthropic-python", "anthropic-js", "gemini-python"],
+    ids=["anthropic-python", "anthropic-js", "gemini-python", "gemini-js"],
 )
 def test_a_readme_provider_example_is_answered_by_its_fake(try_out, sdk, language, kind, endpoint):
     """claude-* and gemini-* in try-out mode: the provider SDK's call is batched to the fake
