@@ -3,6 +3,8 @@ from django.db import connections
 
 from requests_app.models import ApiKey, hash_key
 
+from . import kinds
+
 
 def pytest_configure(config):
     # Live-server threads must not keep connections open past the test: PostgreSQL refuses to
@@ -53,7 +55,7 @@ def fake_openai(fake_server, settings):
     """The fake OpenAI, reset, with the proxy pointed at it."""
     fake_server.reset()
     settings.OPENAI_BASE_URL = fake_server.url
-    settings.OPENAI_API_KEY = "sk-upstream-test-secret"
+    settings.OPENAI_API_KEY = kinds.OpenAI.key
     settings.UPSTREAM_BACKOFF = 0
     return fake_server
 
@@ -66,43 +68,6 @@ def sdk(live_server, api_key, fake_openai):
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key[1], max_retries=0)
 
 
-# The kinds of upstream that the fake OpenAI can stand in for: the engine's reliability tests
-# run for each (`upstream_kind`).
-UPSTREAM_KINDS = ["openai", "azure"]
-API_PREFIX = {"openai": "/v1", "azure": "/openai"}
-
-
-def kind_env(kind: str, fake) -> dict[str, str]:
-    """The environment that routes the tests' models to the fake as this kind of upstream."""
-    if kind == "openai":
-        return {}
-    return {
-        "UPSTREAMS": "azure-test",
-        "UPSTREAM_AZURE_TEST_KIND": "azure",
-        "UPSTREAM_AZURE_TEST_BASE_URL": fake.azure_endpoint,
-        "UPSTREAM_AZURE_TEST_MODELS": "gpt-4o-*,gpt-4.1-*",
-        "UPSTREAM_AZURE_TEST_API_VERSION": "2025-04-01-preview",
-        "UPSTREAM_AZURE_TEST_API_KEY": "azure-upstream-test-secret",
-    }
-
-
-@pytest.fixture(params=UPSTREAM_KINDS)
-def upstream_kind(request, fake_openai, settings, monkeypatch) -> str:
-    """Route the tests' models to the fake OpenAI as each kind of upstream in turn, in this
-    process and (through the environment) in worker processes."""
-    from batchproxy.settings import upstream_from_env
-
-    for name, value in kind_env(request.param, fake_openai).items():
-        monkeypatch.setenv(name, value)
-    names = [name for name in kind_env(request.param, fake_openai).get("UPSTREAMS", "").split(",")]
-    settings.UPSTREAMS = [upstream_from_env(name) for name in names if name]
-    yield request.param
-    prefix = API_PREFIX[request.param]
-    assert all(path.startswith((prefix, "/_fake")) for _, path in fake_openai.calls), (
-        f"a call missed the {request.param} upstream"
-    )
-
-
 @pytest.fixture(scope="session")
 def anthropic_server():
     from batchproxy.fakes.anthropic import FakeAnthropic
@@ -112,20 +77,48 @@ def anthropic_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def gemini_server():
+    from batchproxy.fakes.gemini import FakeGemini
+
+    server = FakeGemini().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def fake_anthropic(anthropic_server, fake_openai, settings, monkeypatch):
     """The fake Anthropic, reset, as the proxy's upstream for claude-* models."""
-    from batchproxy.settings import upstream_from_env
-
     anthropic_server.reset()
-    monkeypatch.setenv("UPSTREAMS", "claude")  # for worker processes too
-    monkeypatch.setenv("UPSTREAM_CLAUDE_KIND", "anthropic")
-    monkeypatch.setenv("UPSTREAM_CLAUDE_BASE_URL", anthropic_server.url)
-    monkeypatch.setenv("UPSTREAM_CLAUDE_MODELS", "claude-*")
-    monkeypatch.setenv("UPSTREAM_CLAUDE_API_KEY", "sk-ant-upstream-test-secret")
-    settings.UPSTREAMS = [upstream_from_env("claude")]
+    kinds.Anthropic(anthropic_server).configure(settings, monkeypatch)
     settings.OPENAI_MAX_RETRIES = 0
     return anthropic_server
+
+
+@pytest.fixture
+def fake_gemini(gemini_server, fake_openai, settings, monkeypatch):
+    """The fake Gemini API, reset, as the proxy's upstream for gemini-* models (small batches
+    inline)."""
+    gemini_server.reset()
+    kinds.GeminiInline(gemini_server).configure(settings, monkeypatch)
+    settings.OPENAI_MAX_RETRIES = 0
+    return gemini_server
+
+
+@pytest.fixture(params=list(kinds.KINDS))
+def kind(request, fake_openai, client, api_key, settings, monkeypatch) -> kinds.Kind:
+    """Each kind of upstream in turn (tests/kinds.py): its fake reset, the proxy routing the
+    kind's model to it, in this process and in worker processes. Afterwards: the calls reached
+    that fake, and no other."""
+    cls = kinds.KINDS[request.param]
+    fake = request.getfixturevalue(cls.fake_fixture)
+    fake.reset()
+    driver = cls(fake, client=client, secret=api_key[1])
+    driver.configure(settings, monkeypatch)
+    yield driver
+    driver.assert_exercised()
+    if fake is not fake_openai:
+        assert not fake_openai.calls, f"a call of the {driver.name} test reached the fake OpenAI"
 
 
 @pytest.fixture
@@ -142,31 +135,3 @@ def second_org(fake_openai, settings, monkeypatch):
     settings.UPSTREAMS = [upstream_from_env("openai-2")]
     yield server
     server.stop()
-
-
-GEMINI_UPSTREAM_KEY = "gemini-upstream-test-secret"
-
-
-@pytest.fixture(scope="session")
-def gemini_server():
-    from batchproxy.fakes.gemini import FakeGemini
-
-    server = FakeGemini().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake_gemini(gemini_server, fake_openai, settings, monkeypatch):
-    """The fake Gemini API, reset, as the proxy's upstream (`google`) for gemini-* models."""
-    from batchproxy.settings import upstream_from_env
-
-    gemini_server.reset()
-    monkeypatch.setenv("UPSTREAMS", "google")  # for worker processes too
-    monkeypatch.setenv("UPSTREAM_GOOGLE_KIND", "gemini")
-    monkeypatch.setenv("UPSTREAM_GOOGLE_BASE_URL", gemini_server.url)
-    monkeypatch.setenv("UPSTREAM_GOOGLE_MODELS", "gemini-*")
-    monkeypatch.setenv("UPSTREAM_GOOGLE_API_KEY", GEMINI_UPSTREAM_KEY)
-    settings.UPSTREAMS = [upstream_from_env("google")]
-    settings.OPENAI_MAX_RETRIES = 0
-    return gemini_server

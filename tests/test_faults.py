@@ -1,5 +1,6 @@
 """Upstream faults on every kind of call (CONTRACT.md §2): retried on later ticks with back-off,
-nothing lost, nothing submitted twice."""
+nothing lost, nothing submitted twice; for every kind of upstream, and for each of the engine's
+calls that kind makes (tests/kinds.py)."""
 
 from datetime import timedelta
 
@@ -10,29 +11,24 @@ from batches_app import services
 from batches_app.models import Batch
 from requests_app.models import BatchRequest
 
-from .conftest import API_PREFIX
-from .workers import assert_each_answered_once, wait_for
+from .kinds import assert_each_answered_once, cases
+from .workers import wait_for
 
 pytestmark = pytest.mark.django_db
 Status = BatchRequest.Status
 FAULTS = [429, 500, "timeout", "disconnect"]
 
 
-def chat(text: str) -> dict:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
-
-
 @pytest.fixture
-def upstream(fake_openai, upstream_kind, settings, post):
-    """The fake OpenAI, quick to time out; the SDK's own retries off, so a fault fails a tick.
-
-    Once for each kind of upstream it stands in for (`upstream_kind`)."""
+def upstream(kind, settings):
+    """Three queued requests of the kind under test; its fake quick to time out, the SDK's own
+    retries off, so a fault fails a tick."""
     settings.OPENAI_TIMEOUT = 0.5
     settings.OPENAI_MAX_RETRIES = 0
-    fake_openai.configure(timeout_sleep=0.8, retry_after=0)
+    kind.hold_timeouts(0.8)
     for i in range(3):
-        assert post("/v1/chat/completions", chat(f"fault {i}")).status_code == 422
-    return fake_openai
+        assert kind.queue(f"fault {i}").status_code == 422
+    return kind
 
 
 def tick() -> services.AdvanceReport:
@@ -52,7 +48,7 @@ def ticks_until_done(*, limit: int = 12) -> int:
     raise AssertionError("requests or batches still pending after the ticks")
 
 
-def wait_for_held_call(fake, operation: str, fault) -> int:
+def wait_for_held_call(kind, operation: str, fault) -> int:
     """A "timeout" fault holds the call, then does it: let an upload or create land upstream.
 
     In production the back-off after an ambiguous failure (services.AMBIGUOUS) waits for that.
@@ -62,26 +58,29 @@ def wait_for_held_call(fake, operation: str, fault) -> int:
         return 0
     assert tick().failures
     if operation == "upload":
-        wait_for(lambda: fake.files, what="the held upload")
+        wait_for(kind.files, what="the held upload")
     else:
-        wait_for(lambda: fake.batches, what="the held create")
+        wait_for(kind.upstream_batches, what="the held create")
     return 1
 
 
 SETUPS = {
-    # operation: faults to inject first so that the operation is called at all
+    # the engine's call (tests/kinds.py): faults to inject first so that it is called at all
     "upload": [],
     "create": [],
     "retrieve": [],
-    "content": [],
+    "read": [],
     "delete": [],
-    "list": [("create", "lost_response")],
-    "list_files": [("upload", "lost_response")],
+    "find_batch": [("create", "lost_response")],
+    "find_files": [("upload", "lost_response")],
 }
+CALLS = cases(
+    [(operation, fault) for operation in SETUPS for fault in FAULTS],
+    needs=lambda row: [row[0], *(call for call, _ in SETUPS[row[0]])],
+)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("operation", list(SETUPS))
+@pytest.mark.parametrize(("kind", "operation", "fault"), CALLS, indirect=["kind"])
 def test_failing_call_is_retried_later_and_nothing_is_lost_or_doubled(upstream, operation, fault):
     for setup in SETUPS[operation]:
         upstream.inject(*setup)
@@ -92,58 +91,64 @@ def test_failing_call_is_retried_later_and_nothing_is_lost_or_doubled(upstream, 
     failed += ticks_until_done()
 
     assert failed >= 1
-    calls = sum(op == operation for op, _ in upstream.calls)
+    calls = len(upstream.calls(operation))
     if (operation, fault) == ("create", "timeout"):
         assert calls == 1  # the held create landed and was adopted, not made again
     else:
         assert calls >= 2
-    assert len(upstream.batches) == 1
+    assert len(upstream.upstream_batches()) == 1
     assert_each_answered_once(upstream)
     assert Batch.objects.get().state == Batch.State.DONE
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_failing_cancel_is_retried_and_the_requests_requeued_once(upstream, fault):
-    upstream.configure(step_seconds=3600)
+    upstream.run_for(3600)
     tick()
     first = Batch.objects.get()
     assert first.state == Batch.State.RUNNING
     upstream.inject("cancel", fault, times=2)
 
     services.batch_cancel(batch_id=first.pk, requeue=True)
-    upstream.configure(step_seconds=0)
+    upstream.run_for(0)
     failed = ticks_until_done()
 
     assert failed >= 1
-    assert upstream.batches[first.upstream_id]["status"] == "cancelled"
-    completed = {b["id"] for b in upstream.batches.values() if b["status"] == "completed"}
+    statuses = upstream.upstream_batches()
+    assert statuses[first.upstream_id] == "cancelled"
+    completed = {batch_id for batch_id, status in statuses.items() if status == "completed"}
     assert len(completed) == 1
     for request in BatchRequest.objects.all():
         assert request.status == Status.COMPLETED
         assert request.attempts == 1  # the operator's cancel spent none
         batches = {
-            line["batch_id"]
-            for line in upstream.submitted_lines()
-            if line["custom_id"] == str(request.pk)
+            batch_id
+            for custom_id, batch_id in upstream.submissions()
+            if custom_id == str(request.pk)
         }
         assert batches == {first.upstream_id, *completed}
-    assert not upstream.files
+    assert not upstream.left_upstream()
 
 
-@pytest.mark.parametrize("operation", ["upload", "create"])
+@pytest.mark.parametrize(
+    ("kind", "operation"),
+    cases([("upload",), ("create",)], needs=lambda row: row),
+    indirect=["kind"],
+)
 def test_lost_response_never_makes_a_second_file_or_batch(upstream, operation):
     upstream.inject(operation, "lost_response")
 
     ticks_until_done()
 
-    assert len(upstream.batches) == 1
-    assert sum(op == "create" for op, _ in upstream.calls) == 1
+    assert len(upstream.upstream_batches()) == 1
+    assert len(upstream.calls("create")) == 1
     assert_each_answered_once(upstream)  # also: the orphaned upload was deleted
 
 
 def test_backoff_doubles_per_failure_up_to_an_hour(upstream, settings):
     settings.UPSTREAM_BACKOFF = 5
-    upstream.inject("upload", 500, times=12)
+    # A batch's first upstream call: its upload, or its create where requests go inline.
+    upstream.inject("upload" if "upload" in upstream.operations else "create", 500, times=12)
     [batch] = services.batch_flush(force=True)
 
     delays = []
@@ -193,17 +198,15 @@ def test_permanent_refusal_requeues_the_requests_and_deletes_the_file(upstream):
     }
     from batches_app import tasks
 
-    tasks.poll()  # sweeps the refused batch's input file
-    assert not upstream.files
+    tasks.poll()  # sweeps the refused batch's input file, if it had one
+    assert not upstream.files()
     ticks_until_done()
-    assert len(upstream.batches) == 1
+    assert len(upstream.upstream_batches()) == 1
     assert_each_answered_once(upstream)
 
 
-def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(
-    upstream, upstream_kind, settings
-):
-    upstream.configure(step_seconds=3600)
+def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(upstream, settings):
+    upstream.run_for(3600)
     tick()
     batch = Batch.objects.get()
     assert batch.state == Batch.State.RUNNING
@@ -216,8 +219,7 @@ def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(
 
     batch.refresh_from_db()
     assert (batch.state, batch.upstream_status) == (Batch.State.DONE, "expired")
-    cancel = f"{API_PREFIX[upstream_kind]}/batches/{batch.upstream_id}/cancel"
-    assert ("cancel", cancel) in upstream.calls
+    assert upstream.called("cancel", batch.upstream_id)
     assert set(BatchRequest.objects.values_list("status", "batch", "error_code")) == {
         (Status.QUEUED, None, "batch_expired")
     }

@@ -8,16 +8,16 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from batches_app import services
 from batches_app.models import Batch, UpstreamFile
 from requests_app.models import BatchRequest
 
-from .conftest import GEMINI_UPSTREAM_KEY as UPSTREAM_KEY
 from .engine import cycle
+from .kinds import GeminiInline
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = BatchRequest.Status
 MODEL = "gemini-2.5-flash"
+UPSTREAM_KEY = GeminiInline.key
 
 
 @pytest.fixture(params=["v1", "v1beta"])
@@ -203,91 +203,6 @@ def test_without_a_gemini_upstream_a_gemini_model_is_not_found(client, api_key, 
     assert answer.status_code == 404
     assert answer.json()["error"]["status"] == "NOT_FOUND"
     assert BatchRequest.objects.count() == 0
-
-
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
-@pytest.mark.parametrize("fault", [500, "disconnect", "lost_response"])
-def test_a_failed_create_is_retried_and_never_makes_a_second_job(
-    client, api_key, fake_gemini, settings, fault, inline
-):
-    settings.GEMINI_INLINE_MAX_BYTES = 10_000_000 if inline else 0
-    for text in ("x", "y"):
-        assert _post(client, api_key[1], text).status_code == 422
-    fake_gemini.inject("create", fault)
-    services.batch_flush(force=True)
-    assert services.batches_advance(force=True).failures
-
-    cycle()
-
-    assert len(fake_gemini.submitted()) == 2  # created once: a lost answer is found again
-    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 2
-
-
-@pytest.mark.parametrize("fault", [500, "disconnect", "lost_response"])
-def test_a_failed_upload_is_retried_and_its_orphan_deleted(
-    client, api_key, fake_gemini, settings, fault
-):
-    settings.GEMINI_INLINE_MAX_BYTES = 0
-    assert _post(client, api_key[1], "u").status_code == 422
-    fake_gemini.inject("upload", fault)
-    services.batch_flush(force=True)
-    assert services.batches_advance(force=True).failures
-
-    cycle()
-    cycle()
-
-    assert BatchRequest.objects.get().status == Status.COMPLETED
-    assert len(fake_gemini.submitted()) == 1
-    assert fake_gemini.files == []  # the orphaned upload too
-
-
-@pytest.mark.parametrize("operation", ["retrieve", "download", "delete", "file_delete"])
-def test_failed_polls_reads_and_deletes_are_retried(
-    client, api_key, fake_gemini, settings, operation
-):
-    settings.GEMINI_INLINE_MAX_BYTES = 0 if operation in ("download", "file_delete") else 10**7
-    assert _post(client, api_key[1], "p").status_code == 422
-    fake_gemini.inject(operation, 503)
-    cycle()
-    cycle()
-    services.files_sweep()
-    assert BatchRequest.objects.get().status == Status.COMPLETED
-    assert Batch.objects.get().state == Batch.State.DONE
-    assert fake_gemini.files == []
-
-
-@pytest.mark.parametrize(
-    "point", ["after_claim", "before_create", "after_create", "mid_ingest", "after_ingest_file"]
-)
-def test_a_worker_killed_at_any_step_loses_nothing_and_submits_once(
-    client, api_key, fake_openai, fake_gemini, point
-):
-    """As tests/test_crash.py does for OpenAI's kinds: the worker dies at `point`, the next
-    one finishes the step (the job created before the crash is found, not made again)."""
-    from .test_crash import lease_free
-    from .workers import CRASHED, run, wait_for
-
-    texts = [f"crash {i}" for i in range(5)]
-    for text in texts:
-        assert _post(client, api_key[1], text).status_code == 422
-    crashed = run(fake_openai, "tick", crash_at=point, INGEST_CHUNK_LINES=2)
-    assert crashed.returncode == CRASHED, crashed.stderr[-3000:]
-    wait_for(lease_free, timeout=2, what="the dead worker's lease to be released")
-    again = run(fake_openai, "tick", INGEST_CHUNK_LINES=2)
-    assert again.returncode == 0, again.stderr[-3000:]
-
-    assert sorted(r["key"] for r in fake_gemini.submitted()) == sorted(
-        str(pk) for pk in BatchRequest.objects.values_list("pk", flat=True)
-    )
-    answers = {
-        json.loads(body)["contents"][0]["parts"][0]["text"]: json.loads(response)["candidates"][0][
-            "content"
-        ]["parts"][0]["text"]
-        for body, response in BatchRequest.objects.values_list("body", "response_body")
-    }
-    assert answers == {text: f"echo: {text}" for text in texts}
-    assert Batch.objects.get().state == Batch.State.DONE
-    assert fake_gemini.jobs == []
 
 
 # --- Hostile input: Google's 4xx, never a 5xx, nothing stored --------------------------------

@@ -12,6 +12,7 @@ from batchproxy.fakes.openai import FakeOpenAI
 from batchproxy.settings import upstream_from_env
 from requests_app.models import BatchRequest
 
+from . import kinds
 from .cockpit import chat
 from .engine import cycle
 
@@ -52,6 +53,49 @@ def test_each_model_goes_to_the_upstream_that_serves_it(post, groq, fake_openai)
     }
     assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 3
     assert post("/v1/chat/completions", chat("b", model="llama-3.1-8b")).status_code == 200
+
+
+def test_one_proxy_serves_openai_azure_anthropic_and_gemini_at_once(
+    client,
+    api_key,
+    fake_openai,
+    second_fake,
+    anthropic_server,
+    gemini_server,
+    settings,
+    monkeypatch,
+):
+    """An OpenAI model to the default upstream, an Azure deployment to Azure, claude-* to
+    Anthropic and gemini-* to Gemini: all queued, then one cycle."""
+    anthropic_server.reset()
+    gemini_server.reset()
+    callers = {"client": client, "secret": api_key[1]}
+    every = [
+        kinds.OpenAI(fake_openai, **callers),
+        kinds.Azure(second_fake, **callers),
+        kinds.Anthropic(anthropic_server, **callers),
+        kinds.GeminiInline(gemini_server, **callers),
+    ]
+    kinds.configure_upstreams(every, settings, monkeypatch)
+    texts = {kind.name: [f"{kind.name} {n}" for n in (1, 2)] for kind in every}
+    for kind in every:
+        for text in texts[kind.name]:
+            assert kind.queue(text).status_code == 422
+
+    cycle()
+
+    by_model = dict(Batch.objects.values_list("model", "upstream"))
+    assert by_model == {kind.model: kind.upstream for kind in every}
+    assert Batch.objects.filter(state=Batch.State.DONE).count() == len(every)
+    for kind in every:
+        # Only its own requests reached each fake, with its own upstream key.
+        assert sorted(kind.text_of(body) for body in kind.sent()) == texts[kind.name]
+        assert set(kind.fake.keys) == {kind.key}, kind.name  # never the caller's
+        kind.assert_exercised()
+        for text in texts[kind.name]:
+            answer = kind.queue(text)
+            assert answer.status_code == 200, (kind.name, answer.content)
+            assert kind.answer_of(answer.json()) == f"echo: {text}"
 
 
 def test_routing_takes_the_first_upstream_that_serves_the_model(settings):

@@ -31,6 +31,8 @@ def database_url() -> str:
 
 
 def worker_env(fake, **extra) -> dict:
+    from .kinds import OpenAI
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHPROXY_", "PYTEST"))}
     env.pop("POSTGRES_URL", None)
     return (
@@ -39,7 +41,7 @@ def worker_env(fake, **extra) -> dict:
             "DATABASE_URL": database_url(),
             "DATA_DIR": str(settings.DATA_DIR),
             "OPENAI_BASE_URL": fake.url,
-            "OPENAI_API_KEY": "sk-upstream-test-secret",
+            "OPENAI_API_KEY": OpenAI.key,
             "UPSTREAM_BACKOFF": "0",
             "BATCH_MAX_WAIT": "0",
             "LOG_LEVEL": "WARNING",
@@ -84,26 +86,11 @@ def wait_for(condition, *, timeout: float = 60, what: str = "condition") -> None
 
 
 def assert_each_answered_once(fake) -> None:
-    """Every request answered with its own echo, from exactly one upstream batch that completed,
-    and nothing left behind upstream."""
-    import orjson
+    """Every request answered once, and nothing left upstream, by the fake OpenAI
+    (tests/kinds.py says it for every kind)."""
+    from .kinds import OpenAI, assert_each_answered_once
 
-    from requests_app.models import BatchRequest
-
-    requests = list(BatchRequest.objects.values_list("pk", "status", "body", "response_body"))
-    assert requests
-    seen: dict[str, set] = {}
-    for line in fake.submitted_lines():
-        seen.setdefault(line["custom_id"], set()).add(line["batch_id"])
-    batches = fake.batches
-    for pk, status, body, response in requests:
-        assert status == BatchRequest.Status.COMPLETED, (pk, status)
-        text = orjson.loads(body)["messages"][0]["content"]
-        assert orjson.loads(response)["choices"][0]["message"]["content"] == f"echo: {text}"
-        [batch_id] = seen.pop(str(pk))  # submitted in exactly one upstream batch
-        assert batches[batch_id]["status"] == "completed"
-    assert not seen, f"lines that are no request: {seen}"
-    assert not fake.files, f"files left upstream: {list(fake.files)}"
+    assert_each_answered_once(OpenAI(fake))
 
 
 def start_together(fake, commands: list[tuple[str, ...]], go: Path, **extra) -> list:

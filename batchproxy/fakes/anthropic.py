@@ -8,7 +8,8 @@ request, in an order that is not the input's. Standard library only; state in me
 Markers in a request's text ask for per-request outcomes:
     [[status:400]]   the request is `errored` with that status's Anthropic error type
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
-Faults: `inject(operation, 500 | 429 | "disconnect" | "lost_response", times)` (fakes/http.py).
+Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
+(fakes/http.py).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class FakeAnthropic(FakeServer):
         with self._lock:
             super().reset()
             self._batches: dict[str, dict] = {}
+            self._deleted: dict[str, dict] = {}
             self._requests: dict[str, list[dict]] = {}
             self.expire_after: int | None = None
 
@@ -95,10 +97,21 @@ class FakeAnthropic(FakeServer):
         with self._lock:
             return [self._view(batch) for batch in self._batches.values()]
 
-    def submitted(self) -> list[dict]:
-        """Every request of every batch created, in order."""
+    @property
+    def history(self) -> list[dict]:
+        """Every batch created, deleted ones too, as a client would see it now."""
         with self._lock:
-            return [copy.deepcopy(r) for rs in self._requests.values() for r in rs]
+            return [self._view(b) for b in (*self._batches.values(), *self._deleted.values())]
+
+    def submitted(self) -> list[dict]:
+        """Every request of every batch created (deleted ones too), in order, each with its
+        `batch_id`."""
+        with self._lock:
+            return [
+                copy.deepcopy(r) | {"batch_id": batch_id}
+                for batch_id, rs in self._requests.items()
+                for r in rs
+            ]
 
     def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
         key = headers.get("x-api-key") or headers.get("authorization", "")
@@ -206,7 +219,7 @@ class FakeAnthropic(FakeServer):
         if view["processing_status"] != "ended":
             return 400, _error(400, "The batch has not ended yet.")
         if operation == "delete":
-            del self._batches[batch["id"]]
+            self._deleted[batch["id"]] = self._batches.pop(batch["id"])
             return 200, {"id": batch["id"], "type": "message_batch_deleted"}
         return 200, [
             {"custom_id": r["custom_id"], "result": r["result"]}

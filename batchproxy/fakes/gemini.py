@@ -18,7 +18,9 @@ Answers echo the request's text ("echo: <text>"). A marker in the text asks for 
     [[status:400]]   that request fails with that HTTP status's gRPC code
 With `expire_after=N` a job ends `BATCH_STATE_EXPIRED` with only its first N results;
 `fail_batches=K` makes the next K jobs end `BATCH_STATE_FAILED` with no results.
-Faults: `inject(operation, 500 | 429 | "disconnect" | "lost_response", times)` (fakes/http.py).
+Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
+(fakes/http.py). An upload is two operations: `upload_start` opens the session, `upload` sends
+the bytes and makes the file.
 
 Run `python -m batchproxy.fakes.gemini --port 9490 --step-seconds 1` to serve in the foreground.
 """
@@ -118,6 +120,7 @@ class FakeGemini(FakeServer):
         with self._lock:
             super().reset()
             self._jobs: dict[str, dict] = {}
+            self._deleted: dict[str, dict] = {}
             self._files: dict[str, dict] = {}
             self._uploads: dict[str, dict] = {}
             self._submitted: list[dict] = []
@@ -131,13 +134,29 @@ class FakeGemini(FakeServer):
             return [self._view(job) for job in self._jobs.values()]
 
     @property
+    def history(self) -> list[dict]:
+        """Every job created, deleted ones too, as a client would see it now."""
+        with self._lock:
+            return [self._view(job) for job in (*self._jobs.values(), *self._deleted.values())]
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return (*super().operations, "upload_start")
+
+    def route(self, method: str, path: str, query: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+        operation, args = super().route(method, path, query)
+        if operation == "upload" and "upload_id" not in query:
+            return "upload_start", args  # the resumable upload's first call: no file yet
+        return operation, args
+
+    @property
     def files(self) -> list[dict]:
         with self._lock:
             return [self._file_view(f) for f in self._files.values()]
 
     def submitted(self) -> list[dict]:
         """Every request of every job created (deleted ones too), in order:
-        {"key", "request", "metadata", "inline"}."""
+        {"key", "request", "metadata", "inline", "job"}."""
         with self._lock:
             return copy.deepcopy(self._submitted)
 
@@ -150,7 +169,7 @@ class FakeGemini(FakeServer):
 
     def respond(self, call: Call) -> Reply:
         with self._lock:
-            if call.operation == "upload":
+            if call.operation in ("upload_start", "upload"):
                 return self._upload(call)
             if call.operation == "download":
                 found = self._files.get(call.args[0])
@@ -256,7 +275,7 @@ class FakeGemini(FakeServer):
             "_inline": inline,
             "_requests": requests,
         }
-        self._submitted += [r | {"inline": inline} for r in requests]
+        self._submitted += [r | {"inline": inline, "job": name} for r in requests]
         return 200, self._view(self._jobs[name.split("/")[1]])
 
     def _file_requests(self, file_name: str) -> list[dict] | str:
@@ -304,7 +323,7 @@ class FakeGemini(FakeServer):
             return 200, {}
         if not view["done"]:  # delete
             return 400, _error_body(400, "The batch is still running: cancel it first.")
-        del self._jobs[call.args[0]]
+        self._deleted[call.args[0]] = self._jobs.pop(call.args[0])
         return 200, {}
 
     def _page(self, call: Call, items: list[dict], field: str) -> tuple[int, dict]:

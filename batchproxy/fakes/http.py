@@ -2,8 +2,11 @@
 
 A fake names its operations by route (`routes`: method, path pattern, name), answers each in
 `respond`, and can be told to fail the next calls of one operation:
-`inject(operation, 500 | 429 | "disconnect" | "lost_response", times)`. A "lost_response" does
-the work and then drops the connection, as a response lost on the way back would.
+`inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times, after=0)`.
+A "timeout" holds the call `timeout_sleep` seconds (past the client's timeout) and then does
+the work; a "disconnect" drops the connection without doing anything; a "lost_response" does
+the work and then drops the connection, as a response lost on the way back would. `after`
+lets that many calls of the operation through first.
 Standard library only; state in memory, under one lock.
 """
 
@@ -16,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
 
 
 @dataclass
@@ -57,6 +62,8 @@ class FakeServer:
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._step_seconds = step_seconds  # how long a batch takes in each of its states
+        self._stopping = threading.Event()
+        self._generation = 0  # a reset releases the calls a "timeout" holds
         self.reset()
 
     def reset(self) -> None:
@@ -66,6 +73,8 @@ class FakeServer:
             self.keys: list[str] = []
             self._faults: list[list] = []
             self.step_seconds = self._step_seconds
+            self.timeout_sleep = 5.0
+            self._generation += 1
 
     @property
     def url(self) -> str:
@@ -83,26 +92,40 @@ class FakeServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # wakes the calls a "timeout" holds
         self._server.shutdown()
         self._server.server_close()
 
-    def inject(self, operation: str, fault, times: int = 1) -> None:
+    def inject(self, operation: str, fault, times: int = 1, *, after: int = 0) -> None:
+        """Fail the next `times` calls of `operation`, once `after` calls have gone through."""
         if operation not in self.operations:
             raise ValueError(f"unknown operation {operation!r}; one of {self.operations}")
+        if not (isinstance(fault, int) and 400 <= fault <= 599) and fault not in SOCKET_FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; an HTTP status or one of {SOCKET_FAULTS}")
+        if times < 1 or after < 0:
+            raise ValueError("times must be at least 1, after at least 0")
         with self._lock:
-            self._faults.append([operation, fault, times])
+            self._faults.append([operation, fault, times, after])
 
     def take_fault(self, operation: str):
         with self._lock:
             for entry in self._faults:
                 if entry[0] == operation:
+                    if entry[3]:
+                        entry[3] -= 1
+                        return None
                     entry[2] -= 1
                     if not entry[2]:
                         self._faults.remove(entry)
                     return entry[1]
         return None
 
-    def route(self, method: str, path: str) -> tuple[str, tuple[str, ...]]:
+    def hold(self, generation: int) -> bool:
+        """Sleep like a stuck upstream; False when reset or stopped meanwhile."""
+        self._stopping.wait(self.timeout_sleep)
+        return generation == self._generation and not self._stopping.is_set()
+
+    def route(self, method: str, path: str, query: dict[str, str]) -> tuple[str, tuple[str, ...]]:
         for route_method, pattern, name in self.routes:
             if route_method == method and (match := pattern.fullmatch(path)):
                 return name, match.groups()
@@ -150,10 +173,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         url = urlsplit(self.path)
         headers = {name.lower(): value for name, value in self.headers.items()}
-        operation, args = fake.route(method, url.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        operation, args = fake.route(method, url.path, query)
         with fake._lock:
             fake.calls.append((operation, url.path))
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            generation = fake._generation
         key = fake.key_of(headers, query)
         if not key:
             return self._send(fake.error(401, "An API key is required."))
@@ -162,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = fake.take_fault(operation)
         if isinstance(fault, int):
             return self._send(fake.error(fault, f"Injected HTTP {fault}."))
-        if fault == "disconnect":
+        if fault == "disconnect" or (fault == "timeout" and not fake.hold(generation)):
             self.close_connection = True
             return None
         if operation == "unknown":
@@ -180,5 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a "timeout"): the work is done all the same

@@ -738,6 +738,7 @@ class FakeOpenAI:
             self._submitted: list[dict] = []
             self._videos: dict[str, dict] = {}  # video id: its content and when it expires
             self._calls: list[tuple[str, str]] = []
+            self._keys: list[str] = []
             self._faults: list[list] = []
             self._webhooks: list[dict] = []  # every delivery attempt: event, status
             self._pending_events: list[dict] = []
@@ -806,6 +807,12 @@ class FakeOpenAI:
         with self._lock:
             return list(self._calls)
 
+    @property
+    def keys(self) -> list[str]:
+        """The API key of every /v1 (or Azure /openai) request, in order."""
+        with self._lock:
+            return list(self._keys)
+
     def state(self) -> dict:
         """Everything but file contents, as JSON-ready data (served at GET /_fake/state)."""
         with self._lock:
@@ -871,9 +878,10 @@ class FakeOpenAI:
 
     # -- request plumbing (called by _Handler) ---------------------------------------------------
 
-    def _record(self, operation: str, path: str) -> int:
+    def _record(self, operation: str, path: str, key: str) -> int:
         with self._lock:
             self._calls.append((operation, path))
+            self._keys.append(key)
             return self._generation
 
     def _take_fault(self, operation: str):
@@ -1311,7 +1319,8 @@ class _Handler(BaseHTTPRequestHandler):
         for route_method, pattern, name in ROUTES:
             if route_method == method and (match := pattern.fullmatch(path)):
                 operation, args = name, match.groups()
-        generation = fake._record(operation, url.path)
+        key = self.headers.get("api-key") if azure else self.headers.get("Authorization", "")
+        generation = fake._record(operation, url.path, (key or "").removeprefix("Bearer "))
         if azure and not (self.headers.get("api-key") and "api-version=" in url.query):
             message = "Access denied: send the api-key header and the api-version query."
             return self._send(_json_reply(_error_body(message, code="invalid_api_key"), 401))
