@@ -324,13 +324,8 @@ class GeminiInline(Kind):
         return [found["name"] for found in self.fake.files]
 
     def left_upstream(self) -> list[str]:
-        """Files, and jobs that still hold inline answers (a job with none may stay)."""
-        holding = [
-            job["name"]
-            for job in self.fake.jobs
-            if job["metadata"].get("output", {}).get("inlinedResponses", {}).get("inlinedResponses")
-        ]
-        return self.files() + holding
+        """Files and jobs: an ended job is deleted with its results, whatever its end."""
+        return self.files() + [job["name"] for job in self.fake.jobs]
 
     def assert_exercised(self) -> None:
         super().assert_exercised()

@@ -89,6 +89,7 @@ def test_a_large_batch_goes_as_a_file_through_the_file_api(client, api_key, fake
     }
     assert UpstreamFile.objects.filter(deleted_at=None).count() == 0
     assert fake_gemini.files == []  # input and results files deleted upstream
+    assert fake_gemini.jobs == []  # and the job with them
 
 
 def test_gemini_usage_is_counted_and_priced_for_its_upstream(client, api_key, fake_gemini):
@@ -152,6 +153,7 @@ def test_a_failed_job_is_requeued_and_answered_by_the_next(client, api_key, fake
     cycle()
     assert BatchRequest.objects.get().status == Status.COMPLETED
     assert Batch.objects.filter(state=Batch.State.DONE).count() == 2
+    assert fake_gemini.jobs == []  # the failed job too, though it had no results
 
 
 def _post(client, secret: str, text: str, *, version: str = "v1beta", header="x-goog-api-key"):

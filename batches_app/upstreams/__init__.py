@@ -5,6 +5,8 @@ settings are the default upstream, named `openai`, which serves every model no o
 claims. Each kind has its module behind `base.Transport`.
 """
 
+from importlib import import_module
+
 from django.conf import settings
 
 from batchproxy.tryout import fake_key
@@ -94,16 +96,21 @@ def upstream_key(upstream: Upstream) -> str:
     return upstream.api_key()
 
 
+# Each kind's module and transport, imported when first used: a process that sends to OpenAI
+# only never loads the other SDKs (the anthropic SDK alone takes about a second).
+TRANSPORTS = {
+    "openai": ("openai", "OpenAITransport"),
+    "azure": ("azure", "AzureTransport"),
+    "anthropic": ("anthropic", "AnthropicTransport"),
+    "gemini": ("gemini", "GeminiTransport"),
+}
+
+
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
-    from .anthropic import AnthropicTransport
-    from .azure import AzureTransport
-    from .gemini import GeminiTransport
-    from .openai import OpenAITransport
-
     upstream = upstream_get(name)
     if upstream.name == DEFAULT and (refusal := upstream_refusal()) is not None:
         raise UpstreamError(refusal, permanent=False, code="no_api_key")
-    kinds = {"azure": AzureTransport, "anthropic": AnthropicTransport, "gemini": GeminiTransport}
-    kind = kinds.get(upstream.kind)
-    return (kind or OpenAITransport)(upstream, upstream_key(upstream))
+    module, cls = TRANSPORTS.get(upstream.kind, TRANSPORTS["openai"])
+    kind = getattr(import_module(f".{module}", __name__), cls)
+    return kind(upstream, upstream_key(upstream))

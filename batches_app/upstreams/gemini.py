@@ -11,7 +11,8 @@ What the engine reads is normalised to OpenAI's shapes, so the engine stays one:
   time). Each result becomes an OpenAI output line matched by key: a response -> 200 with the
   GenerateContentResponse, an error (a google.rpc.Status) -> its HTTP status with Google's
   error body. A request with no result is left for the engine to requeue;
-- deleting the job's "file" deletes the job upstream.
+- an ended job is one of its "files" (its error file, beside a responses file): deleting it
+  deletes the job upstream, so no job is left behind, whatever its end.
 A job's display name is `batchproxy-<our batch id>`: `find_batch` recognises an interrupted
 create by it, as OpenAI's metadata does.
 """
@@ -161,9 +162,12 @@ def _normalised(job: types.BatchJob) -> dict:
     state = job.state.value if job.state else ""
     status = STATES.get(state, "in_progress")
     dest = job.dest
-    output = ""
-    if status not in ("in_progress", "cancelling") and dest is not None:
-        output = dest.file_name or (job.name if dest.inlined_responses else "")
+    # An ended job is itself read (for its inline results) and deleted, as a file is; with a
+    # responses file it comes second, as the error file, so that it is deleted too.
+    output = error = ""
+    if status not in ("in_progress", "cancelling"):
+        output = (dest.file_name if dest else None) or job.name
+        error = job.name if output != job.name else ""
     counts = None
     if dest is not None and dest.inlined_responses:
         failed = sum(1 for r in dest.inlined_responses if r.error)
@@ -176,7 +180,7 @@ def _normalised(job: types.BatchJob) -> dict:
         "id": job.name,
         "status": status,
         "output_file_id": output,
-        "error_file_id": "",
+        "error_file_id": error,
         "request_counts": counts,
         "created_at": job.create_time.timestamp() if job.create_time else None,
     }
@@ -292,7 +296,7 @@ class GeminiTransport(Transport):
         """The job's results as OpenAI output lines: inline ones, or its file's, streamed."""
         if file_id.startswith("batches/"):
             job = self._call(self.client().batches.get, name=file_id)
-            for result in job.dest.inlined_responses or ():
+            for result in (job.dest.inlined_responses if job.dest else None) or ():
                 response = _response_json(result.response) if result.response else None
                 error = result.error.model_dump(exclude_none=True) if result.error else None
                 if line := _output_line((result.metadata or {}).get("key"), response, error):
