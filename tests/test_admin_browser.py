@@ -89,10 +89,7 @@ def test_operator_reads_dashboard_flushes_cancels_and_requeues(browser, cockpit)
     from selenium.webdriver.common.by import By
 
     url = cockpit["url"]
-    browser.get(f"{url}/admin/login/")
-    browser.find_element(By.NAME, "username").send_keys("operator")
-    browser.find_element(By.NAME, "password").send_keys("op-password")
-    browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+    sign_in(browser, url)
 
     # The index links to the dashboard, which shows the figures of the requests above.
     browser.find_element(By.LINK_TEXT, "▸ Dashboard").click()
@@ -138,11 +135,15 @@ def test_operator_reads_dashboard_flushes_cancels_and_requeues(browser, cockpit)
 
 def sign_in(browser, url: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("op-password")
     browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+    # Signed in once the admin answers the form: navigating on before that would cancel the
+    # sign-in and leave every later page on the login form (seen on a busy machine).
+    WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.ID, "user-tools"))
 
 
 # Elements (selector) sticking out of their box: right edge past it, or scrolled inside it.
@@ -170,6 +171,7 @@ def test_admin_fits_common_screens_and_shows_no_save_where_nothing_is_editable(
     try:
         sign_in(browser, url)
         browser.get(f"{url}/admin/dashboard/")
+        assert browser.find_elements(By.CSS_SELECTOR, ".bp-card table"), "not on the dashboard"
         ARTIFACTS.mkdir(exist_ok=True)
         browser.set_window_size(width, 2600)  # the whole page in the screenshot
         browser.save_screenshot(str(ARTIFACTS / f"dashboard-{width}.png"))
