@@ -26,7 +26,7 @@ import httpx2
 import orjson
 from django.conf import settings
 from google import genai
-from google.genai import errors, types
+from google.genai import batches, errors, types
 from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
@@ -137,7 +137,7 @@ def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
         raise ValueError("contents: an array is required")
     fields = {"model": model, "contents": contents, "config": config or None}
     try:
-        return types.InlinedRequest.model_validate(
+        inlined = types.InlinedRequest.model_validate(
             fields | {"metadata": {"key": key} if key else None}
         )
     except ValidationError:
@@ -146,6 +146,16 @@ def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
             _validated(types.Content, item, f"contents[{number}]")
         _validated(types.GenerateContentConfig, config, "")  # generationConfig's and the rest
         raise
+    # What the SDK refuses to send to the Gemini API (Vertex-only fields: routingConfig, ...)
+    # would fail the whole job's create on every retry: refused here, with the SDK's words.
+    batches._InlinedRequest_to_mldev(_offline_client()._api_client, inlined)
+    return inlined
+
+
+@cache
+def _offline_client() -> genai.Client:
+    """A client that never sends: its API client is what the SDK's own conversion wants."""
+    return genai.Client(api_key="offline-conversion-only")
 
 
 def _validated(model: type[BaseModel], value, where: str):
