@@ -231,6 +231,10 @@ GEMINI_CORPUS = [
         "deep-in-contents",
         b'{"contents": [{"parts": [{"text": "a", "x": ' + b"[" * 600 + b"]" * 600 + b"}]}]}",
     ),
+    (  # a field only Vertex AI takes: the SDK would refuse to send the job
+        "vertex-only-field",
+        b'{"contents": [{"parts": [{"text": "a"}]}], "generationConfig": {"routingConfig": {}}}',
+    ),
     (
         "inline-data-not-base64",
         b'{"contents": [{"parts": [{"inlineData": {"data": "%%%", "mimeType": "image/png"}}]}]}',
