@@ -89,6 +89,10 @@ class Kind:
         """Batches created from now on take this long upstream."""
         self.fake.step_seconds = seconds
 
+    def expire_after(self, requests: int | None) -> None:
+        """Batches created from now on expire with only their first `requests` answered."""
+        self.fake.expire_after = requests
+
     def upstream_batches(self) -> dict[str, str]:
         """Every batch created upstream (deleted ones too): its id -> its status, in OpenAI's
         words (`in_progress`, `completed`, `cancelled`, `expired`, `failed`)."""
@@ -145,6 +149,9 @@ class OpenAI(Kind):
 
     def run_for(self, seconds: float) -> None:
         self.fake.configure(step_seconds=seconds)
+
+    def expire_after(self, requests: int | None) -> None:
+        self.fake.configure(expire_after_lines=requests)
 
     def upstream_batches(self) -> dict[str, str]:
         return {batch_id: batch["status"] for batch_id, batch in self.fake.batches.items()}

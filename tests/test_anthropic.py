@@ -61,24 +61,6 @@ def test_a_request_errored_upstream_reaches_its_caller_with_that_status(claude):
     assert refused.value.body["error"]["type"] == "invalid_request_error"
 
 
-def test_an_expired_batch_delivers_what_finished_and_resubmits_the_rest(
-    client, api_key, fake_anthropic
-):
-    fake_anthropic.expire_after = 1
-    for text in ("a", "b", "c"):
-        assert _post(client, api_key[1], text).status_code == 422
-    cycle()
-    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 1
-    requeued = BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired")
-    assert requeued.count() == 2
-
-    fake_anthropic.expire_after = None
-    cycle()
-
-    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 3
-    assert len(fake_anthropic.submitted()) == 3 + 2  # the finished one was not sent again
-
-
 def _post(client, secret: str, text: str, *, header: str = "x-api-key"):
     body = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
     headers = {"HTTP_X_API_KEY": secret} if header == "x-api-key" else {}

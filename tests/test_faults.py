@@ -223,3 +223,20 @@ def test_batch_stuck_past_its_window_is_cancelled_and_treated_as_expired(upstrea
     assert set(BatchRequest.objects.values_list("status", "batch", "error_code")) == {
         (Status.QUEUED, None, "batch_expired")
     }
+
+
+def test_an_expired_batch_delivers_what_finished_and_resubmits_the_rest(kind):
+    kind.expire_after(1)
+    for text in ("a", "b", "c"):
+        assert kind.queue(text).status_code == 422
+    tick()
+    tick()
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 1
+    requeued = BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired")
+    assert requeued.count() == 2
+
+    kind.expire_after(None)
+    ticks_until_done()
+
+    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 3
+    assert len(kind.sent()) == 3 + 2  # the finished one was not sent again

@@ -125,26 +125,6 @@ def test_a_request_that_failed_upstream_reaches_its_caller_with_its_status(gemin
     assert BatchRequest.objects.get().error_code == "INVALID_ARGUMENT"
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "file"])
-def test_an_expired_job_delivers_what_finished_and_resubmits_the_rest(
-    client, api_key, fake_gemini, settings, inline
-):
-    settings.GEMINI_INLINE_MAX_BYTES = 10_000_000 if inline else 0
-    fake_gemini.expire_after = 1
-    for text in ("a", "b", "c"):
-        assert _post(client, api_key[1], text).status_code == 422
-    cycle()
-    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 1
-    requeued = BatchRequest.objects.filter(status=Status.QUEUED, error_code="batch_expired")
-    assert requeued.count() == 2
-
-    fake_gemini.expire_after = None
-    cycle()
-
-    assert BatchRequest.objects.filter(status=Status.COMPLETED).count() == 3
-    assert len(fake_gemini.submitted()) == 3 + 2  # the finished one was not sent again
-
-
 def test_a_failed_job_is_requeued_and_answered_by_the_next(client, api_key, fake_gemini):
     fake_gemini.fail_batches = 1
     assert _post(client, api_key[1], "f").status_code == 422

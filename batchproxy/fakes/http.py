@@ -142,8 +142,9 @@ class FakeServer:
         raise NotImplementedError
 
 
-def serve_until_signalled(fake: FakeServer, what: str) -> None:
-    """Serve in the foreground (`python -m batchproxy.fakes.…`) until SIGINT or SIGTERM."""
+def serve_until_signalled(fake, what: str) -> None:
+    """Serve a fake (anything with `start`, `url` and `stop`) in the foreground (`python -m
+    batchproxy.fakes.…`) until SIGINT or SIGTERM."""
     fake.start()
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

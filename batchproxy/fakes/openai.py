@@ -38,7 +38,6 @@ import hmac
 import json
 import random
 import re
-import signal
 import struct
 import threading
 import time
@@ -50,6 +49,8 @@ from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from .http import serve_until_signalled
 
 SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
 DEFAULTS = {
@@ -1380,14 +1381,9 @@ def main(argv=None) -> None:
     parser.add_argument("--webhook-url", help="POST signed batch.<status> events here")
     parser.add_argument("--webhook-secret", help="their signing secret (whsec_…)")
     args = parser.parse_args(argv)
-    fake = FakeOpenAI(args.host, args.port, step_seconds=args.step_seconds).start()
+    fake = FakeOpenAI(args.host, args.port, step_seconds=args.step_seconds)
     fake.configure(webhook_url=args.webhook_url, webhook_secret=args.webhook_secret)
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
-    print(f"Fake OpenAI API on {fake.url} (step_seconds={args.step_seconds})", flush=True)
-    stopped.wait()
-    fake.stop()
+    serve_until_signalled(fake, f"Fake OpenAI API (step_seconds={args.step_seconds})")
 
 
 if __name__ == "__main__":
