@@ -552,7 +552,7 @@ def test_main_serves_until_sigterm():
     command = [sys.executable, "-m", "batchproxy.fakes.openai", "--port", "0"]
     process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        url = process.stdout.readline().split()[4]
+        url = process.stdout.readline().split(" on ")[1].split()[0]  # "Fake OpenAI API … on URL"
         with OpenAI(api_key="sk-test", base_url=url, max_retries=0) as sdk:
             assert sdk.batches.list().data == []
         process.send_signal(signal.SIGTERM)
