@@ -262,3 +262,25 @@ def test_the_paths_model_wins_over_one_in_the_body(client, api_key, fake_gemini)
     body = b'{"model": "models/gemini-other", "contents": [{"parts": [{"text": "m"}]}]}'
     assert _send_raw(client, api_key[1], body).status_code == 422
     assert BatchRequest.objects.get().model == MODEL
+
+
+def test_the_fake_gemini_serves_in_the_foreground_until_sigterm():
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "batchproxy.fakes.gemini", "--port", "0"]
+    env = os.environ | {"PYTHONPATH": str(root)}
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().split(" on ")[1].split()[0]
+        client = genai.Client(api_key="k", http_options={"base_url": url})
+        assert list(client.batches.list()) == []
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.stdout.close()
