@@ -44,8 +44,12 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
     Everything else is OpenAI's to judge: it answers a bad line with a 400 that reaches the
     client as that line's answer, and the proxy cannot follow every schema of every endpoint.
     """
-    if endpoint == Endpoint.GENERATE_CONTENT:
-        _check_generate_content(body)
+    if endpoint == Endpoint.GENERATE_CONTENT and not (
+        isinstance(body.get("contents"), list) and body["contents"]
+    ):
+        raise ClientError(
+            400, "contents: a non-empty array is required.", code="invalid_value", param="contents"
+        )
     if endpoint == Endpoint.MESSAGES and not isinstance(body.get("messages"), list):
         raise ClientError(
             400, "messages: an array is required.", code="invalid_value", param="messages"
@@ -75,14 +79,11 @@ def _check_required_fields(endpoint: str, body: dict) -> None:
         raise ClientError(400, IMAGES_EDITS_JSON_ONLY, code="invalid_value", param="images")
 
 
-def _check_generate_content(body: dict) -> None:
-    """A GenerateContentRequest the SDK can put in a batch job, or a 400 saying why not."""
-    if not (isinstance(body.get("contents"), list) and body["contents"]):
-        raise ClientError(
-            400, "contents: a non-empty array is required.", code="invalid_value", param="contents"
-        )
+def generate_content_check(call: ParsedCall) -> None:
+    """A new GenerateContentRequest is one the SDK can put in a batch job, or a 400 saying why
+    not. Asked of new calls only (about 0.5 ms): a stored request passed it once."""
     try:
-        inlined_request(body)
+        inlined_request(orjson.loads(call.canonical))
     except ValueError as exc:
         raise ClientError(
             400,

@@ -36,6 +36,7 @@ from .services import (
     IMAGES_EDITS_JSON_ONLY,
     CompiledValues,
     call_parse,
+    generate_content_check,
     requests_insert,
 )
 from .videos import video_content_stream
@@ -242,6 +243,12 @@ class Intake(APIView):
             if not caller.accepts(row):
                 raise NotAuthenticated
             return answer(row)
+        try:
+            self.check_new(call)
+        except ClientError:
+            if not caller.is_authenticated:
+                raise NotAuthenticated from None
+            raise
         if settings.MAX_QUEUED_PER_KEY <= 0:
             # No queue cap to count under a lock: find the key and insert in one statement.
             created = requests_insert(key_hash=caller.key_hash, call=call)
@@ -254,6 +261,9 @@ class Intake(APIView):
 
     def check_served(self, call) -> None:
         """On OpenAI's endpoints the default upstream serves every model."""
+
+    def check_new(self, call) -> None:
+        """What only a call not seen before must pass (the repeat path skips it)."""
 
 
 class ProviderIntake(Intake):
@@ -291,6 +301,9 @@ class GeminiIntake(ProviderIntake):
 
     authentication_classes = [GeminiKeyAuthentication]
     key_variable = "GEMINI_API_KEY"
+
+    def check_new(self, call) -> None:
+        generate_content_check(call)
 
     def finalize_response(self, request, response, *args, **kwargs):
         return gemini_shaped(super().finalize_response(request, response, *args, **kwargs))

@@ -284,3 +284,19 @@ def test_the_fake_gemini_serves_in_the_foreground_until_sigterm():
     finally:
         process.kill()
         process.stdout.close()
+
+
+def test_only_a_new_call_pays_for_the_sdks_check_and_only_a_valid_key_learns_its_verdict(
+    client, api_key, fake_gemini, monkeypatch
+):
+    assert _post(client, api_key[1], "seen").status_code == 422
+
+    def refuse(body, **_):
+        raise ValueError("checked again")
+
+    monkeypatch.setattr("requests_app.services.inlined_request", refuse)
+    assert _post(client, api_key[1], "seen").status_code == 422  # stored: answered unchecked
+    fresh = _post(client, api_key[1], "fresh")
+    assert fresh.status_code == 400 and "checked again" in fresh.json()["error"]["message"]
+    assert _post(client, "bp-wrong", "fresh").status_code == 401
+    assert BatchRequest.objects.count() == 1
