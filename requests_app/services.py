@@ -16,7 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from batches_app.upstreams.gemini import inlined_request
+from batches_app.upstreams.gemini import request_check
 
 from .errors import ClientError
 from .models import PROMPT_ENDPOINTS, ApiKey, BatchRequest, Endpoint
@@ -83,7 +83,7 @@ def generate_content_check(call: ParsedCall) -> None:
     """A new GenerateContentRequest is one the SDK can put in a batch job, or a 400 saying why
     not. Asked of new calls only (about 0.5 ms): a stored request passed it once."""
     try:
-        inlined_request(orjson.loads(call.canonical))
+        request_check(orjson.loads(call.canonical))
     except ValueError as exc:
         raise ClientError(
             400,

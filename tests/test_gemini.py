@@ -291,10 +291,10 @@ def test_only_a_new_call_pays_for_the_sdks_check_and_only_a_valid_key_learns_its
 ):
     assert _post(client, api_key[1], "seen").status_code == 422
 
-    def refuse(body, **_):
+    def refuse(body):
         raise ValueError("checked again")
 
-    monkeypatch.setattr("requests_app.services.inlined_request", refuse)
+    monkeypatch.setattr("requests_app.services.request_check", refuse)
     assert _post(client, api_key[1], "seen").status_code == 422  # stored: answered unchecked
     fresh = _post(client, api_key[1], "fresh")
     assert fresh.status_code == 400 and "checked again" in fresh.json()["error"]["message"]

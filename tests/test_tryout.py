@@ -116,6 +116,17 @@ def test_a_readme_python_example_prints_its_answer_within_15_seconds(try_out, nu
     assert any("Try-out waits: BATCH_MAX_WAIT=1 s, TICK_SECONDS=1 s" in line for line in output)
 
 
+def node_example_answer(code: str, data_dir, name: str) -> tuple[float, str]:
+    """`first_call_to_answer` for a Node example, run as a script beside the test client, so
+    that its imports (`openai`, `@anthropic-ai/sdk`, `@google/genai`) find the installed SDKs."""
+    script = NODE_DIR / f"{name}.mjs"
+    script.write_text(code)
+    try:
+        return first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
+    finally:
+        script.unlink()
+
+
 @pytest.mark.parametrize("number", range(EXAMPLES), ids=["helper", "loop"])
 def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, number):
     node_modules_ensure()
@@ -124,13 +135,7 @@ def test_a_readme_node_example_prints_its_answer_within_15_seconds(try_out, numb
     # The helper from the checkout, as its import's own comment offers.
     helper = (ROOT / "clients" / "node" / "index.js").as_uri()
     code = code.replace('from "batchproxy-client"', f'from "{helper}"')
-    # Beside the test client, so that `import OpenAI from "openai"` finds the installed SDK.
-    script = NODE_DIR / f"readme-example-{port}.mjs"
-    script.write_text(code)
-    try:
-        took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
-    finally:
-        script.unlink()
+    took, line = node_example_answer(code, data_dir, f"readme-example-{port}")
 
     assert line == ANSWER
     print(f"README Node example {number} answered {took:.1f} s after its first call")
@@ -201,12 +206,7 @@ def test_a_readme_provider_example_is_answered_by_its_fake(try_out, sdk, languag
         took, line = first_call_to_answer([sys.executable, "-c", code], ROOT, data_dir)
     else:
         node_modules_ensure()
-        script = NODE_DIR / f"readme-provider-{port}.mjs"  # beside the SDKs' node_modules
-        script.write_text(code)
-        try:
-            took, line = first_call_to_answer(["node", script.name], NODE_DIR, data_dir)
-        finally:
-            script.unlink()
+        took, line = node_example_answer(code, data_dir, f"readme-provider-{port}")
 
     assert line == ANSWER
     print(f"README {kind} {language} example answered {took:.1f} s after its first call")

@@ -120,8 +120,8 @@ def _call(upstream: str, fn, *args, **kwargs):
 def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
     """A GenerateContentRequest as it came over the wire, as the SDK's InlinedRequest.
 
-    Raises ValueError, saying where, when the SDK cannot read it: the intake calls this to
-    refuse such a body at once, so a batch never holds one.
+    Raises ValueError, saying where, when the SDK cannot read it (`request_check` is what the
+    intake asks).
     """
     request = dict(body)
     model = request.pop("model", None)
@@ -146,10 +146,17 @@ def inlined_request(body: dict, *, key: str = "") -> types.InlinedRequest:
             _validated(types.Content, item, f"contents[{number}]")
         _validated(types.GenerateContentConfig, config, "")  # generationConfig's and the rest
         raise
-    # What the SDK refuses to send to the Gemini API (Vertex-only fields: routingConfig, ...)
-    # would fail the whole job's create on every retry: refused here, with the SDK's words.
-    batches._InlinedRequest_to_mldev(_offline_client()._api_client, inlined)
     return inlined
+
+
+def request_check(body: dict) -> None:
+    """Raise ValueError, saying why, unless the SDK can read this request and send it inline.
+
+    What the SDK refuses to send to the Gemini API (Vertex-only fields: routingConfig, ...)
+    would fail the whole job's create on every retry: the intake refuses it at once, with the
+    SDK's words, so a batch never holds one (and the flush need not check again).
+    """
+    batches._InlinedRequest_to_mldev(_offline_client()._api_client, inlined_request(body))
 
 
 @cache
