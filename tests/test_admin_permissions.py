@@ -202,3 +202,31 @@ def test_dashboard_buttons_by_an_operator_are_in_the_history(
     assert entry.user.username == "operator"
     assert entry.content_type == ContentType.objects.get_for_model(BUTTONS[button])
     assert entry.change_message.startswith("Dashboard: ")
+
+
+# --- django-q2's pages: code execution, for superusers only -------------------------------------
+
+
+def test_staff_with_every_django_q_permission_cannot_see_or_add_schedules(
+    client, django_user_model
+):
+    from django_q.models import Schedule
+
+    user = django_user_model.objects.create_user("scheduler", password="unused-pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="django_q"))
+    client.force_login(user)
+    assert "django_q" not in client.get(reverse("admin:index")).content.decode()
+    for page in ("schedule", "success", "failure", "ormq"):
+        assert client.get(reverse(f"admin:django_q_{page}_changelist")).status_code == 403
+    before = Schedule.objects.count()
+    response = client.post(
+        reverse("admin:django_q_schedule_add"),
+        {"func": "builtins.print", "args": "'owned'", "schedule_type": "O", "repeats": "-1"},
+    )
+    assert response.status_code == 403
+    assert Schedule.objects.count() == before
+
+
+def test_superusers_see_django_q_pages(admin_client):
+    for page in ("schedule", "success", "failure"):
+        assert admin_client.get(reverse(f"admin:django_q_{page}_changelist")).status_code == 200
