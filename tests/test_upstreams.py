@@ -185,4 +185,3 @@ def test_an_anthropic_only_deployment_may_start(settings, monkeypatch):
     assert upstreams.upstream_refusal() is None
     route = upstreams.upstream_route(endpoint="/v1/messages", model="claude-sonnet-4-5")
     assert route.name == "anthropic"
-
