@@ -349,7 +349,14 @@ LOGGING = {
         "json": {"()": "ops_app.logs.JsonFormatter"},
     },
     # Every record gets the request id, and secrets (bearer tokens, API keys) masked.
-    "filters": {"context": {"()": "ops_app.logs.RequestContextFilter"}},
+    "filters": {
+        "context": {"()": "ops_app.logs.RequestContextFilter"},
+        # The scheduler's per-task lines: quiet unless SCHEDULER_LOG_LEVEL asks for them.
+        "scheduler_chatter": {
+            "()": "ops_app.logs.SchedulerChatterFilter",
+            "level": env.str("SCHEDULER_LOG_LEVEL", default="WARNING"),
+        },
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -364,6 +371,7 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        "django-q": {"filters": ["scheduler_chatter"]},
     },
 }
 
