@@ -292,7 +292,9 @@ def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
 
 def _step(batch: Batch) -> str | None:
     try:
-        if batch.state in (State.BUILDING, State.UPLOADED):
+        if (deadline := batch.times_out_at) and deadline <= timezone.now():
+            _time_out(batch)
+        elif batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
         elif batch.state == State.RUNNING:
             _poll(batch)
@@ -342,7 +344,8 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
 
 def _move(batch: Batch, old: str, new: str, **fields) -> bool:
     """Compare-and-set a state transition; False when someone else moved the batch first."""
-    fields |= {"state": new, "upstream_failures": 0, "last_error": ""}
+    fields |= {"state": new, "state_since": timezone.now(), "upstream_failures": 0}
+    fields.setdefault("last_error", "")
     if Batch.objects.filter(pk=batch.pk, state=old).update(**fields) != 1:
         return False
     for name, value in fields.items():
@@ -352,6 +355,51 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 def _finish(batch: Batch, **fields) -> None:
     Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
+
+
+def _time_out(batch: Batch) -> None:
+    """End a batch that outstayed its state's bound (`Batch.times_out_at`), whatever upstream
+    does: no state lasts for ever.
+
+    - building, uploaded: an interrupted create is looked for one last time (and adopted if
+      found); otherwise the requests are requeued, or failed once out of attempts;
+    - running: cancelled upstream if it can be, then ingested as expired (what it delivered
+      is kept, the rest requeued);
+    - ingesting: the requests no file answered are settled as if their lines were missing,
+      and the files are left for `files_sweep`.
+    """
+    log.warning("batch %s: %s since %s, past its bound", batch.pk, batch.state, batch.state_since)
+    if batch.state == State.UPLOADED and batch.create_attempted_at:
+        try:
+            if found := _find_upstream(batch):
+                _record_running(batch, found)
+                return
+        except UpstreamError as exc:
+            log.warning("batch %s: last look for its upstream batch failed: %s", batch.pk, exc)
+    if batch.state in (State.BUILDING, State.UPLOADED):
+        message = f"Not submitted upstream within {settings.BATCH_SUBMIT_TIMEOUT}s."
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(_submitted(batch), code="batch_timed_out", message=message)
+            webhooks_for_settled(batch=batch, since=started)
+        _finish(batch, last_error=message)
+    elif batch.state == State.RUNNING:
+        try:
+            _poll(batch)  # past BATCH_STUCK_AFTER: cancels, then ingests what it delivered
+            return
+        except UpstreamError as exc:
+            log.warning("batch %s: its last poll failed: %s", batch.pk, exc)
+        _cancel_stuck_quietly(batch)
+        if _move(batch, State.RUNNING, State.INGESTING, upstream_status="expired"):
+            _ingest(batch)
+    elif batch.state == State.INGESTING:
+        message = f"Results not read within {settings.BATCH_INGEST_TIMEOUT}s."
+        batch_settle_rest(batch=batch)
+        _finish(batch, last_error=message)
+
+
+def _submitted(batch: Batch) -> QuerySet:
+    return BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------
@@ -530,6 +578,13 @@ def _poll(batch: Batch) -> None:
     Batch.objects.filter(pk=batch.pk).update(next_attempt_at=next_poll, **fields)
 
 
+def _cancel_stuck_quietly(batch: Batch) -> None:
+    try:
+        _cancel_stuck(batch, batch.upstream_status)
+    except UpstreamError as exc:
+        log.warning("batch %s: not cancelled upstream: %s", batch.pk, exc)
+
+
 def _cancel_stuck(batch: Batch, status: str) -> None:
     """Stop a stuck batch upstream: its requests are requeued, and must not be paid twice."""
     if status == "cancelling":
@@ -564,7 +619,15 @@ def _ingest(batch: Batch) -> None:
             continue
         lines = upstreams.transport(batch.upstream).iter_file_lines(file_id)
         lines = _crash_between_chunks(lines)
-        settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        try:
+            settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        except UpstreamError as exc:
+            if not exc.permanent:
+                raise  # read again on a later tick, within BATCH_INGEST_TIMEOUT
+            # Gone upstream (expired, deleted: a 404): what it held is lost; the requests it
+            # did not answer are settled below, as if their lines were missing.
+            log.warning("batch %s: %s file %s unreadable: %s", batch.pk, purpose, file_id, exc)
+            settled = 0
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
         log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)

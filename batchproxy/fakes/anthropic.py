@@ -7,6 +7,7 @@ request, in an order that is not the input's. Standard library only; state in me
 
 Markers in a request's text ask for per-request outcomes:
     [[status:400]]   the request is `errored` with that status's Anthropic error type
+    [[truncate]]     its result line is cut in half
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py).
