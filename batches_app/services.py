@@ -315,17 +315,10 @@ def _step(batch: Batch) -> str | None:
 def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     batch.refresh_from_db()
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
-        # OpenAI refused the file or the batch itself: give the requests back to the queue.
+        # The upstream refused the file or the batch itself, for what one of its requests
+        # holds as likely as not: split it, so that only the offenders fail.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        with transaction.atomic():
-            started = timezone.now()
-            requests_retry(
-                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-                code=exc.code,
-                message=str(exc),
-            )
-            webhooks_for_settled(batch=batch, since=started)
-        _finish(batch, last_error=str(exc))
+        batch_split(batch=batch, error=exc)
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
     failures = batch.upstream_failures + 1
@@ -340,6 +333,60 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
         last_error=str(exc)[:2000],
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
     )
+
+
+def batch_split(*, batch: Batch, error: UpstreamError) -> list[Batch]:
+    """End a batch refused upstream at upload or create; bisect its requests.
+
+    Two batches (`building`) take its requests, half each, by id: they are sent as they are,
+    without spending another attempt, since nothing ran; halving again on each refusal, the
+    requests that a refusal truly concerns end alone in their batch, and a batch of one that is
+    refused fails its request for good, with the refusal's words. Nothing of a refused batch
+    was created upstream, so no request is ever sent twice. One transaction: a crash leaves the
+    batch as it was, refused again on the next tick.
+    """
+    halves = []
+    with transaction.atomic():
+        if (
+            Batch.objects.filter(pk=batch.pk, state=batch.state).update(
+                state=State.DONE, finished_at=timezone.now(), last_error=str(error)[:2000]
+            )
+            != 1
+        ):
+            return []  # someone else ended it first
+        ids = list(_submitted(batch).order_by("pk").values_list("pk", flat=True))
+        if len(ids) == 1:
+            started = timezone.now()
+            _submitted(batch).update(
+                status=Status.FAILED,
+                error_code=error.code,
+                error_message=str(error)[:2000],
+                finished_at=started,
+                updated_at=started,
+            )
+            webhooks_for_settled(batch=batch, since=started)
+        elif ids:
+            middle = len(ids) // 2
+            halves = [_batch_of(batch, ids[:middle]), _batch_of(batch, ids[middle:])]
+    log.info("batch %s split into %s", batch.pk, [str(half.pk) for half in halves])
+    return halves
+
+
+def _batch_of(parent: Batch, ids: list) -> Batch:
+    """A new batch for some of `parent`'s requests, in the same upstream, endpoint and model."""
+    batch = Batch.objects.create(
+        upstream=parent.upstream, endpoint=parent.endpoint, model=parent.model
+    )
+    for chunk in batched(ids, 2000):
+        _submitted(parent).filter(pk__in=chunk).update(batch=batch, updated_at=timezone.now())
+    totals = BatchRequest.objects.filter(batch=batch).aggregate(
+        n=Count("pk"), size=Sum("body_bytes"), tokens=Sum("counted_tokens")
+    )
+    batch.request_count = totals["n"]
+    batch.input_bytes = (totals["size"] or 0) + totals["n"] * _line_overhead(parent.endpoint)
+    batch.counted_tokens = totals["tokens"] or 0
+    batch.save(update_fields=["request_count", "input_bytes", "counted_tokens"])
+    return batch
 
 
 def _move(batch: Batch, old: str, new: str, **fields) -> bool:

@@ -24,6 +24,10 @@ SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
 # A request whose text holds this gets its result line cut in half in the results file, as a
 # broken upload or a provider's bug would leave it.
 TRUNCATE_MARKER = "[[truncate]]"
+# A batch holding a request whose text holds this is refused at create (HTTP 400), as a
+# provider refuses a whole batch for one request it cannot take.
+REFUSE_MARKER = "[[refuse]]"
+REFUSAL = "A request of the batch holds [[refuse]]."
 
 
 def jsonl(items) -> str:
