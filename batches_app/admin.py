@@ -61,7 +61,7 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
     inlines = (UpstreamFileInline,)
     actions = ("cancel_requeue", "cancel_requests", "poll_now")
     readonly_fields = (*(f.name for f in Batch._meta.fields), "requests_link", "usage_tokens")
-    readonly_fields += ("errors_pretty",)
+    readonly_fields += ("errors_pretty", "times_out_at")
     fields = (
         ("id", "state", "cancel_mode"),
         ("upstream", "endpoint", "model"),
@@ -70,7 +70,7 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
         ("input_file_id", "output_file_id", "error_file_id"),
         ("request_counts", "usage_tokens"),
         "errors_pretty",
-        ("upstream_failures", "next_attempt_at"),
+        ("upstream_failures", "next_attempt_at", "state_since", "times_out_at"),
         "last_error",
         ("create_attempted_at", "created_at", "updated_at", "finished_at"),
     )
@@ -103,6 +103,11 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
             pass
         files = Q(input_file_id=term) | Q(output_file_id=term) | Q(error_file_id=term)
         return queryset.filter(Q(upstream_id=term) | files), False
+
+    @admin.display(description="times out at")
+    def times_out_at(self, batch: Batch):
+        """When the engine ends the batch if it is still in this state (Batch.times_out_at)."""
+        return batch.times_out_at or "-"
 
     @admin.display(description="id", ordering="id")
     def short_id(self, batch: Batch) -> str:

@@ -264,6 +264,12 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+# No batch state lasts for ever (Batch.times_out_at): a batch not uploaded and created upstream
+# within BATCH_SUBMIT_TIMEOUT of entering `building` or `uploaded`, or whose results are not read
+# within BATCH_INGEST_TIMEOUT of entering `ingesting`, ends; its unanswered requests are requeued
+# (or failed, once out of attempts). `running` is bounded by BATCH_STUCK_AFTER.
+BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
+BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
 # The signing secret of the endpoint registered with OpenAI for `POST /webhooks/openai`
