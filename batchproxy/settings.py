@@ -368,8 +368,10 @@ LOGGING = {
 }
 
 # --- Operations: health, metrics, OpenAPI ------------------------------------------------------
-# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`. Without a token it is closed (403),
+# unless METRICS_PUBLIC=true opens it to anyone who can reach it, or in try-out mode to loopback.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # One log line per HTTP request (method, path, status, time; never headers or bodies).
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
 # /readyz fails when no scheduler has run the flush schedule for this long.
