@@ -291,8 +291,10 @@ ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
 
 # Completion webhooks to callers (requests_app.webhooks).
-# Seconds to connect and to read the receiver's answer.
+# Seconds to connect, and to wait for each read of the receiver's answer.
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# Seconds one delivery may take in all (connect, send, answer), however the receiver drips.
+WEBHOOK_DELIVERY_SECONDS = env.float("WEBHOOK_DELIVERY_SECONDS", default=30.0)
 # First delay (s) before resending a failed delivery; doubles, capped at WEBHOOK_BACKOFF_CAP.
 WEBHOOK_BACKOFF = env.float("WEBHOOK_BACKOFF", default=30.0)
 WEBHOOK_BACKOFF_CAP = env.float("WEBHOOK_BACKOFF_CAP", default=3600.0)
