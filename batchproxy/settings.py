@@ -260,6 +260,10 @@ QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
 # How long a web process keeps the list of models waiting for queue capacity.
 CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
+# Seconds a done batch (ids, counts, usage; no prompt, no answer) and its upstream-file records
+# are kept after it ended; its figures stay in /metrics' totals. And django-q2's task rows.
+BATCH_RETENTION = env.int("BATCH_RETENTION", default=2_592_000)
+TASK_RETENTION = env.int("TASK_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
