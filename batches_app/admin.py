@@ -13,6 +13,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from batchproxy.audit import ChangedByActions, admin_log, may_change
 from requests_app.admin import age, pretty_json
 from requests_app.models import BatchRequest
 
@@ -35,7 +36,7 @@ class UpstreamFileInline(admin.TabularInline):
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(ChangedByActions, admin.ModelAdmin):
     list_display = (
         "short_id",
         "state",
@@ -144,36 +145,46 @@ class BatchAdmin(admin.ModelAdmin):
 
     def _cancel(self, request, queryset, *, requeue: bool) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        cancelled = sum(services.batch_cancel(batch_id=pk, requeue=requeue) for pk in ids)
+        cancelled = [pk for pk in ids if services.batch_cancel(batch_id=pk, requeue=requeue)]
         then = "requeued" if requeue else "cancelled"
+        rows = Batch.objects.filter(pk__in=cancelled).defer("usage", "errors")
+        admin_log(user=request.user, message=f"Cancelled; unfinished requests {then}.", rows=rows)
         self.message_user(
             request,
-            f"{cancelled} batches cancelled upstream (their unfinished requests are {then}); "
-            f"{len(ids) - cancelled} had already ended.",
+            f"{len(cancelled)} batches cancelled upstream (their unfinished requests are {then}); "
+            f"{len(ids) - len(cancelled)} had already ended.",
         )
 
-    @admin.action(description="Cancel selected batches, requeue their unfinished requests")
+    @admin.action(
+        description="Cancel selected batches, requeue their unfinished requests",
+        permissions=["operate"],
+    )
     def cancel_requeue(self, request, queryset) -> None:
         self._cancel(request, queryset, requeue=True)
 
-    @admin.action(description="Cancel selected batches and their unfinished requests")
+    @admin.action(
+        description="Cancel selected batches and their unfinished requests", permissions=["operate"]
+    )
     def cancel_requests(self, request, queryset) -> None:
         self._cancel(request, queryset, requeue=False)
 
-    @admin.action(description="Poll selected batches now")
+    @admin.action(description="Poll selected batches now", permissions=["operate"])
     def poll_now(self, request, queryset) -> None:
-        report = dashboard.batches_poll_now(batch_ids=list(queryset.values_list("pk", flat=True)))
-        _report_poll(self.message_user, request, report)
+        ids = list(queryset.values_list("pk", flat=True))
+        report = dashboard.batches_poll_now(batch_ids=ids)
+        rows = Batch.objects.filter(pk__in=ids).defer("usage", "errors")
+        admin_log(user=request.user, message="Polled now.", rows=rows)
+        level, text = _poll_text(report)
+        self.message_user(request, text, level)
 
 
-def _report_poll(message_user, request, report: services.AdvanceReport) -> None:
+def _poll_text(report: services.AdvanceReport) -> tuple[int, str]:
     level = messages.WARNING if report.failures else messages.SUCCESS
-    message_user(
-        request,
+    text = (
         f"{report.stepped} running batches polled; {len(report.failures)} upstream errors "
-        "(retried later).",
-        level,
+        "(retried later)."
     )
+    return level, text
 
 
 @admin.register(OpenAIWebhook)
@@ -266,9 +277,11 @@ class QueueLimitAdmin(admin.ModelAdmin):
         since = f" (waiting for queue capacity for {age(limit.waiting_since)})"
         return f"{tokens:,}" + (since if limit.waiting_since else "")
 
-    @admin.action(description="Forget the learned budget of selected models")
+    @admin.action(
+        description="Forget the learned budget of selected models", permissions=["change"]
+    )
     def forget_learned(self, request, queryset) -> None:
-        forgotten = 0
+        forgotten = []
         for limit in queryset.exclude(learned_tokens=None):
             capacity.queue_limit_set(
                 model=limit.model,
@@ -277,8 +290,10 @@ class QueueLimitAdmin(admin.ModelAdmin):
                 requests=None,
                 forget_learned=True,
             )
-            forgotten += 1
-        self.message_user(request, f"{forgotten} learned budgets forgotten.", messages.SUCCESS)
+            forgotten.append(limit.pk)
+        rows = QueueLimit.objects.filter(pk__in=forgotten)
+        admin_log(user=request.user, message="Learned budget forgotten.", rows=rows)
+        self.message_user(request, f"{len(forgotten)} learned budgets forgotten.", messages.SUCCESS)
 
 
 # --- The dashboard ----------------------------------------------------------------------------
@@ -290,34 +305,44 @@ def dashboard_view(request):
     figures["oldest_text"] = age(figures["oldest_queued"])
     for row in figures["queue"]:
         row["age_text"] = age(row["oldest"])
+    # Buttons only for those who may press them (the views check again).
+    may = {
+        "may_change_batches": may_change(request.user, Batch),
+        "may_change_requests": may_change(request.user, BatchRequest),
+    }
     return TemplateResponse(
         request,
         "admin/batchproxy/dashboard.html",
-        {**admin.site.each_context(request), "title": "Dashboard", **figures},
+        {**admin.site.each_context(request), "title": "Dashboard", **figures, **may},
     )
 
 
-def _operator_action(view):
-    """A POST-only dashboard action for staff allowed to change batches."""
+def _operator_action(model):
+    """A POST-only dashboard action for staff allowed to change `model`; what it did (the text
+    it returns) is told to the operator and written to the admin's history."""
 
-    @staff_member_required
-    @require_POST
-    def wrapped(request):
-        if not request.user.has_perm("batches_app.change_batch"):
-            raise PermissionDenied
-        view(request)
-        return HttpResponseRedirect(reverse("batchproxy-dashboard"))
+    def decorator(view):
+        @staff_member_required
+        @require_POST
+        def wrapped(request):
+            if not may_change(request.user, model):
+                raise PermissionDenied
+            level, text = view(request)
+            messages.add_message(request, level, text)
+            admin_log(user=request.user, message=f"Dashboard: {text}", model=model)
+            return HttpResponseRedirect(reverse("batchproxy-dashboard"))
 
-    return wrapped
+        return wrapped
+
+    return decorator
 
 
-@_operator_action
-def flush_view(request) -> None:
+@_operator_action(Batch)
+def flush_view(request) -> tuple[int, str]:
     endpoint, model = request.POST.get("endpoint", ""), request.POST.get("model", "")
     report = dashboard.queue_flush_now(endpoint=endpoint, model=model)
     scope = " ".join(filter(None, (endpoint, model))) or "all groups"
-    messages.add_message(
-        request,
+    return (
         messages.WARNING if report.failures else messages.SUCCESS,
         f"Flushed {scope}: {report.batches} batches with {report.requests} requests; "
         f"{report.submitted} batches submitted, {len(report.failures)} upstream errors "
@@ -325,16 +350,15 @@ def flush_view(request) -> None:
     )
 
 
-@_operator_action
-def poll_view(request) -> None:
-    report = dashboard.batches_poll_now()
-    _report_poll(lambda r, m, level: messages.add_message(r, level, m), request, report)
+@_operator_action(Batch)
+def poll_view(request) -> tuple[int, str]:
+    return _poll_text(dashboard.batches_poll_now())
 
 
-@_operator_action
-def retry_failed_view(request) -> None:
+@_operator_action(BatchRequest)
+def retry_failed_view(request) -> tuple[int, str]:
     retried = dashboard.requests_retry_failed()
-    messages.success(request, f"{retried} failed requests requeued with fresh attempts.")
+    return messages.SUCCESS, f"{retried} failed requests requeued with fresh attempts."
 
 
 dashboard_urls = [
