@@ -1,12 +1,11 @@
 """Admin for batches, upstream files and prices, and the operator's dashboard page."""
 
 import json
-import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -14,7 +13,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from batchproxy.audit import ChangedByActions, admin_log, may_change
-from requests_app.admin import age, pretty_json
+from requests_app.admin import age, duration, id_prefix_range, plural, pretty_json
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
@@ -37,43 +36,63 @@ class UpstreamFileInline(admin.TabularInline):
 
 @admin.register(Batch)
 class BatchAdmin(ChangedByActions, admin.ModelAdmin):
+    # At a glance, each row one line at 1366 px (tests/test_admin_browser.py); upstream ids,
+    # files, cancel mode and times are on the batch's page.
     list_display = (
         "short_id",
-        "state",
+        "state_shown",
         "upstream",
-        "upstream_status",
-        "endpoint",
+        "endpoint_shown",
         "model",
-        "request_count",
+        "requests_shown",
         "upstream_counts",
         "age",
-        "upstream_failures",
         "error_preview",
-        "cancel_mode",
-        "upstream_id",
     )
     list_filter = ("state", "upstream", "upstream_status", "endpoint", "model", "cancel_mode")
     search_fields = ("upstream_id",)  # the real search is get_search_results
-    search_help_text = "A proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."
+    search_help_text = (
+        "The start of a proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."
+    )
     ordering = ("-created_at",)
     show_full_result_count = False
     list_per_page = 100
     inlines = (UpstreamFileInline,)
     actions = ("cancel_requeue", "cancel_requests", "poll_now")
     readonly_fields = (*(f.name for f in Batch._meta.fields), "requests_link", "usage_tokens")
-    readonly_fields += ("errors_pretty", "times_out_at")
-    fields = (
-        ("id", "state", "cancel_mode"),
-        ("upstream", "endpoint", "model"),
-        ("request_count", "input_bytes", "counted_tokens", "requests_link"),
-        ("upstream_id", "upstream_status", "upstream_created_at"),
-        ("input_file_id", "output_file_id", "error_file_id"),
-        ("request_counts", "usage_tokens"),
-        "errors_pretty",
-        ("upstream_failures", "next_attempt_at", "state_since", "times_out_at"),
-        "last_error",
-        ("create_attempted_at", "created_at", "updated_at", "finished_at"),
-    )
+    readonly_fields += ("errors_pretty", "counts_shown", "took", "outcomes", "times_out_at")
+
+    def get_fields(self, request, obj=None):
+        """What applies to this batch's state, in the order an operator reads it."""
+        fields = [("id", "state"), ("upstream", "endpoint", "model")]
+        fields.append(("request_count", "input_bytes", "counted_tokens"))
+        fields.append(("requests_link", "outcomes"))
+        if obj.upstream_id or obj.upstream_status:
+            fields.append(("upstream_id", "upstream_status", "upstream_created_at"))
+        files = [f for f in ("input_file_id", "output_file_id", "error_file_id") if getattr(obj, f)]
+        if files:
+            fields.append(tuple(files))
+        if obj.request_counts:
+            fields.append("counts_shown")
+        if obj.usage:
+            fields.append("usage_tokens")
+        if obj.errors:
+            fields.append("errors_pretty")
+        if obj.cancel_mode:
+            fields.append("cancel_mode")
+        if obj.upstream_failures and not obj.is_terminal():
+            fields.append(("upstream_failures", "next_attempt_at"))
+        elif obj.upstream_failures:
+            fields.append("upstream_failures")
+        if obj.last_error:
+            fields.append("last_error")
+        if not obj.is_terminal():
+            fields.append(("state_since", "times_out_at"))
+        if obj.finished_at:
+            fields.append(("created_at", "finished_at", "took"))
+        else:
+            fields.append(("created_at", "updated_at"))
+        return fields
 
     def has_add_permission(self, request) -> bool:
         return False  # batches are made by the flush
@@ -97,12 +116,12 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            pass
-        files = Q(input_file_id=term) | Q(output_file_id=term) | Q(error_file_id=term)
-        return queryset.filter(Q(upstream_id=term) | files), False
+        found = Q(upstream_id__startswith=term)
+        for field in ("input_file_id", "output_file_id", "error_file_id"):
+            found |= Q(**{f"{field}__startswith": term})
+        if (ids := id_prefix_range(term)) is not None:
+            found |= Q(pk__range=ids)
+        return queryset.filter(found), False
 
     @admin.display(description="times out at")
     def times_out_at(self, batch: Batch):
@@ -117,17 +136,44 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
     def age(self, batch: Batch) -> str:
         return age(batch.created_at)
 
-    @admin.display(description="upstream done/failed/total")
+    @admin.display(description="state", ordering="state")
+    def state_shown(self, batch: Batch) -> str:
+        """The proxy's state, and the upstream's where it says more (cancelling, expired)."""
+        shown = batch.get_state_display()
+        if batch.upstream_status and batch.upstream_status not in ("completed", batch.state):
+            shown += f" ({batch.upstream_status})"
+        return shown
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_shown(self, batch: Batch) -> str:
+        return batch.endpoint.removeprefix("/v1/").removeprefix("/v1beta/")
+
+    @admin.display(description="requests", ordering="request_count")
+    def requests_shown(self, batch: Batch) -> int:
+        return batch.request_count
+
+    @admin.display(description="done/failed")
     def upstream_counts(self, batch: Batch) -> str:
         counts = batch.request_counts or {}
         if not counts:
             return "-"
-        return f"{counts.get('completed', 0)}/{counts.get('failed', 0)}/{counts.get('total', 0)}"
+        return f"{counts.get('completed', 0)}/{counts.get('failed', 0)}"
+
+    @admin.display(description="upstream's counts")
+    def counts_shown(self, batch: Batch) -> str:
+        counts = batch.request_counts or {}
+        parts = [f"{counts[k]} {k}" for k in ("completed", "failed") if k in counts]
+        return ", ".join(parts) + f" of {counts.get('total', 0)}"
 
     @admin.display(description="last error")
     def error_preview(self, batch: Batch) -> str:
         text = batch.last_error
-        return text[:ERROR_PREVIEW] + ("…" if len(text) > ERROR_PREVIEW else "")
+        if not text:
+            return "-"
+        failures = (
+            f"{plural(batch.upstream_failures, 'failure')}: " if batch.upstream_failures else ""
+        )
+        return failures + text[:ERROR_PREVIEW] + ("…" if len(text) > ERROR_PREVIEW else "")
 
     @admin.display(description="requests")
     def requests_link(self, batch: Batch):
@@ -135,7 +181,26 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
             reverse("admin:requests_app_batchrequest_changelist") + f"?batch__id__exact={batch.pk}"
         )
         now = BatchRequest.objects.filter(batch=batch).count()
-        return format_html('<a href="{}">{} requests in this batch now</a>', url, now)
+        return format_html('<a href="{}">{} in this batch now</a>', url, plural(now, "request"))
+
+    @admin.display(description="their outcomes")
+    def outcomes(self, batch: Batch) -> str:
+        """The requests' own outcomes here: a batch Done upstream may hold failed requests."""
+        rows = (
+            BatchRequest.objects.filter(batch=batch)
+            .values("status", "error_code")
+            .annotate(n=Count("pk"))
+            .order_by("status", "error_code")
+        )
+        parts = [
+            f"{row['n']} {row['status']}" + (f" ({row['error_code']})" if row["error_code"] else "")
+            for row in rows
+        ]
+        return ", ".join(parts) or "-"
+
+    @admin.display(description="took")
+    def took(self, batch: Batch) -> str:
+        return duration(batch.created_at, batch.finished_at)
 
     @admin.display(description="tokens (upstream usage)")
     def usage_tokens(self, batch: Batch) -> str:

@@ -127,6 +127,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times to the second in the admin (batchproxy/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["batchproxy.formats"]
 USE_I18N = False
 USE_TZ = True
 
