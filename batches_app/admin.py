@@ -80,13 +80,13 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
             fields.append("errors_pretty")
         if obj.cancel_mode:
             fields.append("cancel_mode")
-        if obj.upstream_failures and not obj.is_terminal():
+        if obj.upstream_failures and not obj.is_terminal:
             fields.append(("upstream_failures", "next_attempt_at"))
         elif obj.upstream_failures:
             fields.append("upstream_failures")
         if obj.last_error:
             fields.append("last_error")
-        if not obj.is_terminal():
+        if not obj.is_terminal:
             fields.append(("state_since", "times_out_at"))
         if obj.finished_at:
             fields.append(("created_at", "finished_at", "took"))
