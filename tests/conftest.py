@@ -78,6 +78,15 @@ def anthropic_server():
 
 
 @pytest.fixture(scope="session")
+def groq_server():
+    from batchproxy.fakes.groq import FakeGroq
+
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

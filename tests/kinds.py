@@ -192,6 +192,24 @@ class Azure(OpenAI):
         }
 
 
+class Groq(OpenAI):
+    """Groq's OpenAI-shaped Batch API under /openai/v1, with its own windows and limits."""
+
+    name, upstream = "groq", "groq-test"
+    model = "llama-3.1-8b-instant"
+    key = "gsk-upstream-test-secret"
+    fake_fixture = "groq_server"
+    prefix = "/openai/v1"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_GROQ_TEST_KIND": "groq",
+            "UPSTREAM_GROQ_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_GROQ_TEST_MODELS": "llama-*",
+            "UPSTREAM_GROQ_TEST_API_KEY": self.key,
+        }
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -368,7 +386,7 @@ class GeminiFile(GeminiInline):
 
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (OpenAI, Azure, Anthropic, GeminiInline, GeminiFile)
+    kind.name: kind for kind in (OpenAI, Azure, Groq, Anthropic, GeminiInline, GeminiFile)
 }
 
 
