@@ -87,6 +87,15 @@ def groq_server():
 
 
 @pytest.fixture(scope="session")
+def together_server():
+    from batchproxy.fakes.together import FakeTogether
+
+    server = FakeTogether().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

@@ -210,6 +210,38 @@ class Groq(OpenAI):
         }
 
 
+class Together(Kind):
+    """Together's Batch API: OpenAI-shaped lines and files, its own upload, create and job."""
+
+    name, upstream = "together", "together-test"
+    model = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    key = "together-upstream-test-secret"
+    fake_fixture = "together_server"
+    operations = OPENAI_OPERATIONS
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_TOGETHER_TEST_KIND": "together",
+            "UPSTREAM_TOGETHER_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_TOGETHER_TEST_MODELS": "meta-llama/*",
+            "UPSTREAM_TOGETHER_TEST_API_KEY": self.key,
+        }
+
+    queue, text_of, answer_of = OpenAI.queue, OpenAI.text_of, OpenAI.answer_of
+
+    def upstream_batches(self) -> dict[str, str]:
+        return {job["id"]: job["status"].lower() for job in self.fake.jobs}
+
+    def submissions(self) -> list[tuple[str, str]]:
+        return [(line["custom_id"], line["batch_id"]) for line in self.fake.submitted()]
+
+    def sent(self) -> list[dict]:
+        return [line["body"] for line in self.fake.submitted()]
+
+    def files(self) -> list[str]:
+        return list(self.fake.files)
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -386,7 +418,7 @@ class GeminiFile(GeminiInline):
 
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (OpenAI, Azure, Groq, Anthropic, GeminiInline, GeminiFile)
+    kind.name: kind for kind in (OpenAI, Azure, Groq, Together, Anthropic, GeminiInline, GeminiFile)
 }
 
 

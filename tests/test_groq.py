@@ -120,3 +120,23 @@ def test_the_default_limits_are_groqs():
     groq = upstreams.Upstream(name="g", kind="groq", base_url="", key_env="", models=("llama-*",))
     assert upstreams.upstream_limits(groq) == (50_000, 100 * 1024 * 1024)
     assert upstreams.upstream_window(groq) == "24h"
+
+
+def test_system_check_refuses_a_window_that_is_no_duration_and_needs_no_groq_url(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.UPSTREAMS = [
+        {
+            "name": "g",
+            "kind": "groq",
+            "base_url": "",  # Groq's own by default
+            "key_env": "G",
+            "models": ["llama-*"],
+            "completion_window": "a week",
+        }
+    ]
+    with pytest.raises(SystemCheckError) as refused:
+        call_command("check")
+    assert "ops_app.E015" in str(refused.value)
+    assert "ops_app.E014" not in str(refused.value)
