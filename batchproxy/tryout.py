@@ -28,6 +28,7 @@ FAKE_MODELS = {
     "gemini": ("gemini-*",),
     "groq": ("llama-*", "openai/gpt-oss-*"),
     "together": ("meta-llama/*",),
+    "mistral": ("mistral-*", "ministral-*", "codestral-*"),
 }
 
 

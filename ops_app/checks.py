@@ -103,7 +103,7 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure", "groq", "together", "anthropic", "gemini")
+UPSTREAM_KINDS = ("openai", "azure", "groq", "together", "mistral", "anthropic", "gemini")
 
 
 @register()

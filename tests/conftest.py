@@ -96,6 +96,15 @@ def together_server():
 
 
 @pytest.fixture(scope="session")
+def mistral_server():
+    from batchproxy.fakes.mistral import FakeMistral
+
+    server = FakeMistral().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

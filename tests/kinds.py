@@ -242,6 +242,30 @@ class Together(Kind):
         return list(self.fake.files)
 
 
+class Mistral(Together):
+    """Mistral's batch jobs: files of `{"custom_id", "body"}` lines, jobs over them."""
+
+    name, upstream = "mistral", "mistral-test"
+    model = "mistral-small-latest"
+    key = "mistral-upstream-test-secret"
+    fake_fixture = "mistral_server"
+    operations = OPENAI_OPERATIONS | {"read": "download"}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_MISTRAL_TEST_KIND": "mistral",
+            "UPSTREAM_MISTRAL_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_MISTRAL_TEST_MODELS": "mistral-*,ministral-*",
+            "UPSTREAM_MISTRAL_TEST_API_KEY": self.key,
+        }
+
+    def upstream_batches(self) -> dict[str, str]:
+        statuses = {"SUCCESS": "completed", "TIMEOUT_EXCEEDED": "expired"}
+        return {
+            job["id"]: statuses.get(job["status"], job["status"].lower()) for job in self.fake.jobs
+        }
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -418,7 +442,8 @@ class GeminiFile(GeminiInline):
 
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (OpenAI, Azure, Groq, Together, Anthropic, GeminiInline, GeminiFile)
+    kind.name: kind
+    for kind in (OpenAI, Azure, Groq, Together, Mistral, Anthropic, GeminiInline, GeminiFile)
 }
 
 

@@ -203,9 +203,8 @@ def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_rea
         shown = manage("shell", "-c", show, data_dir=data_dir, **env)
         assert shown.returncode == 0, shown.stderr
         names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
-        assert (
-            names == "['anthropic', 'gemini', 'groq', 'together', 'openai']"
-        )  # the environment's set aside
+        fakes = "['anthropic', 'gemini', 'groq', 'together', 'mistral', 'openai']"
+        assert names == fakes  # the environment's set aside
         assert (url, key) == (fake_url.strip(), "fake-anthropic")
 
 
@@ -229,7 +228,8 @@ def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
         (
             "{not json",
             dict.fromkeys(
-                ("openai", "anthropic", "gemini", "groq", "together"), "http://127.0.0.1:9"
+                ("openai", "anthropic", "gemini", "groq", "together", "mistral"),
+                "http://127.0.0.1:9",
             ),
         ),
     ],
@@ -247,5 +247,6 @@ def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
         "gemini": ["gemini-*"],
         "groq": ["llama-*", "openai/gpt-oss-*"],
         "together": ["meta-llama/*"],
+        "mistral": ["mistral-*", "ministral-*", "codestral-*"],
     }
     assert others == {kind: expected[kind] for kind in tryout["fakes"] if kind != "openai"}

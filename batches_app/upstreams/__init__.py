@@ -22,7 +22,7 @@ DEFAULT = "openai"
 # The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
 # generateContent.
 FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
-KINDS = ("openai", "azure", "groq", "together")
+KINDS = ("openai", "azure", "groq", "together", "mistral")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ KIND_DEFAULTS = {
     "groq": KindDefaults("https://api.groq.com/openai/v1", max_bytes=100 * 1024 * 1024),
     # docs.together.ai/docs/inference/batch/overview: 50,000 requests and 100 MB per batch.
     "together": KindDefaults("https://api.together.ai/v1", max_bytes=100 * 1024 * 1024),
+    # docs.mistral.ai, batch inference: jobs time out after `timeout_hours` (24 by default).
+    "mistral": KindDefaults("https://api.mistral.ai"),
 }
 OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
 # A batch still running this long past its completion window is treated as expired.
@@ -169,6 +171,7 @@ TRANSPORTS = {
     "gemini": ("gemini", "GeminiTransport"),
     "groq": ("groq", "GroqTransport"),
     "together": ("together", "TogetherTransport"),
+    "mistral": ("mistral", "MistralTransport"),
 }
 
 

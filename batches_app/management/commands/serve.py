@@ -14,6 +14,7 @@ from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
 from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.groq import FakeGroq
+from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
@@ -28,6 +29,7 @@ FAKES = {
     "gemini": (FakeGemini, "Gemini"),
     "groq": (FakeGroq, "Groq"),
     "together": (FakeTogether, "Together"),
+    "mistral": (FakeMistral, "Mistral"),
 }
 
 
