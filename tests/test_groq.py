@@ -118,7 +118,7 @@ def test_a_group_larger_than_groqs_batch_limit_is_split(groq, settings, monkeypa
 
 def test_the_default_limits_are_groqs():
     groq = upstreams.Upstream(name="g", kind="groq", base_url="", key_env="", models=("llama-*",))
-    assert upstreams.upstream_limits(groq) == (50_000, 100 * 1024 * 1024)
+    assert upstreams.upstream_limits(groq) == (50_000, 100_000_000)
     assert upstreams.upstream_window(groq) == "24h"
 
 

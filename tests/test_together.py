@@ -95,4 +95,4 @@ def test_the_default_limits_are_togethers():
     together = upstreams.Upstream(
         name="t", kind="together", base_url="", key_env="", models=("meta-llama/*",)
     )
-    assert upstreams.upstream_limits(together) == (50_000, 100 * 1024 * 1024)
+    assert upstreams.upstream_limits(together) == (50_000, 100_000_000)

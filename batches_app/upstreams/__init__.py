@@ -38,9 +38,9 @@ class KindDefaults:
 
 KIND_DEFAULTS = {
     # console.groq.com/docs/batch; the groq SDK's BatchCreateParams: 24h to 7d, files <= 100 MB.
-    "groq": KindDefaults("https://api.groq.com/openai/v1", max_bytes=100 * 1024 * 1024),
+    "groq": KindDefaults("https://api.groq.com/openai/v1", max_bytes=100_000_000),
     # docs.together.ai/docs/inference/batch/overview: 50,000 requests and 100 MB per batch.
-    "together": KindDefaults("https://api.together.ai/v1", max_bytes=100 * 1024 * 1024),
+    "together": KindDefaults("https://api.together.ai/v1", max_bytes=100_000_000),
     # docs.mistral.ai, batch inference: jobs time out after `timeout_hours` (24 by default).
     "mistral": KindDefaults("https://api.mistral.ai"),
 }

@@ -35,8 +35,8 @@ class Upstream:
     key_env: str
     models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
     api_version: str = ""
-    # OpenAI-shaped batch APIs with their own window and limits (Groq, Together): "" and 0
-    # mean the kind's defaults (upstreams.KIND_DEFAULTS).
+    # A batch's window and limits where a provider has its own (Groq, Together, Mistral): ""
+    # and 0 mean the kind's defaults (upstreams.KIND_DEFAULTS).
     completion_window: str = ""
     max_requests: int = 0
     max_bytes: int = 0
