@@ -70,3 +70,41 @@ def test_the_example_configuration_routes_and_answers(
     assert BatchRequest.objects.get().batch.upstream == name
     assert set(fake.keys) == {cls.key}
     assert not fake_openai.calls
+
+
+def test_one_proxy_serves_groq_together_mistral_and_openai_at_once(
+    client,
+    api_key,
+    fake_openai,
+    groq_server,
+    together_server,
+    mistral_server,
+    settings,
+    monkeypatch,
+):
+    """Each model to its provider's fake, all queued, then one cycle: each caller its answer,
+    each fake its own key and its own requests only."""
+    callers = {"client": client, "secret": api_key[1]}
+    every = [kinds.OpenAI(fake_openai, **callers)] + [
+        cls(fake, **callers)
+        for cls, fake in (
+            (kinds.Groq, groq_server),
+            (kinds.Together, together_server),
+            (kinds.Mistral, mistral_server),
+        )
+    ]
+    for kind in every[1:]:
+        kind.fake.reset()
+    kinds.configure_upstreams(every, settings, monkeypatch)
+    settings.OPENAI_MAX_RETRIES = 0
+    for kind in every:
+        assert kind.queue(f"{kind.name} asks").status_code == 422
+    cycle()
+
+    for kind in every:
+        answer = kind.queue(f"{kind.name} asks")
+        assert answer.status_code == 200, (kind.name, answer.content)
+        assert kind.answer_of(answer.json()) == f"echo: {kind.name} asks"
+        assert [kind.text_of(body) for body in kind.sent()] == [f"{kind.name} asks"]
+        assert set(kind.fake.keys) == {kind.key}, kind.name
+        assert not kind.left_upstream(), kind.name
