@@ -50,6 +50,11 @@ class Upstream:
     key_env: str
     models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
     api_version: str = ""
+    # A batch's window and limits where a provider has its own (Groq, Together, Mistral): ""
+    # and 0 mean the kind's defaults (upstreams.KIND_DEFAULTS).
+    completion_window: str = ""
+    max_requests: int = 0
+    max_bytes: int = 0
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
