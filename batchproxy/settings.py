@@ -38,13 +38,18 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 if "*" not in ALLOWED_HOSTS:
     ALLOWED_HOSTS += ["127.0.0.1", "localhost"]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host (only then, since a
-# client could send them too), and keep the admin's cookies off plain HTTP.
+# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host/-For (only then,
+# since a client could send them too: the proxy must be reachable through the balancer only).
 USE_X_FORWARDED = env.bool("USE_X_FORWARDED", default=False)
 if USE_X_FORWARDED:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     USE_X_FORWARDED_HOST = True
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+# Served over https (by default, behind such a balancer): the admin's cookies never travel over
+# plain HTTP, and browsers are told to use https only (HSTS, sent on https answers only).
+HTTPS_ONLY = env.bool("HTTPS_ONLY", default=USE_X_FORWARDED)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=HTTPS_ONLY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
@@ -115,6 +120,9 @@ else:
         }
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+# A kept connection is tested before each request reuses it: after a database restart the
+# first call of each web thread would otherwise fail on its dead connection (500).
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not Django's shared in-memory database, whose table locks ignore the busy timeout
     # and fail the concurrent tests that a file in WAL mode passes.
