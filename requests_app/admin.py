@@ -139,11 +139,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        revoked = [pk for pk in ids if api_key_revoke(key_id=pk)]
-        admin_log(user=request.user, message="Revoked.", rows=ApiKey.objects.filter(pk__in=revoked))
-        already = len(ids) - len(revoked)
-        self.message_user(request, f"{len(revoked)} keys revoked; {already} were already revoked.")
+        done = {pk: api_key_revoke(key_id=pk) for pk in queryset.values_list("pk", flat=True)}
+        revoked = [pk for pk, one in done.items() if one.revoked]
+        cancelled = sum(one.cancelled for one in done.values())
+        admin_log(
+            user=request.user,
+            message="Revoked; its queued requests cancelled.",
+            rows=ApiKey.objects.filter(pk__in=revoked),
+        )
+        self.message_user(
+            request,
+            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
+            f"{cancelled} queued requests cancelled.",
+        )
 
     @admin.action(
         description="Rotate the selected key (new secret, shown once)", permissions=["change"]
