@@ -280,11 +280,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     )
     def requeue(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        ended = list(
-            queryset.filter(status__in=(Status.FAILED, Status.CANCELLED)).values_list(
-                "pk", flat=True
-            )
+        # What requests_requeue takes: failed or cancelled, of a key not revoked.
+        ended = queryset.filter(
+            status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
         )
+        ended = list(ended.values_list("pk", flat=True))
         requeued = services.requests_requeue(request_ids=ended)
         self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
@@ -295,7 +295,8 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
     def retry_failed(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        failed = list(queryset.filter(status=Status.FAILED).values_list("pk", flat=True))
+        failed = queryset.filter(status=Status.FAILED, api_key__revoked_at=None)
+        failed = list(failed.values_list("pk", flat=True))
         retried = dashboard.requests_retry_failed(request_ids=failed)
         self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(

@@ -169,7 +169,7 @@ def login_wait(request: HttpRequest, username: str) -> int | None:
        own address, is not, so no one can lock them out.
     2. One user name from anywhere, past as many attempts in the window: one attempt per
        ADMIN_LOGIN_SLOWDOWN seconds. Guessing spread over many addresses is slowed, not
-       locked: the operator waits a few seconds at worst.
+       locked: the operator is slowed by seconds, never locked out.
     3. A browser that signed in as this user before skips step 2: others' guessing never slows
        the operator's own browser.
     """
