@@ -747,9 +747,10 @@ def batch_cancel(*, batch_id, requeue: bool) -> bool:
 
 
 def requests_requeue(*, request_ids) -> int:
-    """Give failed or cancelled requests a fresh start, with all their attempts."""
+    """Give failed or cancelled requests a fresh start, with all their attempts (never those
+    of a revoked key: it was revoked so that they would not be sent)."""
     return BatchRequest.objects.filter(
-        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED)
+        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
     ).update(
         status=Status.QUEUED,
         batch=None,

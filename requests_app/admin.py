@@ -235,11 +235,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        revoked = [pk for pk in ids if api_key_revoke(key_id=pk)]
-        admin_log(user=request.user, message="Revoked.", rows=ApiKey.objects.filter(pk__in=revoked))
-        already = len(ids) - len(revoked)
-        self.message_user(request, f"{len(revoked)} keys revoked; {already} were already revoked.")
+        done = {pk: api_key_revoke(key_id=pk) for pk in queryset.values_list("pk", flat=True)}
+        revoked = [pk for pk, one in done.items() if one.revoked]
+        cancelled = sum(one.cancelled for one in done.values())
+        admin_log(
+            user=request.user,
+            message="Revoked; its queued requests cancelled.",
+            rows=ApiKey.objects.filter(pk__in=revoked),
+        )
+        self.message_user(
+            request,
+            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
+            f"{cancelled} queued requests cancelled.",
+        )
 
     @admin.action(
         description="Rotate the selected key (new secret, shown once)", permissions=["change"]
@@ -427,11 +435,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     )
     def requeue(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        ended = list(
-            queryset.filter(status__in=(Status.FAILED, Status.CANCELLED)).values_list(
-                "pk", flat=True
-            )
+        # What requests_requeue takes: failed or cancelled, of a key not revoked.
+        ended = queryset.filter(
+            status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
         )
+        ended = list(ended.values_list("pk", flat=True))
         requeued = services.requests_requeue(request_ids=ended)
         self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
@@ -442,7 +450,8 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
     def retry_failed(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        failed = list(queryset.filter(status=Status.FAILED).values_list("pk", flat=True))
+        failed = queryset.filter(status=Status.FAILED, api_key__revoked_at=None)
+        failed = list(failed.values_list("pk", flat=True))
         retried = dashboard.requests_retry_failed(request_ids=failed)
         self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(

@@ -18,6 +18,7 @@ from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
+from ops_app.checks import startup_refusal
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import admin_exists, createsuperuser_command, superuser_ensure
 
@@ -129,6 +130,8 @@ class Command(BaseCommand):
                 f"traffic, or delete {tryout_path(settings.DATA_DIR)} to send them upstream."
             )
         elif (refusal := upstreams.upstream_refusal()) is not None:
+            raise CommandError(refusal)
+        if (refusal := startup_refusal()) is not None:  # read after the try-out is recorded
             raise CommandError(refusal)
         if not settings.ENV_API_KEY_HASHES:
             self.stderr.write(
