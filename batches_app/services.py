@@ -52,6 +52,9 @@ PIECE_ROWS = 2000
 # How many OPENAI_TIMEOUTs a create may take, from its start to its answer (one attempt, never
 # retried by the SDK; the margin covers a slow upload of an inline batch's body).
 CREATE_WINDOW = 2
+# The statuses of a refusal that may concern some requests of a batch only (invalid, too
+# large, unprocessable): such a batch is split until the offenders stand alone (`batch_split`).
+CONTENT_REFUSALS = (400, 413, 422)
 # Failures after which a call may or may not have done its work upstream.
 AMBIGUOUS = ("timeout", "connection_error")
 
@@ -348,11 +351,19 @@ def _step(batch: Batch) -> str | None:
 def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     batch.refresh_from_db()
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
-        # The upstream refused the file or the batch itself, for what one of its requests
-        # holds as likely as not: split it, so that only the offenders fail.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        batch_split(batch=batch, error=exc)
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
+        if exc.status in CONTENT_REFUSALS:
+            # Refused for what its requests hold: split it, so that only the offenders fail.
+            batch_split(batch=batch, error=exc)
+            return
+        # Refused for what concerns every request (an unknown model): splitting would only
+        # multiply the refusals. Give the requests back to the queue, by the usual rules.
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(_submitted(batch), code=exc.code, message=str(exc))
+            webhooks_for_settled(batch=batch, since=started)
+        _finish(batch, last_error=str(exc))
         return
     failures = batch.upstream_failures + 1
     delay = min(settings.UPSTREAM_BACKOFF * 2 ** (failures - 1), BACKOFF_CAP)
@@ -456,7 +467,11 @@ def _time_out(batch: Batch) -> None:
                 return
         except UpstreamError as exc:
             log.warning("batch %s: last look for its upstream batch failed: %s", batch.pk, exc)
-    if batch.state in (State.BUILDING, State.UPLOADED):
+    if batch.state in (State.BUILDING, State.UPLOADED) and batch.cancel_mode:
+        batch.upstream_status = "cancelled"  # as the operator asked, with nothing upstream
+        batch_settle_rest(batch=batch)
+        _finish(batch, upstream_status="cancelled")
+    elif batch.state in (State.BUILDING, State.UPLOADED):
         message = f"Not submitted upstream within {settings.BATCH_SUBMIT_TIMEOUT}s."
         with transaction.atomic():
             started = timezone.now()
