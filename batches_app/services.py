@@ -27,7 +27,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity, upstreams
+from . import capacity, catalog, upstreams
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
@@ -255,6 +255,7 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             )
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
+        catalog.key_models_record(batch=batch)
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return Claim(batch, waiting)
