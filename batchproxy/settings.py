@@ -338,6 +338,9 @@ WEBHOOK_RUN_SECONDS = env.int("WEBHOOK_RUN_SECONDS", default=50)
 # GET /v1/batch_requests lists a request this many seconds after it finished, so that one
 # whose transaction commits late (or on a worker whose clock lags) never lands behind a cursor.
 LIST_SETTLE_SECONDS = env.float("LIST_SETTLE_SECONDS", default=10.0)
+# A page of `GET /v1/batch_requests?include=body` ends once its answers reach this many bytes
+# (`has_more` then says there is more), however high its `limit`.
+LIST_MAX_BYTES = env.int("LIST_MAX_BYTES", default=8_388_608)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
