@@ -38,11 +38,11 @@ def batches_make(n: int) -> None:
     else:
         fresh = "lower(hex(randomblob(16)))"
         series = (
-            "(WITH RECURSIVE s(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM s WHERE i < "
-            f"{int(n)}) SELECT i FROM s)"  # noqa: S608 (a number)
+            "(WITH RECURSIVE s(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM s WHERE i < "  # noqa: S608
+            f"{int(n)}) SELECT i FROM s)"
         )
     # Every name here is the model's own or a constant: nothing comes from outside.
-    copies = f"INSERT INTO {TABLE} (id, {names}) SELECT {fresh}, {names} FROM {TABLE}, {series} "  # noqa: S608, E501
+    copies = f"INSERT INTO {TABLE} (id, {names}) SELECT {fresh}, {names} FROM {TABLE}, {series} "  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(
             copies + f"AS series WHERE {TABLE}.id = %s",
