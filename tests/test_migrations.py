@@ -119,3 +119,30 @@ def test_compose_migrates_once_in_a_job_before_the_proxy_starts():
         assert service["environment"]["RUN_MIGRATIONS"] == "false"
         done = service["depends_on"]["migrate"]["condition"]
         assert done == "service_completed_successfully"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upgrade_fills_each_keys_models_from_its_batched_requests():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("batches_app", "0014_hd_batch_finished_indexes")]
+    after = [("batches_app", "0015_hd_key_models_backfill")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    key = old.get_model("requests_app", "ApiKey").objects.create(name="k", key_hash="h" * 64)
+    batch = old.get_model("batches_app", "Batch").objects.create(
+        endpoint="/v1/chat/completions", model="ft:mine"
+    )
+    Request = old.get_model("requests_app", "BatchRequest")
+    common = {"api_key": key, "endpoint": "/v1/chat/completions", "body": "{}", "body_bytes": 2}
+    Request.objects.create(model="ft:mine", fingerprint="a", batch=batch, **common)
+    Request.objects.create(model="never-batched", fingerprint="b", **common)
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(after)
+    new = executor.loader.project_state(after).apps
+    rows = new.get_model("batches_app", "KeyModel").objects.values_list("api_key_id", "model")
+    assert list(rows) == [(key.pk, "ft:mine")]
+    MigrationExecutor(connection).migrate(executor.loader.graph.leaf_nodes())
