@@ -143,7 +143,9 @@ def spend_tally(*, limit: int | None = None) -> int:
     counted once. Called by /metrics (with a `limit`) and by the hourly purge (all).
     """
     tallied = 0
-    while limit is None or tallied < limit:
+    untallied = Batch.objects.filter(state=Batch.State.DONE, tallied=False)
+    # Looked for outside a transaction first: a scrape with nothing to add takes no write lock.
+    while (limit is None or tallied < limit) and untallied.exists():
         with transaction.atomic():
             batches = list(
                 Batch.objects.select_for_update(skip_locked=True)
