@@ -1,8 +1,11 @@
 import re
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 
@@ -63,6 +66,13 @@ class Batch(models.Model):
     create_attempted_at = models.DateTimeField(null=True, blank=True)
     cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # A database default too: the version still running during a deploy inserts batches
+    # without this column.
+    state_since = models.DateTimeField(
+        default=timezone.now,
+        db_default=Now(),
+        help_text="When the batch entered its current state.",
+    )
     upstream_failures = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
 
@@ -97,6 +107,19 @@ class Batch(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state == self.State.DONE
+
+    @property
+    def times_out_at(self) -> datetime | None:
+        """When the scheduled step ends the batch if it is still in its state (settings
+        BATCH_SUBMIT_TIMEOUT, BATCH_STUCK_AFTER, BATCH_INGEST_TIMEOUT); None once done."""
+        if self.state in (self.State.BUILDING, self.State.UPLOADED):
+            return self.state_since + timedelta(seconds=settings.BATCH_SUBMIT_TIMEOUT)
+        if self.state == self.State.RUNNING:
+            since = self.upstream_created_at or self.state_since
+            return since + timedelta(seconds=settings.BATCH_STUCK_AFTER)
+        if self.state == self.State.INGESTING:
+            return self.state_since + timedelta(seconds=settings.BATCH_INGEST_TIMEOUT)
+        return None
 
     @property
     def input_filename(self) -> str:

@@ -127,6 +127,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times to the second in the admin (batchproxy/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["batchproxy.formats"]
 USE_I18N = False
 USE_TZ = True
 
@@ -268,6 +270,12 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+# No batch state lasts for ever (Batch.times_out_at): a batch not uploaded and created upstream
+# within BATCH_SUBMIT_TIMEOUT of entering `building` or `uploaded`, or whose results are not read
+# within BATCH_INGEST_TIMEOUT of entering `ingesting`, ends; its unanswered requests are requeued
+# (or failed, once out of attempts). `running` is bounded by BATCH_STUCK_AFTER.
+BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
+BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
 # The signing secret of the endpoint registered with OpenAI for `POST /webhooks/openai`
@@ -355,7 +363,14 @@ LOGGING = {
         "json": {"()": "ops_app.logs.JsonFormatter"},
     },
     # Every record gets the request id, and secrets (bearer tokens, API keys) masked.
-    "filters": {"context": {"()": "ops_app.logs.RequestContextFilter"}},
+    "filters": {
+        "context": {"()": "ops_app.logs.RequestContextFilter"},
+        # The scheduler's per-task lines: quiet unless SCHEDULER_LOG_LEVEL asks for them.
+        "scheduler_chatter": {
+            "()": "ops_app.logs.SchedulerChatterFilter",
+            "level": env.str("SCHEDULER_LOG_LEVEL", default="WARNING"),
+        },
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -370,6 +385,7 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        "django-q": {"filters": ["scheduler_chatter"]},
     },
 }
 

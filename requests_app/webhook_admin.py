@@ -7,6 +7,8 @@ from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 
+from batchproxy.audit import admin_log
+
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from .webhooks import WebhookURLError, webhook_deliveries_resend, webhook_url_check
 
@@ -152,7 +154,10 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         rows = delivery.events.order_by("pk").values_list("request_id", "type")[:200]
         return format_html_join("\n", "<div>{}: {}</div>", rows) or "-"
 
-    @admin.action(description="Resend selected deliveries now")
+    @admin.action(description="Resend selected deliveries now", permissions=["change"])
     def resend(self, request, queryset) -> None:
-        count = webhook_deliveries_resend(delivery_ids=list(queryset.values_list("pk", flat=True)))
+        ids = list(queryset.values_list("pk", flat=True))
+        count = webhook_deliveries_resend(delivery_ids=ids)
+        rows = WebhookDelivery.objects.filter(pk__in=ids)
+        admin_log(user=request.user, message="Resend asked for.", rows=rows)
         self.message_user(request, f"{count} deliveries will be sent again on the next run.")

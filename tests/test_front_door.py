@@ -1,10 +1,13 @@
 """The front door, as a newcomer meets it: `GET /`, the models list, unknown paths."""
 
+import html
+
 import openai
 import pytest
 from django.contrib.auth import get_user_model
 
 from batches_app.models import KeyModel, ModelPrice, QueueLimit
+from requests_app.operators import createsuperuser_command
 
 from .conftest import make_key
 from .engine import cycle
@@ -115,3 +118,46 @@ def test_models_are_owned_by_their_provider(client, api_key, settings):
     assert owners["gemini-2.5-flash"] == "google"
     assert owners["gpt-4o-mini"] == "openai"
     assert owners["my-gpt4o-deployment"] == "openai"  # an upstream's named model is listed
+
+
+def test_front_page_gives_the_same_admin_command_as_serve(client):
+    """Not `python manage.py …` when serve prints `.venv/bin/python manage.py …`."""
+    text = client.get("/").content.decode()
+    assert f"<code>{createsuperuser_command()}</code>" in text
+
+
+def test_front_page_shows_each_providers_sdk(client):
+    text = client.get("/").content.decode()
+    for sdk in ("openai.OpenAI(", "anthropic.Anthropic(", "genai.Client("):
+        assert sdk in text
+
+
+def test_front_page_names_every_provider_with_a_key(client, settings, monkeypatch):
+    settings.OPENAI_API_KEY = ""
+    settings.UPSTREAMS = [
+        {
+            "name": "claude",
+            "kind": "anthropic",
+            "base_url": "https://api.anthropic.com",
+            "key_env": "CLAUDE_KEY",
+            "models": ["claude-*"],
+        },
+        {
+            "name": "g",
+            "kind": "gemini",
+            "base_url": "https://generativelanguage.googleapis.com/",
+            "key_env": "G_KEY",
+            "models": ["gemini-*"],
+        },
+    ]
+    monkeypatch.setenv("CLAUDE_KEY", "k1")
+    monkeypatch.setenv("G_KEY", "k2")
+    text = html.unescape(client.get("/").content.decode())
+    assert "sending batches to Anthropic's Message Batches and Gemini's batch jobs." in text
+    assert "OpenAI's Batch API" not in text
+
+
+def test_front_page_in_try_out_mode_names_the_three_fakes(client, settings):
+    settings.TRY_OUT = {"fakes": {}}
+    text = client.get("/").content.decode()
+    assert "the built-in fakes of OpenAI, Anthropic and Gemini" in text

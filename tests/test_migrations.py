@@ -25,6 +25,10 @@ from .processes import ROOT
 
 # The last migration of each app from before this rule.
 EXEMPT_UP_TO = {"batches_app": 12, "requests_app": 13, "ops_app": 2}
+# Found unsafe after it was merged, and repaired by a later migration (named with the reason).
+REPAIRED = {
+    ("batches_app", "0013_hc_state_since"): "0017_hd_state_since_db_default adds its db default",
+}
 PROJECT_APPS = tuple(EXEMPT_UP_TO)
 BREAKS_OLD_VERSION = (
     migrations.RenameField,
@@ -60,7 +64,9 @@ def problems_of(migration) -> list[str]:
 def project_migrations():
     loader = MigrationLoader(None, ignore_no_migrations=True)
     for (app, name), migration in sorted(loader.disk_migrations.items()):
-        if app in PROJECT_APPS and int(name.split("_", 1)[0]) > EXEMPT_UP_TO[app]:
+        if app not in PROJECT_APPS or (app, name) in REPAIRED:
+            continue
+        if int(name.split("_", 1)[0]) > EXEMPT_UP_TO[app]:
             yield migration
 
 
@@ -113,7 +119,12 @@ def test_compose_migrates_once_in_a_job_before_the_proxy_starts():
     services = compose["services"]
     assert services["migrate"]["command"] == ["migrate"]
     assert services["migrate"]["restart"] == "no"
-    proxies = [s for name, s in services.items() if name not in ("db", "migrate", "redis")]
+    # Every proxy service but the try-out (its own SQLite, migrated by itself: a profile apart).
+    proxies = [
+        service
+        for name, service in services.items()
+        if name not in ("db", "migrate", "redis") and "profiles" not in service
+    ]
     assert proxies
     for service in proxies:
         assert service["environment"]["RUN_MIGRATIONS"] == "false"
@@ -126,8 +137,8 @@ def test_the_upgrade_fills_each_keys_models_from_its_batched_requests():
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    before = [("batches_app", "0014_hd_batch_finished_indexes")]
-    after = [("batches_app", "0015_hd_key_models_backfill")]
+    before = [("batches_app", "0015_merge_hc_hd")]
+    after = [("batches_app", "0016_hd_key_models_backfill")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     old = executor.loader.project_state(before).apps

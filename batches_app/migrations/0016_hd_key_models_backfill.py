@@ -23,7 +23,7 @@ def key_models_fill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches_app", "0014_hd_batch_finished_indexes"),
+        ("batches_app", "0015_merge_hc_hd"),
         ("requests_app", "0013_alter_batchrequest_endpoint"),
     ]
 
