@@ -157,3 +157,30 @@ def test_the_upgrade_fills_each_keys_models_from_its_batched_requests():
     rows = new.get_model("batches_app", "KeyModel").objects.values_list("api_key_id", "model")
     assert list(rows) == [(key.pk, "ft:mine")]
     MigrationExecutor(connection).migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_left_invalid_by_a_failed_concurrent_build_is_built_again():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    if connection.vendor != "postgresql":
+        pytest.skip("invalid indexes are PostgreSQL's (SQLite builds indexes in a transaction)")
+    before = [("batches_app", "0013_hd_key_models_and_spend_totals")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    with connection.cursor() as cursor:
+        # What a cancelled CREATE INDEX CONCURRENTLY leaves: the index, marked invalid.
+        cursor.execute('CREATE INDEX batch_untallied_idx ON batches_app_batch ("finished_at")')
+        cursor.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+            "'batch_untallied_idx'::regclass"
+        )
+    MigrationExecutor(connection).migrate(executor.loader.graph.leaf_nodes())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indexrelid = 'batch_untallied_idx'::regclass"
+        )
+        valid, definition = cursor.fetchone()
+    assert valid and "WHERE" in definition  # the migration's own partial index
