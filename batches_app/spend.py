@@ -171,7 +171,8 @@ def spend_tally(*, limit: int | None = None) -> int:
                 completed = (b["request_counts"] or {}).get("completed", 0)
                 for i, n in enumerate((1, completed, *tokens[b["pk"]], b["output_images"])):
                     row[i] += n
-            for group, row in sums.items():
+            # In one order: two tallies at once update shared rows without a deadlock.
+            for group, row in sorted(sums.items()):
                 _total_add(group, row)
             pks = [b["pk"] for b in batches]
             tallied += Batch.objects.filter(pk__in=pks, tallied=False).update(tallied=True)
