@@ -140,23 +140,27 @@ def test_the_upgrade_fills_each_keys_models_from_its_batched_requests():
     before = [("batches_app", "0015_merge_hc_hd")]
     after = [("batches_app", "0016_hd_key_models_backfill")]
     executor = MigrationExecutor(connection)
-    executor.migrate(before)
-    old = executor.loader.project_state(before).apps
-    key = old.get_model("requests_app", "ApiKey").objects.create(name="k", key_hash="h" * 64)
-    batch = old.get_model("batches_app", "Batch").objects.create(
-        endpoint="/v1/chat/completions", model="ft:mine"
-    )
-    Request = old.get_model("requests_app", "BatchRequest")
-    common = {"api_key": key, "endpoint": "/v1/chat/completions", "body": "{}", "body_bytes": 2}
-    Request.objects.create(model="ft:mine", fingerprint="a", batch=batch, **common)
-    Request.objects.create(model="never-batched", fingerprint="b", **common)
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps
+        key = old.get_model("requests_app", "ApiKey").objects.create(name="k", key_hash="h" * 64)
+        batch = old.get_model("batches_app", "Batch").objects.create(
+            endpoint="/v1/chat/completions", model="ft:mine"
+        )
+        Request = old.get_model("requests_app", "BatchRequest")
+        common = {"api_key": key, "endpoint": "/v1/chat/completions", "body": "{}", "body_bytes": 2}
+        Request.objects.create(model="ft:mine", fingerprint="a", batch=batch, **common)
+        Request.objects.create(model="never-batched", fingerprint="b", **common)
 
-    executor = MigrationExecutor(connection)
-    executor.migrate(after)
-    new = executor.loader.project_state(after).apps
-    rows = new.get_model("batches_app", "KeyModel").objects.values_list("api_key_id", "model")
-    assert list(rows) == [(key.pk, "ft:mine")]
-    MigrationExecutor(connection).migrate(executor.loader.graph.leaf_nodes())
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        new = executor.loader.project_state(after).apps
+        rows = new.get_model("batches_app", "KeyModel").objects.values_list("api_key_id", "model")
+        assert list(rows) == [(key.pk, "ft:mine")]
+    finally:
+        # Later tests in this worker find today's tables.
+        MigrationExecutor(connection).migrate(leaves)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -168,15 +172,18 @@ def test_an_index_left_invalid_by_a_failed_concurrent_build_is_built_again():
         pytest.skip("invalid indexes are PostgreSQL's (SQLite builds indexes in a transaction)")
     before = [("batches_app", "0013_hd_key_models_and_spend_totals")]
     executor = MigrationExecutor(connection)
-    executor.migrate(before)
-    with connection.cursor() as cursor:
-        # What a cancelled CREATE INDEX CONCURRENTLY leaves: the index, marked invalid.
-        cursor.execute('CREATE INDEX batch_untallied_idx ON batches_app_batch ("finished_at")')
-        cursor.execute(
-            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
-            "'batch_untallied_idx'::regclass"
-        )
-    MigrationExecutor(connection).migrate(executor.loader.graph.leaf_nodes())
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        with connection.cursor() as cursor:
+            # What a cancelled CREATE INDEX CONCURRENTLY leaves: the index, marked invalid.
+            cursor.execute('CREATE INDEX batch_untallied_idx ON batches_app_batch ("finished_at")')
+            cursor.execute(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'batch_untallied_idx'::regclass"
+            )
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index "
