@@ -143,7 +143,9 @@ def spend_tally(*, limit: int | None = None) -> int:
     counted once. Called by /metrics (with a `limit`) and by the hourly purge (all).
     """
     tallied = 0
-    while limit is None or tallied < limit:
+    untallied = Batch.objects.filter(state=Batch.State.DONE, tallied=False)
+    # Looked for outside a transaction first: a scrape with nothing to add takes no write lock.
+    while (limit is None or tallied < limit) and untallied.exists():
         with transaction.atomic():
             batches = list(
                 Batch.objects.select_for_update(skip_locked=True)
@@ -169,7 +171,8 @@ def spend_tally(*, limit: int | None = None) -> int:
                 completed = (b["request_counts"] or {}).get("completed", 0)
                 for i, n in enumerate((1, completed, *tokens[b["pk"]], b["output_images"])):
                     row[i] += n
-            for group, row in sums.items():
+            # In one order: two tallies at once update shared rows without a deadlock.
+            for group, row in sorted(sums.items()):
                 _total_add(group, row)
             pks = [b["pk"] for b in batches]
             tallied += Batch.objects.filter(pk__in=pks, tallied=False).update(tallied=True)

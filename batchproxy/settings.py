@@ -410,6 +410,9 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # One log line per HTTP request (method, path, status, time; never headers or bodies).
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
+# `serve` applies the migrations at start (under a lock). A deploy of several containers sets it
+# false on all of them and runs the migrations once, as a job (`serve --role migrate`).
+RUN_MIGRATIONS = env.bool("RUN_MIGRATIONS", default=True)
 # /readyz fails when no scheduler has run the flush schedule for this long.
 SCHEDULER_STALE_AFTER = env.int("SCHEDULER_STALE_AFTER", default=300)
 SPECTACULAR_SETTINGS = {
