@@ -291,15 +291,19 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         fields = [("id", "status"), ("key_link", "endpoint", "model")]
         fields.append(("attempts", "deferrals", "not_before") if obj.deferrals else "attempts")
         fields.append("attempt_history")
-        if obj.response_status is not None or obj.error_code:
-            fields.append(("response_status", "error_code"))
+        if obj.response_status is not None:
+            fields.append(
+                ("response_status", "error_code") if obj.error_code else "response_status"
+            )
+        elif obj.error_code:
+            fields.append("error_code")
         if obj.error_message:
             fields.append("error_message")
         if obj.input_tokens is not None:
             fields.append(("input_tokens", "output_tokens"))
         times = ("created_at", "finished_at", "waited") if obj.finished_at else ("created_at",)
         fields += [times, "fingerprint", "body_bytes", "body_pretty"]
-        if obj.finished_at:
+        if obj.response_status is not None:
             fields.append("response_pretty")
         return fields
 
@@ -375,8 +379,10 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         if obj.batch_id is None:
             return "-"
         url = reverse("admin:batches_app_batch_change", args=[obj.batch_id])
-        shown = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
-        return format_html('<a href="{}" title="{}">{}</a>', url, shown, shown)
+        whole = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
+        # Long upstream ids (batch_ and 32 characters) are cut; the link's title has it whole.
+        shown = whole if len(whole) <= 20 else whole[:19] + "…"
+        return format_html('<a href="{}" title="{}">{}</a>', url, whole, shown)
 
     @admin.display(description="upstream batch")
     def upstream_batch(self, obj: BatchRequest) -> str:

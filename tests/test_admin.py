@@ -126,6 +126,7 @@ def test_batch_page_says_what_applies_to_a_finished_batch(admin_client, answered
     assert "Next attempt at" not in page and "Cancel mode" not in page
     assert batch.created_at.strftime("%Y-%m-%d %H:%M:%S") in page
     assert "Took:" in page
+    assert " in, " in page[page.index("Tokens (upstream usage)") :][:200]  # not "-"
 
 
 def test_request_page_shows_its_attempts_its_key_in_plain_words_and_a_requeue_button(

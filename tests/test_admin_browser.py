@@ -262,9 +262,10 @@ LIST_SCROLLS = """
 const box = document.querySelector('#changelist .results');
 return !!box && box.scrollWidth > box.clientWidth + 1;
 """
-# Rows of a changelist taller than one line of text (a wrapped model name, a cut body).
+# Rows of a changelist taller than its shortest: a wrapped model name, a cut body.
 TALL_ROWS = """
-return [...document.querySelectorAll('#result_list tbody tr')]
-  .filter(tr => tr.getBoundingClientRect().height > 40)
+const rows = [...document.querySelectorAll('#result_list tbody tr')];
+const least = Math.min(...rows.map(tr => tr.getBoundingClientRect().height));
+return rows.filter(tr => tr.getBoundingClientRect().height > least * 1.4)
   .map(tr => tr.innerText.slice(0, 60));
 """
