@@ -16,6 +16,7 @@ from django.utils.safestring import mark_safe
 
 from batches_app import dashboard, services
 from batches_app.spend import PriceBook, Spend, spend_by_key
+from batches_app.templatetags.money import usd
 from batchproxy.audit import ChangedByActions, admin_log
 
 from .keys import api_key_create, api_key_revoke, api_key_rotate
@@ -165,7 +166,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("name",)
-        return ("name", "prefix_shown", "state", "source", "created_at", "revoked_at", "usage")
+        fields = ["name", "prefix_shown", "state", "source", "created_at", "revoked_at", "usage"]
+        if obj.revoked_at is None:
+            fields.remove("revoked_at")
+        return fields
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # A key owns its requests (PROTECT); revoking is how a key is retired.
@@ -199,7 +203,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         spends = spend_by_key(since=month, book=PriceBook(), api_key_id=key.pk)
         spend = spends[0] if spends else Spend(str(key))
         money = (
-            f"${spend.spent:.4f} spent, ${spend.saved:.4f} saved"
+            f"{usd(spend.spent)} spent, {usd(spend.saved)} saved"
             if spend.priced
             else f"unknown (no price for some of {', '.join(sorted(spend.models))})"
         )
