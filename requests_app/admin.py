@@ -211,9 +211,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             reverse("admin:requests_app_batchrequest_changelist") + f"?api_key__id__exact={key.pk}"
         )
         return format_html(
-            '{} requests stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
+            '{} stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
             "<br>Last 30 days: {} tokens in, {} tokens out; {}.",
-            figures["total"],
+            plural(figures["total"], "request"),
             link,
             figures["waiting"],
             figures["completed"],
