@@ -62,7 +62,7 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
     inlines = (UpstreamFileInline,)
     actions = ("cancel_requeue", "cancel_requests", "poll_now")
     readonly_fields = (*(f.name for f in Batch._meta.fields), "requests_link", "usage_tokens")
-    readonly_fields += ("errors_pretty", "counts_shown", "took", "outcomes")
+    readonly_fields += ("errors_pretty", "counts_shown", "took", "outcomes", "times_out_at")
 
     def get_fields(self, request, obj=None):
         """What applies to this batch's state, in the order an operator reads it."""
@@ -82,12 +82,14 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
             fields.append("errors_pretty")
         if obj.cancel_mode:
             fields.append("cancel_mode")
-        if obj.upstream_failures and not obj.is_terminal():
+        if obj.upstream_failures and not obj.is_terminal:
             fields.append(("upstream_failures", "next_attempt_at"))
         elif obj.upstream_failures:
             fields.append("upstream_failures")
         if obj.last_error:
             fields.append("last_error")
+        if not obj.is_terminal:
+            fields.append(("state_since", "times_out_at"))
         if obj.finished_at:
             fields.append(("created_at", "finished_at", "took"))
         else:
@@ -122,6 +124,11 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
         if (ids := id_prefix_range(term)) is not None:
             found |= Q(pk__range=ids)
         return queryset.filter(found), False
+
+    @admin.display(description="times out at")
+    def times_out_at(self, batch: Batch):
+        """When the engine ends the batch if it is still in this state (Batch.times_out_at)."""
+        return batch.times_out_at or "-"
 
     @admin.display(description="id", ordering="id")
     def short_id(self, batch: Batch) -> str:

@@ -1,5 +1,6 @@
 import functools
 import hmac
+import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -108,9 +109,21 @@ def readyz(request: HttpRequest) -> HttpResponse:
     return json_response({"status": "ready"})
 
 
+def _loopback(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
 @never_cache
 @require_get
 def metrics(request: HttpRequest) -> HttpResponse:
+    """Closed unless the scraper sends METRICS_TOKEN: the figures name models and spend.
+
+    Without a token it is open only when the operator says so (METRICS_PUBLIC), or to this
+    machine in try-out mode.
+    """
     if settings.METRICS_TOKEN:
         token = bearer_token(request) or ""
         if not hmac.compare_digest(token.encode(), settings.METRICS_TOKEN.encode()):
@@ -119,4 +132,11 @@ def metrics(request: HttpRequest) -> HttpResponse:
                 "Send the metrics token as 'Authorization: Bearer <token>'.",
                 code="invalid_metrics_token",
             )
+    elif not (settings.METRICS_PUBLIC or (settings.TRY_OUT is not None and _loopback(request))):
+        return error_response(
+            403,
+            "/metrics is closed: set METRICS_TOKEN and send it as 'Authorization: Bearer "
+            "<token>' (or set METRICS_PUBLIC=true on a private network).",
+            code="metrics_closed",
+        )
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ import uuid
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
@@ -15,6 +16,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from batches_app import dashboard, services
+from batches_app.retention import key_purge
 from batches_app.spend import PriceBook, Spend, spend_by_key
 from batches_app.templatetags.money import usd
 from batchproxy.audit import ChangedByActions, admin_log
@@ -161,7 +163,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = (MadeByFilter, ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix_shown", "state", "source", "created_at", "revoked_at", "usage")
-    actions = ("revoke", "rotate")
+    actions = ("revoke", "rotate", "purge")
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -257,6 +259,29 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return None
         self.log_change(request, issued.key, "Rotated: new secret issued.")
         return secret_page(request, issued.key, issued.secret, "rotated")
+
+    def has_purge_permission(self, request) -> bool:
+        # The admin's delete stays off (a key owns its requests); erasing needs the right to
+        # delete keys all the same.
+        return request.user.has_perm("requests_app.delete_apikey")
+
+    @admin.action(description="Erase selected keys and all their data", permissions=("purge",))
+    def purge(self, request, queryset):
+        keys = list(queryset)
+        if request.POST.get("confirmed") != "yes":
+            context = {**self.admin_site.each_context(request), "keys": keys, "title": "Erase"}
+            return TemplateResponse(
+                request, "admin/requests_app/apikey/purge_confirm.html", context
+            )
+        for key in keys:
+            # Written before the row goes: the history keeps who erased which key.
+            LogEntry.objects.log_actions(
+                request.user.pk, [key], DELETION, change_message="Erased with all its data."
+            )
+            report = key_purge(key_id=key.pk)
+            level = messages.WARNING if report.files_failed else messages.SUCCESS
+            self.message_user(request, " ".join(report.lines()), level)
+        return None
 
 
 @admin.register(BatchRequest)

@@ -32,10 +32,24 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
-    list_display = ("url", "api_key", "include_body", "is_active", "pending", "created_at")
+    list_display = ("url_shown", "api_key", "include_body", "is_active", "pending", "created_at")
     list_filter = ("is_active", "include_body")
     list_select_related = ("api_key",)
     search_fields = ("url", "api_key__name")
+
+    def get_fields(self, request, obj=None):
+        # Once made, the URL is shown without its query string (often a token), and not
+        # editable: a new URL is a new endpoint, with its own secret.
+        if obj is None:
+            return super().get_fields(request, obj)
+        return ("url_shown", "api_key", "include_body", "is_active")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("url_shown",) if obj is not None else ()
+
+    @admin.display(description="URL", ordering="url")
+    def url_shown(self, endpoint: WebhookEndpoint) -> str:
+        return endpoint.url_shown
 
     def get_queryset(self, request):
         return (

@@ -6,9 +6,11 @@ import openai
 import pytest
 from django.contrib.auth import get_user_model
 
-from batches_app.models import Batch, ModelPrice, QueueLimit
+from batches_app.models import KeyModel, ModelPrice, QueueLimit
 from requests_app.operators import createsuperuser_command
 
+from .conftest import make_key
+from .engine import cycle
 from .shapes import error_of
 
 pytestmark = pytest.mark.django_db
@@ -51,11 +53,11 @@ def test_models_list_through_the_official_sdk(live_server, api_key):
     ModelPrice.objects.filter(model="gpt-4o").delete()
     QueueLimit.objects.create(model="gpt-4o", enqueued_tokens=1000)
     ModelPrice.objects.filter(model="gpt-4o-mini").delete()
-    Batch.objects.create(endpoint="/v1/chat/completions", model="gpt-4o-mini")
+    KeyModel.objects.create(api_key=api_key[0], model="gpt-4o-mini")
     sdk = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=api_key[1], max_retries=0)
 
     listed = {m.id: m for m in sdk.models.list()}
-    assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"} <= set(listed)  # limit, batch, price
+    assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"} <= set(listed)  # limit, used, price
     assert listed["gpt-4o-mini"].created > 0 and listed["gpt-4o-mini"].object == "model"
     assert sdk.models.retrieve("gpt-4o-mini-2024-07-18").id == "gpt-4o-mini-2024-07-18"
     with pytest.raises(openai.NotFoundError) as missing:
@@ -64,6 +66,58 @@ def test_models_list_through_the_official_sdk(live_server, api_key):
     stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.models.list()
+
+
+def test_models_list_shows_a_key_its_own_models_never_another_keys(
+    client, post, api_key, fake_openai
+):
+    """A fine-tuned model's name says whose it is: only the key that used it sees it."""
+    tuned = "ft:gpt-4o-mini-2024-07-18:acme-secret-project::abc123"
+    body = {"model": tuned, "messages": [{"role": "user", "content": "hi"}]}
+    assert post("/v1/chat/completions", body).status_code == 422
+    cycle()  # the flush notes the model for the key whose request it batched
+    _, stranger = make_key("stranger")
+
+    def listed(secret: str) -> dict[str, dict]:
+        answer = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {secret}")
+        assert answer.status_code == 200
+        return {m["id"]: m for m in answer.json()["data"]}
+
+    assert listed(api_key[1])[tuned]["created"] > 0
+    assert tuned not in listed(stranger)
+    assert "gpt-4o-mini" in listed(stranger)  # the operator's price table is everyone's
+    found = client.get(f"/v1/models/{tuned}", HTTP_AUTHORIZATION=f"Bearer {stranger}")
+    assert found.status_code == 404
+    mine = client.get(f"/v1/models/{tuned}", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    assert mine.status_code == 200
+
+
+def test_models_are_owned_by_their_provider(client, api_key, settings):
+    """claude-* is Anthropic's and gemini-* Google's, configured upstream or not."""
+    settings.UPSTREAMS = [
+        {
+            "name": "claude",
+            "kind": "anthropic",
+            "base_url": "http://a",
+            "key_env": "A",
+            "models": ["claude-*"],
+        },
+        {
+            "name": "eu",
+            "kind": "azure",
+            "base_url": "http://b",
+            "key_env": "B",
+            "models": ["my-gpt4o-deployment"],
+        },
+    ]
+    ModelPrice.objects.get_or_create(model="gemini-2.5-flash", defaults={"input_per_million": 1})
+    ModelPrice.objects.get_or_create(model="claude-sonnet-4", defaults={"input_per_million": 1})
+    answer = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {api_key[1]}")
+    owners = {m["id"]: m["owned_by"] for m in answer.json()["data"]}
+    assert owners["claude-sonnet-4"] == "anthropic"
+    assert owners["gemini-2.5-flash"] == "google"
+    assert owners["gpt-4o-mini"] == "openai"
+    assert owners["my-gpt4o-deployment"] == "openai"  # an upstream's named model is listed
 
 
 def test_front_page_gives_the_same_admin_command_as_serve(client):
