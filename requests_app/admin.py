@@ -290,12 +290,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     # (tests/test_admin_browser.py); endpoint, body and answer are on the request's page.
     list_display = (
         "short_id",
-        "status",
+        "status_shown",
         "model",
         "key_name",
         "age",
         "attempts",
-        "answer_status",
         "error_code",
         "batch_link",
     )
@@ -395,9 +394,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         url = reverse("admin:requests_app_apikey_change", args=[obj.api_key_id])
         return format_html('<a href="{}">{}</a>', url, obj.api_key)
 
-    @admin.display(description="answer", ordering="response_status")
-    def answer_status(self, obj: BatchRequest) -> str:
-        return "-" if obj.response_status is None else str(obj.response_status)
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, obj: BatchRequest) -> str:
+        """The status, with the upstream's HTTP status of the answer when there is one."""
+        shown = obj.get_status_display()
+        return shown if obj.response_status is None else f"{shown} ({obj.response_status})"
 
     @admin.display(description="waited")
     def waited(self, obj: BatchRequest) -> str:
@@ -410,7 +411,7 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         url = reverse("admin:batches_app_batch_change", args=[obj.batch_id])
         whole = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
         # Long upstream ids (batch_ and 32 characters) are cut; the link's title has it whole.
-        shown = whole if len(whole) <= 20 else whole[:19] + "…"
+        shown = whole if len(whole) <= 16 else whole[:15] + "…"
         return format_html('<a href="{}" title="{}">{}</a>', url, whole, shown)
 
     @admin.display(description="upstream batch")
