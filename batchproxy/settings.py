@@ -164,7 +164,7 @@ BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
 
 
 def upstream_from_env(name: str) -> dict:
-    """A named upstream from its UPSTREAM_<NAME>_* variables (README, "Upstreams")."""
+    """A named upstream from its UPSTREAM_<NAME>_* variables (docs/providers.md)."""
     prefix = f"UPSTREAM_{name.upper().replace('-', '_')}_"
     return {
         "name": name,

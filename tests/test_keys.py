@@ -149,10 +149,10 @@ def test_key_page_shows_its_usage(admin_client, client, fake_openai):
     page = admin_client.get(
         reverse("admin:requests_app_apikey_change", args=[issued.key.pk])
     ).content.decode()
-    assert "1 requests stored" in page
+    assert "1 request stored" in page
     assert "1000 tokens in, 1002 tokens out" in page
     # (1000 * 0.15 + 1002 * 0.60) / 1M / 2
-    assert "$0.0004 spent" in page
+    assert "$0.00038 spent" in page
 
 
 def test_superuser_from_environment_is_created_once(monkeypatch):
