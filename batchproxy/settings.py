@@ -286,6 +286,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.
 RATE_LIMIT_PER_MINUTE = env.int("RATE_LIMIT_PER_MINUTE", default=0)
 MAX_QUEUED_PER_KEY = env.int("MAX_QUEUED_PER_KEY", default=0)
+# Distinct (endpoint, model) groups one key may have waiting at once: each is a batch of its own
+# upstream, so a key inventing model names cannot flood the engine with them (429 past it).
+MAX_GROUPS_PER_KEY = env.int("MAX_GROUPS_PER_KEY", default=100)
 # Failed and successful sign-ins on the admin, per client address and per user name.
 ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)

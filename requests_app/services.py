@@ -1,6 +1,5 @@
 """Intake: turn a client's call into a queued request, exactly once per (key, endpoint, body)."""
 
-import functools
 import hashlib
 import json
 import re
@@ -106,9 +105,13 @@ INT64 = range(-(2**63), 2**63)
 def _has_huge_int(raw: bytes) -> bool:
     """True when the body holds an integer orjson would silently turn into a float.
 
-    Only bodies with a run of 19 digits pay for this second, exact parse.
+    Only bodies with a run of 19 digits pay for this second, exact parse. Python's parser
+    recurses, so a body nested near orjson's own limit (1,024) is too deep for it: refused.
     """
-    stack = [json.loads(raw)]
+    try:
+        stack = [json.loads(raw)]
+    except RecursionError:
+        raise ClientError(400, "The body is nested too deeply.", code="invalid_json") from None
     while stack:
         value = stack.pop()
         if isinstance(value, dict):
@@ -291,71 +294,12 @@ ANSWER_FIELDS = (
 )
 
 
-# What a new request's row takes from its call and the clock; every other column takes its
-# model default, the same for every row.
-CALL_COLUMNS = (
-    "id",
-    "endpoint",
-    "model",
-    "body",
-    "body_bytes",
-    "embedding_inputs",
-    "fingerprint",
-    "created_at",
-    "updated_at",
-)
-_INSERT_SQL: dict[str, tuple[str, list]] = {}
-
-
-@functools.cache
-def _call_fields() -> tuple:
-    return tuple(BatchRequest._meta.get_field(name) for name in CALL_COLUMNS)
-
-
-def _insert_sql(connection) -> tuple[str, list]:
-    """`requests_insert`'s statement, built once per database, and its constant parameters.
-
-    Its parameters: the key's hash; whether an environment key with that hash is configured;
-    the CALL_COLUMNS; the constants (the other columns' defaults; a NULL default is left to
-    the column). Table and column names come from the model; every value is a parameter.
-    """
-    if connection.vendor in _INSERT_SQL:
-        return _INSERT_SQL[connection.vendor]
-    quote = connection.ops.quote_name
-    columns, constants = [quote(column) for column in CALL_COLUMNS], []
-    for field in BatchRequest._meta.concrete_fields:
-        if field.attname in (*CALL_COLUMNS, "api_key_id") or field.get_default() is None:
-            continue
-        # A default computed per row (a callable) belongs in CALL_COLUMNS.
-        assert not (field.has_default() and callable(field.default)), field.attname
-        columns.append(quote(field.column))
-        constants.append(field.get_db_prep_save(field.get_default(), connection))
-    key_table = quote(ApiKey._meta.db_table)
-    sql = (
-        f"INSERT INTO {quote(BatchRequest._meta.db_table)} "  # noqa: S608
-        f"({', '.join(columns)}, {quote('api_key_id')}) "
-        f"SELECT {', '.join(['%s'] * len(columns))}, {quote('id')} FROM {key_table} "
-        f"WHERE {quote('key_hash')} = %s AND {quote('revoked_at')} IS NULL "
-        f"AND (NOT {quote('from_env')} OR %s) "
-        "ON CONFLICT DO NOTHING"
-    )
-    _INSERT_SQL[connection.vendor] = sql, constants
-    return sql, constants
-
-
-def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
-    """Queue a new call in one statement, for the active key with this hash; None otherwise.
-
-    One INSERT ... SELECT finds the key and inserts its request, and ON CONFLICT DO NOTHING
-    leaves a racing twin's row alone, so a new call costs one round trip and no transaction.
-    None (nothing inserted) when the key has no row, is revoked or is an environment key no
-    longer configured, or when a twin won the race: the caller then takes the general path,
-    which tells those cases apart.
-    """
-    connection = connections[DEFAULT_DB_ALIAS]
-    sql, constants = _insert_sql(connection)
+def call_row(call: ParsedCall) -> dict:
+    """A new request's values taken from its call and the clock, by field name; every other
+    column takes its model default. The one statement's SQL is built from these names, so
+    storing one more thing of a call is one line here."""
     now = timezone.now()
-    values = {
+    return {
         "id": uuid.uuid4(),
         "endpoint": call.endpoint,
         "model": call.model,
@@ -366,16 +310,148 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
         "created_at": now,
         "updated_at": now,
     }
-    params = [field.get_db_prep_save(values[field.attname], connection) for field in _call_fields()]
-    params += [*constants, key_hash, key_hash in settings.ENV_API_KEY_HASHES]
-    inserted, _ = execute_prepared(connection, sql, params, returns_rows=False)
-    if inserted != 1:
-        return None
+
+
+def _pending_in() -> str:
+    # Literal, not a parameter: a prepared statement's generic plan can use a partial index
+    # only when the statement's own condition is written out.
+    return "status IN ({})".format(", ".join(f"'{status}'" for status in BatchRequest.PENDING))
+
+
+_TAKE_SQL: dict[tuple, tuple[str, dict]] = {}
+
+
+def _take_sql(connection, names: tuple[str, ...]) -> tuple[str, dict]:
+    """`requests_take`'s statement for this database and these columns, built once, and its
+    constant parameters (the other columns' non-NULL defaults).
+
+    PostgreSQL: one statement. `k` is the key, `f` the request already made of this call,
+    `i` the insert, done only when the key is active, no such request exists and the key's
+    queued groups leave room (MAX_GROUPS_PER_KEY); it answers (key active, inserted, the
+    found request's ANSWER_FIELDS). SQLite has no INSERT inside WITH: its statement is the
+    insert alone, run after the lookup (`requests_take`).
+    Table and column names come from the model; every value is a parameter.
+    """
+    cache_key = (connection.vendor, names)
+    if cache_key in _TAKE_SQL:
+        return _TAKE_SQL[cache_key]
+    quote = connection.ops.quote_name
+    meta = BatchRequest._meta
+    columns = [quote(meta.get_field(name).column) for name in names]
+    values = [f"%(c_{name})s" for name in names]
+    constants = {}
+    for field in meta.concrete_fields:
+        if field.attname in (*names, "api_key_id") or field.get_default() is None:
+            continue
+        # A default computed per row (a callable) belongs in `call_row`.
+        assert not (field.has_default() and callable(field.default)), field.attname
+        columns.append(quote(field.column))
+        values.append(f"%(d_{field.attname})s")
+        constants[f"d_{field.attname}"] = field.get_db_prep_save(field.get_default(), connection)
+    requests, keys = quote(meta.db_table), quote(ApiKey._meta.db_table)
+    pending = _pending_in()
+    key = (
+        f"SELECT id, (revoked_at IS NULL AND (NOT from_env OR %(env_ok)s)) AS active "  # noqa: S608
+        f"FROM {keys} WHERE key_hash = %(key_hash)s"
+    )
+    # One group (endpoint, model) more is let in while the key has fewer than the cap queued.
+    room = (
+        f"(%(max_groups)s <= 0 OR EXISTS (SELECT 1 FROM {requests} g "  # noqa: S608
+        f"WHERE g.api_key_id = k.id AND g.{pending} AND g.endpoint = %(g_endpoint)s "
+        f"AND g.model = %(g_model)s) OR (SELECT count(*) FROM (SELECT DISTINCT endpoint, model "
+        f"FROM {requests} g WHERE g.api_key_id = k.id AND g.{pending}) d) < %(max_groups)s)"
+    )
+    # k: the key, a CTE on PostgreSQL; inline on SQLite, whose driver counts the rows of a
+    # statement only when it starts with INSERT.
+    source = "k" if connection.vendor == "postgresql" else f"({key}) k"
+    insert = (
+        f"INSERT INTO {requests} ({', '.join(columns)}, api_key_id) "  # noqa: S608
+        f"SELECT {', '.join(values)}, k.id FROM {source} WHERE k.active AND {room} "
+    )
+    if connection.vendor == "postgresql":
+        answer = ", ".join(f"f.{quote(name)}" for name in ANSWER_FIELDS)
+        sql = (
+            f"WITH k AS ({key}), "  # noqa: S608
+            f"f AS (SELECT {', '.join(ANSWER_FIELDS)} FROM {requests} "
+            "WHERE api_key_id = (SELECT id FROM k) AND fingerprint = %(c_fingerprint)s), "
+            f"i AS ({insert} AND NOT EXISTS (SELECT 1 FROM f) "
+            "ON CONFLICT DO NOTHING RETURNING id) "
+            f"SELECT k.active, i.id IS NOT NULL, {answer} "
+            "FROM k LEFT JOIN i ON TRUE LEFT JOIN f ON TRUE"
+        )
+    else:
+        sql = f"{insert} ON CONFLICT DO NOTHING"
+    _TAKE_SQL[cache_key] = sql, constants
+    return sql, constants
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `requests_take` did: `row` is the call's request (ANSWER_FIELDS) when one was
+    found or made; `key_active` is None when the key has no row."""
+
+    row: dict | None
+    created: bool
+    key_active: bool | None
+
+
+def requests_take(*, key_hash: str, call: ParsedCall, lookup: Callable | None = None) -> Taken:
+    """The request of this call for the active key with this hash: found, or queued now.
+
+    On PostgreSQL one statement does it all (one round trip, no transaction); on SQLite
+    `lookup(key_hash, fingerprint)` runs first and the insert only for a new call (an insert
+    that inserts nothing still takes SQLite's one write lock). Nothing is made when the key
+    is inactive, when its queued groups are at MAX_GROUPS_PER_KEY, or when an identical call
+    racing this one inserted first (ON CONFLICT DO NOTHING): then `row` is None and the
+    caller takes the general path (`limits.requests_enqueue_capped`), which tells those apart.
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    values = call_row(call)
+    sql, constants = _take_sql(connection, tuple(values))
+    env_ok = key_hash in settings.ENV_API_KEY_HASHES
+    if lookup is not None and connection.vendor != "postgresql":
+        found = lookup(key_hash, call.fingerprint)
+        if found is not None:
+            active = found.pop("api_key__revoked_at") is None and (
+                env_ok or not found.pop("api_key__from_env")
+            )
+            return Taken(found, created=False, key_active=active)
+    fields = BatchRequest._meta
+    params = {
+        f"c_{name}": fields.get_field(name).get_db_prep_save(value, connection)
+        for name, value in values.items()
+    }
+    params |= constants | {
+        "key_hash": key_hash,
+        "env_ok": env_ok,
+        "max_groups": settings.MAX_GROUPS_PER_KEY,
+        # Apart from c_…: a parameter has one type, and the comparison deduces `text`.
+        "g_endpoint": call.endpoint,
+        "g_model": call.model,
+    }
+    rowcount, result = execute_prepared(
+        connection, sql, params, returns_rows=connection.vendor == "postgresql"
+    )
+    if connection.vendor == "postgresql":
+        if result is None:
+            return Taken(None, created=False, key_active=None)
+        active, created, *found = result
+        if not created:
+            row = dict(zip(ANSWER_FIELDS, found, strict=True)) if found[0] is not None else None
+            return Taken(row, created=False, key_active=active)
+    elif rowcount != 1:
+        return Taken(None, created=False, key_active=None)
+    return Taken(_new_answer(values), created=True, key_active=True)
+
+
+def _new_answer(values: dict) -> dict:
+    """A request just queued, as ANSWER_FIELDS."""
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
-        "model": call.model,
-        "created_at": now,
+        "model": values["model"],
+        "created_at": values["created_at"],
+        "response_chunks": 0,
         "error_code": "",
         "error_message": "",
     }
