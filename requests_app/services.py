@@ -354,33 +354,43 @@ def _take_sql(connection, names: tuple[str, ...]) -> tuple[str, dict]:
         f"SELECT id, (revoked_at IS NULL AND (NOT from_env OR %(env_ok)s)) AS active "  # noqa: S608
         f"FROM {keys} WHERE key_hash = %(key_hash)s"
     )
-    # One group (endpoint, model) more is let in while the key has fewer than the cap queued.
+    # The key's waiting groups in order, one index probe each (key_groups_idx), stopping at
+    # the cap: counted in at most MAX_GROUPS_PER_KEY probes however many requests wait.
+    mine = f"api_key_id = (SELECT id FROM k) AND {pending}"  # noqa: S608
+    groups = (
+        "groups (endpoint, model, n) AS (SELECT endpoint, model, 1 FROM "  # noqa: S608
+        f"(SELECT endpoint, model FROM {requests} WHERE {mine} ORDER BY endpoint, model LIMIT 1) "
+        "a UNION ALL SELECT r.endpoint, r.model, groups.n + 1 FROM groups JOIN "
+        f"{requests} r ON r.id = (SELECT id FROM {requests} WHERE {mine} "
+        "AND (endpoint, model) > (groups.endpoint, groups.model) ORDER BY endpoint, model "
+        "LIMIT 1) WHERE groups.n < %(max_groups)s)"
+    )
+    # One group (endpoint, model) more is let in while the key has fewer than the cap waiting.
     room = (
-        f"(%(max_groups)s <= 0 OR EXISTS (SELECT 1 FROM {requests} g "  # noqa: S608
-        f"WHERE g.api_key_id = k.id AND g.{pending} AND g.endpoint = %(g_endpoint)s "
-        f"AND g.model = %(g_model)s) OR (SELECT count(*) FROM (SELECT DISTINCT endpoint, model "
-        f"FROM {requests} g WHERE g.api_key_id = k.id AND g.{pending}) d) < %(max_groups)s)"
+        f"(%(max_groups)s <= 0 OR EXISTS (SELECT 1 FROM {requests} "  # noqa: S608
+        f"WHERE {mine} AND endpoint = %(g_endpoint)s AND model = %(g_model)s) "
+        "OR (SELECT count(*) FROM groups) < %(max_groups)s)"
     )
-    # k: the key, a CTE on PostgreSQL; inline on SQLite, whose driver counts the rows of a
-    # statement only when it starts with INSERT.
-    source = "k" if connection.vendor == "postgresql" else f"({key}) k"
-    insert = (
-        f"INSERT INTO {requests} ({', '.join(columns)}, api_key_id) "  # noqa: S608
-        f"SELECT {', '.join(values)}, k.id FROM {source} WHERE k.active AND {room} "
-    )
+    values = ", ".join(values)
+    insert = f"INSERT INTO {requests} ({', '.join(columns)}, api_key_id) "
     if connection.vendor == "postgresql":
         answer = ", ".join(f"f.{quote(name)}" for name in ANSWER_FIELDS)
         sql = (
-            f"WITH k AS ({key}), "  # noqa: S608
+            f"WITH RECURSIVE k AS ({key}), {groups}, "  # noqa: S608
             f"f AS (SELECT {', '.join(ANSWER_FIELDS)} FROM {requests} "
             "WHERE api_key_id = (SELECT id FROM k) AND fingerprint = %(c_fingerprint)s), "
-            f"i AS ({insert} AND NOT EXISTS (SELECT 1 FROM f) "
+            f"i AS ({insert} SELECT {values}, k.id FROM k "
+            f"WHERE k.active AND NOT EXISTS (SELECT 1 FROM f) AND {room} "
             "ON CONFLICT DO NOTHING RETURNING id) "
             f"SELECT k.active, i.id IS NOT NULL, {answer} "
             "FROM k LEFT JOIN i ON TRUE LEFT JOIN f ON TRUE"
         )
     else:
-        sql = f"{insert} ON CONFLICT DO NOTHING"
+        # INSERT first: SQLite's driver counts the rows of a statement that starts with it.
+        sql = (
+            f"{insert} WITH RECURSIVE k AS ({key}), {groups} "  # noqa: S608
+            f"SELECT {values}, k.id FROM k WHERE k.active AND {room} ON CONFLICT DO NOTHING"
+        )
     _TAKE_SQL[cache_key] = sql, constants
     return sql, constants
 
