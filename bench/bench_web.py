@@ -265,6 +265,7 @@ def count_statements(port: int, secret: str) -> None:
     # Warm: the key known to every thread, plans prepared, caches filled.
     for body in new[:8] + [BODY % "rep-0"] * 8:
         post(port, PROXY_PATH, body, secret)
+    time.sleep(11)  # the set-up's own statistics reported first
     cases = [
         ("proxy new", PROXY_PATH, new[8:], 422),
         ("proxy repeat", PROXY_PATH, [BODY % f"rep-{i}" for i in range(100)], 422),

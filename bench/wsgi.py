@@ -1,16 +1,21 @@
-"""The benchmark's WSGI application: the proxy, and beside it the strict baseline.
+"""The benchmark's WSGI application: the proxy as deployed (batchproxy.wsgi), and beside it the
+strict baseline.
 
-/bare/… is served by a second Django handler built with no middleware at all: the floor any
-Django view reaches on this machine (issue 24). Everything else is the proxy as deployed.
+/bare/… is served by a Django handler built with no middleware at all: the floor any Django view
+reaches on this machine (issue 24).
 """
 
-from django.core.handlers.wsgi import WSGIHandler
-from django.core.wsgi import get_wsgi_application
-from django.test.utils import override_settings
+from django.conf import settings
 
-proxy = get_wsgi_application()
-with override_settings(MIDDLEWARE=[]):
-    bare = WSGIHandler()  # its middleware chain is read now, and kept
+from batchproxy.wsgi import application as proxy
+
+settings.MIDDLEWARE, full = [], settings.MIDDLEWARE
+try:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    bare = WSGIHandler()  # its (empty) middleware chain is read now, and kept
+finally:
+    settings.MIDDLEWARE = full
 
 
 def application(environ, start_response):

@@ -296,3 +296,53 @@ def test_accept_header_is_not_negotiated(post, client, api_key):
     assert response.status_code == 422
     assert response["Content-Type"] == "application/json"
     assert "Allow" not in response  # only a 405 names the methods
+
+
+@pytest.fixture
+def wsgi_call(db):
+    """Call batchproxy.wsgi.application as a server would: (status, headers, body)."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+    from django.test.client import FakePayload, RequestFactory
+
+    from batchproxy.wsgi import application
+
+    def call(method: str, path: str, body: bytes = b"", **headers: str):
+        environ = RequestFactory()._base_environ(
+            PATH_INFO=path,
+            REQUEST_METHOD=method,
+            CONTENT_TYPE="application/json",
+            CONTENT_LENGTH=str(len(body)),
+            **headers,
+        )
+        environ["wsgi.input"] = FakePayload(body)
+        started = []
+        content = b"".join(application(environ, lambda s, h: started.append((s, dict(h)))))
+        ((status, answer_headers),) = started
+        return int(status.split()[0]), answer_headers, content
+
+    # As Django's test client does: a request must not close the test's connection.
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    yield call
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
+
+
+def test_the_client_api_runs_only_the_middleware_it_uses(wsgi_call, api_key, settings):
+    body = json.dumps(CHAT).encode()
+    status, headers, _ = wsgi_call(
+        "POST", "/v1/chat/completions", body, HTTP_AUTHORIZATION=f"Bearer {api_key[1]}"
+    )
+    assert status == 422
+    assert headers["X-Request-Id"] and headers["X-Content-Type-Options"] == "nosniff"
+    assert "X-Frame-Options" not in headers and "Vary" not in headers  # no admin middleware
+    # The admin keeps all of MIDDLEWARE.
+    _, admin_headers, _ = wsgi_call("GET", f"/{settings.ADMIN_URL}login/")
+    assert admin_headers["X-Frame-Options"] == "DENY"
+    # The host check still guards the client API.
+    settings.ALLOWED_HOSTS = ["proxy.example"]
+    status, _, content = wsgi_call(
+        "POST", "/v1/chat/completions", body, HTTP_AUTHORIZATION=f"Bearer {api_key[1]}"
+    )
+    assert status == 400, content
