@@ -214,17 +214,19 @@ class _PreparingCursor(psycopg.Cursor):
 
 
 def execute_prepared(
-    connection, sql: str, params: list, *, returns_rows: bool
+    connection, sql: str, params: list | dict, *, returns_rows: bool
 ) -> tuple[int, tuple | None]:
     """Run one hot-path statement: its row count and, for a query, its first row.
 
     On PostgreSQL it is prepared once per connection, with its parameters sent apart from the
     SQL (`requests_app.apps.allow_prepared_statements` allows it; Django's own queries bind on
-    the client and are never prepared). Planning cost more than running these statements
-    (pg_stat_statements: the lookup planned in 0.04 to 0.1 ms and ran in 0.01), and quoting a
-    kilobyte of body into the SQL cost more than sending it. The cursor is wrapped as Django
-    wraps its own, so errors, query logging and query counts are Django's. The caller says
-    whether rows come back: asking the cursor (`description`) builds an object per column.
+    the client and are never prepared). Planning costs more than running these statements
+    (EXPLAIN ANALYZE: the one statement of `requests_take` plans in 1.1 to 1.3 ms and runs in
+    0.03 ms for a repeat, 0.3 to 0.6 ms for a new call; the lookup planned in 0.04 to 0.1 ms
+    and ran in 0.01), and quoting a kilobyte of body into the SQL cost more than sending it.
+    The cursor is wrapped as Django wraps its own, so errors, query logging and query counts
+    are Django's. The caller says whether rows come back: asking the cursor (`description`)
+    builds an object per column.
     """
     if connection.vendor == "postgresql":
         connection.ensure_connection()
