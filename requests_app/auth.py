@@ -46,10 +46,6 @@ KEY_TRUST_MAX = 10_000
 _trusted: dict[str, float] = {}
 
 
-def key_trust_forget(key_hash: str) -> None:
-    _trusted.pop(key_hash, None)
-
-
 class ProxyKey:
     """The proxy key a call presents: hashed once, its row looked up at most once, when needed.
 

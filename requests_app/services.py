@@ -411,27 +411,23 @@ class Taken:
     key_active: bool | None
 
 
-def requests_take(*, key_hash: str, call: ParsedCall, lookup: Callable | None = None) -> Taken:
+def requests_take(*, key_hash: str, call: ParsedCall) -> Taken:
     """The request of this call for the active key with this hash: found, or queued now.
 
-    On PostgreSQL one statement does it all (one round trip, no transaction); on SQLite
-    `lookup(key_hash, fingerprint)` runs first and the insert only for a new call (an insert
-    that inserts nothing still takes SQLite's one write lock). Nothing is made when the key
-    is inactive, when its queued groups are at MAX_GROUPS_PER_KEY, or when an identical call
-    racing this one inserted first (ON CONFLICT DO NOTHING): then `row` is None and the
-    caller takes the general path (`limits.requests_enqueue_capped`), which tells those apart.
+    On PostgreSQL one statement does it all (one round trip, no transaction). On SQLite it
+    only inserts: the caller looks the call up first (an insert that inserts nothing would
+    still take SQLite's one write lock, and repeat asks would queue behind every writer).
+    Nothing is made when the key is inactive, when its waiting groups are at
+    MAX_GROUPS_PER_KEY, or when an identical call racing this one inserted first (ON CONFLICT
+    DO NOTHING): then `row` is None and the caller takes the general path
+    (`limits.requests_enqueue_capped`), which tells those apart.
+
+    To store one more thing of a call (a column of BatchRequest), add it to `call_row`.
     """
     connection = connections[DEFAULT_DB_ALIAS]
     values = call_row(call)
     sql, constants = _take_sql(connection, tuple(values))
     env_ok = key_hash in settings.ENV_API_KEY_HASHES
-    if lookup is not None and connection.vendor != "postgresql":
-        found = lookup(key_hash, call.fingerprint)
-        if found is not None:
-            active = found.pop("api_key__revoked_at") is None and (
-                env_ok or not found.pop("api_key__from_env")
-            )
-            return Taken(found, created=False, key_active=active)
     fields = BatchRequest._meta
     params = {
         f"c_{name}": fields.get_field(name).get_db_prep_save(value, connection)
