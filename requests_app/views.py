@@ -236,9 +236,16 @@ class Intake(APIView):
         caller: ProxyKey = request.user
         if not caller.is_trusted():
             raise NotAuthenticated
-        refuse_form_upload(request, endpoint)
-        call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
-        self.check_served(call)
+        try:
+            refuse_form_upload(request, endpoint)
+            call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
+            self.check_served(call)
+        except ClientError:
+            # Only a key active now learns what is wrong with its input: trusted from memory,
+            # it may have been revoked since (one lookup, on this error path only).
+            if not caller.is_authenticated:
+                raise NotAuthenticated from None
+            raise
 
         capped = settings.MAX_QUEUED_PER_KEY > 0
         if self.checks_new or capped or connection.vendor != "postgresql":
