@@ -176,16 +176,8 @@ def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> Parsed
 
 
 def request_for_call(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
-    """A new, unsaved, queued request for this call."""
-    return BatchRequest(
-        api_key_id=api_key_id,
-        endpoint=call.endpoint,
-        model=call.model,
-        body=call.canonical.decode(),
-        body_bytes=len(call.canonical),
-        embedding_inputs=call.embedding_inputs,
-        fingerprint=call.fingerprint,
-    )
+    """A new, unsaved, queued request for this call: the same values as the one statement's."""
+    return BatchRequest(api_key_id=api_key_id, **call_row(call))
 
 
 def requests_enqueue(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
