@@ -11,6 +11,10 @@ from gunicorn import util
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9487')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# gthread, with each request received whole by the worker's main loop before a thread takes it:
+# slow clients cost a socket, never a thread (batchproxy/web_worker.py; WEB_READ_TIMEOUT,
+# WEB_BUFFER_BYTES).
+worker_class = os.environ.get("WEB_WORKER_CLASS", "batchproxy.web_worker.BufferingThreadWorker")
 threads = int(os.environ.get("WEB_THREADS", "4"))
 # Open connections (kept-alive ones included) one worker takes before leaving the rest to others.
 worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "1000"))

@@ -1,16 +1,23 @@
-"""Intake and repeat asks through gunicorn, side by side with bare-Django baselines.
+"""Intake and repeat asks through gunicorn, side by side with the strict bare-Django baseline.
 
-    python -m bench.bench_web [--seconds 5] [--rounds 6] [--connections 8]
+    python -m bench.bench_web [--one-worker] [--seconds 5] [--rounds 6] [--connections 8]
+                              [--count-statements]
 
 One gunicorn, started with the project's own config (batchproxy/gunicorn.conf.py), serves the
-proxy and the baselines (bench/views.py, mounted only by bench/settings.py). `wrk` drives them in
-alternating order, round after round, on loopback, for a bounded time each, so that noise from
-other processes on the machine falls on both alike.
+proxy and the baselines (bench/views.py, mounted only by bench/urls.py and served by
+bench/wsgi.py with no middleware at all). `wrk` drives them in alternating order, round after
+round, on loopback, for a bounded time each, so that noise from other processes on the machine
+falls on both alike.
 
 - intake: new calls to POST /v1/chat/completions (a ~1 KB body, unique per call) against
-  /bare/insert (parse, hash, insert one row).
+  /bare/insert (parse, hash, insert one row with the ORM).
 - repeat: identical calls for queued requests against /bare/fetch (hash, fetch one row by a
   unique index).
+
+--one-worker: gunicorn with 1 worker of 8 threads and wrk with 32 connections, as issue 24
+measures (with two workers, keep-alive connections land on one worker or both at random).
+--count-statements: also 100 new calls and 100 repeats of each, one at a time, counted by
+PostgreSQL itself (pg_stat_database, pg_stat_user_tables): transactions and index scans per call.
 """
 
 import argparse
@@ -27,7 +34,16 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import ROOT, analyze, bench_env, django_setup, load, machine, truncate
+from bench.common import (
+    ROOT,
+    analyze,
+    bench_env,
+    database_url,
+    django_setup,
+    load,
+    machine,
+    truncate,
+)
 
 PROXY_PATH = "/v1/chat/completions"
 # About 1 KB once the marker is in: a system prompt, a question, some options.
@@ -85,11 +101,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, log: Path, connections: int) -> subprocess.Popen:
-    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | server_settings(connections)
+def start_server(port: int, log: Path, settings: dict[str, str]) -> subprocess.Popen:
+    env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | settings
     gunicorn = Path(sys.executable).with_name("gunicorn")
     server = subprocess.Popen(  # noqa: S603 (the venv's gunicorn, fixed arguments)
-        [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "batchproxy.wsgi"],
+        [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "bench.wsgi"],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -106,7 +122,7 @@ def start_server(port: int, log: Path, connections: int) -> subprocess.Popen:
     raise SystemExit(f"gunicorn did not start; see {log}")
 
 
-def server_settings(connections: int) -> dict[str, str]:
+def server_settings(connections: int, *, one_worker: bool = False) -> dict[str, str]:
     """gunicorn's settings for the run: the environment's, else the proxy's defaults (2 workers,
     4 threads each) with wrk's connections shared evenly between the workers, never recycled.
 
@@ -116,6 +132,8 @@ def server_settings(connections: int) -> dict[str, str]:
     caps each worker's share, so the split is even every time. No recycling (WEB_MAX_REQUESTS=0),
     because a run would measure the second a recycled worker takes to come back.
     """
+    if one_worker:
+        return {"WEB_CONCURRENCY": "1", "WEB_THREADS": "8", "WEB_MAX_REQUESTS": "0"}
     workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
     share = str(-(-connections // workers))
     return {
@@ -195,21 +213,89 @@ def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: 
     return medians | {"ratio": statistics.median(ratios)}
 
 
+TABLES = ("requests_app_batchrequest", "requests_app_apikey", "bench_bare")
+
+
+def pg_counters() -> dict[str, int]:
+    """PostgreSQL's own counters for this database, read on a connection of their own that
+    closes at once: a backend's statistics reach these views when it ends or idles."""
+    import psycopg
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        (xacts,) = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+        counters = {"transactions": xacts}
+        for table, idx, seq, ins in conn.execute(
+            "SELECT relname, coalesce(idx_scan, 0), seq_scan, n_tup_ins FROM pg_stat_user_tables "
+            "WHERE relname = ANY(%s)",
+            [list(TABLES)],
+        ):
+            counters |= {f"{table} idx_scan": idx, f"{table} seq_scan": seq}
+            counters[f"{table} inserts"] = ins
+    return counters
+
+
+def counted(port: int, path: str, bodies: list[str], secret: str, expected: int) -> dict:
+    """PostgreSQL's counters over these calls, one at a time, per call."""
+    settle = 11  # a backend left idle reports its statistics within 10 s (PostgreSQL 15+)
+    before = pg_counters()
+    for body in bodies:
+        assert post(port, path, body, secret) == expected
+    time.sleep(settle)
+    after = pg_counters()
+    # The reading connections' own transactions, counted the same way.
+    idle = pg_counters()
+    time.sleep(settle)
+    idle_after = pg_counters()
+    own = idle_after["transactions"] - idle["transactions"]
+    per_call = {}
+    for name, value in after.items():
+        delta = value - before.get(name, 0) - (own if name == "transactions" else 0)
+        if delta:
+            per_call[name] = round(delta / len(bodies), 2)
+    return per_call
+
+
+def count_statements(port: int, secret: str) -> None:
+    marker = uuid.uuid4().hex[:8]
+    new = [BODY % f"count-{marker}-{i}" for i in range(100)]
+    print("PostgreSQL's statistics, per call (100 calls, one at a time, warm):", flush=True)
+    # Warm: the key known to every thread, plans prepared, caches filled.
+    for body in new[:8] + [BODY % "rep-0"] * 8:
+        post(port, PROXY_PATH, body, secret)
+    time.sleep(11)  # the set-up's own statistics reported first
+    cases = [
+        ("proxy new", PROXY_PATH, new[8:], 422),
+        ("proxy repeat", PROXY_PATH, [BODY % f"rep-{i}" for i in range(100)], 422),
+        ("bare new", "/bare/insert", [BODY % f"count-bare-{marker}-{i}" for i in range(100)], 200),
+        ("bare repeat", "/bare/fetch", [BODY % f"rep-{i}" for i in range(100)], 200),
+    ]
+    for name, path, bodies, expected in cases:
+        print(f"  {name:>12}: {counted(port, path, bodies, secret, expected)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=6, help="even: each side first as often")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=None, help="8; 32 with --one-worker")
+    parser.add_argument("--one-worker", action="store_true")
+    parser.add_argument("--count-statements", action="store_true")
     args = parser.parse_args()
+    if args.connections is None:
+        args.connections = 32 if args.one_worker else 8
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     django_setup()
     from requests_app.models import ApiKey, hash_key
 
     print(machine())
-    settings = server_settings(args.connections)
+    settings = server_settings(args.connections, one_worker=args.one_worker)
+    settings |= {k: os.environ[k] for k in ("WEB_WORKER_CLASS",) if k in os.environ}
     gunicorn = " ".join(f"{name}={value}" for name, value in settings.items())
     print(
         f"gunicorn: {gunicorn}; wrk 1 thread, "
@@ -223,7 +309,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="batchproxy-bench-"))
     port = free_port()
-    server = start_server(port, tmp / "gunicorn.log", args.connections)
+    server = start_server(port, tmp / "gunicorn.log", settings)
     try:
         for i in range(REPEAT_SET):  # the queued requests that repeat asks find
             body = BODY % f"rep-{i}"
@@ -255,6 +341,8 @@ def main() -> None:
                 secret=secret,
             )
 
+        if args.count_statements:
+            count_statements(port, secret)
         print("intake (new requests):", flush=True)
         intake = measure(
             {"proxy": new(PROXY_PATH, 422), "bare": new("/bare/insert", 200)},

@@ -3,7 +3,7 @@ from django.db.backends.signals import connection_created
 
 
 def allow_prepared_statements(sender, connection, **kwargs) -> None:
-    """On PostgreSQL, let the intake prepare its two statements (`services.execute_prepared`).
+    """On PostgreSQL, let the intake prepare its statements (`services.execute_prepared`).
 
     Django's own queries bind on the client and are never prepared. psycopg still counts each
     of them while a threshold is set, keeping its text for the last `prepared_max` of them, and

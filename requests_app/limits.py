@@ -108,29 +108,46 @@ class KeyRateThrottle(BaseThrottle):
 
 
 def requests_enqueue_capped(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
-    """`requests_enqueue`, refused when the key already has MAX_QUEUED_PER_KEY pending requests.
+    """`requests_enqueue`, refused when the key already has MAX_QUEUED_PER_KEY pending requests,
+    or MAX_GROUPS_PER_KEY pending (endpoint, model) groups and none of this call's.
 
     Steps, in one transaction: lock the key's row, so that a key's inserts are serialised and
     racing calls cannot all see room for one more (SQLite's IMMEDIATE transactions serialise
-    every writer anyway); count its pending requests; insert. A call whose identical request
-    was queued by a racing twin gets that request, not a 429.
+    every writer anyway); count its pending requests and groups; insert. A call whose
+    identical request was queued by a racing twin gets that request, not a 429.
     """
-    cap = settings.MAX_QUEUED_PER_KEY
-    if cap <= 0:
+    max_queued, max_groups = settings.MAX_QUEUED_PER_KEY, settings.MAX_GROUPS_PER_KEY
+    if max_queued <= 0 and max_groups <= 0:
         return requests_enqueue(api_key_id=api_key_id, call=call)
     with transaction.atomic():
         list(ApiKey.objects.select_for_update().filter(pk=api_key_id).values_list("pk"))
         mine = BatchRequest.objects.filter(api_key_id=api_key_id)
-        if mine.filter(status__in=BatchRequest.PENDING).count() >= cap:
-            existing = mine.filter(fingerprint=call.fingerprint).first()
-            if existing is not None:
-                return existing
-            raise LimitExceeded(
-                f"This key has {cap} requests waiting for the Batch API, the most it may have. "
-                "Repeat the call once some of them are answered.",
+        pending = mine.filter(status__in=BatchRequest.PENDING)
+        refusal = None
+        if max_queued > 0 and pending.count() >= max_queued:
+            refusal = LimitExceeded(
+                f"This key has {max_queued} requests waiting for the Batch API, the most it may "
+                "have. Repeat the call once some of them are answered.",
                 code="queue_limit_exceeded",
                 retry_after=settings.POLL_INTERVAL,
             )
+        elif (
+            max_groups > 0
+            and not pending.filter(endpoint=call.endpoint, model=call.model).exists()
+            and pending.values("endpoint", "model").distinct().count() >= max_groups
+        ):
+            refusal = LimitExceeded(
+                f"This key has requests waiting for {max_groups} different models (or "
+                "endpoints), the most it may have at once. Repeat the call once some of them "
+                "are answered.",
+                code="queue_groups_exceeded",
+                retry_after=settings.POLL_INTERVAL,
+            )
+        if refusal is not None:
+            existing = mine.filter(fingerprint=call.fingerprint).first()
+            if existing is not None:
+                return existing
+            raise refusal
         return requests_enqueue(api_key_id=api_key_id, call=call)
 
 

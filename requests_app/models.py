@@ -175,6 +175,14 @@ class BatchRequest(models.Model):
                 condition=models.Q(finished_at__isnull=False),
                 name="finished_at_idx",
             ),
+            # A key's waiting groups, for MAX_GROUPS_PER_KEY at intake (is this call's group
+            # waiting? how many are?) and its queued count for MAX_QUEUED_PER_KEY: a key's
+            # waiting rows only, whatever it has kept.
+            models.Index(
+                fields=["api_key", "endpoint", "model"],
+                condition=models.Q(status__in=["queued", "submitted"]),
+                name="key_groups_idx",
+            ),
             # A key's videos, for the owner check of a video's content (requests_app.videos):
             # a handful of rows per key, however many other calls it makes.
             models.Index(

@@ -1,6 +1,5 @@
 """Intake: turn a client's call into a queued request, exactly once per (key, endpoint, body)."""
 
-import functools
 import hashlib
 import json
 import re
@@ -106,9 +105,13 @@ INT64 = range(-(2**63), 2**63)
 def _has_huge_int(raw: bytes) -> bool:
     """True when the body holds an integer orjson would silently turn into a float.
 
-    Only bodies with a run of 19 digits pay for this second, exact parse.
+    Only bodies with a run of 19 digits pay for this second, exact parse. Python's parser
+    recurses, so a body nested near orjson's own limit (1,024) is too deep for it: refused.
     """
-    stack = [json.loads(raw)]
+    try:
+        stack = [json.loads(raw)]
+    except RecursionError:
+        raise ClientError(400, "The body is nested too deeply.", code="invalid_json") from None
     while stack:
         value = stack.pop()
         if isinstance(value, dict):
@@ -173,16 +176,8 @@ def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> Parsed
 
 
 def request_for_call(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
-    """A new, unsaved, queued request for this call."""
-    return BatchRequest(
-        api_key_id=api_key_id,
-        endpoint=call.endpoint,
-        model=call.model,
-        body=call.canonical.decode(),
-        body_bytes=len(call.canonical),
-        embedding_inputs=call.embedding_inputs,
-        fingerprint=call.fingerprint,
-    )
+    """A new, unsaved, queued request for this call: the same values as the one statement's."""
+    return BatchRequest(api_key_id=api_key_id, **call_row(call))
 
 
 def requests_enqueue(*, api_key_id: int, call: ParsedCall) -> BatchRequest:
@@ -211,17 +206,19 @@ class _PreparingCursor(psycopg.Cursor):
 
 
 def execute_prepared(
-    connection, sql: str, params: list, *, returns_rows: bool
+    connection, sql: str, params: list | dict, *, returns_rows: bool
 ) -> tuple[int, tuple | None]:
     """Run one hot-path statement: its row count and, for a query, its first row.
 
     On PostgreSQL it is prepared once per connection, with its parameters sent apart from the
     SQL (`requests_app.apps.allow_prepared_statements` allows it; Django's own queries bind on
-    the client and are never prepared). Planning cost more than running these statements
-    (pg_stat_statements: the lookup planned in 0.04 to 0.1 ms and ran in 0.01), and quoting a
-    kilobyte of body into the SQL cost more than sending it. The cursor is wrapped as Django
-    wraps its own, so errors, query logging and query counts are Django's. The caller says
-    whether rows come back: asking the cursor (`description`) builds an object per column.
+    the client and are never prepared). Planning costs more than running these statements
+    (EXPLAIN ANALYZE: the one statement of `requests_take` plans in 1.1 to 1.3 ms and runs in
+    0.03 ms for a repeat, 0.3 to 0.6 ms for a new call; the lookup planned in 0.04 to 0.1 ms
+    and ran in 0.01), and quoting a kilobyte of body into the SQL cost more than sending it.
+    The cursor is wrapped as Django wraps its own, so errors, query logging and query counts
+    are Django's. The caller says whether rows come back: asking the cursor (`description`)
+    builds an object per column.
     """
     if connection.vendor == "postgresql":
         connection.ensure_connection()
@@ -291,71 +288,12 @@ ANSWER_FIELDS = (
 )
 
 
-# What a new request's row takes from its call and the clock; every other column takes its
-# model default, the same for every row.
-CALL_COLUMNS = (
-    "id",
-    "endpoint",
-    "model",
-    "body",
-    "body_bytes",
-    "embedding_inputs",
-    "fingerprint",
-    "created_at",
-    "updated_at",
-)
-_INSERT_SQL: dict[str, tuple[str, list]] = {}
-
-
-@functools.cache
-def _call_fields() -> tuple:
-    return tuple(BatchRequest._meta.get_field(name) for name in CALL_COLUMNS)
-
-
-def _insert_sql(connection) -> tuple[str, list]:
-    """`requests_insert`'s statement, built once per database, and its constant parameters.
-
-    Its parameters: the key's hash; whether an environment key with that hash is configured;
-    the CALL_COLUMNS; the constants (the other columns' defaults; a NULL default is left to
-    the column). Table and column names come from the model; every value is a parameter.
-    """
-    if connection.vendor in _INSERT_SQL:
-        return _INSERT_SQL[connection.vendor]
-    quote = connection.ops.quote_name
-    columns, constants = [quote(column) for column in CALL_COLUMNS], []
-    for field in BatchRequest._meta.concrete_fields:
-        if field.attname in (*CALL_COLUMNS, "api_key_id") or field.get_default() is None:
-            continue
-        # A default computed per row (a callable) belongs in CALL_COLUMNS.
-        assert not (field.has_default() and callable(field.default)), field.attname
-        columns.append(quote(field.column))
-        constants.append(field.get_db_prep_save(field.get_default(), connection))
-    key_table = quote(ApiKey._meta.db_table)
-    sql = (
-        f"INSERT INTO {quote(BatchRequest._meta.db_table)} "  # noqa: S608
-        f"({', '.join(columns)}, {quote('api_key_id')}) "
-        f"SELECT {', '.join(['%s'] * len(columns))}, {quote('id')} FROM {key_table} "
-        f"WHERE {quote('key_hash')} = %s AND {quote('revoked_at')} IS NULL "
-        f"AND (NOT {quote('from_env')} OR %s) "
-        "ON CONFLICT DO NOTHING"
-    )
-    _INSERT_SQL[connection.vendor] = sql, constants
-    return sql, constants
-
-
-def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
-    """Queue a new call in one statement, for the active key with this hash; None otherwise.
-
-    One INSERT ... SELECT finds the key and inserts its request, and ON CONFLICT DO NOTHING
-    leaves a racing twin's row alone, so a new call costs one round trip and no transaction.
-    None (nothing inserted) when the key has no row, is revoked or is an environment key no
-    longer configured, or when a twin won the race: the caller then takes the general path,
-    which tells those cases apart.
-    """
-    connection = connections[DEFAULT_DB_ALIAS]
-    sql, constants = _insert_sql(connection)
+def call_row(call: ParsedCall) -> dict:
+    """A new request's values taken from its call and the clock, by field name; every other
+    column takes its model default. The one statement's SQL is built from these names, so
+    storing one more thing of a call is one line here."""
     now = timezone.now()
-    values = {
+    return {
         "id": uuid.uuid4(),
         "endpoint": call.endpoint,
         "model": call.model,
@@ -366,16 +304,158 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
         "created_at": now,
         "updated_at": now,
     }
-    params = [field.get_db_prep_save(values[field.attname], connection) for field in _call_fields()]
-    params += [*constants, key_hash, key_hash in settings.ENV_API_KEY_HASHES]
-    inserted, _ = execute_prepared(connection, sql, params, returns_rows=False)
-    if inserted != 1:
-        return None
+
+
+def _pending_in() -> str:
+    # Literal, not a parameter: a prepared statement's generic plan can use a partial index
+    # only when the statement's own condition is written out.
+    return "status IN ({})".format(", ".join(f"'{status}'" for status in BatchRequest.PENDING))
+
+
+_TAKE_SQL: dict[tuple, tuple[str, dict]] = {}
+
+
+def _take_sql(connection, names: tuple[str, ...]) -> tuple[str, dict]:
+    """`requests_take`'s statement for this database and these columns, built once, and its
+    constant parameters (the other columns' non-NULL defaults).
+
+    PostgreSQL: one statement. `k` is the key, `f` the request already made of this call,
+    `i` the insert, done only when the key is active, no such request exists and the key's
+    queued groups leave room (MAX_GROUPS_PER_KEY); it answers (key active, inserted, the
+    found request's ANSWER_FIELDS). SQLite has no INSERT inside WITH: its statement is the
+    insert alone, run after the lookup (`requests_take`).
+    Table and column names come from the model; every value is a parameter.
+    """
+    cache_key = (connection.vendor, names)
+    if cache_key in _TAKE_SQL:
+        return _TAKE_SQL[cache_key]
+    quote = connection.ops.quote_name
+    meta = BatchRequest._meta
+    columns = [quote(meta.get_field(name).column) for name in names]
+    values = [f"%(c_{name})s" for name in names]
+    constants = {}
+    for field in meta.concrete_fields:
+        if field.attname in (*names, "api_key_id") or field.get_default() is None:
+            continue
+        # A default computed per row (a callable) belongs in `call_row`.
+        assert not (field.has_default() and callable(field.default)), field.attname
+        columns.append(quote(field.column))
+        values.append(f"%(d_{field.attname})s")
+        constants[f"d_{field.attname}"] = field.get_db_prep_save(field.get_default(), connection)
+    requests, keys = quote(meta.db_table), quote(ApiKey._meta.db_table)
+    pending = _pending_in()
+    key = (
+        f"SELECT id, (revoked_at IS NULL AND (NOT from_env OR %(env_ok)s)) AS active "  # noqa: S608
+        f"FROM {keys} WHERE key_hash = %(key_hash)s"
+    )
+    # The key's waiting groups in order, one index probe each (key_groups_idx), stopping at
+    # the cap: counted in at most MAX_GROUPS_PER_KEY probes however many requests wait.
+    mine = f"api_key_id = (SELECT id FROM k) AND {pending}"  # noqa: S608
+    groups = (
+        "groups (endpoint, model, n) AS (SELECT endpoint, model, 1 FROM "  # noqa: S608
+        f"(SELECT endpoint, model FROM {requests} WHERE {mine} ORDER BY endpoint, model LIMIT 1) "
+        "a UNION ALL SELECT r.endpoint, r.model, groups.n + 1 FROM groups JOIN "
+        f"{requests} r ON r.id = (SELECT id FROM {requests} WHERE {mine} "
+        "AND (endpoint, model) > (groups.endpoint, groups.model) ORDER BY endpoint, model "
+        "LIMIT 1) WHERE groups.n < %(max_groups)s)"
+    )
+    # One group (endpoint, model) more is let in while the key has fewer than the cap waiting.
+    # Whether the call's group waits already: the key's first group from it on, in index order.
+    # An EXISTS would do, but the key's id is a parameter to the planner, which with a few
+    # keys may then expect a match within a few rows of a sequential scan.
+    waits = (
+        "COALESCE((SELECT endpoint = %(g_endpoint)s AND model = %(g_model)s "  # noqa: S608
+        f"FROM {requests} WHERE {mine} AND (endpoint, model) >= (%(g_endpoint)s, %(g_model)s) "
+        "ORDER BY endpoint, model LIMIT 1), FALSE)"
+    )
+    room = f"(%(max_groups)s <= 0 OR {waits} OR (SELECT count(*) FROM groups) < %(max_groups)s)"  # noqa: S608
+    values = ", ".join(values)
+    insert = f"INSERT INTO {requests} ({', '.join(columns)}, api_key_id) "
+    if connection.vendor == "postgresql":
+        answer = ", ".join(f"f.{quote(name)}" for name in ANSWER_FIELDS)
+        sql = (
+            f"WITH RECURSIVE k AS ({key}), {groups}, "  # noqa: S608
+            f"f AS (SELECT {', '.join(ANSWER_FIELDS)} FROM {requests} "
+            "WHERE api_key_id = (SELECT id FROM k) AND fingerprint = %(c_fingerprint)s), "
+            f"i AS ({insert} SELECT {values}, k.id FROM k "
+            f"WHERE k.active AND NOT EXISTS (SELECT 1 FROM f) AND {room} "
+            "ON CONFLICT DO NOTHING RETURNING id) "
+            f"SELECT k.active, i.id IS NOT NULL, {answer} "
+            "FROM k LEFT JOIN i ON TRUE LEFT JOIN f ON TRUE"
+        )
+    else:
+        # INSERT first: SQLite's driver counts the rows of a statement that starts with it.
+        sql = (
+            f"{insert} WITH RECURSIVE k AS ({key}), {groups} "  # noqa: S608
+            f"SELECT {values}, k.id FROM k WHERE k.active AND {room} ON CONFLICT DO NOTHING"
+        )
+    _TAKE_SQL[cache_key] = sql, constants
+    return sql, constants
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `requests_take` did: `row` is the call's request (ANSWER_FIELDS) when one was
+    found or made; `key_active` is None when the key has no row."""
+
+    row: dict | None
+    created: bool
+    key_active: bool | None
+
+
+def requests_take(*, key_hash: str, call: ParsedCall) -> Taken:
+    """The request of this call for the active key with this hash: found, or queued now.
+
+    On PostgreSQL one statement does it all (one round trip, no transaction). On SQLite it
+    only inserts: the caller looks the call up first (an insert that inserts nothing would
+    still take SQLite's one write lock, and repeat asks would queue behind every writer).
+    Nothing is made when the key is inactive, when its waiting groups are at
+    MAX_GROUPS_PER_KEY, or when an identical call racing this one inserted first (ON CONFLICT
+    DO NOTHING): then `row` is None and the caller takes the general path
+    (`limits.requests_enqueue_capped`), which tells those apart.
+
+    To store one more thing of a call (a column of BatchRequest), add it to `call_row`.
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    values = call_row(call)
+    sql, constants = _take_sql(connection, tuple(values))
+    env_ok = key_hash in settings.ENV_API_KEY_HASHES
+    fields = BatchRequest._meta
+    params = {
+        f"c_{name}": fields.get_field(name).get_db_prep_save(value, connection)
+        for name, value in values.items()
+    }
+    params |= constants | {
+        "key_hash": key_hash,
+        "env_ok": env_ok,
+        "max_groups": settings.MAX_GROUPS_PER_KEY,
+        # Apart from c_…: a parameter has one type, and the comparison deduces `text`.
+        "g_endpoint": call.endpoint,
+        "g_model": call.model,
+    }
+    rowcount, result = execute_prepared(
+        connection, sql, params, returns_rows=connection.vendor == "postgresql"
+    )
+    if connection.vendor == "postgresql":
+        if result is None:
+            return Taken(None, created=False, key_active=None)
+        active, created, *found = result
+        if not created:
+            row = dict(zip(ANSWER_FIELDS, found, strict=True)) if found[0] is not None else None
+            return Taken(row, created=False, key_active=active)
+    elif rowcount != 1:
+        return Taken(None, created=False, key_active=None)
+    return Taken(_new_answer(values), created=True, key_active=True)
+
+
+def _new_answer(values: dict) -> dict:
+    """A request just queued, as ANSWER_FIELDS."""
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
-        "model": call.model,
-        "created_at": now,
+        "model": values["model"],
+        "created_at": values["created_at"],
+        "response_chunks": 0,
         "error_code": "",
         "error_message": "",
     }

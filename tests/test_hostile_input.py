@@ -9,6 +9,8 @@ tests/fuzz/corpus.py, odd charsets and headers, bodies over a real socket, and g
 import itertools
 import json
 import socket
+import time
+import tracemalloc
 import urllib.parse
 
 import pytest
@@ -266,6 +268,84 @@ def request_head(path: str, secret: str, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+class Unreadable:
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, *args):
+        raise AssertionError("the body was read")
+
+    readline = read
+
+
+def unread_post(path: str, declared: int, **headers: str):
+    """POST through the whole Django stack (middleware and all) with `declared` bytes of body
+    that cannot be read; the time and memory the second such answer took."""
+    from django.test.client import ClientHandler, RequestFactory
+
+    environ = RequestFactory()._base_environ(
+        PATH_INFO=path,
+        REQUEST_METHOD="POST",
+        CONTENT_TYPE="application/json",
+        CONTENT_LENGTH=str(declared),
+        **headers,
+    )
+    environ["wsgi.input"] = Unreadable()
+    handler = ClientHandler(enforce_csrf_checks=False)
+    handler(dict(environ))  # first imports and compiles what a first request needs
+    tracemalloc.start()
+    started = time.perf_counter()
+    response = handler(environ)
+    took = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return response, took, peak
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "shape"),
+    [
+        ("/v1/chat/completions", "HTTP_AUTHORIZATION", assert_refused),
+        ("/v1/messages", "HTTP_X_API_KEY", assert_refused_as_anthropic),
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "HTTP_X_GOOG_API_KEY",
+            assert_refused_as_google,
+        ),
+    ],
+)
+def test_a_wrong_key_is_refused_before_its_body_is_read(api_key, path, header, shape):
+    """20 MB with a wrong key: 401 in milliseconds, memory flat, not a byte read."""
+    value = "Bearer bp-wrong" if header == "HTTP_AUTHORIZATION" else "bp-wrong"
+    response, took, peak = unread_post(path, 20 << 20, **{header: value})
+    assert response.status_code == 401
+    shape(401, response["Content-Type"], response.content)
+    assert took < 0.5 and peak < 2 << 20, (took, peak)
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "shape"),
+    [
+        ("/v1/chat/completions", "HTTP_AUTHORIZATION", assert_refused),
+        ("/v1/messages", "HTTP_X_API_KEY", assert_refused_as_anthropic),
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "HTTP_X_GOOG_API_KEY",
+            assert_refused_as_google,
+        ),
+    ],
+)
+def test_an_oversized_body_is_refused_from_its_length_unread_once_the_key_is_known(
+    api_key, settings, path, header, shape
+):
+    secret = api_key[1]
+    value = f"Bearer {secret}" if header == "HTTP_AUTHORIZATION" else secret
+    response, took, peak = unread_post(path, settings.MAX_REQUEST_BYTES + 1, **{header: value})
+    assert response.status_code == 413
+    shape(413, response["Content-Type"], response.content)
+    assert took < 0.5 and peak < 2 << 20, (took, peak)
+    assert not BatchRequest.objects.exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_declared_oversized_body_is_refused_without_reading_it(live_server, api_key):
     """The server answers 413 while the client has sent no byte of the gigabyte it declared:
@@ -324,8 +404,29 @@ CALL_LIKE = st.fixed_dictionaries(
         "prompt": JSON_VALUE,
     },
 ).map(lambda body: json.dumps(body).encode())
+# Nested near orjson's limit (1,024), with an odd leaf: what Python's recursive parser, the
+# huge-integer check, or orjson may each trip on.
+ODD_LEAF = st.sampled_from(
+    [b"1234567890123456789", b"-99999999999999999999", b"1e400", b"NaN", b'"\\ud800"', b"1.5"]
+)
+DEEP_ODD = st.builds(
+    lambda depth, leaf, dupe: (
+        b'{"model": "m", "input": "x", "prompt": "p", '
+        + (b'"input": "y", ' if dupe else b"")
+        + b'"x": '
+        + b"[" * depth
+        + leaf
+        + b"]" * depth
+        + b"}"
+    ),
+    # Hypothesis favours small numbers: ask for the deep ones outright.
+    st.integers(min_value=0, max_value=20) | st.integers(min_value=950, max_value=1100),
+    ODD_LEAF,
+    st.booleans(),
+)
 BODIES = st.one_of(
     CALL_LIKE,
+    DEEP_ODD,
     JSON_VALUE.map(lambda value: json.dumps(value).encode()),
     st.binary(max_size=300),
     st.sampled_from([body for _, body in CORPUS]),
@@ -349,6 +450,24 @@ def test_generated_bodies_never_crash_and_refusals_store_nothing(
         assert json.loads(response.content)["error"]["code"] == "batch_pending"
         return
     assert_refused(response.status_code, response["Content-Type"], response.content)
+    assert snapshot() == before
+
+
+@FUZZ
+@given(body=DEEP_ODD, path=st.sampled_from(["/v1/embeddings", "/v1/messages"]))
+def test_deep_and_odd_bodies_are_4xx_in_the_callers_shape(
+    client, api_key, fake_anthropic, body, path
+):
+    before = snapshot()
+    response = send(client, api_key[1], path, body)
+    if response.status_code == 422:  # a valid call, queued (a duplicate key's last value wins)
+        return
+    if path == "/v1/messages":
+        assert_refused_as_anthropic(
+            response.status_code, response["Content-Type"], response.content
+        )
+    else:
+        assert_refused(response.status_code, response["Content-Type"], response.content)
     assert snapshot() == before
 
 

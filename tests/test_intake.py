@@ -236,14 +236,14 @@ def test_batch_request_status_is_visible_to_its_owner_only(post, client, api_key
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's"
 )
-def test_the_two_intake_statements_are_prepared_once_per_connection(post):
+def test_the_intake_statement_is_prepared_once_per_connection(post):
     for text in ("one", "two", "one", "two"):
         call = {**CHAT, "messages": [{"role": "user", "content": text}]}
         assert post("/v1/chat/completions", call).status_code == 422
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
-        prepared = sorted(row[0].split()[0] for row in cursor.fetchall())
-    assert prepared == ["INSERT", "SELECT"]  # the insert and the lookup, nothing else
+        prepared = [row[0].split()[0] for row in cursor.fetchall()]
+    assert prepared == ["WITH"]  # the one statement of new calls and repeats, nothing else
     # psycopg keeps the text of the other queries it counts: only a few of them.
     assert connection.connection.prepared_max == 4
 
@@ -264,16 +264,23 @@ def test_client_endpoints_are_drf_views_with_the_proxy_key_authentication(path):
     assert issubclass(detail, APIView)
 
 
-def test_a_new_call_costs_two_queries_and_a_repeat_one(post, django_assert_num_queries):
-    """The key's hash is looked up in the call's own statements, never in one of its own."""
-    with django_assert_num_queries(2):  # the lookup that finds nothing, the insert
+def test_a_new_call_and_a_repeat_each_cost_one_statement(post, django_assert_num_queries):
+    """PostgreSQL: one statement finds the key, inserts the request unless it exists, and
+    answers either way. SQLite: the lookup, then for a new call the insert."""
+    warm = {**CHAT, "messages": [{"role": "user", "content": "first"}]}
+    # A key's first call in a process also looks the key up; capacity is read now and then.
+    assert post("/v1/chat/completions", warm).status_code == 422
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 2):
         assert post("/v1/chat/completions", CHAT).status_code == 422
-    with django_assert_num_queries(1):  # the request joined with its key
-        assert post("/v1/chat/completions", CHAT).status_code == 422
-
-
-def test_bad_input_with_a_good_key_looks_the_key_up_once(post, django_assert_num_queries):
     with django_assert_num_queries(1):
+        assert post("/v1/chat/completions", CHAT).status_code == 422
+
+
+def test_a_keys_first_call_looks_the_key_up_before_the_body(post, django_assert_num_queries):
+    with django_assert_num_queries(1):  # the key: a body is only read for a known key
+        response = post("/v1/chat/completions", {"model": 7})
+    assert error_of(response)["param"] == "model"
+    with django_assert_num_queries(1):  # known for a while, but checked again before the 400
         response = post("/v1/chat/completions", {"model": 7})
     assert error_of(response)["param"] == "model"
 
@@ -289,3 +296,53 @@ def test_accept_header_is_not_negotiated(post, client, api_key):
     assert response.status_code == 422
     assert response["Content-Type"] == "application/json"
     assert "Allow" not in response  # only a 405 names the methods
+
+
+@pytest.fixture
+def wsgi_call(db):
+    """Call batchproxy.wsgi.application as a server would: (status, headers, body)."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+    from django.test.client import FakePayload, RequestFactory
+
+    from batchproxy.wsgi import application
+
+    def call(method: str, path: str, body: bytes = b"", **headers: str):
+        environ = RequestFactory()._base_environ(
+            PATH_INFO=path,
+            REQUEST_METHOD=method,
+            CONTENT_TYPE="application/json",
+            CONTENT_LENGTH=str(len(body)),
+            **headers,
+        )
+        environ["wsgi.input"] = FakePayload(body)
+        started = []
+        content = b"".join(application(environ, lambda s, h: started.append((s, dict(h)))))
+        ((status, answer_headers),) = started
+        return int(status.split()[0]), answer_headers, content
+
+    # As Django's test client does: a request must not close the test's connection.
+    for signal in (request_started, request_finished):
+        signal.disconnect(close_old_connections)
+    yield call
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
+
+
+def test_the_client_api_runs_only_the_middleware_it_uses(wsgi_call, api_key, settings):
+    body = json.dumps(CHAT).encode()
+    status, headers, _ = wsgi_call(
+        "POST", "/v1/chat/completions", body, HTTP_AUTHORIZATION=f"Bearer {api_key[1]}"
+    )
+    assert status == 422
+    assert headers["X-Request-Id"] and headers["X-Content-Type-Options"] == "nosniff"
+    assert "X-Frame-Options" not in headers and "Vary" not in headers  # no admin middleware
+    # The admin keeps all of MIDDLEWARE.
+    _, admin_headers, _ = wsgi_call("GET", f"/{settings.ADMIN_URL}login/")
+    assert admin_headers["X-Frame-Options"] == "DENY"
+    # The host check still guards the client API.
+    settings.ALLOWED_HOSTS = ["proxy.example"]
+    status, _, content = wsgi_call(
+        "POST", "/v1/chat/completions", body, HTTP_AUTHORIZATION=f"Bearer {api_key[1]}"
+    )
+    assert status == 400, content

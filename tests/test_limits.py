@@ -87,6 +87,49 @@ def test_queue_cap_refuses_new_requests_but_still_answers_queued_ones(post, sett
     assert post("/v1/chat/completions", chat("3")).status_code == 422
 
 
+def on(model: str, text: str = "hi") -> dict:
+    return {"model": model, "input": text}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("max_queued", [0, 1000], ids=["one-statement", "queue-capped"])
+def test_a_key_waits_on_so_many_models_at_once_then_429(post, settings, other_key, max_queued):
+    """MAX_GROUPS_PER_KEY: one key cannot open an upstream batch per invented model name."""
+    assert settings.MAX_GROUPS_PER_KEY > 0  # on by default
+    settings.MAX_GROUPS_PER_KEY, settings.MAX_QUEUED_PER_KEY = 3, max_queued
+    first = post("/v1/embeddings", on("m-a"))
+    for model in ("m-b", "m-c"):
+        assert post("/v1/embeddings", on(model)).status_code == 422
+
+    assert_429(post("/v1/embeddings", on("m-d")), "queue_groups_exceeded")
+    assert_429(post("/v1/moderations", on("m-a")), "queue_groups_exceeded")  # another endpoint
+    assert not BatchRequest.objects.filter(model="m-d").exists()
+    # The groups it has take more calls, and its queued calls are still answered.
+    assert post("/v1/embeddings", on("m-a", "more")).status_code == 422
+    assert post("/v1/embeddings", on("m-b")).status_code == 422
+    # Another key has room of its own.
+    assert post("/v1/embeddings", on("m-d"), secret=other_key[1]).status_code == 422
+    # A group whose requests have all ended leaves room for another.
+    BatchRequest.objects.filter(model="m-a").update(status=BatchRequest.Status.COMPLETED)
+    assert post("/v1/embeddings", on("m-d")).status_code == 422
+    assert first.status_code == 422
+
+
+@pytest.mark.django_db
+def test_the_group_cap_is_in_the_callers_error_shape(client, api_key, settings, fake_gemini):
+    settings.MAX_GROUPS_PER_KEY = 1
+    headers = {"HTTP_X_GOOG_API_KEY": api_key[1]}
+    call = json.dumps({"contents": [{"parts": [{"text": "hi"}]}]})
+    for model, status in (("gemini-2.5-flash", 422), ("gemini-2.5-pro", 429)):
+        response = client.post(
+            f"/v1beta/models/{model}:generateContent", call, "application/json", **headers
+        )
+        assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    assert error["details"][0]["reason"] == "QUEUE_GROUPS_EXCEEDED"
+
+
 def hammer(url: str, secret: str, bodies: list[dict]) -> list[int]:
     """POST every body at once from its own thread; the statuses, in order."""
     statuses: list[int] = [0] * len(bodies)

@@ -37,6 +37,15 @@ CORPUS: list[tuple[str, bytes]] = [
     ("deep-array", b"[" * DEEP + b"]" * DEEP),
     ("deep-object", b'{"a":' * DEEP + b"1" + b"}" * DEEP),
     ("deep-in-valid-call", b'{"model": "m", "input": "x", "x": ' + b"[" * 600 + b"]" * 600 + b"}"),
+    # Deep enough for Python's own parser (the exact check of a long integer) to give up.
+    (
+        "deep-with-a-19-digit-integer",
+        b'{"model": "m", "input": "x", "x": '
+        + b"[" * 1000
+        + b"1234567890123456789"
+        + b"]" * 1000
+        + b"}",
+    ),
     ("model-null", b'{"model": null, "input": "x"}'),
     ("model-number", b'{"model": 4, "input": "x"}'),
     ("model-array", b'{"model": ["gpt-4o"], "input": "x"}'),
