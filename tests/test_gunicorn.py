@@ -137,7 +137,7 @@ def test_a_request_not_received_in_time_is_408_and_closed(gunicorn_port):
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    assert 1.5 < time.monotonic() - started < 10
+    assert 1.5 < time.monotonic() - started < 25  # a loaded machine answers late
     assert data.startswith(b"HTTP/1.1 408 ")
     assert json.loads(data.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
 
