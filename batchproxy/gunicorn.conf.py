@@ -35,6 +35,9 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = os.environ.get("ACCESS_LOG") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus id=%({x-request-id}o)s'
 errorlog = "-"
+# No control socket (gunicorn 25.1+): nothing here uses gunicornc, and its one default path in
+# $HOME would be shared by every gunicorn of the user, each replacing the other's.
+control_socket_disable = True
 # Heartbeat files in memory, not on a slow or read-only disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 
