@@ -36,10 +36,13 @@ def unreadable_line(raw: bytes | str, *, id_field: str) -> str | None:
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
+    def __init__(
+        self, message: str, *, permanent: bool, code: str = "upstream_error", status: int = 0
+    ):
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.status = status  # the upstream's HTTP status, when it answered with one
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class Upstream:
     key_env: str
     models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
     api_version: str = ""
+    # A batch's window and limits where a provider has its own (Groq, Together, Mistral): ""
+    # and 0 mean the kind's defaults (upstreams.KIND_DEFAULTS).
+    completion_window: str = ""
+    max_requests: int = 0
+    max_bytes: int = 0
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
