@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django_q.models import OrmQ, Task
 
+from requests_app.keys import api_key_revoke
 from requests_app.models import (
     ApiKey,
     BatchRequest,
@@ -154,7 +155,8 @@ def key_purge(*, key_id: int) -> PurgeReport:
     """Erase one key: its requests and answers, its webhook records, the upstream files that
     hold its lines, and the key itself.
 
-    1. Revoke it first, so that nothing new arrives while it is erased.
+    1. Revoke it and cancel its queued requests first, so that nothing new arrives and
+       nothing more goes upstream while it is erased.
     2. Delete upstream the files of its finished batches that are still there (through each
        upstream's transport); a batch still running keeps its files until it ends, and they
        are then deleted with the others (its lines for this key are ignored, their requests
@@ -163,9 +165,12 @@ def key_purge(*, key_id: int) -> PurgeReport:
        endpoints, its requests with their answers, its model list, and the key.
     """
     key = ApiKey.objects.get(pk=key_id)
-    ApiKey.objects.filter(pk=key_id, revoked_at=None).update(revoked_at=timezone.now())
-    report = PurgeReport(key=str(key))
+    api_key_revoke(key_id=key_id)
     mine = BatchRequest.objects.filter(api_key_id=key_id)
+    # Out of the flush's reach at once (it claims queued requests only): none goes upstream
+    # between here and its deletion below.
+    mine.filter(status=Status.QUEUED).update(status=Status.CANCELLED, finished_at=timezone.now())
+    report = PurgeReport(key=str(key))
     batch_ids = set(mine.exclude(batch=None).values_list("batch_id", flat=True).distinct())
     _files_delete(batch_ids, report)
 
