@@ -79,6 +79,7 @@ def test_a_refused_create_in_googles_error_shape_splits_the_batch_and_is_retried
     services.files_sweep()  # the refused batch's input dataset, as each poll tick does
     assert set(BatchRequest.objects.values_list("status", flat=True)) == {Status.COMPLETED}
     assert not fireworks.files()
+    assert Batch.objects.exclude(upstream_id="").count() == 2  # one half each, not requeued
 
 
 def test_a_base_url_without_the_account_waits_and_says_why(fireworks, settings):

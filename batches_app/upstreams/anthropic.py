@@ -55,7 +55,8 @@ def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         kind = (exc.body or {}).get("error", {}).get("type") if isinstance(exc.body, dict) else None
         code = kind or f"http_{status}"
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        message = f"HTTP {status}: {exc.message}"
+        return UpstreamError(message, permanent=not transient, code=code, status=status)
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, anthropic.APIConnectionError):

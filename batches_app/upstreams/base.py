@@ -36,10 +36,13 @@ def unreadable_line(raw: bytes | str, *, id_field: str) -> str | None:
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
+    def __init__(
+        self, message: str, *, permanent: bool, code: str = "upstream_error", status: int = 0
+    ):
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.status = status  # the upstream's HTTP status, when it answered with one
 
 
 @dataclass(frozen=True)

@@ -267,5 +267,8 @@ def _error(response: requests.Response) -> UpstreamError:
         message = response.text
     transient = status in (401, 403, 408, 409, 429) or status >= 500
     return UpstreamError(
-        f"HTTP {status}: {str(message)[:500]}", permanent=not transient, code=f"http_{status}"
+        f"HTTP {status}: {str(message)[:500]}",
+        permanent=not transient,
+        code=f"http_{status}",
+        status=status,
     )
