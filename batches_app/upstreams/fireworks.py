@@ -14,11 +14,14 @@ upload-dataset-files, create/get/list batch inference job, get-dataset-download-
 - errors are Google's `{"error": {"code", "message", "status"}}`.
 The upstream's base URL names the account: `https://api.fireworks.ai/v1/accounts/<account-id>`.
 
-No official SDK is used: `fireworks-ai` on PyPI is not in this project's registry mirror, so
-the calls go through `requests` with explicit timeouts. Fireworks names nothing by metadata,
-but it lets the caller choose the ids: the dataset is named after the input file
-(`batchproxy-<batch uuid>`) and the job after the proxy's batch, so an interrupted upload or
-create is found again by name (`find_files`, `find_batch`) and never made twice.
+No official SDK is used yet: the proxy needs a few plain REST calls from Fireworks' API
+reference, made through `requests` with explicit timeouts; whether the `fireworks-ai` SDK
+(1.2.x on PyPI) covers the dataset upload and signed-URL reads cleanly is not checked yet.
+
+Fireworks names nothing by metadata, but it lets the caller choose the ids: the dataset is
+named after the input file (`batchproxy-<batch uuid>`) and the job after the proxy's batch,
+so an interrupted upload or create is found again by name (`find_files`, `find_batch`) and
+never made twice.
 """
 
 from collections.abc import Iterator
@@ -31,7 +34,7 @@ from django.conf import settings
 
 from ops_app.metrics import upstream_observed
 
-from .base import Transport, Upstream, UpstreamError, unreadable_line
+from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
 
 STATES = {
     "JOB_STATE_CREATING": "validating",
@@ -173,8 +176,6 @@ class FireworksTransport(Transport):
     def create_batch(
         self, *, input_file_id: str, endpoint: str, model: str, metadata: dict[str, str]
     ) -> dict:
-        from .base import METADATA_KEY
-
         if endpoint != ENDPOINT:
             message = f"Fireworks batch inference runs {ENDPOINT} only, not {endpoint}"
             raise UpstreamError(message, permanent=True, code="unsupported_endpoint")
