@@ -136,3 +136,14 @@ def test_the_default_limits_are_fireworks():
         name="f", kind="fireworks", base_url="", key_env="", models=("accounts/*",)
     )
     assert upstreams.upstream_limits(fireworks) == (50_000, 150_000_000)
+
+
+def test_the_check_wants_a_base_url_naming_the_account(settings, monkeypatch):
+    from ops_app.checks import upstreams_check
+
+    monkeypatch.setenv("FW_KEY", "fw-test")
+    upstream = {"name": "fw", "kind": "fireworks", "base_url": "", "key_env": "FW_KEY"}
+    settings.UPSTREAMS = [upstream | {"models": ["accounts/fireworks/models/*"]}]
+    assert [e.id for e in upstreams_check(None)] == ["ops_app.E014"]
+    settings.UPSTREAMS[0]["base_url"] = "https://api.fireworks.ai/v1/accounts/acme"
+    assert upstreams_check(None) == []
