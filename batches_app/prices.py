@@ -77,7 +77,14 @@ MISTRAL_PRICES = {
     "mistral-medium-latest": ("0.40", "2.00"),
     "mistral-embed": ("0.10", "0"),
 }
-PROVIDER_PRICES = GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES
+# Fireworks' serverless prices go by the base model's size (fireworks.ai/pricing: up to 16B
+# parameters $0.20, 16.1B to 80B $0.90 per million tokens, in and out alike); batch inference
+# is billed at half of them (docs.fireworks.ai/serverless/overview, "Billing").
+FIREWORKS_PRICES = {
+    "accounts/fireworks/models/llama-v3p1-8b-instruct": ("0.20", "0.20"),
+    "accounts/fireworks/models/llama-v3p3-70b-instruct": ("0.90", "0.90"),
+}
+PROVIDER_PRICES = GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES | FIREWORKS_PRICES
 DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES | PROVIDER_PRICES
 
 

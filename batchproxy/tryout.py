@@ -29,6 +29,7 @@ FAKE_MODELS = {
     "groq": ("llama-*", "openai/gpt-oss-*"),
     "together": ("meta-llama/*",),
     "mistral": ("mistral-*", "ministral-*", "codestral-*"),
+    "fireworks": ("accounts/fireworks/models/*",),
 }
 
 

@@ -148,7 +148,16 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure", "groq", "together", "mistral", "anthropic", "gemini")
+UPSTREAM_KINDS = (
+    "openai",
+    "azure",
+    "groq",
+    "together",
+    "mistral",
+    "fireworks",
+    "anthropic",
+    "gemini",
+)
 
 
 @register()
@@ -181,7 +190,8 @@ def upstreams_check(app_configs, **kwargs) -> list:
                         id="ops_app.E015",
                     )
                 )
-        has_url = upstream["base_url"] or upstream["kind"] in KIND_DEFAULTS
+        defaults = KIND_DEFAULTS.get(upstream["kind"])
+        has_url = upstream["base_url"] or (defaults and defaults.base_url)
         if not has_url or not upstream["models"]:
             problems.append(
                 Error(

@@ -112,6 +112,15 @@ def mistral_server():
 
 
 @pytest.fixture(scope="session")
+def fireworks_server():
+    from batchproxy.fakes.fireworks import FakeFireworks
+
+    server = FakeFireworks().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

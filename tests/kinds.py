@@ -266,6 +266,42 @@ class Mistral(Together):
         }
 
 
+class Fireworks(Together):
+    """Fireworks' batch inference jobs over datasets of `{"custom_id", "body"}` lines."""
+
+    name, upstream = "fireworks", "fireworks-test"
+    model = "accounts/fireworks/models/llama-v3p1-8b-instruct"
+    key = "fw-upstream-test-secret"
+    fake_fixture = "fireworks_server"
+    operations = {
+        "upload": "upload",
+        "create": "create",
+        "retrieve": "retrieve",
+        "read": "download",
+        "delete": "delete",
+        "cancel": "cancel",
+        "find_batch": "list",
+        "find_files": "get_dataset",
+    }
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_FIREWORKS_TEST_KIND": "fireworks",
+            "UPSTREAM_FIREWORKS_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_FIREWORKS_TEST_MODELS": "accounts/fireworks/models/*",
+            "UPSTREAM_FIREWORKS_TEST_API_KEY": self.key,
+        }
+
+    def upstream_batches(self) -> dict[str, str]:
+        return {
+            job["name"].rsplit("/", 1)[-1]: job["state"].removeprefix("JOB_STATE_").lower()
+            for job in self.fake.jobs
+        }
+
+    def files(self) -> list[str]:
+        return list(self.fake.datasets)
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -443,7 +479,17 @@ class GeminiFile(GeminiInline):
 
 KINDS: dict[str, type[Kind]] = {
     kind.name: kind
-    for kind in (OpenAI, Azure, Groq, Together, Mistral, Anthropic, GeminiInline, GeminiFile)
+    for kind in (
+        OpenAI,
+        Azure,
+        Groq,
+        Together,
+        Mistral,
+        Fireworks,
+        Anthropic,
+        GeminiInline,
+        GeminiFile,
+    )
 }
 
 

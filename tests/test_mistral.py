@@ -84,15 +84,20 @@ def test_a_request_mistral_refuses_reaches_its_caller_with_that_status(mistral, 
     assert not mistral.files()
 
 
-def test_a_refused_job_in_mistrals_error_shape_requeues_the_requests(mistral):
+def test_a_job_refused_in_mistrals_error_shape_is_split_and_retried(mistral):
+    """A 400 is a refusal for what the requests hold (services.CONTENT_REFUSALS): its status
+    read from Mistral's error, the batch is split in two and each half sent again."""
     mistral.inject("create", 400)
-    assert mistral.queue("encore").status_code == 422
+    for text in ("encore", "une fois"):
+        assert mistral.queue(text).status_code == 422
     cycle()
 
-    batch = Batch.objects.get()
-    assert batch.state == Batch.State.DONE
-    assert "Injected HTTP 400" in batch.last_error  # Mistral's error body, read
-    assert BatchRequest.objects.get().status == Status.QUEUED
+    refused = Batch.objects.get(state=Batch.State.DONE, upstream_id="")
+    assert "Injected HTTP 400" in refused.last_error  # Mistral's error body, read
+
+    cycle()
+    assert set(BatchRequest.objects.values_list("status", flat=True)) == {Status.COMPLETED}
+    assert Batch.objects.exclude(upstream_id="").count() == 2  # one half each, not requeued
 
 
 def test_a_job_past_its_timeout_delivers_what_finished_and_requeues_the_rest(mistral):

@@ -59,18 +59,21 @@ def test_a_request_together_refuses_reaches_its_caller(together, sdk):
     assert not together.files()
 
 
-def test_a_refused_create_in_togethers_error_shape_requeues_and_is_retried(together, settings):
+def test_a_refused_create_in_togethers_error_shape_is_split_and_retried(together):
+    """A 400 is a refusal for what the requests hold (services.CONTENT_REFUSALS): its status
+    kept from Together's error, the batch is split in two and each half sent again."""
     together.inject("create", 400)
-    assert together.queue("again").status_code == 422
+    for text in ("again", "and again"):
+        assert together.queue(text).status_code == 422
     cycle()
-    first = Batch.objects.get()
-    assert first.state == Batch.State.DONE
-    assert "Injected HTTP 400" in first.last_error  # Together's {"error": "..."} read
+    refused = Batch.objects.get(state=Batch.State.DONE, upstream_id="")
+    assert "Injected HTTP 400" in refused.last_error  # Together's {"error": "..."} read
 
     cycle()
     services.files_sweep()  # the refused batch's input file, as each poll tick does
-    assert BatchRequest.objects.get().status == Status.COMPLETED
+    assert set(BatchRequest.objects.values_list("status", flat=True)) == {Status.COMPLETED}
     assert not together.files()
+    assert Batch.objects.exclude(upstream_id="").count() == 2  # one half each, not requeued
 
 
 def test_a_job_reads_as_an_openai_batch():

@@ -54,7 +54,7 @@ def test_the_readmes_first_call_is_one_of_the_examples_run():
 
 
 # How an example of another provider's SDK shows itself.
-PROVIDER_SDKS = ("anthropic", "from google import genai", "@google/genai")
+PROVIDER_SDKS = ("anthropic", "from google import genai", "@google/genai", "from mistralai")
 
 
 def readme_provider_example(language: str, sdk: str) -> str:

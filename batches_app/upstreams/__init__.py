@@ -22,7 +22,7 @@ DEFAULT = "openai"
 # The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
 # generateContent.
 FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
-KINDS = ("openai", "azure", "groq", "together", "mistral")
+KINDS = ("openai", "azure", "groq", "together", "mistral", "fireworks")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ KIND_DEFAULTS = {
     "together": KindDefaults("https://api.together.ai/v1", max_bytes=100_000_000),
     # docs.mistral.ai, batch inference: jobs time out after `timeout_hours` (24 by default).
     "mistral": KindDefaults("https://api.mistral.ai"),
+    # docs.fireworks.ai/guides/batch-inference: datasets under 500 MB, one upload request up to
+    # 150 MB; jobs expire after 24 h. No default URL: it names the account
+    # (https://api.fireworks.ai/v1/accounts/<account-id>).
+    "fireworks": KindDefaults("", max_bytes=150_000_000),
 }
 OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
 # A batch still running this long past its completion window is treated as expired.
@@ -179,6 +183,7 @@ TRANSPORTS = {
     "groq": ("groq", "GroqTransport"),
     "together": ("together", "TogetherTransport"),
     "mistral": ("mistral", "MistralTransport"),
+    "fireworks": ("fireworks", "FireworksTransport"),
 }
 
 

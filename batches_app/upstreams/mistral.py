@@ -44,7 +44,10 @@ def _translate(exc: Exception) -> UpstreamError:
         status = exc.status_code
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         return UpstreamError(
-            f"HTTP {status}: {exc.body[:500]}", permanent=not transient, code=f"http_{status}"
+            f"HTTP {status}: {exc.body[:500]}",
+            permanent=not transient,
+            code=f"http_{status}",
+            status=status,
         )
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError("timed out", permanent=False, code="timeout")

@@ -75,7 +75,9 @@ class TogetherTransport(OpenAITransport):
             if isinstance(cause, openai.APIStatusError) and isinstance(cause.body, str):
                 # Together's `{"error": "message"}`: the SDK keeps the message as the body.
                 message = f"HTTP {cause.status_code}: {cause.body}"
-                raise UpstreamError(message, permanent=exc.permanent, code=exc.code) from cause
+                raise UpstreamError(
+                    message, permanent=exc.permanent, code=exc.code, status=exc.status
+                ) from cause
             raise
 
     def upload_file(self, path: Path, filename: str) -> str:

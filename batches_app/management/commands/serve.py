@@ -12,6 +12,7 @@ from django_q.tasks import async_task
 
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
+from batchproxy.fakes.fireworks import FakeFireworks
 from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.groq import FakeGroq
 from batchproxy.fakes.mistral import FakeMistral
@@ -31,6 +32,7 @@ FAKES = {
     "groq": (FakeGroq, "Groq"),
     "together": (FakeTogether, "Together"),
     "mistral": (FakeMistral, "Mistral"),
+    "fireworks": (FakeFireworks, "Fireworks"),
 }
 
 
