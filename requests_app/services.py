@@ -279,6 +279,7 @@ class CompiledValues:
 ANSWER_FIELDS = (
     "id",
     "status",
+    "endpoint",
     "model",
     "created_at",
     "not_before",
@@ -288,6 +289,10 @@ ANSWER_FIELDS = (
     "response_bytes",
     "error_code",
     "error_message",
+    "deadline",
+    "sync_tier",
+    "tier",
+    "cost_usd",
 )
 
 
@@ -303,6 +308,7 @@ CALL_COLUMNS = (
     "fingerprint",
     "created_at",
     "updated_at",
+    "deadline",
 )
 _INSERT_SQL: dict[str, tuple[str, list]] = {}
 
@@ -343,7 +349,7 @@ def _insert_sql(connection) -> tuple[str, list]:
     return sql, constants
 
 
-def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
+def requests_insert(*, key_hash: str, call: ParsedCall, deadline=None, now=None) -> dict | None:
     """Queue a new call in one statement, for the active key with this hash; None otherwise.
 
     One INSERT ... SELECT finds the key and inserts its request, and ON CONFLICT DO NOTHING
@@ -354,7 +360,7 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     """
     connection = connections[DEFAULT_DB_ALIAS]
     sql, constants = _insert_sql(connection)
-    now = timezone.now()
+    now = now or timezone.now()
     values = {
         "id": uuid.uuid4(),
         "endpoint": call.endpoint,
@@ -365,6 +371,7 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
         "fingerprint": call.fingerprint,
         "created_at": now,
         "updated_at": now,
+        "deadline": deadline,
     }
     params = [field.get_db_prep_save(values[field.attname], connection) for field in _call_fields()]
     params += [*constants, key_hash, key_hash in settings.ENV_API_KEY_HASHES]
@@ -374,8 +381,12 @@ def requests_insert(*, key_hash: str, call: ParsedCall) -> dict | None:
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
+        "endpoint": call.endpoint,
         "model": call.model,
         "created_at": now,
         "error_code": "",
         "error_message": "",
+        "deadline": deadline,
+        "sync_tier": "",
+        "tier": "",
     }

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import Transport, Upstream, UpstreamError
+from .base import SyncAnswer, Transport, Upstream, UpstreamError, retry_after_of
 
 # An errored result's error type -> the HTTP status Anthropic would have answered.
 ERROR_STATUS = {
@@ -55,7 +55,12 @@ def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         kind = (exc.body or {}).get("error", {}).get("type") if isinstance(exc.body, dict) else None
         code = kind or f"http_{status}"
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        return UpstreamError(
+            f"HTTP {status}: {exc.message}",
+            permanent=not transient,
+            code=code,
+            retry_after=retry_after_of(exc.response.headers) if status == 429 else None,
+        )
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -134,6 +139,20 @@ class AnthropicTransport(Transport):
 
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """The Messages API, at the standard tier (Anthropic has no flex): the body as it is."""
+        post = self.client(retries=False).with_options(timeout=timeout).post
+        try:
+            with upstream_observed("messages.create", upstream=self.upstream.name):
+                answer = post("/v1/messages", body=orjson.loads(body), cast_to=httpx2.Response)
+        except anthropic.APIStatusError as exc:
+            if exc.status_code in (401, 403, 429) or exc.status_code >= 500:
+                raise _translate(exc) from exc
+            return SyncAnswer(exc.status_code, exc.response.text)
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc) from exc
+        return SyncAnswer(answer.status_code, answer.text)
 
     def upload_file(self, path: Path, filename: str) -> str:
         raise UpstreamError("Anthropic batches take their requests inline", permanent=True)
