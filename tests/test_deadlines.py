@@ -497,3 +497,137 @@ def test_the_sdk_gets_422_then_a_flex_answer_by_its_deadline(sdk, held):
     )
     assert answer.choices[0].message.content == "echo: by deadline"
     assert answer.service_tier == "flex"
+
+
+# --- Every provider kind ----------------------------------------------------------------------
+
+
+def test_anthropic_has_no_flex_and_answers_at_the_standard_tier(
+    client, api_key, fake_anthropic, settings
+):
+    fake_anthropic.step_seconds = 3600  # its batches held unfinished
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi claude"}],
+    }
+
+    def ask(**headers):
+        return client.post(
+            "/v1/messages",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_X_API_KEY=api_key[1],
+            **headers,
+        )
+
+    assert ask(HTTP_X_BATCH_DEADLINE="30").status_code == 422
+    tick()
+    response = ask()
+    assert response.status_code == 200
+    assert response.json()["content"][0]["text"] == "echo: hi claude"
+    assert response["X-Batch-Tier"] == "standard"
+    [sent] = fake_anthropic.sync_calls
+    assert sent["messages"] == body["messages"] and "service_tier" not in sent
+    assert not fake_anthropic.submitted()
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["flex", "flex-refused"])
+def test_gemini_answers_through_its_flex_tier_or_standard_when_refused(
+    client, api_key, fake_gemini, settings, refuse
+):
+    settings.SYNC_BACKOFF = 0.01
+    fake_gemini.step_seconds = 3600
+    fake_gemini.refuse_flex = refuse
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi gemini"}]}]})
+
+    def ask(**headers):
+        return client.post(
+            path, body, content_type="application/json", HTTP_X_GOOG_API_KEY=api_key[1], **headers
+        )
+
+    assert ask(HTTP_X_BATCH_DEADLINE="30").status_code == 422
+    for _ in range(2):
+        tick()
+    response = ask()
+    assert response.status_code == 200
+    assert response.json()["candidates"][0]["content"]["parts"][0]["text"] == "echo: hi gemini"
+    assert response["X-Batch-Tier"] == ("standard" if refuse else "flex")
+    tiers_sent = [c["service_tier"] for c in fake_gemini.sync_calls]
+    assert tiers_sent == (["flex", "standard"] if refuse else ["flex"])
+    assert not fake_gemini.submitted()
+
+
+def test_azure_sends_flex_to_its_deployment(client, api_key, fake_openai, settings, monkeypatch):
+    from batches_app.models import FlexModel
+
+    from .kinds import Azure
+
+    Azure(fake_openai).configure(settings, monkeypatch)
+    FlexModel.objects.create(kind="azure", model=Azure.model)
+    fake_openai.configure(stall_after_lines=0)
+    body = chat(Azure.model, "hi azure")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    client.post(
+        "/v1/chat/completions",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_X_BATCH_DEADLINE="30",
+        **auth,
+    )
+    tick()
+    response = client.post(
+        "/v1/chat/completions", json.dumps(body), content_type="application/json", **auth
+    )
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "flex"
+    sync_paths = [path for op, path in fake_openai.calls if op == "sync"]
+    assert sync_paths == [f"/openai/deployments/{Azure.model}/chat/completions"]
+
+
+def test_a_finished_send_starts_the_next_due_ones(post, held, settings, monkeypatch):
+    from batches_app import tasks
+
+    settings.SYNC_CONCURRENCY = 1
+    started = []
+    monkeypatch.setattr(tiers, "_enqueue", lambda pk, token: started.append((pk, token)))
+    for i in range(2):
+        post("/v1/chat/completions", chat(FLEX_MODEL, f"chain {i}"), HTTP_X_BATCH_DEADLINE="30")
+    tiers.deadlines_tick()
+    assert len(started) == 1
+    assert tasks.sync_send(*started[0]) == "answered at flex"
+    assert len(started) == 2  # the worker's send ended: the next one was started
+
+
+# --- Crash points of a synchronous send, in a worker process killed there ----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("point", "sent_before_restart"), [("after_sync_claim", 0), ("after_sync_send", 1)]
+)
+def test_a_worker_killed_around_a_send_loses_nothing_and_resends_only_after_its_lease(
+    post, held, settings, point, sent_before_restart
+):
+    from .workers import CRASHED, run
+
+    def deadlines(crash_at: str = "") -> None:
+        done = run(held, "deadlines", crash_at=crash_at)
+        assert done.returncode == (CRASHED if crash_at else 0), done.stderr[-3000:]
+
+    post("/v1/chat/completions", chat(FLEX_MODEL, "crash"), HTTP_X_BATCH_DEADLINE="30")
+    deadlines(crash_at=point)
+    assert len(held.sync_calls) == sent_before_restart
+    request = BatchRequest.objects.get()
+    assert request.status == Status.SUBMITTED and request.sync_started_at  # its intent
+    deadlines()  # at once: the lease of the dead worker's send still holds
+    assert len(held.sync_calls) == sent_before_restart
+    expired = timezone.now() - timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    BatchRequest.objects.update(sync_started_at=expired)
+    deadlines()
+    assert len(held.sync_calls) == sent_before_restart + 1  # at-least-once, only after the lease
+    request.refresh_from_db()
+    assert request.status == Status.COMPLETED and request.tier == "flex"
+    assert json.loads(request.response_body)["choices"][0]["message"]["content"] == "echo: crash"
+    deadlines()
+    assert len(held.sync_calls) == sent_before_restart + 1
