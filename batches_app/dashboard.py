@@ -15,7 +15,7 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
-from . import capacity, services
+from . import capacity, receipts, services
 from .models import Batch
 from .spend import PriceBook, Spend, batch_tokens, spend_by_key, spend_by_model, total
 from .upstreams import upstream_key, upstream_route, upstreams_all
@@ -191,6 +191,7 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
         "hourly": hourly_requests(now=now),
         "daily": daily_money(now=now, book=book),
         "failed_total": BatchRequest.objects.filter(status=Status.FAILED).count(),
+        "tiers": receipts.tier_figures(since=month),
     }
 
 

@@ -88,3 +88,28 @@ def _paid_twice(batch, outcomes: dict) -> None:
         BatchRequest.objects.filter(pk=pk, paid_twice=False).update(
             paid_twice=True, cost_usd=F("cost_usd") + (cost or 0)
         )
+
+
+def tier_figures(*, since) -> dict:
+    """Receipts of the requests answered since `since`, for the dashboard and /metrics: per
+    tier, requests, spend, standard-tier cost and saving; deadlines met and missed; escalations
+    and what the requests paid twice cost. Two queries."""
+    from django.db.models import Count, Q, Sum
+
+    answered = BatchRequest.objects.filter(finished_at__gte=since).exclude(tier="")
+    rows = answered.values("tier").annotate(
+        n=Count("pk"), spent=Sum("cost_usd"), standard=Sum("standard_cost_usd")
+    )
+    by_tier = []
+    for row in rows.order_by("tier"):
+        spent, standard = row["spent"] or Decimal(0), row["standard"] or Decimal(0)
+        by_tier.append(row | {"spent": spent, "standard": standard, "saved": standard - spent})
+    counts = BatchRequest.objects.filter(finished_at__gte=since).aggregate(
+        met=Count("pk", filter=Q(deadline__isnull=False, finished_at__lte=F("deadline"))),
+        missed=Count("pk", filter=Q(deadline__isnull=False, finished_at__gt=F("deadline"))),
+        escalated=Count("pk", filter=Q(escalated_at__isnull=False)),
+        twice=Count("pk", filter=Q(paid_twice=True)),
+        twice_usd=Sum("cost_usd", filter=Q(paid_twice=True)),
+    )
+    counts["twice_usd"] = counts["twice_usd"] or Decimal(0)
+    return {"by_tier": by_tier, **counts}

@@ -74,8 +74,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name",)
-        return ("name", "prefix_shown", "state", "from_env", "created_at", "revoked_at", "usage")
+            return ("name", "default_deadline")
+        return (
+            *("name", "default_deadline", "prefix_shown", "state", "from_env"),
+            *("created_at", "revoked_at", "usage"),
+        )
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # A key owns its requests (PROTECT); revoking is how a key is retired.
@@ -180,7 +183,7 @@ class BatchRequestAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 100
     actions = ("requeue", "retry_failed")
-    fields = (
+    main_fields = (
         ("id", "status"),
         ("api_key", "endpoint", "model"),
         ("attempts", "deferrals", "not_before"),
@@ -193,6 +196,15 @@ class BatchRequestAdmin(admin.ModelAdmin):
         "body_bytes",
         "body_pretty",
         "response_pretty",
+    )
+    # The receipt (batches_app.receipts) and the deadline's course (batches_app.tiers).
+    receipt_fields = (
+        ("tier", "cost_usd", "standard_cost_usd", "paid_twice"),
+        ("deadline", "sync_tier", "sync_attempts", "escalated_at"),
+    )
+    fieldsets = (
+        (None, {"fields": main_fields}),
+        ("Deadline and receipt", {"fields": receipt_fields}),
     )
     readonly_fields = (*(f.name for f in BatchRequest._meta.fields), "batch_link", "upstream_batch")
     readonly_fields += ("body_pretty", "response_pretty")

@@ -631,3 +631,42 @@ def test_a_worker_killed_around_a_send_loses_nothing_and_resends_only_after_its_
     assert json.loads(request.response_body)["choices"][0]["message"]["content"] == "echo: crash"
     deadlines()
     assert len(held.sync_calls) == sent_before_restart + 1
+
+
+# --- Receipts for operators -------------------------------------------------------------------
+
+
+def test_the_dashboard_metrics_and_admin_show_tiers_and_deadlines(
+    post, client, admin_client, held, settings
+):
+    from .test_metrics import scrape, value
+
+    post("/v1/chat/completions", chat(FLEX_MODEL, "by flex"), HTTP_X_BATCH_DEADLINE="30")
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "by standard"), HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    flexed = BatchRequest.objects.get(tier="flex")
+    samples = scrape(client)
+    assert value(samples, "batchproxy_tier_requests_total", tier="flex") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="standard") == 1
+    assert value(samples, "batchproxy_tier_saved_usd_total", tier="flex") == pytest.approx(
+        float(flexed.cost_usd)
+    )
+    assert value(samples, "batchproxy_tier_saved_usd_total", tier="standard") == 0
+    assert value(samples, "batchproxy_deadlines_total", outcome="met") == 2
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    assert "Tiers and deadlines" in page and "Deadlines met: 2, missed: 0" in page
+    detail = admin_client.get(f"/admin/requests_app/batchrequest/{flexed.pk}/change/")
+    assert "Deadline and receipt" in detail.content.decode()
+
+
+def test_the_admin_edits_a_keys_default_deadline_and_the_flex_table(admin_client, api_key):
+    key, _ = api_key
+    response = admin_client.post(
+        f"/admin/requests_app/apikey/{key.pk}/change/",
+        {"name": key.name, "default_deadline": "3600"},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    key.refresh_from_db()
+    assert key.default_deadline == 3600
+    listing = admin_client.get("/admin/batches_app/flexmodel/").content.decode()
+    assert "gpt-5-mini" in listing and "gemini-2.5-flash" in listing
