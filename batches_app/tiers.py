@@ -40,7 +40,7 @@ from django.db import transaction
 from django.db.models import Count, F, Min, Q, QuerySet
 from django.utils import timezone
 
-from requests_app.models import ApiKey, BatchRequest
+from requests_app.models import ApiKey, BatchRequest, Endpoint
 from requests_app.webhooks import webhook_events_record
 
 from . import upstreams
@@ -57,6 +57,17 @@ Status = BatchRequest.Status
 Tier = BatchRequest.Tier
 PENDING = BatchRequest.PENDING
 LEASE_SLACK = 60.0
+# The endpoints whose synchronous answer is the answer itself. A video call answers with a job
+# still running, and image answers are megabytes kept in pieces: those wait for their batch.
+SYNC_ENDPOINTS = (
+    Endpoint.RESPONSES,
+    Endpoint.CHAT_COMPLETIONS,
+    Endpoint.COMPLETIONS,
+    Endpoint.EMBEDDINGS,
+    Endpoint.MODERATIONS,
+    Endpoint.MESSAGES,
+    Endpoint.GENERATE_CONTENT,
+)
 BACKOFF_CAP = 300.0
 
 
@@ -139,7 +150,7 @@ def _groups(rows: QuerySet, *fields: str) -> QuerySet:
 def requests_route(*, now: datetime) -> int:
     """Queued requests that their batch cannot answer in time go to a synchronous tier."""
     waiting = BatchRequest.objects.filter(
-        status=Status.QUEUED, deadline__isnull=False, sync_tier=""
+        status=Status.QUEUED, deadline__isnull=False, sync_tier="", endpoint__in=SYNC_ENDPOINTS
     )
     routed = 0
     for group in _groups(waiting, "endpoint", "model"):
@@ -177,7 +188,11 @@ def requests_escalate(*, now: datetime) -> int:
     """Requests in a batch whose deadline the synchronous forecast only just meets are sent
     synchronously too."""
     running = BatchRequest.objects.filter(
-        status=Status.SUBMITTED, deadline__isnull=False, sync_tier="", batch__isnull=False
+        status=Status.SUBMITTED,
+        deadline__isnull=False,
+        sync_tier="",
+        batch__isnull=False,
+        endpoint__in=SYNC_ENDPOINTS,
     )
     escalated = 0
     for group in _groups(running, "batch__upstream", "endpoint", "model"):

@@ -279,6 +279,14 @@ class Intake(APIView):
             call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
             self.check_served(call)
             when = deadline_parse(request._request.META, now=now)
+            if when is not None and when.now and call.endpoint not in tiers.SYNC_ENDPOINTS:
+                raise ClientError(
+                    400,
+                    "X-Batch-Mode: now is not offered for images and videos: their calls wait "
+                    "for their batch.",
+                    code="invalid_header",
+                    param="X-Batch-Mode",
+                )
         except ClientError:
             # Only a valid key learns what is wrong with its input.
             if not caller.is_authenticated:

@@ -670,3 +670,14 @@ def test_the_admin_edits_a_keys_default_deadline_and_the_flex_table(admin_client
     assert key.default_deadline == 3600
     listing = admin_client.get("/admin/batches_app/flexmodel/").content.decode()
     assert "gpt-5-mini" in listing and "gemini-2.5-flash" in listing
+
+
+def test_images_and_videos_wait_for_their_batch_whatever_their_deadline(post, held):
+    body = {"model": "dall-e-3", "prompt": "a lighthouse"}
+    post("/v1/images/generations", body, HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    assert not held.sync_calls
+    assert BatchRequest.objects.get().status == Status.QUEUED
+    response = post("/v1/images/generations", body | {"n": 2}, HTTP_X_BATCH_MODE="now")
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "X-Batch-Mode"
