@@ -325,12 +325,12 @@ class Intake(APIView):
         """A pending request's call with a deadline: an earlier one tightens the stored one (one
         conditional UPDATE, only for calls that carry the header); `now` sends it at once at
         the standard tier and answers with the upstream's answer."""
+        deadline = when.resolve(row["created_at"])
         if not stored:
-            tiers.deadline_tighten(request_id=row["id"], deadline=when.resolve(row["created_at"]))
-        if when.now:
-            tiers.request_answer_now(request_id=row["id"])
-        else:
-            return answer(row | {"deadline": when.resolve(row["created_at"])})
+            tiers.deadline_tighten(request_id=row["id"], deadline=deadline)
+        if not when.now:
+            return answer(row | {"deadline": min(filter(None, (row["deadline"], deadline)))})
+        tiers.request_answer_now(request_id=row["id"])
         fresh = BatchRequest.objects.filter(pk=row["id"]).values(*ANSWER_FIELDS).first()
         return answer(fresh or row)
 
