@@ -26,7 +26,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity, forecast, tiers, upstreams
+from . import capacity, catalog, forecast, tiers, upstreams
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
@@ -223,6 +223,7 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             )
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
+        catalog.key_models_record(batch=batch)
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return Claim(batch, waiting)
@@ -296,7 +297,9 @@ def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
 
 def _step(batch: Batch) -> str | None:
     try:
-        if batch.state in (State.BUILDING, State.UPLOADED):
+        if (deadline := batch.times_out_at) and deadline <= timezone.now():
+            _time_out(batch)
+        elif batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
         elif batch.state == State.RUNNING:
             _poll(batch)
@@ -317,17 +320,10 @@ def _step(batch: Batch) -> str | None:
 def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     batch.refresh_from_db()
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
-        # OpenAI refused the file or the batch itself: give the requests back to the queue.
+        # The upstream refused the file or the batch itself, for what one of its requests
+        # holds as likely as not: split it, so that only the offenders fail.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        with transaction.atomic():
-            started = timezone.now()
-            requests_retry(
-                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-                code=exc.code,
-                message=str(exc),
-            )
-            webhooks_for_settled(batch=batch, since=started)
-        _finish(batch, last_error=str(exc))
+        batch_split(batch=batch, error=exc)
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
     failures = batch.upstream_failures + 1
@@ -344,9 +340,64 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     )
 
 
+def batch_split(*, batch: Batch, error: UpstreamError) -> list[Batch]:
+    """End a batch refused upstream at upload or create; bisect its requests.
+
+    Two batches (`building`) take its requests, half each, by id: they are sent as they are,
+    without spending another attempt, since nothing ran; halving again on each refusal, the
+    requests that a refusal truly concerns end alone in their batch, and a batch of one that is
+    refused fails its request for good, with the refusal's words. Nothing of a refused batch
+    was created upstream, so no request is ever sent twice. One transaction: a crash leaves the
+    batch as it was, refused again on the next tick.
+    """
+    halves = []
+    with transaction.atomic():
+        if (
+            Batch.objects.filter(pk=batch.pk, state=batch.state).update(
+                state=State.DONE, finished_at=timezone.now(), last_error=str(error)[:2000]
+            )
+            != 1
+        ):
+            return []  # someone else ended it first
+        ids = list(_submitted(batch).order_by("pk").values_list("pk", flat=True))
+        if len(ids) == 1:
+            started = timezone.now()
+            _submitted(batch).update(
+                status=Status.FAILED,
+                error_code=error.code,
+                error_message=str(error)[:2000],
+                finished_at=started,
+                updated_at=started,
+            )
+            webhooks_for_settled(batch=batch, since=started)
+        elif ids:
+            middle = len(ids) // 2
+            halves = [_batch_of(batch, ids[:middle]), _batch_of(batch, ids[middle:])]
+    log.info("batch %s split into %s", batch.pk, [str(half.pk) for half in halves])
+    return halves
+
+
+def _batch_of(parent: Batch, ids: list) -> Batch:
+    """A new batch for some of `parent`'s requests, in the same upstream, endpoint and model."""
+    batch = Batch.objects.create(
+        upstream=parent.upstream, endpoint=parent.endpoint, model=parent.model
+    )
+    for chunk in batched(ids, 2000):
+        _submitted(parent).filter(pk__in=chunk).update(batch=batch, updated_at=timezone.now())
+    totals = BatchRequest.objects.filter(batch=batch).aggregate(
+        n=Count("pk"), size=Sum("body_bytes"), tokens=Sum("counted_tokens")
+    )
+    batch.request_count = totals["n"]
+    batch.input_bytes = (totals["size"] or 0) + totals["n"] * _line_overhead(parent.endpoint)
+    batch.counted_tokens = totals["tokens"] or 0
+    batch.save(update_fields=["request_count", "input_bytes", "counted_tokens"])
+    return batch
+
+
 def _move(batch: Batch, old: str, new: str, **fields) -> bool:
     """Compare-and-set a state transition; False when someone else moved the batch first."""
-    fields |= {"state": new, "upstream_failures": 0, "last_error": ""}
+    fields |= {"state": new, "state_since": timezone.now(), "upstream_failures": 0}
+    fields.setdefault("last_error", "")
     if Batch.objects.filter(pk=batch.pk, state=old).update(**fields) != 1:
         return False
     for name, value in fields.items():
@@ -356,6 +407,51 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 def _finish(batch: Batch, **fields) -> None:
     Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
+
+
+def _time_out(batch: Batch) -> None:
+    """End a batch that outstayed its state's bound (`Batch.times_out_at`), whatever upstream
+    does: no state lasts for ever.
+
+    - building, uploaded: an interrupted create is looked for one last time (and adopted if
+      found); otherwise the requests are requeued, or failed once out of attempts;
+    - running: cancelled upstream if it can be, then ingested as expired (what it delivered
+      is kept, the rest requeued);
+    - ingesting: the requests no file answered are settled as if their lines were missing,
+      and the files are left for `files_sweep`.
+    """
+    log.warning("batch %s: %s since %s, past its bound", batch.pk, batch.state, batch.state_since)
+    if batch.state == State.UPLOADED and batch.create_attempted_at:
+        try:
+            if found := _find_upstream(batch):
+                _record_running(batch, found)
+                return
+        except UpstreamError as exc:
+            log.warning("batch %s: last look for its upstream batch failed: %s", batch.pk, exc)
+    if batch.state in (State.BUILDING, State.UPLOADED):
+        message = f"Not submitted upstream within {settings.BATCH_SUBMIT_TIMEOUT}s."
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(_submitted(batch), code="batch_timed_out", message=message)
+            webhooks_for_settled(batch=batch, since=started)
+        _finish(batch, last_error=message)
+    elif batch.state == State.RUNNING:
+        try:
+            _poll(batch)  # past BATCH_STUCK_AFTER: cancels, then ingests what it delivered
+            return
+        except UpstreamError as exc:
+            log.warning("batch %s: its last poll failed: %s", batch.pk, exc)
+        _cancel_stuck_quietly(batch)
+        if _move(batch, State.RUNNING, State.INGESTING, upstream_status="expired"):
+            _ingest(batch)
+    elif batch.state == State.INGESTING:
+        message = f"Results not read within {settings.BATCH_INGEST_TIMEOUT}s."
+        batch_settle_rest(batch=batch)
+        _finish(batch, last_error=message)
+
+
+def _submitted(batch: Batch) -> QuerySet:
+    return BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------
@@ -534,6 +630,13 @@ def _poll(batch: Batch) -> None:
     Batch.objects.filter(pk=batch.pk).update(next_attempt_at=next_poll, **fields)
 
 
+def _cancel_stuck_quietly(batch: Batch) -> None:
+    try:
+        _cancel_stuck(batch, batch.upstream_status)
+    except UpstreamError as exc:
+        log.warning("batch %s: not cancelled upstream: %s", batch.pk, exc)
+
+
 def _cancel_stuck(batch: Batch, status: str) -> None:
     """Stop a stuck batch upstream: its requests are requeued, and must not be paid twice."""
     if status == "cancelling":
@@ -568,7 +671,15 @@ def _ingest(batch: Batch) -> None:
             continue
         lines = upstreams.transport(batch.upstream).iter_file_lines(file_id)
         lines = _crash_between_chunks(lines)
-        settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        try:
+            settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        except UpstreamError as exc:
+            if not exc.permanent:
+                raise  # read again on a later tick, within BATCH_INGEST_TIMEOUT
+            # Gone upstream (expired, deleted: a 404): what it held is lost; the requests it
+            # did not answer are settled below, as if their lines were missing.
+            log.warning("batch %s: %s file %s unreadable: %s", batch.pk, purpose, file_id, exc)
+            settled = 0
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
         log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)

@@ -17,12 +17,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Count, Sum
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Sum
 
 from requests_app.models import ApiKey, BatchRequest
 
-from .models import Batch, ModelPrice, base_model
+from .models import Batch, ModelPrice, QueueLimit, SpendTotal, base_model
 from .usage import usage_tokens
+
+# Done batches added into the totals per transaction.
+TALLY_CHUNK = 2000
+# What a model no operator named is called in figures anyone can read (/metrics): a caller
+# chooses model names, and each would be a label of its own.
+OTHER = "other"
 
 
 class PriceBook:
@@ -33,6 +40,21 @@ class PriceBook:
 
     def find(self, model: str) -> ModelPrice | None:
         return self.prices.get(model) or self.prices.get(base_model(model))
+
+
+class ModelLabels(PriceBook):
+    """Model names as /metrics shows them: a priced model (a snapshot under its price's name)
+    or one with a queue limit keeps its name; any other folds into `other`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limited = set(QueueLimit.objects.values_list("model", flat=True))
+
+    def label(self, model: str) -> str:
+        if price := self.find(model):
+            return price.model
+        name = base_model(model)
+        return name if name in self.limited else OTHER
 
 
 @dataclass
@@ -111,6 +133,77 @@ def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
         spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]], b["output_images"])
         spend.requests += (b["request_counts"] or {}).get("completed", 0)
     return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+
+
+def spend_tally(*, limit: int | None = None) -> int:
+    """Add done batches not yet tallied into `SpendTotal`; return how many were added.
+
+    A chunk per transaction: the chunk's batches are locked (SKIP LOCKED: two tallies take
+    different batches) and marked `tallied` with the totals' increments, so each batch is
+    counted once. Called by /metrics (with a `limit`) and by the hourly purge (all).
+    """
+    tallied = 0
+    while limit is None or tallied < limit:
+        with transaction.atomic():
+            batches = list(
+                Batch.objects.select_for_update(skip_locked=True)
+                .filter(state=Batch.State.DONE, tallied=False)
+                .order_by("finished_at")
+                .values(
+                    "pk",
+                    "upstream",
+                    "model",
+                    "upstream_status",
+                    "usage",
+                    "request_counts",
+                    "output_images",
+                )[:TALLY_CHUNK]
+            )
+            if not batches:
+                break
+            tokens = batch_tokens(batches)
+            sums: dict[tuple[str, str, str], list[int]] = {}
+            for b in batches:
+                group = (b["upstream"], b["model"], b["upstream_status"])
+                row = sums.setdefault(group, [0, 0, 0, 0, 0])
+                completed = (b["request_counts"] or {}).get("completed", 0)
+                for i, n in enumerate((1, completed, *tokens[b["pk"]], b["output_images"])):
+                    row[i] += n
+            for group, row in sums.items():
+                _total_add(group, row)
+            pks = [b["pk"] for b in batches]
+            tallied += Batch.objects.filter(pk__in=pks, tallied=False).update(tallied=True)
+    return tallied
+
+
+def _total_add(group: tuple[str, str, str], row: list[int]) -> None:
+    names = dict(zip(("upstream", "model", "upstream_status"), group, strict=True))
+    fields = ("batches", "requests", "tokens_in", "tokens_out", "images")
+    increments = {name: F(name) + n for name, n in zip(fields, row, strict=True)}
+    totals = SpendTotal.objects.filter(**names)
+    if totals.update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            SpendTotal.objects.create(**names, **dict(zip(fields, row, strict=True)))
+            return
+    except IntegrityError:
+        pass  # another tally created it first
+    totals.update(**increments)
+
+
+def spend_totals(*, labels: ModelLabels) -> list[Spend]:
+    """Per upstream and model label, over every batch tallied: what /metrics counts."""
+    by_label: dict[tuple[str, str], Spend] = {}
+    rows = SpendTotal.objects.values_list(
+        "upstream", "model", "requests", "tokens_in", "tokens_out", "images"
+    )
+    for upstream, model, requests, tokens_in, tokens_out, images in rows:
+        label = labels.label(model)
+        spend = by_label.setdefault((upstream, label), Spend(label, upstream=upstream))
+        spend.add(labels.find(model), model, tokens_in, tokens_out, images)
+        spend.requests += requests
+    return sorted(by_label.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
 
 
 def spend_by_key(*, since: datetime, book: PriceBook, api_key_id: int | None = None) -> list[Spend]:

@@ -14,7 +14,7 @@ import time
 from django.conf import settings
 from django_q.tasks import async_task
 
-from . import forecast, services, tiers, webhooks
+from . import forecast, retention, services, tiers, webhooks
 from .models import Batch
 
 log = logging.getLogger(__name__)
@@ -80,4 +80,4 @@ def purge() -> str:
     forecast.timings_prune()
     if pruned := webhooks.openai_webhooks_prune():
         summary += f", {pruned} old webhook ids pruned"
-    return summary
+    return f"{summary}; {retention.retention_prune()}"

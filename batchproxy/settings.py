@@ -127,6 +127,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times to the second in the admin (batchproxy/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["batchproxy.formats"]
 USE_I18N = False
 USE_TZ = True
 
@@ -260,10 +262,20 @@ QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
 # How long a web process keeps the list of models waiting for queue capacity.
 CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
+# Seconds a done batch (ids, counts, usage; no prompt, no answer) and its upstream-file records
+# are kept after it ended; its figures stay in /metrics' totals. And django-q2's task rows.
+BATCH_RETENTION = env.int("BATCH_RETENTION", default=2_592_000)
+TASK_RETENTION = env.int("TASK_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+# No batch state lasts for ever (Batch.times_out_at): a batch not uploaded and created upstream
+# within BATCH_SUBMIT_TIMEOUT of entering `building` or `uploaded`, or whose results are not read
+# within BATCH_INGEST_TIMEOUT of entering `ingesting`, ends; its unanswered requests are requeued
+# (or failed, once out of attempts). `running` is bounded by BATCH_STUCK_AFTER.
+BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
+BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
 
@@ -309,8 +321,10 @@ ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
 
 # Completion webhooks to callers (requests_app.webhooks).
-# Seconds to connect and to read the receiver's answer.
+# Seconds to connect, and to wait for each read of the receiver's answer.
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# Seconds one delivery may take in all (connect, send, answer), however the receiver drips.
+WEBHOOK_DELIVERY_SECONDS = env.float("WEBHOOK_DELIVERY_SECONDS", default=30.0)
 # First delay (s) before resending a failed delivery; doubles, capped at WEBHOOK_BACKOFF_CAP.
 WEBHOOK_BACKOFF = env.float("WEBHOOK_BACKOFF", default=30.0)
 WEBHOOK_BACKOFF_CAP = env.float("WEBHOOK_BACKOFF_CAP", default=3600.0)
@@ -367,7 +381,14 @@ LOGGING = {
         "json": {"()": "ops_app.logs.JsonFormatter"},
     },
     # Every record gets the request id, and secrets (bearer tokens, API keys) masked.
-    "filters": {"context": {"()": "ops_app.logs.RequestContextFilter"}},
+    "filters": {
+        "context": {"()": "ops_app.logs.RequestContextFilter"},
+        # The scheduler's per-task lines: quiet unless SCHEDULER_LOG_LEVEL asks for them.
+        "scheduler_chatter": {
+            "()": "ops_app.logs.SchedulerChatterFilter",
+            "level": env.str("SCHEDULER_LOG_LEVEL", default="WARNING"),
+        },
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -382,12 +403,15 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        "django-q": {"filters": ["scheduler_chatter"]},
     },
 }
 
 # --- Operations: health, metrics, OpenAPI ------------------------------------------------------
-# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`. Without a token it is closed (403),
+# unless METRICS_PUBLIC=true opens it to anyone who can reach it, or in try-out mode to loopback.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # One log line per HTTP request (method, path, status, time; never headers or bodies).
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
 # /readyz fails when no scheduler has run the flush schedule for this long.

@@ -1,7 +1,7 @@
 """System checks of the client side's settings: fail loudly on nonsense."""
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -14,6 +14,7 @@ def webhook_settings_check(app_configs, **kwargs) -> list:
         "WEBHOOK_MAX_EVENTS",
         "WEBHOOK_MAX_BYTES",
         "WEBHOOK_RUN_SECONDS",
+        "WEBHOOK_DELIVERY_SECONDS",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
@@ -22,13 +23,22 @@ def webhook_settings_check(app_configs, **kwargs) -> list:
         problems.append(
             Error("WEBHOOK_BACKOFF_CAP is below WEBHOOK_BACKOFF.", id="requests_app.E002")
         )
-    # A delivery run (plus one send's timeouts) must end before django-q2 gives up on the task.
-    longest = settings.WEBHOOK_RUN_SECONDS + 2 * settings.WEBHOOK_TIMEOUT
+    # A delivery run (plus its last delivery) must end before django-q2 gives up on the task.
+    longest = settings.WEBHOOK_RUN_SECONDS + settings.WEBHOOK_DELIVERY_SECONDS
     if longest >= settings.Q_CLUSTER["timeout"]:
         problems.append(
             Error(
-                "WEBHOOK_RUN_SECONDS plus two WEBHOOK_TIMEOUTs must stay below Q_TIMEOUT.",
+                "WEBHOOK_RUN_SECONDS plus WEBHOOK_DELIVERY_SECONDS must stay below Q_TIMEOUT.",
                 id="requests_app.E003",
+            )
+        )
+    if settings.Q_CLUSTER.get("workers", 2) < 2:
+        # The webhook run may hold one worker for its whole minute; the tick needs another.
+        problems.append(
+            Warning(
+                "Q_WORKERS is below 2: a webhook run to slow receivers can hold the only "
+                "worker and delay the engine's tick.",
+                id="requests_app.W001",
             )
         )
     if settings.LIST_SETTLE_SECONDS < 0:

@@ -63,6 +63,11 @@ def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
     return None
 
 
+def default_missing() -> bool:
+    """The default OpenAI upstream has no key (and this is no try-out, whose fake needs none)."""
+    return settings.TRY_OUT is None and not settings.OPENAI_API_KEY
+
+
 def upstream_get(name: str) -> Upstream:
     for upstream in upstreams_all():
         if upstream.name == name:
@@ -71,19 +76,21 @@ def upstream_get(name: str) -> Upstream:
 
 
 def upstream_refusal() -> str | None:
-    """Why this process may not call the default upstream, or None.
+    """Why this process may not start to call upstream, or None.
 
-    Without OPENAI_API_KEY only a data directory in try-out mode may (batchproxy/tryout.py):
-    a process never falls back to sending prompts to OPENAI_BASE_URL with no key. Commands
-    that call upstream refuse to start on it; `transport` refuses every call on it.
+    Outside try-out mode (batchproxy/tryout.py) some upstream needs a key: the default OpenAI
+    one (OPENAI_API_KEY) or any other (Anthropic, Gemini, Azure, UPSTREAMS). A process never
+    falls back to sending prompts to OPENAI_BASE_URL with no key: `transport` refuses every
+    call to a keyless default (its batches wait, retried, until the key is set).
     """
-    if settings.TRY_OUT is None and not settings.OPENAI_API_KEY:
-        return (
-            "OPENAI_API_KEY is not set, and this data directory is not in try-out mode. Set "
-            "OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API), or run "
-            "`manage.py serve --fake-openai` to try the proxy against the built-in fake OpenAI."
-        )
-    return None
+    if not default_missing() or any(u.name != DEFAULT and u.api_key() for u in upstreams_all()):
+        return None
+    return (
+        "No upstream key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, "
+        "AZURE_OPENAI_API_KEY or an UPSTREAMS key), and this data directory is not in try-out "
+        "mode. Set one, or run `manage.py serve --fake-openai` to try the proxy against the "
+        "built-in fakes."
+    )
 
 
 def upstream_key(upstream: Upstream) -> str:
@@ -109,8 +116,12 @@ TRANSPORTS = {
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
     upstream = upstream_get(name)
-    if upstream.name == DEFAULT and (refusal := upstream_refusal()) is not None:
-        raise UpstreamError(refusal, permanent=False, code="no_api_key")
+    if upstream.name == DEFAULT and default_missing():
+        raise UpstreamError(
+            "OPENAI_API_KEY is not set: nothing is sent to the default OpenAI upstream.",
+            permanent=False,
+            code="no_api_key",
+        )
     module, cls = TRANSPORTS.get(upstream.kind, TRANSPORTS["openai"])
     kind = getattr(import_module(f".{module}", __name__), cls)
     return kind(upstream, upstream_key(upstream))

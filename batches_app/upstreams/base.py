@@ -8,16 +8,31 @@ never fork per provider (STYLE.md rule 6).
 """
 
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import orjson
+
 from requests_app.models import jsonl_line
 
 # The metadata key that names the proxy's batch on its upstream batch.
 METADATA_KEY = "batchproxy_batch_id"
+
+
+def unreadable_line(raw: bytes | str, *, id_field: str) -> str | None:
+    """A result line that could not be read (truncated, not JSON), as an OpenAI error line for
+    the request it names, if it still names one: the engine then fails (or requeues) that
+    request alone and reads on. None when not even that is left."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    match = re.search(rf'"{re.escape(id_field)}"\s*:\s*"([^"]{{1,100}})"', text[:1000])
+    if match is None:
+        return None
+    error = {"code": "invalid_result_line", "message": "The upstream's result line was unreadable."}
+    return orjson.dumps({"custom_id": match[1], "response": None, "error": error}).decode()
 
 
 class UpstreamError(Exception):

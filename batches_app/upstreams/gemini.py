@@ -31,7 +31,14 @@ from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import METADATA_KEY, SyncAnswer, Transport, Upstream, UpstreamError
+from .base import (
+    METADATA_KEY,
+    SyncAnswer,
+    Transport,
+    Upstream,
+    UpstreamError,
+    unreadable_line,
+)
 
 API_VERSION = "v1beta"  # where Google documents the Batch API
 DISPLAY_PREFIX = "batchproxy-"
@@ -233,6 +240,16 @@ def _response_json(response: types.GenerateContentResponse) -> dict:
     )
 
 
+def _file_result_line(raw: bytes) -> str | None:
+    """A responses file's line as an OpenAI output line; an unreadable one fails its request
+    alone (`unreadable_line`)."""
+    try:
+        item = orjson.loads(raw)
+        return _output_line(item.get("key"), item.get("response"), item.get("error"))
+    except (ValueError, AttributeError):
+        return unreadable_line(raw, id_field="key")
+
+
 class GeminiTransport(Transport):
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
@@ -351,13 +368,8 @@ class GeminiTransport(Transport):
                     raise _translate(exc) from exc
             with path.open("rb") as fh:
                 for raw in fh:
-                    if raw.strip():
-                        item = orjson.loads(raw)
-                        line = _output_line(
-                            item.get("key"), item.get("response"), item.get("error")
-                        )
-                        if line:
-                            yield line
+                    if raw.strip() and (line := _file_result_line(raw)):
+                        yield line
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file, or (for inline results) the job itself, once it has ended."""

@@ -21,6 +21,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
+# A request whose text holds this gets its result line cut in half in the results file, as a
+# broken upload or a provider's bug would leave it.
+TRUNCATE_MARKER = "[[truncate]]"
+# A batch holding a request whose text holds this is refused at create (HTTP 400), as a
+# provider refuses a whole batch for one request it cannot take.
+REFUSE_MARKER = "[[refuse]]"
+REFUSAL = "A request of the batch holds [[refuse]]."
+
+
+def jsonl(items) -> str:
+    """Result lines as JSONL, each line holding TRUNCATE_MARKER cut in half."""
+    lines = []
+    for item in items:
+        line = json.dumps(item)
+        lines.append(line[: len(line) // 2] if TRUNCATE_MARKER in line else line)
+    return "".join(line + "\n" for line in lines)
 
 
 @dataclass
@@ -34,7 +50,7 @@ class Reply:
         if isinstance(self.body, bytes):
             return self.body
         if isinstance(self.body, list):  # results: JSONL
-            return "".join(json.dumps(line) + "\n" for line in self.body).encode()
+            return jsonl(self.body).encode()
         return json.dumps(self.body).encode()
 
 

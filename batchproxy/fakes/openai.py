@@ -12,6 +12,8 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[error:server_error]]  no response, only an error with that code (error file)
     [[invalid]]             the whole batch fails validation on that line
     [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
+    [[truncate]]            its line of the output (or error) file is cut in half
+    [[refuse]]              the create of a batch holding it is refused (HTTP 400)
 
 Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
 for edits, " on <image urls or file ids>"). A video line is answered with a finished video object;
@@ -56,7 +58,7 @@ from email.utils import collapse_rfc2231_value
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .http import serve_until_signalled
+from .http import REFUSAL, REFUSE_MARKER, jsonl, serve_until_signalled
 
 SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
 DEFAULTS = {
@@ -1068,6 +1070,8 @@ class FakeOpenAI:
         if stored["object"]["purpose"] != "batch":
             raise ApiError(400, "The input file must have purpose 'batch'.", param="input_file_id")
 
+        if REFUSE_MARKER.encode() in stored["content"]:
+            raise ApiError(400, REFUSAL, param="input_file_id", code="invalid_request")
         now = time.time()
         lines = _parse_lines(stored["content"])
         bodies = [v.get("body") for _, v in lines if isinstance(v, dict)]
@@ -1296,7 +1300,7 @@ class FakeOpenAI:
             ("error_file_id", "error", bad + expired),
         ):
             if lines:
-                content = "".join(json.dumps(line) + "\n" for line in _shuffled(lines, rng))
+                content = jsonl(_shuffled(lines, rng))
                 name = f"{batch['id']}_{kind}.jsonl"
                 stored = self._store_file(content.encode(), name, "batch_output", run.output_expiry)
                 batch[key] = stored["id"]

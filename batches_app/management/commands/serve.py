@@ -16,7 +16,7 @@ from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
-from requests_app.operators import admin_exists, superuser_ensure
+from requests_app.operators import admin_exists, createsuperuser_command, superuser_ensure
 
 # The fakes a try-out starts, by upstream kind, and their names on screen; the models each
 # serves are batchproxy/tryout.py's FAKE_MODELS.
@@ -27,15 +27,11 @@ FAKES = {
 }
 
 
-def _python() -> str:
-    """This interpreter as the user would type it: relative when it is under the cwd."""
-    relative = os.path.relpath(sys.executable)
-    return sys.executable if relative.startswith("..") else relative
-
-
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
+    if host in ("0.0.0.0", "::"):  # noqa: S104
+        host = "127.0.0.1"
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 class Command(BaseCommand):
@@ -46,6 +42,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9487)))
+        parser.add_argument(
+            "--host",
+            default=os.environ.get("HOST", ""),
+            help="the address to listen on (default: HOST, else 127.0.0.1 in a try-out, whose "
+            "key anyone reaching it could use, and every interface otherwise)",
+        )
         parser.add_argument(
             "--role",
             choices=["all", "web", "scheduler"],
@@ -78,6 +80,7 @@ class Command(BaseCommand):
         self,
         *args,
         port: int,
+        host: str,
         role: str,
         fake_upstreams: bool,
         fake_step_seconds: float,
@@ -85,7 +88,9 @@ class Command(BaseCommand):
         wait_for_db: float,
         **options,
     ) -> None:
-        env = dict(os.environ, PORT=str(port))
+        # A try-out's key and fakes are for this machine: loopback unless asked otherwise.
+        host = host or ("127.0.0.1" if fake_upstreams else "0.0.0.0")  # noqa: S104
+        env = dict(os.environ, PORT=str(port), HOST=host)
         if fake_upstreams:
             fakes = {
                 kind: fake(step_seconds=fake_step_seconds).start()
@@ -156,13 +161,13 @@ class Command(BaseCommand):
         """Where to point the SDK and the browser, and what an operator still has to do."""
         if role == "scheduler":
             return "batchproxy scheduler running (role: scheduler)"
-        host = env.get("HOST", "")
-        # gunicorn listens on every address by default: this machine's own is the one to click.
-        if host in ("", "0.0.0.0", "::"):  # noqa: S104
-            host = "127.0.0.1"
-        base = f"http://{host}:{port}"
+        host = env["HOST"]
+        everywhere = host in ("0.0.0.0", "::")  # noqa: S104
+        # Listening on every address: this machine's own is the one to click.
+        base = f"http://{'127.0.0.1' if everywhere else host}:{port}"
+        listening = "every interface" if everywhere else f"{host} only"
         lines = [
-            f"batchproxy running (role: {role}) at {base}/",
+            f"batchproxy running (role: {role}) at {base}/ (listening on {listening})",
             f"  SDK base URL: {base}/v1",
             f"  Admin:        {base}/{settings.ADMIN_URL}",
             f"  Dashboard:    {base}/{settings.ADMIN_URL}dashboard/",
@@ -170,9 +175,7 @@ class Command(BaseCommand):
         if admin_exists():
             lines.append("  Admin account: exists.")
         else:
-            lines.append(
-                f"  Admin account: none yet. Make one: {_python()} manage.py createsuperuser"
-            )
+            lines.append(f"  Admin account: none yet. Make one: {createsuperuser_command()}")
         if fake_step is not None:
             wait = float(env.get("BATCH_MAX_WAIT", settings.BATCH_MAX_WAIT))
             tick = float(env.get("TICK_SECONDS", settings.TICK_SECONDS))
@@ -214,7 +217,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         web = any("gunicorn" in command for command in commands)
         while not stopping and all(child.poll() is None for child in children):
-            if started and (not web or _listening(port)):
+            if started and (not web or _listening(env["HOST"], port)):
                 self.stdout.write(started)
                 started = ""
             time.sleep(0.5)
