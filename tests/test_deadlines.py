@@ -641,6 +641,7 @@ def test_the_dashboard_metrics_and_admin_show_tiers_and_deadlines(
 ):
     from .test_metrics import scrape, value
 
+    settings.METRICS_PUBLIC = True
     post("/v1/chat/completions", chat(FLEX_MODEL, "by flex"), HTTP_X_BATCH_DEADLINE="30")
     post("/v1/chat/completions", chat(PLAIN_MODEL, "by standard"), HTTP_X_BATCH_DEADLINE="30")
     tick()
