@@ -317,7 +317,7 @@ SEND_FIELDS = (
 )
 
 
-def request_send(request_id: str, token: int) -> str:
+def request_send(request_id: str, token: int, *, timeout: float | None = None) -> str:
     """Send one claimed request at its tier and record the answer (or the failure).
 
     1. Read it; nothing to do unless it is still pending and still holds this claim.
@@ -337,7 +337,7 @@ def request_send(request_id: str, token: int) -> str:
             endpoint=row["endpoint"],
             body=row["body"],
             tier=row["sync_tier"],
-            timeout=settings.SYNC_TIMEOUT,
+            timeout=timeout or settings.SYNC_TIMEOUT,
         )
     except UpstreamError as exc:
         _send_failed(row, token, exc, upstream)
@@ -453,7 +453,9 @@ def request_answer_now(*, request_id) -> None:
         updated_at=now,
     )
     if claimed:
-        request_send(str(request_id), token)
+        # A web worker waits for it: the ordinary upstream timeout, not flex's long one. A send
+        # cut short is retried by the tick once its lease runs out.
+        request_send(str(request_id), token, timeout=settings.OPENAI_TIMEOUT)
 
 
 def deadline_tighten(*, request_id, deadline: datetime) -> None:
