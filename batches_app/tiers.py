@@ -217,8 +217,13 @@ def requests_escalate(*, now: datetime) -> int:
 # --- Sends ------------------------------------------------------------------------------------
 
 
+# A request escalated out of its batch stays due for its send even when the batch then fails it
+# for good (attempts used up): its caller asked for an answer by a deadline, and may yet get it.
+SYNCABLE = (*PENDING, Status.FAILED)
+
+
 def _syncing() -> QuerySet:
-    return BatchRequest.objects.filter(status__in=PENDING).exclude(sync_tier="")
+    return BatchRequest.objects.filter(status__in=SYNCABLE).exclude(sync_tier="")
 
 
 def _upstream_of(endpoint: str, model: str, batch_upstream: str | None) -> Upstream | None:

@@ -682,3 +682,32 @@ def test_images_and_videos_wait_for_their_batch_whatever_their_deadline(post, he
     response = post("/v1/images/generations", body | {"n": 2}, HTTP_X_BATCH_MODE="now")
     assert response.status_code == 400
     assert error_of(response)["param"] == "X-Batch-Mode"
+
+
+def test_an_escalated_request_its_batch_fails_for_good_is_still_answered_by_its_send(
+    post, fake_openai, settings
+):
+    settings.FORECAST_MIN_SAMPLES = 1
+    settings.DEADLINE_MARGIN = 5
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake_openai.configure(stall_after_lines=0)
+    body = chat(FLEX_MODEL, "rescued")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="60")
+    now = timezone.now()
+    cycle()
+    [(request_id, token)] = tiers.deadlines_tick(
+        now=now + timedelta(seconds=45), send=lambda pk, t: None
+    ).sent
+    # Its batch ends without it, its attempts used up: failed for good, as outcomes.py does.
+    BatchRequest.objects.filter(pk=request_id).update(
+        status=Status.FAILED, error_code="batch_expired", finished_at=timezone.now()
+    )
+    assert tiers.request_send(str(request_id), token) == "answered at flex"
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "flex"
