@@ -253,27 +253,32 @@ def sends_dispatch(
             by_upstream[upstream.name].append(group)
     if not by_upstream:
         return []
-    flying: dict[str, int] = defaultdict(int)
-    in_flight = _syncing().filter(sync_started_at__gte=lease_cut)
-    for group in (
-        in_flight.values("endpoint", "model", "batch__upstream").annotate(n=Count("pk")).order_by()
-    ):
-        upstream = _upstream_of(group["endpoint"], group["model"], group["batch__upstream"])
-        if upstream is not None:
-            flying[upstream.name] += group["n"]
     claimed = []
     for name, groups in by_upstream.items():
-        # One dispatcher per upstream at a time, so two cannot both fill the same room.
+        # One dispatcher per upstream at a time, counting and claiming under its lease, so two
+        # cannot both fill the same room.
         with batch_lease(f"sync-dispatch:{name}") as held:
             if not held:
                 continue
-            room = settings.SYNC_CONCURRENCY - flying[name]
+            room = settings.SYNC_CONCURRENCY - _in_flight(name, lease_cut)
             claimed += _claim(due, groups, room, now)
     if claimed:
         crash_point("after_sync_claim")
     for request_id, token in claimed:
         (send or _enqueue)(str(request_id), token)
     return claimed
+
+
+def _in_flight(upstream: str, lease_cut: datetime) -> int:
+    """Sends of this upstream whose lease holds."""
+    flying = _syncing().filter(sync_started_at__gte=lease_cut)
+    rows = flying.values("endpoint", "model", "batch__upstream").annotate(n=Count("pk")).order_by()
+    return sum(
+        row["n"]
+        for row in rows
+        if (found := _upstream_of(row["endpoint"], row["model"], row["batch__upstream"]))
+        and found.name == upstream
+    )
 
 
 def _claim(due: QuerySet, groups: list[dict], room: int, now: datetime) -> list[tuple]:

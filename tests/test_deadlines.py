@@ -711,3 +711,11 @@ def test_an_escalated_request_its_batch_fails_for_good_is_still_answered_by_its_
     assert tiers.request_send(str(request_id), token) == "answered at flex"
     response = post("/v1/chat/completions", body)
     assert response.status_code == 200 and response["X-Batch-Tier"] == "flex"
+
+
+def test_a_send_timeout_past_django_q2s_retry_is_refused_at_start(settings):
+    from ops_app.checks import deadlines_check
+
+    assert deadlines_check(None) == []
+    settings.SYNC_TIMEOUT = settings.Q_CLUSTER["retry"]
+    assert [e.id for e in deadlines_check(None)] == ["ops_app.E212"]
