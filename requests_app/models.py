@@ -221,10 +221,13 @@ class BatchRequest(models.Model):
                 condition=models.Q(status__in=["queued", "submitted"], deadline__isnull=False),
                 name="deadline_idx",
             ),
-            # Requests to send synchronously (tiers.sends_dispatch): a handful at any time.
+            # Requests to send synchronously (tiers.sends_dispatch): a handful at any time. Its
+            # condition is the dispatcher's filter word for word (tiers.SYNCABLE), so that the
+            # planner can use it: an escalated request failed by its batch is still sent.
             models.Index(
                 fields=["sync_not_before"],
-                condition=models.Q(status__in=["queued", "submitted"]) & ~models.Q(sync_tier=""),
+                condition=models.Q(status__in=["queued", "submitted", "failed"])
+                & ~models.Q(sync_tier=""),
                 name="sync_due_idx",
             ),
             # A key's videos, for the owner check of a video's content (requests_app.videos):

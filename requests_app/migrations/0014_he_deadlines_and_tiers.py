@@ -72,6 +72,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='batchrequest',
-            index=models.Index(condition=models.Q(('status__in', ['queued', 'submitted']), models.Q(('sync_tier', ''), _negated=True)), fields=['sync_not_before'], name='sync_due_idx'),
+            index=models.Index(condition=models.Q(('status__in', ['queued', 'submitted', 'failed']), models.Q(('sync_tier', ''), _negated=True)), fields=['sync_not_before'], name='sync_due_idx'),
         ),
     ]
