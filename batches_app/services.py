@@ -68,12 +68,13 @@ def _ready(now: datetime) -> QuerySet:
     )
 
 
-def _group_due(group: dict, now: datetime) -> bool:
+def _group_due(group: dict, now: datetime, limits: tuple[int, int]) -> bool:
     wait = timedelta(seconds=settings.BATCH_MAX_WAIT)
     line_bytes = group["bytes"] + group["n"] * _line_overhead(group["endpoint"])
+    max_requests, max_bytes = limits
     return (
-        group["n"] >= settings.BATCH_MAX_REQUESTS
-        or line_bytes >= settings.BATCH_MAX_BYTES
+        group["n"] >= max_requests
+        or line_bytes >= max_bytes
         or group["inputs"] >= settings.BATCH_MAX_EMBEDDING_INPUTS
         or group["oldest"] <= now - wait
     )
@@ -115,7 +116,7 @@ def batch_flush(
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
         # A deadline the batch can meet only if it starts now flushes its group now.
         urgent = tiers.group_due(group=group, upstream=route, now=now)
-        if not (force or urgent or _group_due(group, now)):
+        if not (force or urgent or _group_due(group, now, upstreams.upstream_limits(route))):
             continue
         while claim := _claim_one_batch(group["endpoint"], group["model"], force=force or urgent):
             if claim.batch:
@@ -162,7 +163,8 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
     """
     now = timezone.now()
     overhead = _line_overhead(endpoint)
-    upstream = upstreams.upstream_route(endpoint=endpoint, model=model).name
+    route = upstreams.upstream_route(endpoint=endpoint, model=model)
+    upstream, (max_requests, max_bytes) = route.name, upstreams.upstream_limits(route)
     with transaction.atomic():
         room = capacity.room_take(upstream=upstream, model=model)
         if room is not None and room.busy and not room.fits(1, 1):
@@ -174,16 +176,16 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             .order_by("created_at", "pk")
             .select_for_update(skip_locked=True)
             .values_list("pk", "body_bytes", "embedding_inputs", "created_at", "counted_tokens")[
-                : settings.BATCH_MAX_REQUESTS
+                :max_requests
             ]
         )
         if not rows:
             return None
-        taken, size, inputs, tokens, full = [], 0, 0, 0, len(rows) == settings.BATCH_MAX_REQUESTS
+        taken, size, inputs, tokens, full = [], 0, 0, 0, len(rows) == max_requests
         too_large, waiting, alone = [], False, False
         for pk, body_bytes, embedding_inputs, _created, counted in rows:
             if taken and (
-                size + body_bytes + overhead > settings.BATCH_MAX_BYTES
+                size + body_bytes + overhead > max_bytes
                 or inputs + embedding_inputs > settings.BATCH_MAX_EMBEDDING_INPUTS
             ):
                 full = True
@@ -616,7 +618,7 @@ def _poll(batch: Batch) -> None:
         "errors": data.get("errors"),
     }
     stuck = batch.upstream_created_at and timezone.now() - batch.upstream_created_at > timedelta(
-        seconds=settings.BATCH_STUCK_AFTER
+        seconds=upstreams.upstream_stuck_after(batch.upstream)
     )
     if status in Batch.UPSTREAM_TERMINAL or stuck:
         if stuck and status not in Batch.UPSTREAM_TERMINAL:

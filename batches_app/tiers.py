@@ -86,6 +86,13 @@ def _margin() -> timedelta:
     return timedelta(seconds=settings.DEADLINE_MARGIN)
 
 
+def sync_offered(upstream: Upstream | None, endpoint: str) -> bool:
+    """Whether a request of this endpoint can be answered synchronously on this upstream."""
+    if upstream is None or endpoint not in SYNC_ENDPOINTS:
+        return False
+    return upstreams.transport_class(upstream.kind).SYNC
+
+
 def tier_for(upstream: Upstream, model: str) -> str:
     """The cheapest synchronous tier of this model on this upstream."""
     if flex_offered(kind=upstream.kind, model=model):
@@ -156,7 +163,7 @@ def requests_route(*, now: datetime) -> int:
     for group in _groups(waiting, "endpoint", "model"):
         endpoint, model = group["endpoint"], group["model"]
         upstream = upstreams.upstream_route(endpoint=endpoint, model=model)
-        if upstream is None:
+        if not sync_offered(upstream, endpoint):
             continue
         batch = forecast_for(upstream=upstream, endpoint=endpoint, model=model, tier=Tier.BATCH)
         cutoff = now + timedelta(seconds=batch.p90) + _margin()
@@ -200,6 +207,8 @@ def requests_escalate(*, now: datetime) -> int:
         try:
             upstream = upstreams.upstream_get(group["batch__upstream"])
         except UpstreamError:
+            continue
+        if not sync_offered(upstream, endpoint):
             continue
         tier = tier_for(upstream, model)
         sync = forecast_for(upstream=upstream, endpoint=endpoint, model=model, tier=tier)

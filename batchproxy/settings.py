@@ -169,6 +169,10 @@ def upstream_from_env(name: str) -> dict:
         "key_env": env.str(prefix + "KEY_ENV", default=prefix + "API_KEY"),
         "models": env.list(prefix + "MODELS", default=[]),
         "api_version": env.str(prefix + "API_VERSION", default=""),
+        # A kind's own defaults (upstreams.KIND_DEFAULTS) apply where these are not set.
+        "completion_window": env.str(prefix + "COMPLETION_WINDOW", default=""),
+        "max_requests": env.int(prefix + "MAX_REQUESTS", default=0),
+        "max_bytes": env.int(prefix + "MAX_BYTES", default=0),
     }
 
 

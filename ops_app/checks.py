@@ -103,12 +103,14 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure", "anthropic", "gemini")
+UPSTREAM_KINDS = ("openai", "azure", "groq", "together", "mistral", "anthropic", "gemini")
 
 
 @register()
 def upstreams_check(app_configs, **kwargs) -> list:
     """Every configured upstream names a known kind, a base URL, models and a set key."""
+    from batches_app.upstreams import KIND_DEFAULTS, window_seconds
+
     problems, seen = [], {"openai"}
     for upstream in settings.UPSTREAMS:
         name = upstream["name"]
@@ -123,7 +125,19 @@ def upstreams_check(app_configs, **kwargs) -> list:
                     id="ops_app.E013",
                 )
             )
-        if not upstream["base_url"] or not upstream["models"]:
+        if window := upstream.get("completion_window"):
+            try:
+                window_seconds(window)
+            except ValueError:
+                problems.append(
+                    Error(
+                        f"Upstream {name!r} has completion window {window!r}.",
+                        hint="A duration like 24h or 7d (Groq takes 24h to 7d).",
+                        id="ops_app.E015",
+                    )
+                )
+        has_url = upstream["base_url"] or upstream["kind"] in KIND_DEFAULTS
+        if not has_url or not upstream["models"]:
             problems.append(
                 Error(
                     f"Upstream {name!r} needs a base URL and the models it serves.",

@@ -279,11 +279,11 @@ class Intake(APIView):
             call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
             self.check_served(call)
             when = deadline_parse(request._request.META, now=now)
-            if when is not None and when.now and call.endpoint not in tiers.SYNC_ENDPOINTS:
+            if when is not None and when.now and not self.answers_now(call):
                 raise ClientError(
                     400,
-                    "X-Batch-Mode: now is not offered for images and videos: their calls wait "
-                    "for their batch.",
+                    "X-Batch-Mode: now is not offered for images, videos, or this model's "
+                    "upstream (no synchronous API): the call waits for its batch.",
                     code="invalid_header",
                     param="X-Batch-Mode",
                 )
@@ -333,6 +333,11 @@ class Intake(APIView):
         tiers.request_answer_now(request_id=row["id"])
         fresh = BatchRequest.objects.filter(pk=row["id"]).values(*ANSWER_FIELDS).first()
         return answer(fresh or row)
+
+    @staticmethod
+    def answers_now(call) -> bool:
+        route = upstreams.upstream_route(endpoint=call.endpoint, model=call.model)
+        return tiers.sync_offered(route, call.endpoint)
 
     def check_served(self, call) -> None:
         """On OpenAI's endpoints the default upstream serves every model."""

@@ -78,6 +78,33 @@ def anthropic_server():
 
 
 @pytest.fixture(scope="session")
+def groq_server():
+    from batchproxy.fakes.groq import FakeGroq
+
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def together_server():
+    from batchproxy.fakes.together import FakeTogether
+
+    server = FakeTogether().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mistral_server():
+    from batchproxy.fakes.mistral import FakeMistral
+
+    server = FakeMistral().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

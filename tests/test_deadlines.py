@@ -719,3 +719,23 @@ def test_a_send_timeout_past_django_q2s_retry_is_refused_at_start(settings):
     assert deadlines_check(None) == []
     settings.SYNC_TIMEOUT = settings.Q_CLUSTER["retry"]
     assert [e.id for e in deadlines_check(None)] == ["ops_app.E212"]
+
+
+def test_a_kind_without_a_synchronous_api_leaves_deadlines_to_its_batch(
+    client, api_key, fake_openai, settings, monkeypatch, request
+):
+    from .kinds import Mistral
+
+    fake = request.getfixturevalue(Mistral.fake_fixture)
+    fake.reset()
+    kind = Mistral(fake, client=client, secret=api_key[1])
+    kind.configure(settings, monkeypatch)
+    body = json.dumps(chat(Mistral.model, "no sync here"))
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    ask = {"content_type": "application/json", **auth}
+    response = client.post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="30", **ask)
+    assert response.status_code == 422
+    assert tick().routed == 0
+    assert BatchRequest.objects.get().status == Status.QUEUED
+    now = client.post("/v1/chat/completions", body, HTTP_X_BATCH_MODE="now", **ask)
+    assert now.status_code == 400 and error_of(now)["param"] == "X-Batch-Mode"

@@ -215,7 +215,8 @@ def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_rea
         shown = manage("shell", "-c", show, data_dir=data_dir, **env)
         assert shown.returncode == 0, shown.stderr
         names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
-        assert names == "['anthropic', 'gemini', 'openai']"  # the environment's set aside
+        fakes = "['anthropic', 'gemini', 'groq', 'together', 'mistral', 'openai']"
+        assert names == fakes  # the environment's set aside
         assert (url, key) == (fake_url.strip(), "fake-anthropic")
 
 
@@ -236,7 +237,13 @@ def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
         # Written before the fake Anthropic was recorded: the OpenAI fake only.
         ('{"openai_base_url": "http://f:1/v1", "pid": 7}', {"openai": "http://f:1/v1"}),
         # Damaged: still try-out, every kind sent where nothing listens.
-        ("{not json", dict.fromkeys(("openai", "anthropic", "gemini"), "http://127.0.0.1:9")),
+        (
+            "{not json",
+            dict.fromkeys(
+                ("openai", "anthropic", "gemini", "groq", "together", "mistral"),
+                "http://127.0.0.1:9",
+            ),
+        ),
     ],
     ids=["current", "old", "damaged"],
 )
@@ -247,5 +254,11 @@ def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
     tryout = tryout_read(tmp_path)
     assert tryout["fakes"] == (fakes or {"openai": "http://f:1/v1", "anthropic": "http://f:2"})
     others = {u["name"]: u["models"] for u in tryout_upstreams(tryout)}
-    expected = {"anthropic": ["claude-*"], "gemini": ["gemini-*"]}
+    expected = {
+        "anthropic": ["claude-*"],
+        "gemini": ["gemini-*"],
+        "groq": ["llama-*", "openai/gpt-oss-*"],
+        "together": ["meta-llama/*"],
+        "mistral": ["mistral-*", "ministral-*", "codestral-*"],
+    }
     assert others == {kind: expected[kind] for kind in tryout["fakes"] if kind != "openai"}

@@ -5,6 +5,8 @@ settings are the default upstream, named `openai`, which serves every model no o
 claims. Each kind has its module behind `base.Transport`.
 """
 
+import re
+from dataclasses import dataclass
 from importlib import import_module
 
 from django.conf import settings
@@ -20,7 +22,32 @@ DEFAULT = "openai"
 # The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
 # generateContent.
 FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
-KINDS = ("openai", "azure")
+KINDS = ("openai", "azure", "groq", "together", "mistral")
+
+
+@dataclass(frozen=True)
+class KindDefaults:
+    """What an upstream of this kind uses where its UPSTREAM_<NAME>_* variables say nothing,
+    from the provider's docs (docs/providers.md)."""
+
+    base_url: str
+    completion_window: str = "24h"
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+
+
+KIND_DEFAULTS = {
+    # console.groq.com/docs/batch; the groq SDK's BatchCreateParams: 24h to 7d, files <= 100 MB.
+    "groq": KindDefaults("https://api.groq.com/openai/v1", max_bytes=100_000_000),
+    # docs.together.ai/docs/inference/batch/overview: 50,000 requests and 100 MB per batch.
+    "together": KindDefaults("https://api.together.ai/v1", max_bytes=100_000_000),
+    # docs.mistral.ai, batch inference: jobs time out after `timeout_hours` (24 by default).
+    "mistral": KindDefaults("https://api.mistral.ai"),
+}
+OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
+# A batch still running this long past its completion window is treated as expired.
+STUCK_MARGIN = 2 * 3600
+WINDOW = re.compile(r"([1-9][0-9]*)([hd])")
 
 
 def kinds_for(endpoint: str) -> tuple[str, ...]:
@@ -33,10 +60,13 @@ def upstreams_all() -> list[Upstream]:
         Upstream(
             name=item["name"],
             kind=item["kind"],
-            base_url=item["base_url"],
+            base_url=item["base_url"] or _defaults(item["kind"]).base_url,
             key_env=item["key_env"],
             models=tuple(item["models"]),
             api_version=item.get("api_version", ""),
+            completion_window=item.get("completion_window", ""),
+            max_requests=item.get("max_requests", 0),
+            max_bytes=item.get("max_bytes", 0),
         )
         for item in settings.UPSTREAMS
     ]
@@ -48,6 +78,42 @@ def upstreams_all() -> list[Upstream]:
         models=("*",),
     )
     return [*configured, default]
+
+
+def _defaults(kind: str) -> KindDefaults:
+    return KIND_DEFAULTS.get(kind, OPENAI_DEFAULTS)
+
+
+def window_seconds(window: str) -> int:
+    """`24h`, `48h`, `7d`: a completion window in seconds (ValueError for anything else)."""
+    match = WINDOW.fullmatch(window.strip())
+    if match is None:
+        raise ValueError(f"{window!r} is not a completion window like 24h or 7d")
+    return int(match.group(1)) * (3600 if match.group(2) == "h" else 86_400)
+
+
+def upstream_window(upstream: Upstream) -> str:
+    """The completion window its batches are created with."""
+    return upstream.completion_window or _defaults(upstream.kind).completion_window
+
+
+def upstream_limits(upstream: Upstream) -> tuple[int, int]:
+    """Requests and JSONL bytes per batch: the proxy's own limits (BATCH_MAX_*), lowered to
+    the upstream's where it takes less."""
+    defaults = _defaults(upstream.kind)
+    requests = upstream.max_requests or defaults.max_requests
+    size = upstream.max_bytes or defaults.max_bytes
+    return min(settings.BATCH_MAX_REQUESTS, requests), min(settings.BATCH_MAX_BYTES, size)
+
+
+def upstream_stuck_after(name: str) -> int:
+    """Seconds after which a batch still running upstream is treated as expired: its window
+    and a margin (BATCH_STUCK_AFTER at least), so a 7-day Groq window is not cut at 26 h."""
+    try:
+        window = window_seconds(upstream_window(upstream_get(name)))
+    except (UpstreamError, ValueError):
+        return settings.BATCH_STUCK_AFTER
+    return max(settings.BATCH_STUCK_AFTER, window + STUCK_MARGIN)
 
 
 def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
@@ -110,7 +176,16 @@ TRANSPORTS = {
     "azure": ("azure", "AzureTransport"),
     "anthropic": ("anthropic", "AnthropicTransport"),
     "gemini": ("gemini", "GeminiTransport"),
+    "groq": ("groq", "GroqTransport"),
+    "together": ("together", "TogetherTransport"),
+    "mistral": ("mistral", "MistralTransport"),
 }
+
+
+def transport_class(kind: str) -> type[Transport]:
+    """A kind's transport class, without a key or a client (what the kind can do)."""
+    module, cls = TRANSPORTS.get(kind, TRANSPORTS["openai"])
+    return getattr(import_module(f".{module}", __name__), cls)
 
 
 def transport(name: str = DEFAULT) -> Transport:

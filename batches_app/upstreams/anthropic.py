@@ -154,6 +154,8 @@ class AnthropicTransport(Transport):
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
 
+    SYNC = True
+
     def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
         """The Messages API, at the standard tier (Anthropic has no flex): the body as it is."""
         post = self.client(retries=False).with_options(timeout=timeout).post

@@ -76,6 +76,11 @@ class Upstream:
     key_env: str
     models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
     api_version: str = ""
+    # A batch's window and limits where a provider has its own (Groq, Together, Mistral): ""
+    # and 0 mean the kind's defaults (upstreams.KIND_DEFAULTS).
+    completion_window: str = ""
+    max_requests: int = 0
+    max_bytes: int = 0
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -111,7 +116,9 @@ class Transport(ABC):
         """One line of an input file: OpenAI's `{"custom_id", "method", "url", "body"}`."""
         return jsonl_line(custom_id, endpoint, body)
 
-    # Synchronous sends (batches_app.tiers): the same request body, answered now.
+    # Synchronous sends (batches_app.tiers): the same request body, answered now. A kind
+    # without them (SYNC False) leaves every request to its batch, whatever its deadline.
+    SYNC = False
     FLEX = "flex"
     STANDARD = "standard"
 

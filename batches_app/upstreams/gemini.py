@@ -275,6 +275,8 @@ class GeminiTransport(Transport):
         request.pop("model", None)  # the job's, not the line's
         return orjson.dumps({"key": str(custom_id), "request": request}).decode() + "\n"
 
+    SYNC = True
+
     def offers_flex(self) -> bool:
         return True
 

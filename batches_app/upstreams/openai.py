@@ -75,6 +75,8 @@ class OpenAITransport(Transport):
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
 
+    SYNC = True
+
     def offers_flex(self) -> bool:
         return True
 
@@ -83,7 +85,10 @@ class OpenAITransport(Transport):
         body's own is replaced: the receipt prices the tier sent). The Azure client turns the
         path into its deployment's, as it does for its own calls."""
         payload = orjson.loads(body)
-        payload["service_tier"] = "flex" if tier == self.FLEX else "default"
+        if tier == self.FLEX:
+            payload["service_tier"] = "flex"
+        elif self.upstream.kind in ("openai", "azure"):
+            payload["service_tier"] = "default"  # OpenAI's word; other kinds' bodies go as they are
         path = "/" + endpoint.removeprefix("/v1/")
         post = self.client(retries=False).with_options(timeout=timeout).post
         try:

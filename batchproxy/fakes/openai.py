@@ -693,7 +693,20 @@ def _parse_multipart(content_type: str, body: bytes) -> dict:
 
 
 class FakeOpenAI:
-    """OpenAI's Files + Batches API in memory, served over HTTP from a daemon thread."""
+    """OpenAI's Files + Batches API in memory, served over HTTP from a daemon thread.
+
+    An OpenAI-compatible provider with its own quirks (fakes/groq.py) is a subclass that
+    changes where the API is served, which windows and sizes it takes, and whether it takes
+    OpenAI's file expiry parameters.
+    """
+
+    prefix = "/v1"  # where the API is served
+    max_upload_bytes = MAX_UPLOAD_BYTES
+    takes_expiry = True  # `expires_after` on uploads, `output_expires_after` on batches
+
+    def window_seconds(self, window) -> int | None:
+        """The seconds of a `completion_window` this API takes, or None."""
+        return DAY if window == "24h" else None
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
         self._address = (host, port)
@@ -713,12 +726,12 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("FakeOpenAI is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host}:{port}{self.prefix}"
 
     @property
     def azure_endpoint(self) -> str:
         """The same API as Azure OpenAI serves it (`/openai/...`, `api-key`, `api-version`)."""
-        return self.url.removesuffix("/v1")
+        return self.url.removesuffix(self.prefix)
 
     def start(self) -> FakeOpenAI:
         self._stopping.clear()
@@ -984,10 +997,13 @@ class FakeOpenAI:
         filename = filename or "upload"
         if purpose == "batch" and not filename.endswith(".jsonl"):
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
-        if len(content) > MAX_UPLOAD_BYTES:
-            raise ApiError(400, "Batch input files are limited to 200 MB.", param="file")
+        if len(content) > self.max_upload_bytes:
+            limit = self.max_upload_bytes // (1024 * 1024)
+            raise ApiError(400, f"Batch input files are limited to {limit} MB.", param="file")
         anchor = fields.get("expires_after[anchor]", (None, b""))[1].decode(errors="replace")
         seconds = fields.get("expires_after[seconds]", (None, b""))[1].decode(errors="replace")
+        if (anchor or seconds) and not self.takes_expiry:
+            raise ApiError(400, "Unknown parameter: 'expires_after'.", param="expires_after")
         expires = _expiry({"anchor": anchor, "seconds": seconds} if anchor or seconds else None)
         return _json_reply(self._store_file(content, filename, purpose, expires))
 
@@ -1053,9 +1069,13 @@ class FakeOpenAI:
         if endpoint not in ENDPOINTS:
             message = f"Invalid endpoint '{endpoint}'; supported: {', '.join(ENDPOINTS)}."
             raise ApiError(400, message, param="endpoint", code="invalid_value")
-        if params["completion_window"] != "24h":
-            message = "Invalid completion_window; only '24h' is supported."
+        window = self.window_seconds(params["completion_window"])
+        if window is None:
+            message = f"Invalid completion_window '{params['completion_window']}'."
             raise ApiError(400, message, param="completion_window", code="invalid_value")
+        if "output_expires_after" in params and not self.takes_expiry:
+            message = "Unknown parameter: 'output_expires_after'."
+            raise ApiError(400, message, param="output_expires_after")
         metadata = params.get("metadata")
         if metadata is not None and not (
             isinstance(metadata, dict)
@@ -1085,13 +1105,13 @@ class FakeOpenAI:
             "model": models[0] if models else None,
             "errors": None,
             "input_file_id": params["input_file_id"],
-            "completion_window": "24h",
+            "completion_window": params["completion_window"],
             "status": "validating",
             "output_file_id": None,
             "error_file_id": None,
             "created_at": int(now),
             "in_progress_at": None,
-            "expires_at": int(now) + DAY,
+            "expires_at": int(now) + window,
             "finalizing_at": None,
             "completed_at": None,
             "failed_at": None,
@@ -1369,8 +1389,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(fake._control(method, url.path, body))
         operation, args = "unknown", ()
         # Azure OpenAI: the same routes under /openai, keyed by `api-key`, versioned by query.
-        azure = url.path.startswith("/openai/")
+        # A provider serving them under a prefix of its own (Groq's /openai/v1) is not Azure.
+        own = fake.prefix != "/v1" and url.path.startswith(fake.prefix + "/")
+        azure = not own and url.path.startswith("/openai/")
         path = "/v1/" + url.path.removeprefix("/openai/") if azure else url.path
+        if own:
+            path = "/v1" + url.path.removeprefix(fake.prefix)
         for route_method, pattern, name in ROUTES:
             if route_method == method and (match := pattern.fullmatch(path)):
                 operation, args = name, match.groups()

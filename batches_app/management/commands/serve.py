@@ -13,7 +13,10 @@ from django_q.tasks import async_task
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
 from batchproxy.fakes.gemini import FakeGemini
+from batchproxy.fakes.groq import FakeGroq
+from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
+from batchproxy.fakes.together import FakeTogether
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import admin_exists, createsuperuser_command, superuser_ensure
@@ -24,6 +27,9 @@ FAKES = {
     "openai": (FakeOpenAI, "OpenAI"),
     "anthropic": (FakeAnthropic, "Anthropic"),
     "gemini": (FakeGemini, "Gemini"),
+    "groq": (FakeGroq, "Groq"),
+    "together": (FakeTogether, "Together"),
+    "mistral": (FakeMistral, "Mistral"),
 }
 
 
