@@ -7,6 +7,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -18,6 +19,7 @@ from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
 from .models import Batch, FlexModel, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
+from .usage import usage_tokens
 
 ERROR_PREVIEW = 80
 
@@ -206,7 +208,7 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
     def usage_tokens(self, batch: Batch) -> str:
         if not batch.usage:
             return "-"
-        tokens_in, tokens_out = dashboard.usage_tokens(batch.usage)
+        tokens_in, tokens_out = usage_tokens(batch.usage)
         return f"{tokens_in} in, {tokens_out} out"
 
     @admin.display(description="errors")
@@ -271,11 +273,24 @@ class OpenAIWebhookAdmin(admin.ModelAdmin):
         return False
 
 
+class DeletedUpstreamFilter(admin.SimpleListFilter):
+    title = "deleted upstream"
+    parameter_name = "deleted"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "yes"), ("no", "no, still there"))
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(deleted_at__isnull=self.value() == "no")
+
+
 @admin.register(UpstreamFile)
 class UpstreamFileAdmin(admin.ModelAdmin):
-    list_display = ("file_id", "purpose", "upstream", "batch_link", "bytes", "created_at")
-    list_display += ("ingested_at", "deleted_at")
-    list_filter = ("purpose", "batch__upstream", ("deleted_at", admin.EmptyFieldListFilter))
+    # One line a row: ages and a state in words; the exact times are on the file's page.
+    list_display = ("file_id", "purpose", "upstream", "batch_link", "size", "age", "file_state")
+    list_filter = ("purpose", "batch__upstream", DeletedUpstreamFilter)
     list_select_related = ("batch",)
     search_fields = ("=file_id", "=batch__upstream_id")
     ordering = ("-created_at",)
@@ -295,10 +310,26 @@ class UpstreamFileAdmin(admin.ModelAdmin):
     def upstream(self, upstream_file: UpstreamFile) -> str:
         return upstream_file.batch.upstream
 
+    @admin.display(description="size", ordering="bytes")
+    def size(self, upstream_file: UpstreamFile) -> str:
+        return "-" if upstream_file.bytes is None else filesizeformat(upstream_file.bytes)
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, upstream_file: UpstreamFile) -> str:
+        return age(upstream_file.created_at)
+
+    @admin.display(description="state")
+    def file_state(self, upstream_file: UpstreamFile) -> str:
+        if upstream_file.deleted_at:
+            return "deleted upstream"
+        return "read, still upstream" if upstream_file.ingested_at else "upstream"
+
     @admin.display(description="batch")
     def batch_link(self, upstream_file: UpstreamFile):
+        """The batch's short id and model; its page has the rest."""
+        batch = upstream_file.batch
         url = reverse("admin:batches_app_batch_change", args=[upstream_file.batch_id])
-        return format_html('<a href="{}">{}</a>', url, upstream_file.batch)
+        return format_html('<a href="{}">{} {}</a>', url, str(batch.pk)[:8], batch.model)
 
 
 @admin.register(ModelPrice)

@@ -76,9 +76,10 @@ def key_models_record(*, batch: Batch) -> int:
     Called by the flush in the transaction that claims the requests into the batch.
     """
     keys = BatchRequest.objects.filter(batch=batch).values_list("api_key_id", flat=True)
-    keys = keys.distinct()
+    # In key order: two flushers of one model insert in the same order, so neither waits for
+    # the other's row while holding one the other waits for.
     rows = [
         KeyModel(api_key_id=key_id, model=batch.model, first_used_at=batch.created_at)
-        for key_id in keys.order_by()
+        for key_id in sorted(set(keys.distinct().order_by()))
     ]
     return len(KeyModel.objects.bulk_create(rows, ignore_conflicts=True))

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 
@@ -63,10 +64,17 @@ class Batch(models.Model):
     # Intent and back-off bookkeeping.
     upload_attempted_at = models.DateTimeField(null=True, blank=True)
     create_attempted_at = models.DateTimeField(null=True, blank=True)
+    # Set as a create is sent, cleared when its answer (or error) is known: a create whose
+    # worker lost its database (and so its lease) meanwhile may still be under way upstream.
+    create_started_at = models.DateTimeField(null=True, blank=True)
     cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # A database default too: the version still running during a deploy inserts batches
+    # without this column.
     state_since = models.DateTimeField(
-        default=timezone.now, help_text="When the batch entered its current state."
+        default=timezone.now,
+        db_default=Now(),
+        help_text="When the batch entered its current state.",
     )
     upstream_failures = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)

@@ -24,6 +24,7 @@ from django_q.models import OrmQ, Task
 from requests_app.models import (
     ApiKey,
     BatchRequest,
+    RateCounter,
     ResponseChunk,
     WebhookDelivery,
     WebhookEndpoint,
@@ -185,6 +186,7 @@ def key_purge(*, key_id: int) -> PurgeReport:
     report.answers = mine.exclude(response_status=None).count()
     report.requests = _delete_requests(mine)
     KeyModel.objects.filter(api_key_id=key_id).delete()
+    RateCounter.objects.filter(scope=f"key:{key_id}").delete()
     ApiKey.objects.filter(pk=key_id).delete()
     return report
 

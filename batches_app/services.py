@@ -6,6 +6,7 @@ the next tick, and a batch is never created upstream twice: before creating agai
 looks for an upstream batch whose metadata names ours.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -42,8 +43,18 @@ log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 State = Batch.State
 BACKOFF_CAP = 3600
-# Requests whose tokens are counted per statement.
+# Requests whose tokens are counted per round.
 TOKEN_COUNT_CHUNK = 1000
+# Request bodies held in memory at once by a step (one body at least), and rows per read:
+# 1,000 bodies of 4 MB must never be read together.
+PIECE_BYTES = 16 * 1024 * 1024
+PIECE_ROWS = 2000
+# How many OPENAI_TIMEOUTs a create may take, from its start to its answer (one attempt, never
+# retried by the SDK; the margin covers a slow upload of an inline batch's body).
+CREATE_WINDOW = 2
+# The statuses of a refusal that may concern some requests of a batch only (invalid, too
+# large, unprocessable): such a batch is split until the offenders stand alone (`batch_split`).
+CONTENT_REFUSALS = (400, 413, 422)
 # Failures after which a call may or may not have done its work upstream.
 AMBIGUOUS = ("timeout", "connection_error")
 
@@ -139,11 +150,36 @@ def tokens_fill(*, endpoint: str, model: str) -> int:
         status=Status.QUEUED, endpoint=endpoint, model=model, counted_tokens=None
     )
     counted = 0
-    while rows := list(uncounted.values_list("pk", "body")[:TOKEN_COUNT_CHUNK]):
-        counts = [(tokens_count(model=model, body=orjson.loads(body)), pk) for pk, body in rows]
-        rows_update(counts, timezone.now(), names=("counted_tokens",))
-        counted += len(counts)
+    while ids := list(uncounted.values_list("pk", flat=True)[:TOKEN_COUNT_CHUNK]):
+        for piece in bodies_in_pieces(BatchRequest.objects.filter(pk__in=ids)):
+            counts = [(tokens_count(model=model, body=_parsed(b)), pk) for pk, b in piece]
+            rows_update(counts, timezone.now(), names=("counted_tokens",))
+            counted += len(counts)
     return counted
+
+
+def _parsed(body: str):
+    """orjson for ordinary bodies; the standard library for large ones, where orjson's working
+    memory is about thirteen times the body's size (27 MB for a 2 MB body) and json's one."""
+    return orjson.loads(body) if len(body) <= settings.RESPONSE_INLINE_BYTES else json.loads(body)
+
+
+def bodies_in_pieces(requests: QuerySet) -> Iterator[list[tuple]]:
+    """The (id, body) of `requests` in id order, a piece at a time: at most PIECE_BYTES of
+    bodies (or PIECE_ROWS rows) each, their sizes read first without the bodies."""
+    piece, size = [], 0
+    for pk, body_bytes in requests.order_by("pk").values_list("pk", "body_bytes"):
+        if piece and (size + body_bytes > PIECE_BYTES or len(piece) == PIECE_ROWS):
+            yield list(_bodies_of(piece))
+            piece, size = [], 0
+        piece.append(pk)
+        size += body_bytes
+    if piece:
+        yield list(_bodies_of(piece))
+
+
+def _bodies_of(ids: list) -> QuerySet:
+    return BatchRequest.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "body")
 
 
 @dataclass(frozen=True)
@@ -322,11 +358,19 @@ def _step(batch: Batch) -> str | None:
 def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     batch.refresh_from_db()
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
-        # The upstream refused the file or the batch itself, for what one of its requests
-        # holds as likely as not: split it, so that only the offenders fail.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
-        batch_split(batch=batch, error=exc)
         # Its input file, if any, is deleted by `files_sweep` on a later tick.
+        if exc.status in CONTENT_REFUSALS:
+            # Refused for what its requests hold: split it, so that only the offenders fail.
+            batch_split(batch=batch, error=exc)
+            return
+        # Refused for what concerns every request (an unknown model): splitting would only
+        # multiply the refusals. Give the requests back to the queue, by the usual rules.
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(_submitted(batch), code=exc.code, message=str(exc))
+            webhooks_for_settled(batch=batch, since=started)
+        _finish(batch, last_error=str(exc))
         return
     failures = batch.upstream_failures + 1
     delay = min(settings.UPSTREAM_BACKOFF * 2 ** (failures - 1), BACKOFF_CAP)
@@ -430,7 +474,11 @@ def _time_out(batch: Batch) -> None:
                 return
         except UpstreamError as exc:
             log.warning("batch %s: last look for its upstream batch failed: %s", batch.pk, exc)
-    if batch.state in (State.BUILDING, State.UPLOADED):
+    if batch.state in (State.BUILDING, State.UPLOADED) and batch.cancel_mode:
+        batch.upstream_status = "cancelled"  # as the operator asked, with nothing upstream
+        batch_settle_rest(batch=batch)
+        _finish(batch, upstream_status="cancelled")
+    elif batch.state in (State.BUILDING, State.UPLOADED):
         message = f"Not submitted upstream within {settings.BATCH_SUBMIT_TIMEOUT}s."
         with transaction.atomic():
             started = timezone.now()
@@ -481,14 +529,14 @@ def _upload(batch: Batch) -> None:
         return
     if batch.upload_attempted_at:
         _delete_orphan_inputs(batch)
-    rows = _submitted_bodies(batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / batch.input_filename
         written = 0
         with path.open("w", encoding="utf-8") as fh:
-            for pk, body in rows.iterator(chunk_size=2000):
-                fh.write(transport.input_line(pk, batch.endpoint, body))
-                written += 1
+            for piece in bodies_in_pieces(_submitted(batch)):
+                for pk, body in piece:
+                    fh.write(transport.input_line(pk, batch.endpoint, body))
+                written += len(piece)
         if not written:
             _finish(batch, last_error="no requests left to submit")
             return
@@ -503,17 +551,9 @@ def _upload(batch: Batch) -> None:
         _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
 
 
-def _submitted_bodies(batch: Batch) -> QuerySet:
-    return (
-        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
-        .order_by("pk")
-        .values_list("pk", "body")
-    )
-
-
 def _move_inline(batch: Batch) -> None:
     """A kind whose batches take their requests inline has nothing to upload."""
-    if not _submitted_bodies(batch).exists():
+    if not _submitted(batch).exists():
         _finish(batch, last_error="no requests left to submit")
         return
     _move(batch, State.BUILDING, State.UPLOADED)
@@ -530,31 +570,58 @@ def _delete_orphan_inputs(batch: Batch) -> None:
 
 
 def _create(batch: Batch) -> None:
+    """Create the batch upstream, unless an earlier create made it (adopted) or may still.
+
+    A create's start is recorded before it is sent (`create_started_at`) and forgotten when its
+    answer or error comes back. A worker whose database connection drops while its create is
+    under way loses its lease (PostgreSQL releases it with the session) and cannot record the
+    answer: the next worker to step the batch finds the mark, and makes no create of its own
+    until that one has had time to land (CREATE_WINDOW); then it looks again, and adopts it.
+    """
     if batch.create_attempted_at and (found := _find_upstream(batch)):
         _record_running(batch, found)
         return
-    if not batch.create_attempted_at:
-        # The first attempt's time bounds how far back `_find_upstream` looks.
-        batch.create_attempted_at = timezone.now()
-        Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
+    now = timezone.now()
+    window = timedelta(seconds=CREATE_WINDOW * settings.OPENAI_TIMEOUT)
+    if batch.create_started_at and batch.create_started_at + window > now:
+        log.warning(
+            "batch %s: a create may be under way since %s", batch.pk, batch.create_started_at
+        )
+        Batch.objects.filter(pk=batch.pk).update(next_attempt_at=batch.create_started_at + window)
+        return
     crash_point("before_create")
+    # The first attempt's time bounds how far back `_find_upstream` looks.
+    batch.create_attempted_at = batch.create_attempted_at or now
+    Batch.objects.filter(pk=batch.pk).update(
+        create_attempted_at=batch.create_attempted_at, create_started_at=now
+    )
+    try:
+        created = _create_upstream(batch)
+    except UpstreamError:
+        # This worker saw its create end: the next attempt need not wait for it (an ambiguous
+        # end is waited for by the back-off, `_upstream_failed`).
+        Batch.objects.filter(pk=batch.pk, create_started_at=now).update(create_started_at=None)
+        raise
+    crash_point("after_create")
+    _record_running(batch, created)
+
+
+def _create_upstream(batch: Batch) -> dict:
     transport = upstreams.transport(batch.upstream)
     metadata = {METADATA_KEY: str(batch.pk), "model": batch.model[:512]}
     if transport.takes_inline(batch.input_bytes):
-        created = transport.create_inline(
-            requests=_submitted_bodies(batch).iterator(chunk_size=2000),
+        # The provider's SDK sends the batch as one body: bounded by the kind's inline size.
+        return transport.create_inline(
+            requests=(row for piece in bodies_in_pieces(_submitted(batch)) for row in piece),
             model=batch.model,
             metadata=metadata,
         )
-    else:
-        created = transport.create_batch(
-            input_file_id=batch.input_file_id,
-            endpoint=batch.endpoint,
-            model=batch.model,
-            metadata=metadata,
-        )
-    crash_point("after_create")
-    _record_running(batch, created)
+    return transport.create_batch(
+        input_file_id=batch.input_file_id,
+        endpoint=batch.endpoint,
+        model=batch.model,
+        metadata=metadata,
+    )
 
 
 def _find_upstream(batch: Batch) -> dict | None:
@@ -577,6 +644,7 @@ def _record_running(batch: Batch, data: dict) -> None:
         batch,
         State.UPLOADED,
         State.RUNNING,
+        create_started_at=None,
         upstream_id=data["id"],
         upstream_status=data.get("status") or "",
         next_attempt_at=timezone.now(),
@@ -752,9 +820,10 @@ def batch_cancel(*, batch_id, requeue: bool) -> bool:
 
 
 def requests_requeue(*, request_ids) -> int:
-    """Give failed or cancelled requests a fresh start, with all their attempts."""
+    """Give failed or cancelled requests a fresh start, with all their attempts (never those
+    of a revoked key: it was revoked so that they would not be sent)."""
     return BatchRequest.objects.filter(
-        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED)
+        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
     ).update(
         status=Status.QUEUED,
         batch=None,

@@ -131,8 +131,23 @@ def spend_by_model(*, since: datetime, book: PriceBook) -> list[Spend]:
         key = (b["upstream"], b["model"])
         spend = by_model.setdefault(key, Spend(b["model"], upstream=b["upstream"]))
         spend.add(book.find(b["model"]), b["model"], *tokens[b["pk"]], b["output_images"])
-        spend.requests += (b["request_counts"] or {}).get("completed", 0)
-    return sorted(by_model.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+    # Requests are the proxy's answered ones in the window, as per key and in "completed" (an
+    # upstream's own count also holds lines it answered with an error the proxy retried).
+    answered = (
+        BatchRequest.objects.filter(status=BatchRequest.Status.COMPLETED, finished_at__gte=since)
+        .values(upstream=F("batch__upstream"), batch_model=F("batch__model"))
+        .annotate(n=Count("pk"))
+    )
+    for row in answered:
+        key = (row["upstream"], row["batch_model"])
+        spend = by_model.setdefault(key, Spend(row["batch_model"], upstream=row["upstream"]))
+        spend.requests += row["n"]
+    return spend_sorted(by_model.values())
+
+
+def spend_sorted(spends) -> list[Spend]:
+    """Dearest first, then by tokens, then by name: the same order on every load."""
+    return sorted(spends, key=lambda s: (-s.spent, -(s.tokens_in + s.tokens_out), s.label))
 
 
 def spend_tally(*, limit: int | None = None) -> int:
@@ -143,7 +158,9 @@ def spend_tally(*, limit: int | None = None) -> int:
     counted once. Called by /metrics (with a `limit`) and by the hourly purge (all).
     """
     tallied = 0
-    while limit is None or tallied < limit:
+    untallied = Batch.objects.filter(state=Batch.State.DONE, tallied=False)
+    # Looked for outside a transaction first: a scrape with nothing to add takes no write lock.
+    while (limit is None or tallied < limit) and untallied.exists():
         with transaction.atomic():
             batches = list(
                 Batch.objects.select_for_update(skip_locked=True)
@@ -169,7 +186,8 @@ def spend_tally(*, limit: int | None = None) -> int:
                 completed = (b["request_counts"] or {}).get("completed", 0)
                 for i, n in enumerate((1, completed, *tokens[b["pk"]], b["output_images"])):
                     row[i] += n
-            for group, row in sums.items():
+            # In one order: two tallies at once update shared rows without a deadlock.
+            for group, row in sorted(sums.items()):
                 _total_add(group, row)
             pks = [b["pk"] for b in batches]
             tallied += Batch.objects.filter(pk__in=pks, tallied=False).update(tallied=True)
@@ -222,7 +240,7 @@ def spend_by_key(*, since: datetime, book: PriceBook, api_key_id: int | None = N
         tokens = (row["tin"] or 0, row["tout"] or 0, row["img"] or 0)
         spend.add(book.find(row["model"]), row["model"], *tokens)
         spend.requests += row["n"]
-    return sorted(by_key.values(), key=lambda s: -(s.tokens_in + s.tokens_out))
+    return spend_sorted(by_key.values())
 
 
 def total(spends: list[Spend], label: str = "all") -> Spend:

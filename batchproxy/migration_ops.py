@@ -14,6 +14,7 @@ from django.db.migrations import AddIndex, RemoveIndex
 class AddIndexConcurrently(postgres.AddIndexConcurrently):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor == "postgresql":
+            _drop_if_invalid(schema_editor, self.index.name)
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
@@ -33,3 +34,17 @@ class RemoveIndexConcurrently(postgres.RemoveIndexConcurrently):
         if schema_editor.connection.vendor == "postgresql":
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
         return RemoveIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
+def _drop_if_invalid(schema_editor, name: str) -> None:
+    """A CREATE INDEX CONCURRENTLY that failed (cancelled, a deadlock, a deploy killed) leaves
+    an invalid index of that name behind, and the next try would fail on it: drop it first."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+            [name],
+        )
+        row = cursor.fetchone()
+    if row and row[0]:
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")

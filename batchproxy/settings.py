@@ -1,7 +1,6 @@
 """Settings for batchproxy, read from the environment (see .env.example for every variable)."""
 
 import hashlib
-import hmac
 import re
 import warnings
 from pathlib import Path
@@ -21,15 +20,10 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
-_shared_database = env.str("POSTGRES_URL", default="") or env.str("DATABASE_URL", default="")
-if not SECRET_KEY and _shared_database and env.str("OPENAI_API_KEY", default=""):
-    # Every process on one database needs the same key (django-q2 signs the tasks it queues with
-    # it), and the OpenAI key is the secret they already share. An HMAC does not reveal it.
-    SECRET_KEY = hmac.new(
-        env.str("OPENAI_API_KEY").encode(), b"batchproxy SECRET_KEY", "sha256"
-    ).hexdigest()
 if not SECRET_KEY:
-    # The embedded default: one random key per data directory, kept across restarts.
+    # A try-out's (or DEBUG's) key: one random key per data directory, kept across restarts.
+    # Anything else refuses to start without SECRET_KEY (ops_app.checks); the key is never
+    # derived from an upstream key, whose holders could then sign sessions and queued tasks.
     from django.core.management.utils import get_random_secret_key
 
     key_file = DATA_DIR / "secret_key"
@@ -38,17 +32,24 @@ if not SECRET_KEY:
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+# Required outside a try-out (ops_app.checks); loopback is always allowed for the HEALTHCHECK,
+# which asks from inside the container, and for the try-out.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 if "*" not in ALLOWED_HOSTS:
-    # The image's HEALTHCHECK asks from inside the container.
     ALLOWED_HOSTS += ["127.0.0.1", "localhost"]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host (only then, since a
-# client could send them too), and keep the admin's cookies off plain HTTP.
-if env.bool("USE_X_FORWARDED", default=False):
+# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host/-For (only then,
+# since a client could send them too: the proxy must be reachable through the balancer only).
+USE_X_FORWARDED = env.bool("USE_X_FORWARDED", default=False)
+if USE_X_FORWARDED:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     USE_X_FORWARDED_HOST = True
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+# Served over https (by default, behind such a balancer): the admin's cookies never travel over
+# plain HTTP, and browsers are told to use https only (HSTS, sent on https answers only).
+HTTPS_ONLY = env.bool("HTTPS_ONLY", default=USE_X_FORWARDED)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=HTTPS_ONLY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
@@ -119,6 +120,9 @@ else:
         }
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+# A kept connection is tested before each request reuses it: after a database restart the
+# first call of each web thread would otherwise fail on its dead connection (500).
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not Django's shared in-memory database, whose table locks ignore the busy timeout
     # and fail the concurrent tests that a file in WAL mode passes.
@@ -160,7 +164,7 @@ BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
 
 
 def upstream_from_env(name: str) -> dict:
-    """A named upstream from its UPSTREAM_<NAME>_* variables (README, "Upstreams")."""
+    """A named upstream from its UPSTREAM_<NAME>_* variables (docs/providers.md)."""
     prefix = f"UPSTREAM_{name.upper().replace('-', '_')}_"
     return {
         "name": name,
@@ -320,9 +324,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # Per-key limits (requests_app.limits); 0 turns a limit off.
 RATE_LIMIT_PER_MINUTE = env.int("RATE_LIMIT_PER_MINUTE", default=0)
 MAX_QUEUED_PER_KEY = env.int("MAX_QUEUED_PER_KEY", default=0)
-# Failed and successful sign-ins on the admin, per client address and per user name.
+# Sign-ins on the admin (requests_app.limits.login_wait): ADMIN_LOGIN_ATTEMPTS per
+# ADMIN_LOGIN_WINDOW seconds from one address for one user name, then locked; past as many for
+# one user name from anywhere, one attempt per ADMIN_LOGIN_SLOWDOWN seconds.
 ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
+ADMIN_LOGIN_SLOWDOWN = env.int("ADMIN_LOGIN_SLOWDOWN", default=5)
 
 # Completion webhooks to callers (requests_app.webhooks).
 # Seconds to connect, and to wait for each read of the receiver's answer.
@@ -349,6 +356,9 @@ WEBHOOK_RUN_SECONDS = env.int("WEBHOOK_RUN_SECONDS", default=50)
 # GET /v1/batch_requests lists a request this many seconds after it finished, so that one
 # whose transaction commits late (or on a worker whose clock lags) never lands behind a cursor.
 LIST_SETTLE_SECONDS = env.float("LIST_SETTLE_SECONDS", default=10.0)
+# A page of `GET /v1/batch_requests?include=body` ends once its answers reach this many bytes
+# (`has_more` then says there is more), however high its `limit`.
+LIST_MAX_BYTES = env.int("LIST_MAX_BYTES", default=8_388_608)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
@@ -418,6 +428,9 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # One log line per HTTP request (method, path, status, time; never headers or bodies).
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
+# `serve` applies the migrations at start (under a lock). A deploy of several containers sets it
+# false on all of them and runs the migrations once, as a job (`serve --role migrate`).
+RUN_MIGRATIONS = env.bool("RUN_MIGRATIONS", default=True)
 # /readyz fails when no scheduler has run the flush schedule for this long.
 SCHEDULER_STALE_AFTER = env.int("SCHEDULER_STALE_AFTER", default=300)
 SPECTACULAR_SETTINGS = {

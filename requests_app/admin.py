@@ -18,6 +18,7 @@ from django.utils.safestring import mark_safe
 from batches_app import dashboard, services
 from batches_app.retention import key_purge
 from batches_app.spend import PriceBook, Spend, spend_by_key
+from batches_app.templatetags.money import usd
 from batchproxy.audit import ChangedByActions, admin_log
 
 from .keys import api_key_create, api_key_revoke, api_key_rotate
@@ -167,10 +168,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("name", "default_deadline")
-        return (
-            *("name", "default_deadline", "prefix_shown", "state", "source"),
-            *("created_at", "revoked_at", "usage"),
-        )
+        fields = ["name", "default_deadline", "prefix_shown", "state", "source", "created_at"]
+        fields += ["revoked_at", "usage"]
+        if obj.revoked_at is None:
+            fields.remove("revoked_at")
+        return fields
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # A key owns its requests (PROTECT); revoking is how a key is retired.
@@ -204,7 +206,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         spends = spend_by_key(since=month, book=PriceBook(), api_key_id=key.pk)
         spend = spends[0] if spends else Spend(str(key))
         money = (
-            f"${spend.spent:.4f} spent, ${spend.saved:.4f} saved"
+            f"{usd(spend.spent)} spent, {usd(spend.saved)} saved"
             if spend.priced
             else f"unknown (no price for some of {', '.join(sorted(spend.models))})"
         )
@@ -212,9 +214,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             reverse("admin:requests_app_batchrequest_changelist") + f"?api_key__id__exact={key.pk}"
         )
         return format_html(
-            '{} requests stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
+            '{} stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
             "<br>Last 30 days: {} tokens in, {} tokens out; {}.",
-            figures["total"],
+            plural(figures["total"], "request"),
             link,
             figures["waiting"],
             figures["completed"],
@@ -238,11 +240,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        revoked = [pk for pk in ids if api_key_revoke(key_id=pk)]
-        admin_log(user=request.user, message="Revoked.", rows=ApiKey.objects.filter(pk__in=revoked))
-        already = len(ids) - len(revoked)
-        self.message_user(request, f"{len(revoked)} keys revoked; {already} were already revoked.")
+        done = {pk: api_key_revoke(key_id=pk) for pk in queryset.values_list("pk", flat=True)}
+        revoked = [pk for pk, one in done.items() if one.revoked]
+        cancelled = sum(one.cancelled for one in done.values())
+        admin_log(
+            user=request.user,
+            message="Revoked; its queued requests cancelled.",
+            rows=ApiKey.objects.filter(pk__in=revoked),
+        )
+        self.message_user(
+            request,
+            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
+            f"{cancelled} queued requests cancelled.",
+        )
 
     @admin.action(
         description="Rotate the selected key (new secret, shown once)", permissions=["change"]
@@ -289,12 +299,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     # (tests/test_admin_browser.py); endpoint, body and answer are on the request's page.
     list_display = (
         "short_id",
-        "status",
+        "status_shown",
         "model",
         "key_name",
         "age",
         "attempts",
-        "answer_status",
         "error_code",
         "batch_link",
     )
@@ -324,15 +333,19 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         fields = [("id", "status"), ("key_link", "endpoint", "model")]
         fields.append(("attempts", "deferrals", "not_before") if obj.deferrals else "attempts")
         fields.append("attempt_history")
-        if obj.response_status is not None or obj.error_code:
-            fields.append(("response_status", "error_code"))
+        if obj.response_status is not None:
+            fields.append(
+                ("response_status", "error_code") if obj.error_code else "response_status"
+            )
+        elif obj.error_code:
+            fields.append("error_code")
         if obj.error_message:
             fields.append("error_message")
         if obj.input_tokens is not None:
             fields.append(("input_tokens", "output_tokens"))
         times = ("created_at", "finished_at", "waited") if obj.finished_at else ("created_at",)
         fields += [times, "fingerprint", "body_bytes", "body_pretty"]
-        if obj.finished_at:
+        if obj.response_status is not None:
             fields.append("response_pretty")
         return fields
 
@@ -402,9 +415,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         url = reverse("admin:requests_app_apikey_change", args=[obj.api_key_id])
         return format_html('<a href="{}">{}</a>', url, obj.api_key)
 
-    @admin.display(description="answer", ordering="response_status")
-    def answer_status(self, obj: BatchRequest) -> str:
-        return "-" if obj.response_status is None else str(obj.response_status)
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, obj: BatchRequest) -> str:
+        """The status, with the upstream's HTTP status of the answer when there is one."""
+        shown = obj.get_status_display()
+        return shown if obj.response_status is None else f"{shown} ({obj.response_status})"
 
     @admin.display(description="waited")
     def waited(self, obj: BatchRequest) -> str:
@@ -415,8 +430,10 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         if obj.batch_id is None:
             return "-"
         url = reverse("admin:batches_app_batch_change", args=[obj.batch_id])
-        shown = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
-        return format_html('<a href="{}" title="{}">{}</a>', url, shown, shown)
+        whole = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
+        # Long upstream ids (batch_ and 32 characters) are cut; the link's title has it whole.
+        shown = whole if len(whole) <= 16 else whole[:15] + "…"
+        return format_html('<a href="{}" title="{}">{}</a>', url, whole, shown)
 
     @admin.display(description="upstream batch")
     def upstream_batch(self, obj: BatchRequest) -> str:
@@ -442,11 +459,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     )
     def requeue(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        ended = list(
-            queryset.filter(status__in=(Status.FAILED, Status.CANCELLED)).values_list(
-                "pk", flat=True
-            )
+        # What requests_requeue takes: failed or cancelled, of a key not revoked.
+        ended = queryset.filter(
+            status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
         )
+        ended = list(ended.values_list("pk", flat=True))
         requeued = services.requests_requeue(request_ids=ended)
         self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
@@ -457,7 +474,8 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
     def retry_failed(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        failed = list(queryset.filter(status=Status.FAILED).values_list("pk", flat=True))
+        failed = queryset.filter(status=Status.FAILED, api_key__revoked_at=None)
+        failed = list(failed.values_list("pk", flat=True))
         retried = dashboard.requests_retry_failed(request_ids=failed)
         self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(

@@ -1,7 +1,7 @@
 """System checks of the client side's settings: fail loudly on nonsense."""
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, register
 
 
 @register()
@@ -30,15 +30,6 @@ def webhook_settings_check(app_configs, **kwargs) -> list:
             Error(
                 "WEBHOOK_RUN_SECONDS plus WEBHOOK_DELIVERY_SECONDS must stay below Q_TIMEOUT.",
                 id="requests_app.E003",
-            )
-        )
-    if settings.Q_CLUSTER.get("workers", 2) < 2:
-        # The webhook run may hold one worker for its whole minute; the tick needs another.
-        problems.append(
-            Warning(
-                "Q_WORKERS is below 2: a webhook run to slow receivers can hold the only "
-                "worker and delay the engine's tick.",
-                id="requests_app.W001",
             )
         )
     if settings.LIST_SETTLE_SECONDS < 0:

@@ -1,9 +1,16 @@
+import os
+
 import pytest
 from django.db import connections
 
 from requests_app.models import ApiKey, hash_key
 
 from . import kinds
+
+# The processes tests start (manage.py, gunicorn, serve) run as production does outside a
+# try-out, which needs both (ops_app.checks). A test-only key, no secret.
+os.environ.setdefault("SECRET_KEY", "tests-only-not-a-secret-" + "0123456789" * 4)
+os.environ.setdefault("ALLOWED_HOSTS", "*")
 
 
 def pytest_configure(config):

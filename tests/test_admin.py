@@ -126,6 +126,7 @@ def test_batch_page_says_what_applies_to_a_finished_batch(admin_client, answered
     assert "Next attempt at" not in page and "Cancel mode" not in page
     assert batch.created_at.strftime("%Y-%m-%d %H:%M:%S") in page
     assert "Took:" in page
+    assert " in, " in page[page.index("Tokens (upstream usage)") :][:200]  # not "-"
 
 
 def test_request_page_shows_its_attempts_its_key_in_plain_words_and_a_requeue_button(
@@ -155,6 +156,7 @@ def test_key_page_says_in_words_where_a_key_comes_from(admin_client):
     text = html.unescape(page.decode())
     assert "From env" not in text and "Defined by BATCH_SERVER_API_KEY" not in text
     assert "Made by:" in text and "the environment (BATCH_SERVER_API_KEY)" in text
+    assert "Revoked at" not in text  # an active key has no revocation time to show
 
 
 def test_admin_index_lists_the_proxys_pages_before_the_others(admin_client):
@@ -353,3 +355,21 @@ def test_prices_are_editable_and_show_batch_prices(admin_client):
     page = admin_client.get(changelist("modelprice")).content.decode()
     assert "gpt-4o-mini" in page
     assert "0.075, 0.3" in page  # half of 0.15 and 0.60
+
+
+def test_a_batch_whose_only_request_failed_says_so_not_errors_dash(
+    admin_client, client, api_key, fake_openai, settings
+):
+    settings.MAX_ATTEMPTS = 1
+    send(client, api_key[1], chat("boom [[error:server_error]]"))
+    cycle()
+    batch = Batch.objects.get()
+    page = html.unescape(
+        admin_client.get(
+            reverse("admin:batches_app_batch_change", args=[batch.pk])
+        ).content.decode()
+    )
+    assert "1 request in this batch now" in page
+    assert "1 failed (server_error)" in page
+    assert "Errors:" not in page and "Last error:" not in page
+    assert "Next attempt at" not in page

@@ -160,3 +160,19 @@ def test_the_admin_shows_when_a_batch_state_times_out(admin_client, settings):
     assert batch.times_out_at == expected
     done = Batch.objects.create(endpoint="/v1/chat/completions", model="m", state="done")
     assert done.times_out_at is None
+
+
+def test_a_cancelled_batch_past_its_submit_bound_settles_as_the_operator_asked(upstream, settings):
+    assert upstream.queue("a").status_code == 422
+    first_call = "upload" if "upload" in upstream.operations else "create"
+    upstream.inject(first_call, 500, times=50)
+    tick()
+    Batch.objects.update(cancel_mode=Batch.CancelMode.REQUEUE)
+
+    _past_bound(settings.BATCH_SUBMIT_TIMEOUT)
+    services.batches_advance(force=True)
+
+    assert Batch.objects.get().state == Batch.State.DONE
+    assert set(BatchRequest.objects.values_list("status", "attempts", "error_code")) == {
+        (Status.QUEUED, 0, "batch_cancelled")
+    }

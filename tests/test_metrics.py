@@ -320,3 +320,28 @@ def test_calls_and_errors_of_a_second_upstream_are_labelled_with_its_name(
         if name == "batchproxy_upstream_errors_total"
     }
     assert errors == {"openai-2": 1}
+
+
+@pytest.mark.django_db
+def test_each_done_batch_is_added_to_the_totals_once(client):
+    def done_batch(tokens_in: int) -> None:
+        Batch.objects.create(
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            state=Batch.State.DONE,
+            upstream_status="completed",
+            finished_at=timezone.now(),
+            usage={"input_tokens": tokens_in, "output_tokens": 0},
+        )
+
+    done_batch(100)
+    done_batch(20)
+    tokens = {"upstream": "openai", "model": "gpt-4o-mini", "direction": "input"}
+    assert value(scrape(client), "batchproxy_tokens_total", **tokens) == 120
+    assert value(scrape(client), "batchproxy_tokens_total", **tokens) == 120  # not again
+    done_batch(3)
+    samples = scrape(client)
+    assert value(samples, "batchproxy_tokens_total", **tokens) == 123
+    batches = {"upstream": "openai", "state": "done", "upstream_status": "completed"}
+    assert value(samples, "batchproxy_batches", **batches) == 3
+    assert not Batch.objects.filter(tallied=False).exists()

@@ -21,20 +21,17 @@ KINDS = {"groq": kinds.Groq, "together": kinds.Together, "mistral": kinds.Mistra
 
 
 def examples() -> dict[str, dict[str, str]]:
-    """The `<!-- example: NAME -->` blocks of the providers page (or, until it is written, of
-    the pending text meant for it): NAME -> its variables."""
-    for name in ("providers.md", "_pending_hg.md"):
-        path = DOCS / name
-        if path.exists() and (found := EXAMPLE.findall(path.read_text())):
-            return {
-                provider: dict(
-                    line.split("=", 1)
-                    for line in block.splitlines()
-                    if line.strip() and not line.startswith("#")
-                )
-                for provider, block in found
-            }
-    raise AssertionError("no provider example in docs/providers.md or docs/_pending_hg.md")
+    """The `<!-- example: NAME -->` blocks of the providers page: NAME -> its variables."""
+    found = EXAMPLE.findall((DOCS / "providers.md").read_text())
+    assert found, "no provider example in docs/providers.md"
+    return {
+        provider: dict(
+            line.split("=", 1)
+            for line in block.splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+        for provider, block in found
+    }
 
 
 def test_every_provider_has_an_example():

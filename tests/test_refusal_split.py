@@ -41,3 +41,18 @@ def test_a_batch_refused_for_one_request_fails_that_request_alone(upstream):
     assert not Batch.objects.exclude(state=Batch.State.DONE).exists()
     services.files_sweep()  # the refused batches' input files (the poll task's sweep)
     assert not upstream.left_upstream()
+
+
+def test_a_refusal_that_concerns_every_request_is_not_split(upstream):
+    for text in ("a", "b", "c"):
+        assert upstream.queue(text).status_code == 422
+    upstream.inject("create", 404)  # an unknown model or deployment: no half would fare better
+    services.batch_flush(force=True)
+    services.batches_advance(force=True)
+
+    assert list(Batch.objects.values_list("state", flat=True)) == [Batch.State.DONE]
+    assert set(BatchRequest.objects.values_list("status", "batch", "attempts")) == {
+        (Status.QUEUED, None, 1)  # requeued by the usual rules: an attempt spent
+    }
+    ticks_until_done()
+    assert set(BatchRequest.objects.values_list("status", flat=True)) == {Status.COMPLETED}

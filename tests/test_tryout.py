@@ -92,6 +92,7 @@ def try_out(tmp_path, request):
     (and those a test passes as its parameter)."""
     port = free_port()
     drop = ("DATABASE_URL", "POSTGRES_URL", "BATCH_MAX_WAIT", "POLL_INTERVAL", "TICK_SECONDS")
+    drop += ("SECRET_KEY", "ALLOWED_HOSTS")  # a try-out needs neither
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("PYTEST")}
     env |= {"DATA_DIR": str(tmp_path), "BATCH_SERVER_API_KEY": "my-proxy-key"}
     env |= {"WEB_CONCURRENCY": "1"}  # a shared 2-core machine

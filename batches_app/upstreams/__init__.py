@@ -1,6 +1,6 @@
 """The upstreams the proxy sends batches to, routed by (endpoint family, model).
 
-Defined in the environment (settings.UPSTREAMS, see README "Upstreams"); the single OPENAI_*
+Defined in the environment (settings.UPSTREAMS, see docs/providers.md); the single OPENAI_*
 settings are the default upstream, named `openai`, which serves every model no other upstream
 claims. Each kind has its module behind `base.Transport`.
 """

@@ -62,10 +62,12 @@ def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         kind = (exc.body or {}).get("error", {}).get("type") if isinstance(exc.body, dict) else None
         code = kind or f"http_{status}"
+        message = f"HTTP {status}: {exc.message}"
         return UpstreamError(
-            f"HTTP {status}: {exc.message}",
+            message,
             permanent=not transient,
             code=code,
+            status=status,
             retry_after=retry_after_of(exc.response.headers) if status == 429 else None,
         )
     if isinstance(exc, anthropic.APITimeoutError):

@@ -42,11 +42,13 @@ class UpstreamError(Exception):
         *,
         permanent: bool,
         code: str = "upstream_error",
+        status: int = 0,
         retry_after: float | None = None,
     ):
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.status = status  # the upstream's HTTP status, when it answered with one
         # Seconds the upstream asked to wait (a 429's Retry-After), if it said.
         self.retry_after = retry_after
 

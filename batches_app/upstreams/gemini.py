@@ -105,7 +105,8 @@ def _translate(exc: Exception) -> UpstreamError:
         status = exc.code or 500
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         code = (exc.status or f"http_{status}").lower()
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        message = f"HTTP {status}: {exc.message}"
+        return UpstreamError(message, permanent=not transient, code=code, status=status)
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, httpx2.TransportError):

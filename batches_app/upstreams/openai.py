@@ -33,10 +33,12 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
         # A refused key or a missing permission is the operator's to fix: keep retrying.
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         code = getattr(exc, "code", None) or f"http_{status}"
+        message = f"HTTP {status}: {exc.message}"
         return UpstreamError(
-            f"HTTP {status}: {exc.message}",
+            message,
             permanent=not transient,
             code=code,
+            status=status,
             retry_after=retry_after_of(exc.response.headers) if status == 429 else None,
         )
     if isinstance(exc, openai.APITimeoutError):

@@ -2,8 +2,13 @@
 
 from django.db import migrations, models
 
+from batchproxy.migration_ops import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    """Deadlines, tiers and receipts (issue 21); the indexes built without stopping writes."""
+
+    atomic = False
 
     dependencies = [
         ('batches_app', '0013_he_deadlines_and_tiers'),
@@ -66,11 +71,11 @@ class Migration(migrations.Migration):
             name='tier',
             field=models.CharField(blank=True, choices=[('batch', 'Batch'), ('flex', 'Flex'), ('standard', 'Standard')], db_default='', default='', max_length=8),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='batchrequest',
             index=models.Index(condition=models.Q(('deadline__isnull', False), ('status__in', ['queued', 'submitted'])), fields=['deadline'], name='deadline_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='batchrequest',
             index=models.Index(condition=models.Q(('status__in', ['queued', 'submitted', 'failed']), models.Q(('sync_tier', ''), _negated=True)), fields=['sync_not_before'], name='sync_due_idx'),
         ),

@@ -18,6 +18,7 @@ from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
+from ops_app.checks import startup_refusal
 from ops_app.deploy import database_wait, migrations_apply
 from requests_app.operators import admin_exists, createsuperuser_command, superuser_ensure
 
@@ -56,9 +57,11 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--role",
-            choices=["all", "web", "scheduler"],
+            choices=["all", "web", "scheduler", "migrate"],
             default="all",
-            help="run only the web server or only the scheduler (default: both)",
+            help="run only the web server or only the scheduler (default: both); `migrate`: "
+            "apply the migrations and exit (the one job of a deploy, with RUN_MIGRATIONS=false "
+            "on the others)",
         )
         parser.add_argument(
             "--fake-upstreams",
@@ -97,6 +100,13 @@ class Command(BaseCommand):
         # A try-out's key and fakes are for this machine: loopback unless asked otherwise.
         host = host or ("127.0.0.1" if fake_upstreams else "0.0.0.0")  # noqa: S104
         env = dict(os.environ, PORT=str(port), HOST=host)
+        if role == "migrate":
+            # A deploy's one-shot job: needs the database only, no upstream key.
+            database_wait(seconds=wait_for_db, say=self.stdout.write)
+            migrations_apply(say=self.stdout.write)
+            if superuser_ensure():
+                self.stdout.write("Created the admin account named by DJANGO_SUPERUSER_USERNAME.")
+            return
         if fake_upstreams:
             fakes = {
                 kind: fake(step_seconds=fake_step_seconds).start()
@@ -130,12 +140,16 @@ class Command(BaseCommand):
             )
         elif (refusal := upstreams.upstream_refusal()) is not None:
             raise CommandError(refusal)
+        if (refusal := startup_refusal()) is not None:  # read after the try-out is recorded
+            raise CommandError(refusal)
         if not settings.ENV_API_KEY_HASHES:
             self.stderr.write(
                 "No BATCH_SERVER_API_KEY set: only keys made with `manage.py create_api_key` work."
             )
         database_wait(seconds=wait_for_db, say=self.stdout.write)
-        if not no_migrate:
+        if no_migrate or not settings.RUN_MIGRATIONS:
+            self.stdout.write("Migrations: left to the deploy's migrate job (not run here).")
+        else:
             # Under a lock: several containers starting together migrate once.
             migrations_apply(say=self.stdout.write)
         if superuser_ensure():
