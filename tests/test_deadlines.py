@@ -440,7 +440,7 @@ def test_a_late_sender_after_its_lease_records_nothing(post, held, settings):
     assert BatchRequest.objects.get().response_body == answered.response_body
 
 
-def test_a_response_arriving_after_the_batch_answered_is_paid_twice_not_served(post, held):
+def test_a_claimed_send_of_a_request_answered_meanwhile_is_not_made(post, held):
     post("/v1/chat/completions", chat(FLEX_MODEL, "race"), HTTP_X_BATCH_DEADLINE="30")
     [(request_id, token)] = tiers.deadlines_tick(send=lambda pk, t: None).sent
     # Meanwhile something else answered it (its batch, in the escalation race).
