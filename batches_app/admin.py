@@ -18,7 +18,7 @@ from requests_app.admin import age, duration, id_prefix_range, plural, pretty_js
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
-from .models import Batch, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
+from .models import Batch, FlexModel, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
 from .usage import usage_tokens
 
 ERROR_PREVIEW = 80
@@ -347,6 +347,16 @@ class ModelPriceAdmin(admin.ModelAdmin):
         if price.per_image is not None:
             text += f" ({(price.per_image * half).normalize():f})"
         return text
+
+
+@admin.register(FlexModel)
+class FlexModelAdmin(admin.ModelAdmin):
+    """The models each upstream kind serves at its flex tier (batches_app.flex): a request whose
+    deadline a batch cannot meet goes to flex only for these, else to the standard tier."""
+
+    list_display = ("model", "kind")
+    list_filter = ("kind",)
+    search_fields = ("model",)
 
 
 @admin.register(QueueLimit)

@@ -9,11 +9,13 @@ class BatchesAppConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
+        from .flex import flex_ensure
         from .prices import prices_ensure
         from .schedules import schedules_ensure
 
         post_migrate.connect(schedules_ensure, sender=self)
         post_migrate.connect(prices_ensure, sender=self)
+        post_migrate.connect(flex_ensure, sender=self)
         post_spawn.connect(_worker_spawned, dispatch_uid="batchproxy.worker_spawned")
 
 

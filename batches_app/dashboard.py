@@ -15,7 +15,7 @@ from django.utils import timezone
 from batchproxy.utils import batched
 from requests_app.models import BatchRequest
 
-from . import capacity, services
+from . import capacity, receipts, services
 from .models import Batch
 from .spend import PriceBook, Spend, batch_tokens, spend_by_key, spend_by_model, total
 from .upstreams import upstream_key, upstream_route, upstreams_all
@@ -210,6 +210,7 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
         "daily_ticks": [daily[i]["label"] for i in (0, 10, 20, 29)],
         "total_requests_day": sum(p["completed"] for p in hourly),
         "failed_total": BatchRequest.objects.filter(status=Status.FAILED).count(),
+        "tiers": receipts.tier_figures(since=month),
         "try_out": settings.TRY_OUT is not None,
     }
 

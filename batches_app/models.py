@@ -320,3 +320,48 @@ class QueueLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.upstream}:{self.model}"
+
+
+class FlexModel(models.Model):
+    """A model an upstream kind serves at its flex tier (batch price, synchronous, best effort).
+
+    Operators keep this table current in the admin, like the prices; `flex.py` fills it with
+    the defaults when it is empty. A model without a row here is never sent to flex.
+    """
+
+    kind = models.CharField(max_length=16, help_text="The upstream kind: openai, azure, gemini.")
+    model = models.CharField(
+        max_length=200, help_text="As clients send it; dated snapshots (name-YYYY-MM-DD) match too."
+    )
+
+    class Meta:
+        ordering = ["kind", "model"]
+        verbose_name = "flex model"
+        constraints = [models.UniqueConstraint(fields=["kind", "model"], name="flex_kind_model")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.model}"
+
+
+class TierTiming(models.Model):
+    """One measured answer time: a batch from creation upstream to its results, or a
+    synchronous send from the call to its answer. The forecast (`forecast.py`) reads the most
+    recent ones per upstream, endpoint, model and tier."""
+
+    upstream = models.CharField(max_length=64)
+    endpoint = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    tier = models.CharField(max_length=8)
+    seconds = models.FloatField()
+    observed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["upstream", "endpoint", "model", "tier", "-observed_at"],
+                name="tier_timing_recent_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.upstream} {self.model} {self.tier}: {self.seconds:.1f}s"

@@ -21,7 +21,7 @@ from django.utils import timezone
 from requests_app.models import BatchRequest, ResponseChunk
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity
+from . import capacity, receipts
 from .models import Batch
 from .usage import answer_usage, usage_tokens
 
@@ -237,6 +237,9 @@ def _apply_chunk(batch: Batch, outcomes: dict[str, LineOutcome]) -> int:
             values = (status, code, body, error_code, error_message, finished_at, batch_id)
             rows.append((*values, None, *tokens, images, *stored, pk))
         rows_update(rows, now)
+        receipts.batch_lines_receipts(
+            batch=batch, rows=rows, outcomes=outcomes, fields=LINE_FIELDS, update=rows_update
+        )
         _store_chunks(large)
         # Counted with the lines it settles, so ingesting a file twice counts nothing twice.
         images = sum(row[LINE_FIELDS.index("output_images")] or 0 for row in rows)

@@ -27,7 +27,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity, catalog, upstreams
+from . import capacity, catalog, forecast, tiers, upstreams
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
@@ -73,7 +73,8 @@ def _line_overhead(endpoint: str) -> int:
 
 
 def _ready(now: datetime) -> QuerySet:
-    return BatchRequest.objects.filter(status=Status.QUEUED).filter(
+    # A request sent synchronously (tiers.py) and requeued by its batch's end is not batched again.
+    return BatchRequest.objects.filter(status=Status.QUEUED, sync_tier="").filter(
         Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
 
@@ -115,6 +116,7 @@ def batch_flush(
         bytes=Sum("body_bytes"),
         inputs=Sum("embedding_inputs"),
         oldest=Min("created_at"),
+        first_deadline=Min("deadline"),
     )
     created, waiting = [], set()
     for group in groups:
@@ -123,9 +125,11 @@ def batch_flush(
             log.warning("flush: no upstream serves %s on %s", group["model"], group["endpoint"])
             continue
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
-        if not (force or _group_due(group, now, upstreams.upstream_limits(route))):
+        # A deadline the batch can meet only if it starts now flushes its group now.
+        urgent = tiers.group_due(group=group, upstream=route, now=now)
+        if not (force or urgent or _group_due(group, now, upstreams.upstream_limits(route))):
             continue
-        while claim := _claim_one_batch(group["endpoint"], group["model"], force=force):
+        while claim := _claim_one_batch(group["endpoint"], group["model"], force=force or urgent):
             if claim.batch:
                 created.append(claim.batch)
             if claim.waiting:
@@ -750,6 +754,7 @@ def _ingest(batch: Batch) -> None:
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
         log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)
     batch_settle_rest(batch=batch)
+    forecast.batch_observed(batch)
     _delete_files(batch)
     _finish(batch)
 

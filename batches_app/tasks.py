@@ -14,7 +14,7 @@ import time
 from django.conf import settings
 from django_q.tasks import async_task
 
-from . import retention, services, webhooks
+from . import forecast, retention, services, tiers, webhooks
 from .models import Batch
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ def flush() -> str:
     New batches are uploaded and created; batches whose poll is due are polled and ingested
     too, so one run of either task keeps every batch moving even if the other lags.
     """
+    deadlines = tiers.deadlines_tick()
     created = services.batch_flush()
     report = services.batches_advance()
-    return f"{len(created)} batches flushed, {report.stepped} batch steps"
+    return f"{len(created)} batches flushed, {report.stepped} batch steps, {deadlines}"
 
 
 def poll() -> str:
@@ -67,8 +68,16 @@ def batch_refresh(upstream_id: str) -> str:
     return webhooks.batch_refresh(upstream_id=upstream_id)
 
 
+def sync_send(request_id: str, token: int) -> str:
+    """Send one request synchronously (flex or standard), then start the next due sends."""
+    outcome = tiers.request_send(request_id, token)
+    tiers.sends_dispatch()
+    return outcome
+
+
 def purge() -> str:
     summary = f"{services.requests_purge()} answers purged"
+    forecast.timings_prune()
     if pruned := webhooks.openai_webhooks_prune():
         summary += f", {pruned} old webhook ids pruned"
     return f"{summary}; {retention.retention_prune()}"

@@ -294,6 +294,24 @@ BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
 BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
+
+# --- Deadlines and tiers (batches_app/tiers.py, docs: "Deadlines") ----------------------------
+# The deadline of a call that names none and whose key has no default, in seconds from the call
+# (empty: none, the call waits for its batch however long it takes).
+DEFAULT_DEADLINE = env.int("DEFAULT_DEADLINE", default=None)
+# Seconds of slack kept between a forecast's p90 and a deadline when choosing the tier.
+DEADLINE_MARGIN = env.float("DEADLINE_MARGIN", default=60.0)
+# Synchronous sends (flex, standard) in flight at once per upstream.
+SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
+# Timeout of one synchronous send; OpenAI advises up to 15 minutes for flex.
+SYNC_TIMEOUT = env.float("SYNC_TIMEOUT", default=900.0)
+# First delay before a refused flex send (or a failed one) is tried again; doubles, capped at 5 min.
+SYNC_BACKOFF = env.float("SYNC_BACKOFF", default=5.0)
+# The forecast: measurements kept per upstream, endpoint, model and tier, the fewest that
+# replace the stated defaults, and how long a measurement counts (seconds).
+FORECAST_SAMPLES = env.int("FORECAST_SAMPLES", default=50)
+FORECAST_MIN_SAMPLES = env.int("FORECAST_MIN_SAMPLES", default=5)
+FORECAST_WINDOW = env.int("FORECAST_WINDOW", default=7 * 86_400)
 # The signing secret of the endpoint registered with OpenAI for `POST /webhooks/openai`
 # (`manage.py register_webhook`); empty: webhooks are refused and polling alone finds results.
 OPENAI_WEBHOOK_SECRET = env.str("OPENAI_WEBHOOK_SECRET", default="")

@@ -1,7 +1,13 @@
 """Flush: 50,000 queued requests (about 1 KB each) claimed into a batch, written as one JSONL
 file and uploaded to the fake OpenAI.
 
-    python -m bench.bench_flush [--requests 50000]
+    python -m bench.bench_flush [--requests 50000] [--deadline SECONDS]
+
+With `--deadline`, every request has that deadline (seconds after its call), and the child first
+runs one tick's deadline work (`tiers.deadlines_tick`: defaults, the tier choice, escalations,
+the dispatch of synchronous sends, which are counted, not sent): the cost deadlines add to a
+flush. A long deadline leaves every request to its batch; one shorter than the batch forecast
+routes every request to a synchronous tier, and the flush then has nothing to batch.
 
 The flush runs in a child process of its own, so that its peak memory (ru_maxrss) is only the
 flush's; the fake OpenAI runs in this process.
@@ -12,6 +18,7 @@ import json
 import os
 import sys
 import time
+from datetime import timedelta
 
 from bench.common import bench_env, django_setup, machine, peak_rss_mb, run_child, truncate
 
@@ -19,11 +26,13 @@ from bench.common import bench_env, django_setup, machine, peak_rss_mb, run_chil
 def child() -> None:
     """Claim, then upload: what the flush schedule and the next tick do."""
     django_setup(migrate=False)
-    from batches_app import services
+    from batches_app import services, tiers
     from batches_app.models import Batch
     from requests_app.models import BatchRequest
 
     start_mb = peak_rss_mb()
+    tick_began = time.perf_counter()
+    report = tiers.deadlines_tick(send=lambda request_id, token: None)
     began = time.perf_counter()
     # What the flush does first for requests it has not seen: count their input tokens.
     for group in BatchRequest.objects.values("endpoint", "model").distinct():
@@ -39,6 +48,9 @@ def child() -> None:
         "JSON "
         + json.dumps(
             {
+                "deadline_tick_s": began - tick_began,
+                "routed": report.routed,
+                "sends_started": len(report.sent),
                 "batches": len(batches),
                 "requests": sum(b.request_count for b in batches),
                 "count_s": counted - began,
@@ -56,6 +68,7 @@ def child() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--deadline", type=int, default=None, help="seconds after each call")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -69,6 +82,12 @@ def main() -> None:
     truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_upstreamfile")
     key, _ = ApiKey.objects.get_or_create(key_hash="bench-flush", defaults={"name": "bench"})
     requests_fill(api_key_id=key.pk, count=args.requests, status="queued")
+    if args.deadline is not None:
+        from django.db.models import F
+
+        from requests_app.models import BatchRequest
+
+        BatchRequest.objects.update(deadline=F("created_at") + timedelta(seconds=args.deadline))
     fake = FakeOpenAI().start()
     try:
         env = bench_env() | {"OPENAI_BASE_URL": fake.url, "OPENAI_API_KEY": "sk-bench"}
@@ -79,6 +98,11 @@ def main() -> None:
         fake.stop()
     lines = sum(f["bytes"] for f in files)
     print(
+        f"deadline work of the tick: {result['deadline_tick_s']:.2f} s, "
+        f"{result['routed']:,} routed to a synchronous tier, "
+        f"{result['sends_started']} sends started"
+    )
+    print(
         f"flush of {result['requests']:,} requests into {result['batches']} batch(es): "
         f"token count {result['count_s']:.2f} s + claim {result['claim_s']:.2f} s + JSONL and "
         f"upload {result['upload_s']:.2f} s = "
@@ -87,7 +111,8 @@ def main() -> None:
         f"uploaded {len(files)} file(s), {lines / 1e6:.1f} MB"
     )
     print("JSON " + json.dumps(result | {"uploaded_bytes": lines}))
-    if result["requests"] != args.requests or len(files) != result["batches"]:
+    batched = result["requests"] + result["routed"]
+    if batched != args.requests or len(files) != result["batches"]:
         sys.exit("the flush did not upload every request")
 
 

@@ -209,3 +209,40 @@ def upstreams_check(app_configs, **kwargs) -> list:
                 )
             )
     return problems
+
+
+@register()
+def deadlines_check(app_configs, **kwargs) -> list:
+    """Synchronous sends (batches_app.tiers) run as django-q2 tasks: a task outliving Q_RETRY
+    would be handed to a second worker, which would send it again."""
+    problems = []
+    if settings.DEFAULT_DEADLINE is not None and settings.DEFAULT_DEADLINE < 0:
+        problems.append(Error("DEFAULT_DEADLINE is seconds, 0 or more.", id="ops_app.E210"))
+    if settings.SYNC_CONCURRENCY < 1 or settings.SYNC_TIMEOUT <= 0 or settings.SYNC_BACKOFF < 0:
+        problems.append(
+            Error(
+                "SYNC_CONCURRENCY must be at least 1, SYNC_TIMEOUT above 0, SYNC_BACKOFF 0 or "
+                "more.",
+                id="ops_app.E211",
+            )
+        )
+    if settings.Q_CLUSTER["retry"] <= settings.SYNC_TIMEOUT + 30:
+        problems.append(
+            Error(
+                "SYNC_TIMEOUT + 30 s must stay below Q_RETRY: a send still running at Q_RETRY "
+                "would be run a second time.",
+                hint="Lower SYNC_TIMEOUT or raise Q_RETRY (and Q_TIMEOUT below it).",
+                id="ops_app.E212",
+            )
+        )
+    if (
+        settings.FORECAST_MIN_SAMPLES < 1
+        or settings.FORECAST_SAMPLES < settings.FORECAST_MIN_SAMPLES
+    ):
+        problems.append(
+            Error(
+                "FORECAST_MIN_SAMPLES must be at least 1 and at most FORECAST_SAMPLES.",
+                id="ops_app.E213",
+            )
+        )
+    return problems

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Min, Sum
@@ -220,6 +220,42 @@ def _spend(model_labels) -> list:
     return [tokens, saved, spent]
 
 
+def _tiers() -> list:
+    """Receipts per tier (batch, flex, standard) and deadlines, over the answers kept."""
+    from batches_app.receipts import tier_figures
+
+    figures = tier_figures(since=datetime(1970, 1, 1, tzinfo=UTC))
+    answered = CounterMetricFamily(
+        "batchproxy_tier_requests", "Requests answered, per tier.", labels=["tier"]
+    )
+    spent = CounterMetricFamily(
+        "batchproxy_tier_spent_usd", "What the answers cost, per tier.", labels=["tier"]
+    )
+    saved = CounterMetricFamily(
+        "batchproxy_tier_saved_usd",
+        "Money saved against the standard tier, per tier (negative when paid twice).",
+        labels=["tier"],
+    )
+    for row in figures["by_tier"]:
+        answered.add_metric([row["tier"]], row["n"])
+        spent.add_metric([row["tier"]], float(row["spent"]))
+        saved.add_metric([row["tier"]], float(row["saved"]))
+    deadlines = CounterMetricFamily(
+        "batchproxy_deadlines", "Requests with a deadline, met or missed.", labels=["outcome"]
+    )
+    deadlines.add_metric(["met"], figures["met"])
+    deadlines.add_metric(["missed"], figures["missed"])
+    escalated = CounterMetricFamily(
+        "batchproxy_escalated_requests", "Requests sent synchronously after their batch."
+    )
+    escalated.add_metric([], figures["escalated"])
+    twice = CounterMetricFamily(
+        "batchproxy_paid_twice_requests", "Requests billed by their batch and a synchronous send."
+    )
+    twice.add_metric([], figures["twice"])
+    return [answered, spent, saved, deadlines, escalated, twice]
+
+
 def _capacity(model_labels) -> list:
     """Each upstream and model's queue limit, its tokens upstream and waiting, and whether it
     waits (budgets are per upstream: each organisation has its own limit)."""
@@ -303,4 +339,5 @@ class DatabaseCollector(Collector):
         yield _webhooks()
         yield from _upstream_calls()
         yield from _spend(labels)
+        yield from _tiers()
         yield from _capacity(labels)

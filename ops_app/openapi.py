@@ -69,6 +69,36 @@ def _error(description: str, schema: dict = ERROR_REF, **headers: dict) -> dict:
     return response
 
 
+# Deadlines (batches_app/tiers.py): not part of the request's identity.
+DEADLINE_PARAMETERS = [
+    {
+        "name": "X-Batch-Deadline",
+        "in": "header",
+        "description": "Answer by then at the cheapest tier that can (batch, flex, standard): "
+        "seconds from the first call, or an RFC 3339 time. A repeat with an earlier one "
+        "tightens it. 0 (or a time past) is X-Batch-Mode: now.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Batch-Mode",
+        "in": "header",
+        "description": "`now`: send it at once at the standard tier; the first call gets the "
+        "answer.",
+        "schema": {"type": "string", "enum": ["now", "batch"]},
+    },
+]
+RECEIPT_HEADERS = {
+    "X-Batch-Tier": {
+        "description": "The tier that answered.",
+        "schema": {"type": "string", "enum": ["batch", "flex", "standard"]},
+    },
+    "X-Batch-Cost-USD": {
+        "description": "What the answer cost at that tier (absent for a model with no price).",
+        "schema": {"type": "string"},
+    },
+}
+
+
 def _intake_operation(endpoint: str) -> dict:
     return {
         "operationId": "create_" + endpoint.replace("/", "_"),
@@ -79,6 +109,7 @@ def _intake_operation(endpoint: str) -> dict:
         ),
         "tags": ["batched calls"],
         "security": [{"proxyKey": []}],
+        "parameters": DEADLINE_PARAMETERS,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}},
@@ -86,7 +117,7 @@ def _intake_operation(endpoint: str) -> dict:
         "responses": {
             "200": {
                 "description": "Done: the upstream answer, unchanged.",
-                "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER},
+                "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER, **RECEIPT_HEADERS},
                 "content": {
                     "application/json": {"schema": {"type": "object", "additionalProperties": True}}
                 },

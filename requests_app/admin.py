@@ -167,8 +167,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name",)
-        fields = ["name", "prefix_shown", "state", "source", "created_at", "revoked_at", "usage"]
+            return ("name", "default_deadline")
+        fields = ["name", "default_deadline", "prefix_shown", "state", "source", "created_at"]
+        fields += ["revoked_at", "usage"]
         if obj.revoked_at is None:
             fields.remove("revoked_at")
         return fields
@@ -319,6 +320,11 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     list_per_page = 100
     actions = ("requeue", "retry_failed")
     change_form_template = "admin/requests_app/batchrequest/change_form.html"
+    # The receipt (batches_app.receipts) and the deadline's course (batches_app.tiers).
+    receipt_fields = (
+        ("tier", "cost_usd", "standard_cost_usd", "paid_twice"),
+        ("deadline", "sync_tier", "sync_attempts", "escalated_at"),
+    )
     readonly_fields = (*(f.name for f in BatchRequest._meta.fields), "batch_link", "upstream_batch")
     readonly_fields += ("body_pretty", "response_pretty", "key_link", "waited", "attempt_history")
 
@@ -342,6 +348,13 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         if obj.response_status is not None:
             fields.append("response_pretty")
         return fields
+
+    def get_fieldsets(self, request, obj=None):
+        """The request's fields, then its deadline and receipt when it has either."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and (obj.tier or obj.deadline):
+            fieldsets = [*fieldsets, ("Deadline and receipt", {"fields": self.receipt_fields})]
+        return fieldsets
 
     def has_add_permission(self, request) -> bool:
         return False  # requests come from clients only

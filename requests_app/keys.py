@@ -96,3 +96,11 @@ def api_key_rotate(*, key_id: int) -> IssuedKey:
         key.prefix, key.key_hash = secret[:PREFIX_LENGTH], hash_key(secret)
         key.save(update_fields=["prefix", "key_hash"])
     return IssuedKey(key, secret)
+
+
+def api_key_deadline_set(*, key_id: int, seconds: int | None) -> bool:
+    """Set (or, with None, clear) the default deadline of a key's calls that name none; it
+    applies to its pending requests too, from the next tick. False when there is no such key."""
+    if seconds is not None and seconds < 0:
+        raise ValueError("A deadline is 0 or more seconds.")
+    return bool(ApiKey.objects.filter(pk=key_id).update(default_deadline=seconds))

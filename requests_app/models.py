@@ -55,6 +55,12 @@ class ApiKey(models.Model):
     from_env = models.BooleanField(default=False, help_text="Defined by BATCH_SERVER_API_KEY.")
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    default_deadline = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds: the deadline of this key's calls that name none (X-Batch-Deadline). "
+        "Empty: the proxy's DEFAULT_DEADLINE, if any.",
+    )
 
     # A key stands in for the user in DRF views.
     is_authenticated = True
@@ -94,6 +100,14 @@ class BatchRequest(models.Model):
         CANCELLED = "cancelled"
 
     PENDING = (Status.QUEUED, Status.SUBMITTED)
+
+    class Tier(models.TextChoices):
+        """How a request is (to be) answered: batch, flex (batch price, synchronous) or
+        standard (full price, synchronous)."""
+
+        BATCH = "batch"
+        FLEX = "flex"
+        STANDARD = "standard"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # No index of its own: the unique (api_key, fingerprint) index starts with it.
@@ -147,6 +161,32 @@ class BatchRequest(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    # Deadlines and tiers (batches_app.tiers). NULL deadline: wait for the batch, however long.
+    deadline = models.DateTimeField(null=True, blank=True)
+    # The synchronous tier chosen for it ("": none, it waits for a batch), and the intent and
+    # lease of the send in flight: set before the upstream call, cleared when it failed.
+    # Database defaults too, for rows inserted by raw SQL (bench/, scripts/).
+    sync_tier = models.CharField(
+        max_length=8, choices=Tier.choices, blank=True, default="", db_default=""
+    )
+    sync_started_at = models.DateTimeField(null=True, blank=True)
+    sync_attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
+    sync_not_before = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(
+        null=True, blank=True, help_text="Sent synchronously after its batch was submitted."
+    )
+    # The receipt: who answered, what it cost, what it would have cost at the standard tier.
+    tier = models.CharField(
+        max_length=8, choices=Tier.choices, blank=True, default="", db_default=""
+    )
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    standard_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    paid_twice = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Answered (and billed) by both its batch and a synchronous send.",
+    )
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -183,6 +223,21 @@ class BatchRequest(models.Model):
                 condition=models.Q(status__in=["queued", "submitted"]),
                 name="key_groups_idx",
             ),
+            # Pending requests with a deadline, for the tier choice on every tick.
+            models.Index(
+                fields=["deadline"],
+                condition=models.Q(status__in=["queued", "submitted"], deadline__isnull=False),
+                name="deadline_idx",
+            ),
+            # Requests to send synchronously (tiers.sends_dispatch): a handful at any time. Its
+            # condition is the dispatcher's filter word for word (tiers.SYNCABLE), so that the
+            # planner can use it: an escalated request failed by its batch is still sent.
+            models.Index(
+                fields=["sync_not_before"],
+                condition=models.Q(status__in=["queued", "submitted", "failed"])
+                & ~models.Q(sync_tier=""),
+                name="sync_due_idx",
+            ),
             # A key's videos, for the owner check of a video's content (requests_app.videos):
             # a handful of rows per key, however many other calls it makes.
             models.Index(
@@ -198,6 +253,13 @@ class BatchRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in self.PENDING
+
+    @property
+    def saving_usd(self):
+        """What the receipt saved against the standard tier (negative when paid twice)."""
+        if self.cost_usd is None or self.standard_cost_usd is None:
+            return None
+        return self.standard_cost_usd - self.cost_usd
 
     def as_jsonl_line(self) -> str:
         return jsonl_line(self.id, self.endpoint, self.body)

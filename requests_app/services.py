@@ -276,6 +276,7 @@ class CompiledValues:
 ANSWER_FIELDS = (
     "id",
     "status",
+    "endpoint",
     "model",
     "created_at",
     "not_before",
@@ -285,10 +286,14 @@ ANSWER_FIELDS = (
     "response_bytes",
     "error_code",
     "error_message",
+    "deadline",
+    "sync_tier",
+    "tier",
+    "cost_usd",
 )
 
 
-def call_row(call: ParsedCall) -> dict:
+def call_row(call: ParsedCall, *, deadline=None) -> dict:
     """A new request's values taken from its call and the clock, by field name; every other
     column takes its model default. The one statement's SQL is built from these names, so
     storing one more thing of a call is one line here."""
@@ -303,6 +308,7 @@ def call_row(call: ParsedCall) -> dict:
         "fingerprint": call.fingerprint,
         "created_at": now,
         "updated_at": now,
+        "deadline": deadline,
     }
 
 
@@ -403,7 +409,7 @@ class Taken:
     key_active: bool | None
 
 
-def requests_take(*, key_hash: str, call: ParsedCall) -> Taken:
+def requests_take(*, key_hash: str, call: ParsedCall, deadline=None) -> Taken:
     """The request of this call for the active key with this hash: found, or queued now.
 
     On PostgreSQL one statement does it all (one round trip, no transaction). On SQLite it
@@ -417,7 +423,7 @@ def requests_take(*, key_hash: str, call: ParsedCall) -> Taken:
     To store one more thing of a call (a column of BatchRequest), add it to `call_row`.
     """
     connection = connections[DEFAULT_DB_ALIAS]
-    values = call_row(call)
+    values = call_row(call, deadline=deadline)
     sql, constants = _take_sql(connection, tuple(values))
     env_ok = key_hash in settings.ENV_API_KEY_HASHES
     fields = BatchRequest._meta
@@ -453,9 +459,13 @@ def _new_answer(values: dict) -> dict:
     return dict.fromkeys(ANSWER_FIELDS) | {
         "id": values["id"],
         "status": BatchRequest.Status.QUEUED,
+        "endpoint": values["endpoint"],
         "model": values["model"],
         "created_at": values["created_at"],
         "response_chunks": 0,
         "error_code": "",
         "error_message": "",
+        "deadline": values["deadline"],
+        "sync_tier": "",
+        "tier": "",
     }

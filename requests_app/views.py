@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from batches_app import capacity, catalog, upstreams
+from batches_app import capacity, catalog, tiers, upstreams
 
 from . import limits
 from .api import RawBodyParser
@@ -29,6 +29,7 @@ from .auth import (
     ProviderKeyAuthentication,
     ProxyKey,
 )
+from .deadlines import Deadline, deadline_parse
 from .errors import ClientError, anthropic_shaped, error_response, gemini_shaped
 from .listing import FinishedCursorPagination, finished_requests
 from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
@@ -58,6 +59,8 @@ def retry_after(row: dict, *, waiting: bool = False) -> int:
     BATCH_MAX_WAIT (sooner when it fills up); then it runs upstream. Running: the proxy learns
     that a batch ended at its next poll, a tick after POLL_INTERVAL, or, with OpenAI's
     webhooks, a tick after it ends, which nobody knows in advance: ask again within 30 s.
+    Sent synchronously (a deadline, tiers.py): the tier's median answer time and a tick. A
+    deadline caps it: the caller asks again by then.
     """
     now = timezone.now()
     tick = settings.TICK_SECONDS
@@ -68,11 +71,40 @@ def retry_after(row: dict, *, waiting: bool = False) -> int:
     if waiting:
         # Capacity comes back when one of the model's batches finishes upstream.
         wait = max(wait, capacity.CAPACITY_RETRY_AFTER)
+    elif row.get("sync_tier"):
+        eta = _eta(row, now)
+        wait = tick + (max((eta[0] - now).total_seconds(), 0) if eta else 0)
     elif row["status"] == BatchRequest.Status.QUEUED:
         start = max(row["not_before"] or now, row["created_at"])
         flush_in = (start - now).total_seconds() + settings.BATCH_MAX_WAIT
         wait += max(flush_in, 0) + tick
+    if row.get("deadline") is not None:
+        wait = min(wait, max((row["deadline"] - now).total_seconds(), tick))
     return max(1, math.ceil(wait))
+
+
+def _eta(row: dict, now) -> tuple | None:
+    if not row.get("endpoint"):
+        return None
+    return tiers.request_eta(
+        status=row["status"],
+        endpoint=row["endpoint"],
+        model=row["model"],
+        created_at=row["created_at"],
+        sync_tier=row.get("sync_tier") or "",
+        now=now,
+    )
+
+
+def _eta_words(row: dict) -> str:
+    eta = _eta(row, timezone.now())
+    if eta is None:
+        return ""
+    median, p90, tier = eta
+    return (
+        f" Expected by {median:%Y-%m-%dT%H:%M:%SZ} through the {tier} tier "
+        f"(90% by {p90:%Y-%m-%dT%H:%M:%SZ})."
+    )
 
 
 def answer(row: dict) -> HttpResponse:
@@ -85,19 +117,24 @@ def answer(row: dict) -> HttpResponse:
         return error_response(
             422,
             f"Request {request_id} is {state} for the Batch API. "
-            "Repeat the identical call later to get its answer.",
+            "Repeat the identical call later to get its answer." + _eta_words(row),
             type="batch_pending",
             code="batch_pending",
             Retry_After=str(retry_after(row, waiting=waiting)),
             X_Batch_Request_Id=request_id,
         )
     if status == BatchRequest.Status.COMPLETED:
-        if row["response_chunks"]:
-            return streamed_answer(row)
-        response = HttpResponse(
-            row["response_body"], status=row["response_status"], content_type="application/json"
+        response = (
+            streamed_answer(row)
+            if row["response_chunks"]
+            else HttpResponse(
+                row["response_body"],
+                status=row["response_status"],
+                content_type="application/json",
+            )
         )
         response["X-Batch-Request-Id"] = request_id
+        receipt_headers(response, row)
         return response
     if status == BatchRequest.Status.CANCELLED:
         return error_response(
@@ -117,6 +154,14 @@ def answer(row: dict) -> HttpResponse:
         X_Should_Retry="false",
         X_Batch_Request_Id=request_id,
     )
+
+
+def receipt_headers(response: HttpResponse, row: dict) -> None:
+    """`X-Batch-Tier` (batch, flex, standard) and `X-Batch-Cost-USD` (absent when unpriced)."""
+    if row.get("tier"):
+        response["X-Batch-Tier"] = row["tier"]
+    if row.get("cost_usd") is not None:
+        response["X-Batch-Cost-USD"] = f"{row['cost_usd'].normalize():f}"
 
 
 def streamed_answer(row: dict) -> StreamingHttpResponse:
@@ -236,10 +281,20 @@ class Intake(APIView):
         caller: ProxyKey = request.user
         if not caller.is_trusted():
             raise NotAuthenticated
+        now = timezone.now()
         try:
             refuse_form_upload(request, endpoint)
             call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
             self.check_served(call)
+            when = deadline_parse(request._request.META, now=now)
+            if when is not None and when.now and not self.answers_now(call):
+                raise ClientError(
+                    400,
+                    "X-Batch-Mode: now is not offered for images, videos, or this model's "
+                    "upstream (no synchronous API): the call waits for its batch.",
+                    code="invalid_header",
+                    param="X-Batch-Mode",
+                )
         except ClientError:
             # Only a key active now learns what is wrong with its input: trusted from memory,
             # it may have been revoked since (one lookup, on this error path only).
@@ -253,20 +308,56 @@ class Intake(APIView):
             if row is not None:
                 if not caller.accepts(row):
                     raise NotAuthenticated
-                return answer(row)
-            self.check_new(call)
+                return self.found(row, when)
+            try:
+                self.check_new(call)
+            except ClientError:
+                if not caller.is_authenticated:
+                    raise NotAuthenticated from None
+                raise
         if not capped:
-            taken = requests_take(key_hash=caller.key_hash, call=call)
+            deadline = when.resolve(now) if when is not None else None
+            taken = requests_take(key_hash=caller.key_hash, call=call, deadline=deadline)
             if taken.key_active is False:
                 raise NotAuthenticated
+            if taken.created:
+                return (
+                    self.deadline_apply(taken.row, when, stored=True) if when else answer(taken.row)
+                )
             if taken.row is not None:
-                return answer(taken.row)
+                return self.found(taken.row, when)
         # A twin won the race, the key is at a cap, or it has just gone: the general path
         # tells which.
         if not caller.is_authenticated:
             raise NotAuthenticated
         created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
-        return answer({field: getattr(created, field) for field in ANSWER_FIELDS})
+        row = {field: getattr(created, field) for field in ANSWER_FIELDS}
+        return self.deadline_apply(row, when) if when and created.is_pending else answer(row)
+
+    def found(self, row: dict, when: Deadline | None) -> HttpResponse:
+        """The answer to a call made before; a deadline it carries may tighten a pending one."""
+        if when is not None and row["status"] in BatchRequest.PENDING:
+            return self.deadline_apply(row, when)
+        return answer(row)
+
+    @staticmethod
+    def deadline_apply(row: dict, when: Deadline, *, stored: bool = False) -> HttpResponse:
+        """A pending request's call with a deadline: an earlier one tightens the stored one (one
+        conditional UPDATE, only for calls that carry the header); `now` sends it at once at
+        the standard tier and answers with the upstream's answer."""
+        deadline = when.resolve(row["created_at"])
+        if not stored:
+            tiers.deadline_tighten(request_id=row["id"], deadline=deadline)
+        if not when.now:
+            return answer(row | {"deadline": min(filter(None, (row["deadline"], deadline)))})
+        tiers.request_answer_now(request_id=row["id"])
+        fresh = BatchRequest.objects.filter(pk=row["id"]).values(*ANSWER_FIELDS).first()
+        return answer(fresh or row)
+
+    @staticmethod
+    def answers_now(call) -> bool:
+        route = upstreams.upstream_route(endpoint=call.endpoint, model=call.model)
+        return tiers.sync_offered(route, call.endpoint)
 
     def check_served(self, call) -> None:
         """On OpenAI's endpoints the default upstream serves every model."""
@@ -344,6 +435,8 @@ class BatchRequestSerializer(serializers.ModelSerializer):
     waiting_for = serializers.SerializerMethodField()
     batch = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
+    eta = serializers.SerializerMethodField()
+    receipt = serializers.SerializerMethodField()
 
     class Meta:
         model = BatchRequest
@@ -358,10 +451,78 @@ class BatchRequestSerializer(serializers.ModelSerializer):
             "batch",
             "error",
             "response_status",
+            "deadline",
+            "eta",
+            "receipt",
             "created_at",
             "updated_at",
             "finished_at",
         )
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {
+                "median": {"type": "string", "format": "date-time"},
+                "p90": {"type": "string", "format": "date-time"},
+                "tier": {"type": "string", "enum": ["batch", "flex", "standard"]},
+            },
+        }
+    )
+    def get_eta(self, obj: BatchRequest) -> dict | None:
+        """When a pending request's answer is expected (the forecast's median and p90)."""
+        batch = obj.batch
+        eta = tiers.request_eta(
+            status=obj.status,
+            endpoint=obj.endpoint,
+            model=obj.model,
+            created_at=obj.created_at,
+            sync_tier=obj.sync_tier,
+            batch_upstream=batch.upstream if batch else None,
+            batch_started=batch.upstream_created_at if batch else None,
+        )
+        if eta is None:
+            return None
+        return {"median": eta[0], "p90": eta[1], "tier": eta[2]}
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {
+                "tier": {"type": "string", "enum": ["batch", "flex", "standard"]},
+                "input_tokens": {"type": "integer", "nullable": True},
+                "output_tokens": {"type": "integer", "nullable": True},
+                "cost_usd": {"type": "string", "nullable": True},
+                "standard_cost_usd": {"type": "string", "nullable": True},
+                "saving_usd": {"type": "string", "nullable": True},
+                "paid_twice": {"type": "boolean"},
+                "escalated": {"type": "boolean"},
+                "deadline_met": {"type": "boolean", "nullable": True},
+            },
+        }
+    )
+    def get_receipt(self, obj: BatchRequest) -> dict | None:
+        """Who answered and what it cost; None until answered."""
+        if not obj.tier:
+            return None
+        money = (obj.cost_usd, obj.standard_cost_usd, obj.saving_usd)
+        cost, standard, saving = (None if v is None else f"{v.normalize():f}" for v in money)
+        met = None
+        if obj.deadline is not None and obj.finished_at is not None:
+            met = obj.finished_at <= obj.deadline
+        return {
+            "tier": obj.tier,
+            "input_tokens": obj.input_tokens,
+            "output_tokens": obj.output_tokens,
+            "cost_usd": cost,
+            "standard_cost_usd": standard,
+            "saving_usd": saving,
+            "paid_twice": obj.paid_twice,
+            "escalated": obj.escalated_at is not None,
+            "deadline_met": met,
+        }
 
     def get_object(self, obj: BatchRequest) -> str:
         return "batch_request"

@@ -5,6 +5,8 @@
     tick [rounds]                           run the flush and poll tasks, as django-q2 would
                                             (SIGTERM ends it between batch steps)
     hold <batch id>                         take the batch's lease, print "held", sleep
+    deadlines                               one round of the deadline work (tiers.deadlines_tick),
+                                            its synchronous sends run in this process
     flush-loop / poll-loop                  run the flush (or poll) task until no request and no
                                             batch is pending
 
@@ -98,6 +100,10 @@ def main(argv: list[str]) -> None:
         with batch_lease(args[0]) as got:
             print("held" if got else "not held", flush=True)
             time.sleep(120)
+    elif command == "deadlines":
+        from batches_app import tiers
+
+        print(tiers.deadlines_tick(send=tiers.request_send), flush=True)
     elif command in ("flush-loop", "poll-loop"):
         loop(command.removesuffix("-loop"))
     else:

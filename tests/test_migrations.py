@@ -27,7 +27,10 @@ from .processes import ROOT
 EXEMPT_UP_TO = {"batches_app": 12, "requests_app": 13, "ops_app": 2}
 # Found unsafe after it was merged, and repaired by a later migration (named with the reason).
 REPAIRED = {
-    ("batches_app", "0013_hc_state_since"): "0017_hd_state_since_db_default adds its db default",
+    ("batches_app", "0013_batch_state_since"): "0018_batch_state_since_db_default: its db default",
+        "batches_app",
+        "0013_batch_state_since",
+    ): "0018_batch_state_since_db_default adds its db default",
 }
 PROJECT_APPS = tuple(EXEMPT_UP_TO)
 BREAKS_OLD_VERSION = (
@@ -137,8 +140,8 @@ def test_the_upgrade_fills_each_keys_models_from_its_batched_requests():
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    before = [("batches_app", "0015_merge_hc_hd")]
-    after = [("batches_app", "0016_hd_key_models_backfill")]
+    before = [("batches_app", "0016_batch_create_started_at")]
+    after = [("batches_app", "0017_key_models_backfill")]
     executor = MigrationExecutor(connection)
     leaves = executor.loader.graph.leaf_nodes()
     try:
@@ -170,7 +173,7 @@ def test_an_index_left_invalid_by_a_failed_concurrent_build_is_built_again():
 
     if connection.vendor != "postgresql":
         pytest.skip("invalid indexes are PostgreSQL's (SQLite builds indexes in a transaction)")
-    before = [("batches_app", "0013_hd_key_models_and_spend_totals")]
+    before = [("batches_app", "0014_key_models_and_spend_totals")]
     executor = MigrationExecutor(connection)
     leaves = executor.loader.graph.leaf_nodes()
     try:

@@ -187,6 +187,12 @@ TRANSPORTS = {
 }
 
 
+def transport_class(kind: str) -> type[Transport]:
+    """A kind's transport class, without a key or a client (what the kind can do)."""
+    module, cls = TRANSPORTS.get(kind, TRANSPORTS["openai"])
+    return getattr(import_module(f".{module}", __name__), cls)
+
+
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
     upstream = upstream_get(name)

@@ -25,7 +25,14 @@ from django.conf import settings
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import Transport, Upstream, UpstreamError, unreadable_line
+from .base import (
+    SyncAnswer,
+    Transport,
+    Upstream,
+    UpstreamError,
+    retry_after_of,
+    unreadable_line,
+)
 
 # An errored result's error type -> the HTTP status Anthropic would have answered.
 ERROR_STATUS = {
@@ -56,7 +63,13 @@ def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
         kind = (exc.body or {}).get("error", {}).get("type") if isinstance(exc.body, dict) else None
         code = kind or f"http_{status}"
         message = f"HTTP {status}: {exc.message}"
-        return UpstreamError(message, permanent=not transient, code=code, status=status)
+        return UpstreamError(
+            message,
+            permanent=not transient,
+            code=code,
+            status=status,
+            retry_after=retry_after_of(exc.response.headers) if status == 429 else None,
+        )
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -142,6 +155,22 @@ class AnthropicTransport(Transport):
 
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
+
+    SYNC = True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """The Messages API, at the standard tier (Anthropic has no flex): the body as it is."""
+        post = self.client(retries=False).with_options(timeout=timeout).post
+        try:
+            with upstream_observed("messages.create", upstream=self.upstream.name):
+                answer = post("/v1/messages", body=orjson.loads(body), cast_to=httpx2.Response)
+        except anthropic.APIStatusError as exc:
+            if exc.status_code in (401, 403, 429) or exc.status_code >= 500:
+                raise _translate(exc) from exc
+            return SyncAnswer(exc.status_code, exc.response.text)
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc) from exc
+        return SyncAnswer(answer.status_code, answer.text)
 
     def upload_file(self, path: Path, filename: str) -> str:
         raise UpstreamError("Anthropic batches take their requests inline", permanent=True)

@@ -37,12 +37,37 @@ def unreadable_line(raw: bytes | str, *, id_field: str) -> str | None:
 
 class UpstreamError(Exception):
     def __init__(
-        self, message: str, *, permanent: bool, code: str = "upstream_error", status: int = 0
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        code: str = "upstream_error",
+        status: int = 0,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.permanent = permanent
         self.code = code
         self.status = status  # the upstream's HTTP status, when it answered with one
+        # Seconds the upstream asked to wait (a 429's Retry-After), if it said.
+        self.retry_after = retry_after
+
+
+def retry_after_of(headers) -> float | None:
+    """A Retry-After header's seconds (the numeric form; an HTTP date is not used upstream)."""
+    value = (headers or {}).get("retry-after") if headers is not None else None
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class SyncAnswer:
+    """A synchronous call's answer: the HTTP status and body a caller's SDK would get."""
+
+    status: int
+    body: str  # JSON text
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,26 @@ class Transport(ABC):
     def input_line(self, custom_id, endpoint: str, body: str) -> str:
         """One line of an input file: OpenAI's `{"custom_id", "method", "url", "body"}`."""
         return jsonl_line(custom_id, endpoint, body)
+
+    # Synchronous sends (batches_app.tiers): the same request body, answered now. A kind
+    # without them (SYNC False) leaves every request to its batch, whatever its deadline.
+    SYNC = False
+    FLEX = "flex"
+    STANDARD = "standard"
+
+    def offers_flex(self) -> bool:
+        """Whether this kind has a flex tier at all (which models: the FlexModel table)."""
+        return False
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """Send one request synchronously at `tier` (flex or standard) and return its answer.
+
+        A 2xx or an error that is the request's own (a 4xx other than 429) is its answer; a
+        refused flex call (429 `resource_unavailable`), a 429, a 5xx, a timeout or a
+        connection error raises a transient `UpstreamError` (with `retry_after` when said).
+        Never retried here: the caller records its intent first and decides.
+        """
+        raise NotImplementedError
 
     @abstractmethod
     def upload_file(self, path: Path, filename: str) -> str:

@@ -31,7 +31,14 @@ from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
+from .base import (
+    METADATA_KEY,
+    SyncAnswer,
+    Transport,
+    Upstream,
+    UpstreamError,
+    unreadable_line,
+)
 
 API_VERSION = "v1beta"  # where Google documents the Batch API
 DISPLAY_PREFIX = "batchproxy-"
@@ -268,6 +275,31 @@ class GeminiTransport(Transport):
         request = orjson.loads(body)
         request.pop("model", None)  # the job's, not the line's
         return orjson.dumps({"key": str(custom_id), "request": request}).decode() + "\n"
+
+    SYNC = True
+
+    def offers_flex(self) -> bool:
+        return True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """generate_content through the SDK, with `service_tier` the tier the proxy chose
+        (the body's own `serviceTier` is replaced, as on OpenAI)."""
+        request = inlined_request(orjson.loads(body))
+        config = request.config or types.GenerateContentConfig()
+        config.service_tier = types.ServiceTier.FLEX if tier == self.FLEX else None
+        config.http_options = types.HttpOptions(timeout=int(timeout * 1000))
+        generate = self.client(retries=False).models.generate_content
+        try:
+            with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
+                answer = generate(model=request.model, contents=request.contents, config=config)
+        except errors.APIError as exc:
+            status = exc.code or 500
+            if status in (401, 403, 429) or status >= 500:
+                raise _translate(exc) from exc
+            return SyncAnswer(status, orjson.dumps(exc.details).decode())
+        except httpx2.HTTPError as exc:
+            raise _translate(exc) from exc
+        return SyncAnswer(200, orjson.dumps(_response_json(answer)).decode())
 
     def upload_file(self, path: Path, filename: str) -> str:
         config = {"display_name": filename, "mime_type": "application/jsonl"}

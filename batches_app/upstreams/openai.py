@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx2
 import openai
+import orjson
 from django.conf import settings
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import Transport, Upstream, UpstreamError
+from .base import SyncAnswer, Transport, Upstream, UpstreamError, retry_after_of
 
 
 @cache
@@ -33,7 +34,13 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         code = getattr(exc, "code", None) or f"http_{status}"
         message = f"HTTP {status}: {exc.message}"
-        return UpstreamError(message, permanent=not transient, code=code, status=status)
+        return UpstreamError(
+            message,
+            permanent=not transient,
+            code=code,
+            status=status,
+            retry_after=retry_after_of(exc.response.headers) if status == 429 else None,
+        )
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -69,6 +76,33 @@ class OpenAITransport(Transport):
 
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
+
+    SYNC = True
+
+    def offers_flex(self) -> bool:
+        return True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """POST the body to its endpoint; `service_tier` says the tier the proxy chose (the
+        body's own is replaced: the receipt prices the tier sent). The Azure client turns the
+        path into its deployment's, as it does for its own calls."""
+        payload = orjson.loads(body)
+        if tier == self.FLEX:
+            payload["service_tier"] = "flex"
+        elif self.upstream.kind in ("openai", "azure"):
+            payload["service_tier"] = "default"  # OpenAI's word; other kinds' bodies go as they are
+        path = "/" + endpoint.removeprefix("/v1/")
+        post = self.client(retries=False).with_options(timeout=timeout).post
+        try:
+            with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
+                answer = post(path, body=payload, cast_to=httpx2.Response)
+        except openai.APIStatusError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500 or exc.status_code in (401, 403):
+                raise _translate(exc) from exc
+            return SyncAnswer(exc.status_code, exc.response.text)  # the request's own error
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+        return SyncAnswer(answer.status_code, answer.text)
 
     def upload_file(self, path: Path, filename: str) -> str:
         with path.open("rb") as fh:

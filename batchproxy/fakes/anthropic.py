@@ -10,6 +10,9 @@ Markers in a request's text ask for per-request outcomes:
     [[truncate]]     its result line is cut in half
     [[refuse]]       the create of a batch holding it is refused (HTTP 400)
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
+Synchronous calls (`POST /v1/messages`, the standard tier: Anthropic has no flex) are answered
+at once with the Message a batch would give (`sync_calls` lists their bodies); a large
+`step_seconds` holds batches unfinished meanwhile.
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py).
 """
@@ -84,6 +87,7 @@ class FakeAnthropic(FakeServer):
         ("POST", re.compile(r"/v1/messages/batches/([^/]+)/cancel"), "cancel"),
         ("GET", re.compile(r"/v1/messages/batches/([^/]+)/results"), "results"),
         ("DELETE", re.compile(r"/v1/messages/batches/([^/]+)"), "delete"),
+        ("POST", re.compile(r"/v1/messages"), "message"),
     )
 
     def reset(self) -> None:
@@ -93,6 +97,7 @@ class FakeAnthropic(FakeServer):
             self._deleted: dict[str, dict] = {}
             self._requests: dict[str, list[dict]] = {}
             self.expire_after: int | None = None
+            self.sync_calls: list[dict] = []
 
     @property
     def batches(self) -> list[dict]:
@@ -195,6 +200,17 @@ class FakeAnthropic(FakeServer):
         operation, query = call.operation, call.query
         if operation == "create":
             return self._create(call.json() or {})
+        if operation == "message":
+            params = call.json() or {}
+            self.sync_calls.append(params)
+            result = _result(params)
+            if result["type"] == "errored":
+                error = result["error"]
+                status = next(
+                    (s for s, t in ERROR_TYPES.items() if t == error["error"]["type"]), 500
+                )
+                return status, error
+            return 200, result["message"]
         if operation == "list":
             found = sorted(self._batches.values(), key=lambda b: -b["_created"])
             if after := query.get("after_id"):

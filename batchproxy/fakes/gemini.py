@@ -20,6 +20,10 @@ Answers echo the request's text ("echo: <text>"). A marker in the text asks for 
     [[refuse]]       the create of a job holding it is refused (HTTP 400)
 With `expire_after=N` a job ends `BATCH_STATE_EXPIRED` with only its first N results;
 `fail_batches=K` makes the next K jobs end `BATCH_STATE_FAILED` with no results.
+Synchronous calls (`POST /{v}/models/{model}:generateContent`) are answered at once with the
+response a job would give; `serviceTier: "flex"` is honoured, and refused with 429
+RESOURCE_EXHAUSTED while `refuse_flex` is set (`sync_calls` lists {"model", "service_tier",
+"refused"}); a large `step_seconds` holds jobs unfinished meanwhile.
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py). An upload is two operations: `upload_start` opens the session, `upload` sends
 the bytes and makes the file.
@@ -116,6 +120,7 @@ class FakeGemini(FakeServer):
         ("GET", re.compile(V + r"/files/([^/:]+)"), "file"),
         ("GET", re.compile(V + r"/files/([^/:]+):download"), "download"),
         ("DELETE", re.compile(V + r"/files/([^/:]+)"), "file_delete"),
+        ("POST", re.compile(V + r"/models/([^/:]+):generateContent"), "generate"),
     )
 
     def reset(self) -> None:
@@ -128,6 +133,8 @@ class FakeGemini(FakeServer):
             self._submitted: list[dict] = []
             self.expire_after: int | None = None
             self.fail_batches = 0
+            self.refuse_flex = False
+            self.sync_calls: list[dict] = []
 
     @property
     def jobs(self) -> list[dict]:
@@ -173,12 +180,28 @@ class FakeGemini(FakeServer):
         with self._lock:
             if call.operation in ("upload_start", "upload"):
                 return self._upload(call)
+            if call.operation == "generate":
+                return self._generate(call)
             if call.operation == "download":
                 found = self._files.get(call.args[0])
                 if found is None:
                     return self.error(404, f"No file files/{call.args[0]}.")
                 return Reply(200, found["_data"], content_type="application/octet-stream")
             return Reply(*self._answer(call))
+
+    def _generate(self, call: Call) -> Reply:
+        request = call.json() or {}
+        tier = str(request.get("serviceTier") or "standard").lower()
+        refused = tier == "flex" and self.refuse_flex
+        self.sync_calls.append({"model": call.args[0], "service_tier": tier, "refused": refused})
+        if refused:
+            return self.error(429, "Flex capacity is exhausted; retry later or use standard.")
+        result = _result(request, call.args[0])
+        if "error" in result:
+            code = result["error"]["code"]
+            status = next((s for s, (c, _) in GRPC.items() if c == code), 500)
+            return self.error(status, result["error"]["message"])
+        return Reply(200, result["response"])
 
     # -- jobs ----------------------------------------------------------------------------------
 

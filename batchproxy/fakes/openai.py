@@ -27,6 +27,12 @@ batches from a thread of its own and, when one ends, POSTs OpenAI's `batch.<stat
 that URL, signed as OpenAI signs them (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`).
 
+Synchronous calls (`POST /v1/chat/completions`, `/v1/responses`, ... and Azure's
+`/openai/deployments/{name}/...`) are answered at once, the same answers as a batch line's, with
+`service_tier` echoed ("flex" or "default"); with `refuse_flex` configured, a flex call is
+refused with 429 `resource_unavailable`. `sync_calls` lists them. To hold batches unfinished
+(so that only a synchronous send can answer in time), configure `stall_after_lines: 0`.
+
 Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
 
@@ -70,6 +76,9 @@ DEFAULTS = {
     "retry_after": 1,  # Retry-After seconds sent with an injected 429
     "webhook_url": None,  # where batch.<status> events go when a batch ends (None: nowhere)
     "webhook_secret": None,  # the endpoint's signing secret, "whsec_<base64>"
+    # Synchronous calls (POST /v1/chat/completions, ...): refuse `service_tier: "flex"` with
+    # 429 resource_unavailable, as OpenAI does when flex capacity is short.
+    "refuse_flex": False,
 }
 WEBHOOK_ATTEMPTS = 5
 TERMINAL = ("failed", "completed", "expired", "cancelled")
@@ -758,6 +767,7 @@ class FakeOpenAI:
             self._faults: list[list] = []
             self._webhooks: list[dict] = []  # every delivery attempt: event, status
             self._pending_events: list[dict] = []
+            self._sync_calls: list[dict] = []
             self._config = DEFAULTS | {"step_seconds": self._step_seconds}
             # Requests still held by a "timeout" fault see the change and give up.
             self._generation += 1
@@ -812,6 +822,12 @@ class FakeOpenAI:
         """Every webhook delivery tried: {"event", "status" (HTTP status or None), "at"}."""
         with self._lock:
             return copy.deepcopy(self._webhooks)
+
+    @property
+    def sync_calls(self) -> list[dict]:
+        """Every synchronous call: {"endpoint", "model", "service_tier", "refused", "body"}."""
+        with self._lock:
+            return copy.deepcopy(self._sync_calls)
 
     def submitted_lines(self) -> list[dict]:
         with self._lock:
@@ -1169,6 +1185,33 @@ class FakeOpenAI:
 
     # -- webhook endpoints -----------------------------------------------------------------------
 
+    def _sync(self, request: Request, endpoint: str) -> Reply:
+        """A synchronous call, answered now as its batch line would be."""
+        body = _json_object(request.body)
+        tier = body.get("service_tier") or "default"
+        refused = tier == "flex" and self._config["refuse_flex"]
+        self._sync_calls.append(
+            {
+                "endpoint": f"/v1/{endpoint}",
+                "model": body.get("model"),
+                "service_tier": tier,
+                "refused": refused,
+                "body": body,
+            }
+        )
+        if refused:
+            message = "Flex capacity is temporarily unavailable. Please retry later."
+            error = _error_body(message, "rate_limit_error", None, "resource_unavailable")
+            return _json_reply(error, 429)
+        result = _execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
+        response = result.line["response"]
+        if response is None:
+            return _json_reply(_error_body(result.line["error"]["message"], "server_error"), 500)
+        answer = response["body"]
+        if response["status_code"] == 200 and isinstance(answer, dict):
+            answer["service_tier"] = "flex" if tier == "flex" else "default"
+        return _json_reply(answer, response["status_code"])
+
     def _create_webhook(self, request: Request) -> Reply:
         """Register an endpoint: from now on, batch events are signed and sent to it."""
         params = _json_object(request.body)
@@ -1310,6 +1353,13 @@ ROUTES = [
     ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "cancel"),
     ("POST", re.compile(r"/v1/webhook_endpoints"), "create_webhook"),
     ("GET", re.compile(r"/v1/videos/([^/]+)/content"), "video_content"),
+    (
+        "POST",
+        re.compile(
+            r"/v1/(?:deployments/[^/]+/)?(chat/completions|responses|completions|embeddings|moderations)"
+        ),
+        "sync",
+    ),
 ]
 # Faults are injected per operation (or "*" for any of them).
 OPERATIONS = tuple(name for _, _, name in ROUTES)

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('batches_app', '0013_hd_key_models_and_spend_totals'),
+        ('batches_app', '0014_key_models_and_spend_totals'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('batches_app', '0015_merge_hc_hd'),
+        ('batches_app', '0015_batch_finished_indexes'),
     ]
 
     operations = [

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     database default, so the running version's inserts keep working."""
 
     dependencies = [
-        ('batches_app', '0012_queue_limit_per_upstream'),
+        ('batches_app', '0013_batch_state_since'),
         ('requests_app', '0013_alter_batchrequest_endpoint'),
     ]
 

@@ -11,6 +11,8 @@ def add_prices(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches_app", "0018_merge_hc_hd_hg")]
+    dependencies = [
+        ('batches_app', '0019_provider_prices'),
+    ]
 
     operations = [migrations.RunPython(add_prices, migrations.RunPython.noop)]

@@ -6,12 +6,12 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    """`state_since` (0013_hc) was added NOT NULL with a Python default only: the version
+    """`state_since` (0013_batch_state_since) was added NOT NULL with a Python default only: the version
     still running during a deploy inserts batches without it. A database default fixes that
     (found by tests/test_migrations.py)."""
 
     dependencies = [
-        ('batches_app', '0016_hd_key_models_backfill'),
+        ('batches_app', '0017_key_models_backfill'),
     ]
 
     operations = [

@@ -11,6 +11,8 @@ def add_prices(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("batches_app", "0012_queue_limit_per_upstream")]
+    dependencies = [
+        ('batches_app', '0018_batch_state_since_db_default'),
+    ]
 
     operations = [migrations.RunPython(add_prices, migrations.RunPython.noop)]

@@ -23,8 +23,8 @@ def key_models_fill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches_app", "0015_merge_hc_hd"),
-        ("requests_app", "0013_alter_batchrequest_endpoint"),
+        ('batches_app', '0016_batch_create_started_at'),
+        ('requests_app', '0013_alter_batchrequest_endpoint'),
     ]
 
     operations = [migrations.RunPython(key_models_fill, migrations.RunPython.noop)]

@@ -8,8 +8,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("batches_app", "0012_queue_limit_per_upstream"),
-        ("requests_app", "0013_alter_batchrequest_endpoint"),
+        ('requests_app', '0013_alter_batchrequest_endpoint'),
     ]
 
     operations = [

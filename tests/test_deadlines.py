@@ -1,0 +1,741 @@
+"""Deadlines (issue 21): each request answered by the deadline its caller names, at the cheapest
+tier that can (batch, then flex, then standard), over real HTTP against the fakes."""
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import openai
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from batches_app import forecast, tiers
+from batches_app.flex import flex_forget
+from batches_app.models import Batch, TierTiming
+from batches_app.receipts import prices_forget
+from requests_app.models import BatchRequest
+
+from .engine import cycle
+
+Status = BatchRequest.Status
+FLEX_MODEL = "gpt-5-mini"  # in the default flex table
+PLAIN_MODEL = "gpt-4o-mini"  # not
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """Forecasts, prices and the flex table are cached per process: each test starts afresh."""
+    for forget in (forecast.forecast_forget, flex_forget, prices_forget):
+        forget()
+    yield
+    for forget in (forecast.forecast_forget, flex_forget, prices_forget):
+        forget()
+
+
+@pytest.fixture
+def held(fake_openai, settings):
+    """Upstream batches that never finish, so only a synchronous send answers in time."""
+    fake_openai.configure(stall_after_lines=0)
+    settings.SYNC_BACKOFF = 0.01
+    return fake_openai
+
+
+def chat(model: str, text: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+def tick(**kwargs) -> tiers.TickReport:
+    """The deadline work of one tick, its sends run here rather than in django-q2 workers."""
+    return tiers.deadlines_tick(send=tiers.request_send, **kwargs)
+
+
+def error_of(response) -> dict:
+    return json.loads(response.content)["error"]
+
+
+# --- 1. Saying when ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["soon", "-5", "nan", "99999999", "2026-12-05 07:00", "2026-12-05T07:00:00"]
+)
+def test_an_unreadable_deadline_is_400_and_stores_nothing(post, fake_openai, value):
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "x"), HTTP_X_BATCH_DEADLINE=value)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "X-Batch-Deadline"
+    assert not BatchRequest.objects.exists()
+
+
+def test_an_unknown_mode_is_400(post, fake_openai):
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "x"), HTTP_X_BATCH_MODE="later")
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "X-Batch-Mode"
+
+
+def test_a_bad_deadline_is_400_in_anthropics_shape(client, api_key, fake_anthropic):
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []}
+    response = client.post(
+        "/v1/messages",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_X_API_KEY=api_key[1],
+        HTTP_X_BATCH_DEADLINE="tomorrow",
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert not BatchRequest.objects.exists()
+
+
+def test_a_bad_deadline_is_400_in_googles_shape(client, api_key, fake_gemini):
+    response = client.post(
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        json.dumps({"contents": [{"parts": [{"text": "x"}]}]}),
+        content_type="application/json",
+        HTTP_X_GOOG_API_KEY=api_key[1],
+        HTTP_X_BATCH_DEADLINE="tomorrow",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert not BatchRequest.objects.exists()
+
+
+def test_seconds_count_from_the_first_call_and_a_time_is_taken_as_given(post, fake_openai):
+    before = timezone.now()
+    first = post("/v1/chat/completions", chat(PLAIN_MODEL, "a"), HTTP_X_BATCH_DEADLINE="1800")
+    request = BatchRequest.objects.get(pk=first["X-Batch-Request-Id"])
+    assert request.deadline == request.created_at + timedelta(seconds=1800)
+    at = (before + timedelta(hours=2)).replace(microsecond=0)
+    post(
+        "/v1/chat/completions",
+        chat(PLAIN_MODEL, "b"),
+        HTTP_X_BATCH_DEADLINE=at.isoformat().replace("+00:00", "Z"),
+    )
+    assert BatchRequest.objects.get(body__contains='"b"').deadline == at
+
+
+def test_the_header_is_not_identity_and_a_repeat_only_tightens(post, fake_openai):
+    body = chat(PLAIN_MODEL, "same")
+    first = post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="3600")
+    request_id = first["X-Batch-Request-Id"]
+    created = BatchRequest.objects.get().created_at
+    assert post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="600")[
+        "X-Batch-Request-Id"
+    ] == (request_id)
+    assert BatchRequest.objects.get().deadline == created + timedelta(seconds=600)
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="7200")  # later: ignored
+    post("/v1/chat/completions", body)  # none: ignored
+    assert BatchRequest.objects.count() == 1
+    assert BatchRequest.objects.get().deadline == created + timedelta(seconds=600)
+
+
+def test_a_keys_default_deadline_then_the_proxys_apply_to_calls_without_one(
+    post, api_key, other_key, fake_openai, settings
+):
+    key, _ = api_key
+    key.default_deadline = 900
+    key.save()
+    settings.DEFAULT_DEADLINE = 5000
+    mine = post("/v1/chat/completions", chat(PLAIN_MODEL, "mine"))["X-Batch-Request-Id"]
+    theirs = post("/v1/chat/completions", chat(PLAIN_MODEL, "theirs"), secret=other_key[1])
+    named = post("/v1/chat/completions", chat(PLAIN_MODEL, "named"), HTTP_X_BATCH_DEADLINE="60")
+    tiers.deadlines_default(now=timezone.now())
+    by_id = {str(r.pk): r for r in BatchRequest.objects.all()}
+    assert by_id[mine].deadline == by_id[mine].created_at + timedelta(seconds=900)
+    other = by_id[theirs["X-Batch-Request-Id"]]
+    assert other.deadline == other.created_at + timedelta(seconds=5000)
+    named_row = by_id[named["X-Batch-Request-Id"]]
+    assert named_row.deadline == named_row.created_at + timedelta(seconds=60)
+
+
+def test_without_any_deadline_a_request_has_none(post, fake_openai):
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "x"))
+    tiers.deadlines_default(now=timezone.now())
+    assert BatchRequest.objects.get().deadline is None
+
+
+def test_the_command_sets_and_clears_a_keys_default_deadline(api_key):
+    key, _ = api_key
+    call_command("set_key_deadline", str(key.pk), "1800")
+    key.refresh_from_db()
+    assert key.default_deadline == 1800
+    call_command("set_key_deadline", str(key.pk), "none")
+    key.refresh_from_db()
+    assert key.default_deadline is None
+
+
+def test_mode_now_answers_the_first_call_at_the_standard_tier(post, fake_openai):
+    response = post("/v1/chat/completions", chat(FLEX_MODEL, "urgent"), HTTP_X_BATCH_MODE="now")
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "echo: urgent"
+    assert response["X-Batch-Tier"] == "standard"
+    assert Decimal(response["X-Batch-Cost-USD"]) > 0
+    [sent] = fake_openai.sync_calls
+    assert sent["service_tier"] == "default"
+    assert not fake_openai.submitted_lines()
+    # The identical call again: the same stored answer, nothing sent again.
+    again = post("/v1/chat/completions", chat(FLEX_MODEL, "urgent"))
+    assert again.status_code == 200 and again.content == response.content
+    assert len(fake_openai.sync_calls) == 1
+
+
+def test_a_deadline_of_zero_is_mode_now(post, fake_openai):
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "zero"), HTTP_X_BATCH_DEADLINE="0")
+    assert response.status_code == 200
+    assert response["X-Batch-Tier"] == "standard"
+
+
+def test_a_bodys_own_service_tier_is_replaced_by_the_tier_chosen(post, fake_openai):
+    body = chat(PLAIN_MODEL, "own tier") | {"service_tier": "priority"}
+    post("/v1/chat/completions", body, HTTP_X_BATCH_MODE="now")
+    assert fake_openai.sync_calls[0]["service_tier"] == "default"
+    stored = json.loads(BatchRequest.objects.get().body)
+    assert stored["service_tier"] == "priority"  # part of the identity, as sent
+
+
+# --- 2. The forecast --------------------------------------------------------------------------
+
+
+def test_the_forecast_starts_from_stated_defaults_then_follows_history(db, settings):
+    settings.FORECAST_MIN_SAMPLES = 3
+    ask = {"upstream": "openai", "kind": "openai", "endpoint": "/v1/chat/completions"}
+    default = forecast.forecast_get(**ask, model="gpt-5", tier="batch")
+    assert (default.median, default.p90, default.samples) == (155.0, 2092.0, 0)
+    assert forecast.forecast_get(**ask, model="gpt-5", tier="flex").p90 == 12.3
+    for seconds in [10, 20, 30, 40, 50, 60, 70, 80, 90, 1000]:
+        forecast.timing_record(
+            upstream="openai",
+            endpoint="/v1/chat/completions",
+            model="gpt-5",
+            tier="batch",
+            seconds=seconds,
+        )
+    forecast.forecast_forget()
+    measured = forecast.forecast_get(**ask, model="gpt-5", tier="batch")
+    assert (measured.median, measured.p90, measured.samples) == (55.0, 1000, 10)
+
+
+def test_a_completed_batch_is_measured(post, fake_openai):
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "measure me"))
+    cycle()
+    [timing] = TierTiming.objects.all()
+    assert (timing.tier, timing.model, timing.upstream) == ("batch", PLAIN_MODEL, "openai")
+    assert 0 <= timing.seconds < 60
+
+
+def test_the_eta_is_in_the_status_and_the_422(post, client, api_key, fake_openai):
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "when?"))
+    assert "Expected by" in error_of(response)["message"]
+    status = client.get(
+        f"/v1/batch_requests/{response['X-Batch-Request-Id']}",
+        HTTP_AUTHORIZATION=f"Bearer {api_key[1]}",
+    ).json()
+    median = datetime.fromisoformat(status["eta"]["median"])
+    p90 = datetime.fromisoformat(status["eta"]["p90"])
+    assert timezone.now() < median <= p90
+    assert status["eta"]["tier"] == "batch"
+
+
+def test_retry_after_is_capped_by_the_deadline(post, fake_openai):
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "x"), HTTP_X_BATCH_DEADLINE="20")
+    assert 1 <= int(response["Retry-After"]) <= 20
+
+
+# --- 3. Choosing the tier ---------------------------------------------------------------------
+
+
+def test_ten_calls_due_in_30_seconds_are_answered_through_flex_in_time(post, held):
+    started = time.monotonic()
+    texts = [f"flex {i}" for i in range(10)]
+    for text in texts:
+        assert (
+            post(
+                "/v1/chat/completions", chat(FLEX_MODEL, text), HTTP_X_BATCH_DEADLINE="30"
+            ).status_code
+            == 422
+        )
+    report = tick()
+    assert report.routed == 10
+    assert len(report.sent) == 8  # SYNC_CONCURRENCY; a finished send starts the next
+    cycle(force=False)  # the flush: nothing is batched, the batch could not answer in time
+    assert not Batch.objects.exists()
+    assert len(tick().sent) == 2
+    for text in texts:
+        response = post("/v1/chat/completions", chat(FLEX_MODEL, text))
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"] == f"echo: {text}"
+        assert response.json()["service_tier"] == "flex"
+        assert response["X-Batch-Tier"] == "flex"
+    assert time.monotonic() - started < 30
+    assert [c["service_tier"] for c in held.sync_calls] == ["flex"] * 10
+    assert not held.submitted_lines()
+    assert all(r.finished_at <= r.deadline for r in BatchRequest.objects.all())
+
+
+def test_flex_refused_falls_back_to_standard_in_time(post, held):
+    held.configure(refuse_flex=True)
+    texts = [f"refused {i}" for i in range(3)]
+    for text in texts:
+        post("/v1/chat/completions", chat(FLEX_MODEL, text), HTTP_X_BATCH_DEADLINE="30")
+    for _ in range(3):
+        tick()
+    for text in texts:
+        response = post("/v1/chat/completions", chat(FLEX_MODEL, text))
+        assert response.status_code == 200
+        assert response["X-Batch-Tier"] == "standard"
+        assert response.json()["choices"][0]["message"]["content"] == f"echo: {text}"
+    tiers_sent = [(c["service_tier"], c["refused"]) for c in held.sync_calls]
+    assert tiers_sent.count(("flex", True)) == 3
+    assert tiers_sent.count(("default", False)) == 3
+    assert all(r.finished_at <= r.deadline for r in BatchRequest.objects.all())
+
+
+def test_flex_refused_is_retried_while_the_deadline_allows(post, held, settings):
+    settings.SYNC_BACKOFF = 1
+    held.configure(refuse_flex=True)
+    post("/v1/chat/completions", chat(FLEX_MODEL, "patient"), HTTP_X_BATCH_DEADLINE="900")
+    now = timezone.now()
+    tick(now=now)
+    request = BatchRequest.objects.get()
+    assert request.sync_tier == "flex"  # not yet given up: 900 s leave room
+    assert request.sync_not_before > now
+    held.configure(refuse_flex=False)
+    tick(now=now + timedelta(seconds=2))
+    request.refresh_from_db()
+    assert (request.status, request.tier) == (Status.COMPLETED, "flex")
+
+
+def test_a_model_without_flex_goes_to_standard(post, held):
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "no flex"), HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    response = post("/v1/chat/completions", chat(PLAIN_MODEL, "no flex"))
+    assert response.status_code == 200
+    assert response["X-Batch-Tier"] == "standard"
+    assert [c["service_tier"] for c in held.sync_calls] == ["default"]
+
+
+def test_calls_without_a_deadline_wait_for_their_batch(post, held):
+    post("/v1/chat/completions", chat(FLEX_MODEL, "patient"))
+    cycle()
+    tick(now=timezone.now() + timedelta(days=1))
+    assert not held.sync_calls
+    assert BatchRequest.objects.get().status == Status.SUBMITTED
+
+
+def test_a_long_deadline_and_a_fast_batch_make_no_synchronous_call(post, fake_openai):
+    body = chat(FLEX_MODEL, "plenty of time")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="86400")
+    tick()
+    cycle()
+    tick()
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 200
+    assert response["X-Batch-Tier"] == "batch"
+    assert not fake_openai.sync_calls
+
+
+def test_a_deadline_the_batch_can_meet_only_if_flushed_now_flushes_its_group(
+    post, fake_openai, settings
+):
+    settings.BATCH_MAX_WAIT = 3600
+    settings.DEADLINE_MARGIN = 10
+    # 2092 s (the batch p90) + 10 s margin + 3600 s wait > the deadline: flush now.
+    post("/v1/chat/completions", chat(FLEX_MODEL, "soonish"), HTTP_X_BATCH_DEADLINE="4000")
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "not urgent"))
+    tick()
+    assert not fake_openai.sync_calls  # the batch can still make it
+    cycle(force=False)
+    assert [b.model for b in Batch.objects.all()] == [FLEX_MODEL]
+
+
+def test_a_request_in_a_batch_is_escalated_and_its_late_line_is_not_served(
+    post, fake_openai, settings
+):
+    """Deadline 60 s; batch p90 measured at 10 s: batched. The batch stalls past what the flex
+    forecast still allows: escalated to flex, answered; the batch's line, when it comes, is
+    billed too (paid twice) and never replaces the answer served."""
+    settings.FORECAST_MIN_SAMPLES = 1
+    settings.DEADLINE_MARGIN = 5
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake_openai.configure(step_seconds=0.5)
+    body = chat(FLEX_MODEL, "escalate me")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="60")
+    now = timezone.now()
+    assert tick(now=now).routed == 0
+    cycle()
+    request = BatchRequest.objects.get()
+    assert request.status == Status.SUBMITTED and request.batch_id
+    assert tick(now=now + timedelta(seconds=20)).escalated == 0  # 12.3 + 5 s not yet reached
+    report = tick(now=now + timedelta(seconds=45))
+    assert report.escalated == 1
+    served = post("/v1/chat/completions", body)
+    assert served.status_code == 200 and served["X-Batch-Tier"] == "flex"
+    time.sleep(1.6)  # the batch completes upstream
+    cycle()
+    request.refresh_from_db()
+    assert request.paid_twice and request.escalated_at
+    assert request.tier == "flex"
+    assert post("/v1/chat/completions", body).content == served.content
+    assert Batch.objects.get().state == Batch.State.DONE
+
+
+def test_sends_in_flight_per_upstream_are_limited(post, held, settings):
+    settings.SYNC_CONCURRENCY = 2
+    for i in range(5):
+        post("/v1/chat/completions", chat(FLEX_MODEL, f"c{i}"), HTTP_X_BATCH_DEADLINE="30")
+    started = []
+    tiers.deadlines_tick(send=lambda pk, token: started.append(pk))
+    assert len(started) == 2
+    tiers.sends_dispatch(send=lambda pk, token: started.append(pk))
+    assert len(started) == 2  # both still in flight
+
+
+def test_an_upstream_429_is_honoured(post, held):
+    held.inject("sync", 429)  # Retry-After: 1
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "busy"), HTTP_X_BATCH_DEADLINE="30")
+    now = timezone.now()
+    tick(now=now)
+    request = BatchRequest.objects.get()
+    assert request.status == Status.SUBMITTED
+    assert request.sync_not_before >= now + timedelta(seconds=1)
+    tiers.sends_dispatch(now=now, send=tiers.request_send)
+    assert BatchRequest.objects.get().status == Status.SUBMITTED  # not before its time
+    tiers.sends_dispatch(now=now + timedelta(seconds=2), send=tiers.request_send)
+    assert BatchRequest.objects.get().status == Status.COMPLETED
+
+
+# --- Crash safety -----------------------------------------------------------------------------
+
+
+def test_a_claimed_send_that_never_ran_is_sent_after_its_lease(post, held, settings):
+    post("/v1/chat/completions", chat(FLEX_MODEL, "lost task"), HTTP_X_BATCH_DEADLINE="30")
+    now = timezone.now()
+    tiers.deadlines_tick(now=now, send=lambda pk, token: None)  # the task is lost
+    tick(now=now + timedelta(seconds=1))
+    assert not held.sync_calls  # its lease holds: not sent twice without need
+    later = now + timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    tick(now=later)
+    assert len(held.sync_calls) == 1
+    assert BatchRequest.objects.get().status == Status.COMPLETED
+
+
+def test_a_late_sender_after_its_lease_records_nothing(post, held, settings):
+    post("/v1/chat/completions", chat(FLEX_MODEL, "slow worker"), HTTP_X_BATCH_DEADLINE="30")
+    now = timezone.now()
+    first = tiers.deadlines_tick(now=now, send=lambda pk, token: None).sent
+    later = now + timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    tick(now=later)
+    answered = BatchRequest.objects.get()
+    [(request_id, token)] = first
+    assert tiers.request_send(str(request_id), token) == "no longer due"
+    assert len(held.sync_calls) == 1
+    assert BatchRequest.objects.get().response_body == answered.response_body
+
+
+def test_a_claimed_send_of_a_request_answered_meanwhile_is_not_made(post, held):
+    post("/v1/chat/completions", chat(FLEX_MODEL, "race"), HTTP_X_BATCH_DEADLINE="30")
+    [(request_id, token)] = tiers.deadlines_tick(send=lambda pk, t: None).sent
+    # Meanwhile something else answered it (its batch, in the escalation race).
+    BatchRequest.objects.filter(pk=request_id).update(
+        status=Status.COMPLETED, response_status=200, response_body='{"first": true}', tier="batch"
+    )
+    assert tiers.request_send(str(request_id), token) == "no longer due"
+    assert not held.sync_calls  # read before sending: nothing is sent for a finished request
+
+
+def test_receipts_in_status_and_finished_list(post, client, api_key, held, settings):
+    settings.LIST_SETTLE_SECONDS = 0
+    post("/v1/chat/completions", chat(FLEX_MODEL, "receipt"), HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    request = BatchRequest.objects.get()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    receipt = client.get(f"/v1/batch_requests/{request.pk}", **auth).json()["receipt"]
+    assert receipt["tier"] == "flex" and receipt["deadline_met"] is True
+    assert Decimal(receipt["cost_usd"]) * 2 == Decimal(receipt["standard_cost_usd"])
+    assert Decimal(receipt["saving_usd"]) == Decimal(receipt["cost_usd"])
+    assert receipt["paid_twice"] is False and receipt["escalated"] is False
+    listed = client.get("/v1/batch_requests", **auth).json()["data"]
+    assert listed[0]["receipt"] == receipt
+
+
+# --- Through the official SDK, against a live proxy --------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_gets_200_at_once_with_mode_now(sdk, fake_openai):
+    completion = sdk.chat.completions.with_raw_response.create(
+        model=PLAIN_MODEL,
+        messages=[{"role": "user", "content": "right now"}],
+        extra_headers={"X-Batch-Mode": "now"},
+    )
+    assert completion.http_response.status_code == 200
+    assert completion.headers["x-batch-tier"] == "standard"
+    assert completion.parse().choices[0].message.content == "echo: right now"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_gets_422_then_a_flex_answer_by_its_deadline(sdk, held):
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.chat.completions.create(
+            model=FLEX_MODEL,
+            messages=[{"role": "user", "content": "by deadline"}],
+            extra_headers={
+                "X-Batch-Deadline": (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+            },
+        )
+    tick()
+    answer = sdk.chat.completions.create(
+        model=FLEX_MODEL, messages=[{"role": "user", "content": "by deadline"}]
+    )
+    assert answer.choices[0].message.content == "echo: by deadline"
+    assert answer.service_tier == "flex"
+
+
+# --- Every provider kind ----------------------------------------------------------------------
+
+
+def test_anthropic_has_no_flex_and_answers_at_the_standard_tier(
+    client, api_key, fake_anthropic, settings
+):
+    fake_anthropic.step_seconds = 3600  # its batches held unfinished
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi claude"}],
+    }
+
+    def ask(**headers):
+        return client.post(
+            "/v1/messages",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_X_API_KEY=api_key[1],
+            **headers,
+        )
+
+    assert ask(HTTP_X_BATCH_DEADLINE="30").status_code == 422
+    tick()
+    response = ask()
+    assert response.status_code == 200
+    assert response.json()["content"][0]["text"] == "echo: hi claude"
+    assert response["X-Batch-Tier"] == "standard"
+    [sent] = fake_anthropic.sync_calls
+    assert sent["messages"] == body["messages"] and "service_tier" not in sent
+    assert not fake_anthropic.submitted()
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["flex", "flex-refused"])
+def test_gemini_answers_through_its_flex_tier_or_standard_when_refused(
+    client, api_key, fake_gemini, settings, refuse
+):
+    settings.SYNC_BACKOFF = 0.01
+    fake_gemini.step_seconds = 3600
+    fake_gemini.refuse_flex = refuse
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi gemini"}]}]})
+
+    def ask(**headers):
+        return client.post(
+            path, body, content_type="application/json", HTTP_X_GOOG_API_KEY=api_key[1], **headers
+        )
+
+    assert ask(HTTP_X_BATCH_DEADLINE="30").status_code == 422
+    for _ in range(2):
+        tick()
+    response = ask()
+    assert response.status_code == 200
+    assert response.json()["candidates"][0]["content"]["parts"][0]["text"] == "echo: hi gemini"
+    assert response["X-Batch-Tier"] == ("standard" if refuse else "flex")
+    tiers_sent = [c["service_tier"] for c in fake_gemini.sync_calls]
+    assert tiers_sent == (["flex", "standard"] if refuse else ["flex"])
+    assert not fake_gemini.submitted()
+
+
+def test_azure_sends_flex_to_its_deployment(client, api_key, fake_openai, settings, monkeypatch):
+    from batches_app.models import FlexModel
+
+    from .kinds import Azure
+
+    Azure(fake_openai).configure(settings, monkeypatch)
+    FlexModel.objects.create(kind="azure", model=Azure.model)
+    fake_openai.configure(stall_after_lines=0)
+    body = chat(Azure.model, "hi azure")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    client.post(
+        "/v1/chat/completions",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_X_BATCH_DEADLINE="30",
+        **auth,
+    )
+    tick()
+    response = client.post(
+        "/v1/chat/completions", json.dumps(body), content_type="application/json", **auth
+    )
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "flex"
+    sync_paths = [path for op, path in fake_openai.calls if op == "sync"]
+    assert sync_paths == [f"/openai/deployments/{Azure.model}/chat/completions"]
+
+
+def test_a_finished_send_starts_the_next_due_ones(post, held, settings, monkeypatch):
+    from batches_app import tasks
+
+    settings.SYNC_CONCURRENCY = 1
+    started = []
+    monkeypatch.setattr(tiers, "_enqueue", lambda pk, token: started.append((pk, token)))
+    for i in range(2):
+        post("/v1/chat/completions", chat(FLEX_MODEL, f"chain {i}"), HTTP_X_BATCH_DEADLINE="30")
+    tiers.deadlines_tick()
+    assert len(started) == 1
+    assert tasks.sync_send(*started[0]) == "answered at flex"
+    assert len(started) == 2  # the worker's send ended: the next one was started
+
+
+# --- Crash points of a synchronous send, in a worker process killed there ----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("point", "sent_before_restart"), [("after_sync_claim", 0), ("after_sync_send", 1)]
+)
+def test_a_worker_killed_around_a_send_loses_nothing_and_resends_only_after_its_lease(
+    post, held, settings, point, sent_before_restart
+):
+    from .workers import CRASHED, run
+
+    def deadlines(crash_at: str = "") -> None:
+        done = run(held, "deadlines", crash_at=crash_at)
+        assert done.returncode == (CRASHED if crash_at else 0), done.stderr[-3000:]
+
+    post("/v1/chat/completions", chat(FLEX_MODEL, "crash"), HTTP_X_BATCH_DEADLINE="30")
+    deadlines(crash_at=point)
+    assert len(held.sync_calls) == sent_before_restart
+    request = BatchRequest.objects.get()
+    assert request.status == Status.SUBMITTED and request.sync_started_at  # its intent
+    deadlines()  # at once: the lease of the dead worker's send still holds
+    assert len(held.sync_calls) == sent_before_restart
+    expired = timezone.now() - timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    BatchRequest.objects.update(sync_started_at=expired)
+    deadlines()
+    assert len(held.sync_calls) == sent_before_restart + 1  # at-least-once, only after the lease
+    request.refresh_from_db()
+    assert request.status == Status.COMPLETED and request.tier == "flex"
+    assert json.loads(request.response_body)["choices"][0]["message"]["content"] == "echo: crash"
+    deadlines()
+    assert len(held.sync_calls) == sent_before_restart + 1
+
+
+# --- Receipts for operators -------------------------------------------------------------------
+
+
+def test_the_dashboard_metrics_and_admin_show_tiers_and_deadlines(
+    post, client, admin_client, held, settings
+):
+    from .test_metrics import scrape, value
+
+    settings.METRICS_PUBLIC = True
+    post("/v1/chat/completions", chat(FLEX_MODEL, "by flex"), HTTP_X_BATCH_DEADLINE="30")
+    post("/v1/chat/completions", chat(PLAIN_MODEL, "by standard"), HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    flexed = BatchRequest.objects.get(tier="flex")
+    samples = scrape(client)
+    assert value(samples, "batchproxy_tier_requests_total", tier="flex") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="standard") == 1
+    assert value(samples, "batchproxy_tier_saved_usd_total", tier="flex") == pytest.approx(
+        float(flexed.cost_usd)
+    )
+    assert value(samples, "batchproxy_tier_saved_usd_total", tier="standard") == 0
+    assert value(samples, "batchproxy_deadlines_total", outcome="met") == 2
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    assert "Tiers and deadlines" in page and "Deadlines met: 2, missed: 0" in page
+    detail = admin_client.get(f"/admin/requests_app/batchrequest/{flexed.pk}/change/")
+    assert "Deadline and receipt" in detail.content.decode()
+
+
+def test_the_admin_edits_a_keys_default_deadline_and_the_flex_table(admin_client, api_key):
+    key, _ = api_key
+    response = admin_client.post(
+        f"/admin/requests_app/apikey/{key.pk}/change/",
+        {"name": key.name, "default_deadline": "3600"},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    key.refresh_from_db()
+    assert key.default_deadline == 3600
+    listing = admin_client.get("/admin/batches_app/flexmodel/").content.decode()
+    assert "gpt-5-mini" in listing and "gemini-2.5-flash" in listing
+
+
+def test_images_and_videos_wait_for_their_batch_whatever_their_deadline(post, held):
+    body = {"model": "dall-e-3", "prompt": "a lighthouse"}
+    post("/v1/images/generations", body, HTTP_X_BATCH_DEADLINE="30")
+    tick()
+    assert not held.sync_calls
+    assert BatchRequest.objects.get().status == Status.QUEUED
+    response = post("/v1/images/generations", body | {"n": 2}, HTTP_X_BATCH_MODE="now")
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "X-Batch-Mode"
+
+
+def test_an_escalated_request_its_batch_fails_for_good_is_still_answered_by_its_send(
+    post, fake_openai, settings
+):
+    settings.FORECAST_MIN_SAMPLES = 1
+    settings.DEADLINE_MARGIN = 5
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake_openai.configure(stall_after_lines=0)
+    body = chat(FLEX_MODEL, "rescued")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="60")
+    now = timezone.now()
+    cycle()
+    [(request_id, token)] = tiers.deadlines_tick(
+        now=now + timedelta(seconds=45), send=lambda pk, t: None
+    ).sent
+    # Its batch ends without it, its attempts used up: failed for good, as outcomes.py does.
+    BatchRequest.objects.filter(pk=request_id).update(
+        status=Status.FAILED, error_code="batch_expired", finished_at=timezone.now()
+    )
+    assert tiers.request_send(str(request_id), token) == "answered at flex"
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "flex"
+
+
+def test_a_send_timeout_past_django_q2s_retry_is_refused_at_start(settings):
+    from ops_app.checks import deadlines_check
+
+    assert deadlines_check(None) == []
+    settings.SYNC_TIMEOUT = settings.Q_CLUSTER["retry"]
+    assert [e.id for e in deadlines_check(None)] == ["ops_app.E212"]
+
+
+def test_a_kind_without_a_synchronous_api_leaves_deadlines_to_its_batch(
+    client, api_key, fake_openai, settings, monkeypatch, request
+):
+    from .kinds import Mistral
+
+    fake = request.getfixturevalue(Mistral.fake_fixture)
+    fake.reset()
+    kind = Mistral(fake, client=client, secret=api_key[1])
+    kind.configure(settings, monkeypatch)
+    body = json.dumps(chat(Mistral.model, "no sync here"))
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    ask = {"content_type": "application/json", **auth}
+    response = client.post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="30", **ask)
+    assert response.status_code == 422
+    assert tick().routed == 0
+    assert BatchRequest.objects.get().status == Status.QUEUED
+    now = client.post("/v1/chat/completions", body, HTTP_X_BATCH_MODE="now", **ask)
+    assert now.status_code == 400 and error_of(now)["param"] == "X-Batch-Mode"
