@@ -27,10 +27,7 @@ from .processes import ROOT
 EXEMPT_UP_TO = {"batches_app": 12, "requests_app": 13, "ops_app": 2}
 # Found unsafe after it was merged, and repaired by a later migration (named with the reason).
 REPAIRED = {
-    ("batches_app", "0013_batch_state_since"): "0018_batch_state_since_db_default: its db default",
-        "batches_app",
-        "0013_batch_state_since",
-    ): "0018_batch_state_since_db_default adds its db default",
+    ("batches_app", "0013_batch_state_since"): "0018_batch_state_since_db_default: db default",
 }
 PROJECT_APPS = tuple(EXEMPT_UP_TO)
 BREAKS_OLD_VERSION = (
