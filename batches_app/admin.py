@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from batchproxy.audit import ChangedByActions, admin_log, may_change
-from requests_app.admin import age, duration, id_prefix_range, plural, pretty_json
+from requests_app.admin import ModelFilter, age, duration, id_prefix_range, plural, pretty_json
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
@@ -51,7 +51,7 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
         "age",
         "error_preview",
     )
-    list_filter = ("state", "upstream", "upstream_status", "endpoint", "model", "cancel_mode")
+    list_filter = ("state", "upstream", "upstream_status", "endpoint", ModelFilter, "cancel_mode")
     search_fields = ("upstream_id",)  # the real search is get_search_results
     search_help_text = (
         "The start of a proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."

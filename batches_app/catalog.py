@@ -22,7 +22,8 @@ NAME_OWNERS = (("claude-", "anthropic"), ("gemini-", "google"))
 PATTERN = set("*?[")
 
 
-def _configured() -> set[str]:
+def models_configured() -> set[str]:
+    """The operator's model names: upstreams' lists (not patterns), prices and queue limits."""
     names = {
         name
         for upstream in settings.UPSTREAMS
@@ -36,7 +37,7 @@ def _configured() -> set[str]:
 
 def models_known(*, api_key_id: int) -> dict[str, datetime | None]:
     """The key's models, with when the key first had a batch of each (None: not yet)."""
-    known: dict[str, datetime | None] = dict.fromkeys(_configured())
+    known: dict[str, datetime | None] = dict.fromkeys(models_configured())
     used = KeyModel.objects.filter(api_key_id=api_key_id).values_list("model", "first_used_at")
     known.update(used)
     return dict(sorted(known.items()))

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from batches_app import dashboard, services
+from batches_app import catalog, dashboard, services
 from batches_app.retention import key_purge
 from batches_app.spend import PriceBook, Spend, spend_by_key
 from batches_app.templatetags.money import usd
@@ -142,6 +142,25 @@ def secret_page(request, key: ApiKey, secret: str, verb: str) -> TemplateRespons
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+class ModelFilter(admin.SimpleListFilter):
+    """The operator's models, and `other` for every name a caller chose: a caller inventing
+    model names cannot grow this list (issue 20, item 4)."""
+
+    title = "model"
+    parameter_name = "model"
+    OTHER = "__other__"
+
+    def lookups(self, request, model_admin):
+        return [(m, m) for m in sorted(catalog.models_configured())] + [(self.OTHER, "other")]
+
+    def queryset(self, request, queryset):
+        if self.value() == self.OTHER:
+            return queryset.exclude(model__in=catalog.models_configured())
+        if self.value():
+            return queryset.filter(model=self.value())
+        return queryset
 
 
 class MadeByFilter(admin.SimpleListFilter):
@@ -308,7 +327,7 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         "batch_link",
     )
     # The upstream is its batch's: a request not yet in a batch has none.
-    list_filter = ("status", "batch__upstream", "endpoint", "model", "api_key")
+    list_filter = ("status", "batch__upstream", "endpoint", ModelFilter, "api_key")
     list_select_related = ("api_key", "batch")
     search_fields = ("fingerprint",)  # the real search is get_search_results
     search_help_text = (

@@ -373,3 +373,17 @@ def test_a_batch_whose_only_request_failed_says_so_not_errors_dash(
     assert "1 failed (server_error)" in page
     assert "Errors:" not in page and "Last error:" not in page
     assert "Next attempt at" not in page
+
+
+def test_model_filters_offer_the_operators_models_and_fold_invented_names_into_other(
+    admin_client, client, api_key
+):
+    """A caller inventing model names cannot grow the admin's filters (issue 20, item 4)."""
+    priced = send(client, api_key[1], chat("a priced model", model="gpt-4o-mini"))
+    invented = send(client, api_key[1], chat("an invented one", model="made-up-model-1234"))
+    page = admin_client.get(changelist("batchrequest")).content.decode()
+    assert "?model=gpt-4o-mini" in page and "?model=__other__" in page
+    assert "made-up-model-1234" not in page.split('id="changelist-filter"')[1]
+    other = admin_client.get(changelist("batchrequest") + "?model=__other__")
+    shown = {str(row.pk) for row in other.context["cl"].result_list}
+    assert shown == {invented} and priced not in shown
