@@ -62,8 +62,14 @@ def duration(start, end) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """'1 request', '3 requests'; `nouns` for a plural not made with an s ('batches')."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def left_alone(count: int, why: str) -> str:
+    """The end of an action's message: how many selected rows it did not touch, and why."""
+    return f"; {count} left alone ({why})." if count else "."
 
 
 def pretty_json(text: str | None):
@@ -247,10 +253,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             message="Revoked; its queued requests cancelled.",
             rows=ApiKey.objects.filter(pk__in=revoked),
         )
+        again = len(done) - len(revoked)
         self.message_user(
             request,
-            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
-            f"{cancelled} queued requests cancelled.",
+            f"{plural(len(revoked), 'key')} revoked, "
+            f"{plural(cancelled, 'queued request')} cancelled"
+            + left_alone(again, "already revoked"),
         )
 
     @admin.action(
@@ -455,7 +463,8 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
             request,
-            f"{requeued} requests requeued; {len(ids) - requeued} were not failed or cancelled.",
+            f"{plural(requeued, 'request')} requeued"
+            + left_alone(len(ids) - requeued, "not failed or cancelled, or of a revoked key"),
         )
 
     @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
@@ -466,7 +475,9 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         retried = dashboard.requests_retry_failed(request_ids=failed)
         self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(
-            request, f"{retried} failed requests requeued; {len(ids) - retried} were not failed."
+            request,
+            f"{plural(retried, 'failed request')} requeued"
+            + left_alone(len(ids) - retried, "not failed, or of a revoked key"),
         )
 
     @staticmethod
