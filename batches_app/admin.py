@@ -14,7 +14,15 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from batchproxy.audit import ChangedByActions, admin_log, may_change
-from requests_app.admin import ModelFilter, age, duration, id_prefix_range, plural, pretty_json
+from requests_app.admin import (
+    ModelFilter,
+    age,
+    duration,
+    id_prefix_range,
+    left_alone,
+    plural,
+    pretty_json,
+)
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
@@ -221,10 +229,12 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
         then = "requeued" if requeue else "cancelled"
         rows = Batch.objects.filter(pk__in=cancelled).defer("usage", "errors")
         admin_log(user=request.user, message=f"Cancelled; unfinished requests {then}.", rows=rows)
+        their = "its" if len(cancelled) == 1 else "their"
         self.message_user(
             request,
-            f"{len(cancelled)} batches cancelled upstream (their unfinished requests are {then}); "
-            f"{len(ids) - len(cancelled)} had already ended.",
+            f"{plural(len(cancelled), 'batch', 'batches')} cancelled upstream, "
+            f"{their} unfinished requests {then}"
+            + left_alone(len(ids) - len(cancelled), "already ended"),
         )
 
     @admin.action(
@@ -252,10 +262,10 @@ class BatchAdmin(ChangedByActions, admin.ModelAdmin):
 
 def _poll_text(report: services.AdvanceReport) -> tuple[int, str]:
     level = messages.WARNING if report.failures else messages.SUCCESS
-    text = (
-        f"{report.stepped} running batches polled; {len(report.failures)} upstream errors "
-        "(retried later)."
-    )
+    text = f"{plural(report.stepped, 'running batch', 'running batches')} polled"
+    if report.failures:
+        text += f"; {plural(len(report.failures), 'upstream error')} (retried later)"
+    text += "."
     return level, text
 
 
@@ -404,7 +414,9 @@ class QueueLimitAdmin(admin.ModelAdmin):
             forgotten.append(limit.pk)
         rows = QueueLimit.objects.filter(pk__in=forgotten)
         admin_log(user=request.user, message="Learned budget forgotten.", rows=rows)
-        self.message_user(request, f"{len(forgotten)} learned budgets forgotten.", messages.SUCCESS)
+        self.message_user(
+            request, f"{plural(len(forgotten), 'learned budget')} forgotten.", messages.SUCCESS
+        )
 
 
 # --- The dashboard ----------------------------------------------------------------------------
@@ -453,12 +465,14 @@ def flush_view(request) -> tuple[int, str]:
     endpoint, model = request.POST.get("endpoint", ""), request.POST.get("model", "")
     report = dashboard.queue_flush_now(endpoint=endpoint, model=model)
     scope = " ".join(filter(None, (endpoint, model))) or "all groups"
-    return (
-        messages.WARNING if report.failures else messages.SUCCESS,
-        f"Flushed {scope}: {report.batches} batches with {report.requests} requests; "
-        f"{report.submitted} batches submitted, {len(report.failures)} upstream errors "
-        "(retried later).",
+    made = (
+        plural(report.batches, "batch", "batches") + " with " + plural(report.requests, "request")
     )
+    text = f"Flushed {scope}: {made if report.batches else 'no request was waiting'}; "
+    text += f"{plural(report.submitted, 'batch', 'batches')} submitted"
+    if report.failures:
+        text += f", {plural(len(report.failures), 'upstream error')} (retried later)"
+    return messages.WARNING if report.failures else messages.SUCCESS, text + "."
 
 
 @_operator_action(Batch)
@@ -469,7 +483,9 @@ def poll_view(request) -> tuple[int, str]:
 @_operator_action(BatchRequest)
 def retry_failed_view(request) -> tuple[int, str]:
     retried = dashboard.requests_retry_failed()
-    return messages.SUCCESS, f"{retried} failed requests requeued with fresh attempts."
+    if not retried:
+        return messages.SUCCESS, "No failed request to retry."
+    return messages.SUCCESS, f"{plural(retried, 'failed request')} requeued with fresh attempts."
 
 
 dashboard_urls = [

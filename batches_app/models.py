@@ -176,6 +176,28 @@ class KeyModel(models.Model):
         return f"{self.api_key_id} {self.model}"
 
 
+class RequestAttempt(models.Model):
+    """One batch a request went in, and how it left it: the request page's attempt history.
+
+    Written by the flush for all the requests it claims (`batches_app.attempts`); closed when
+    the request goes into another batch or an operator requeues it, with the outcome and error
+    the request carried then. An open row's outcome is the request's own (its last batch).
+    Deleted with its request; a pruned batch leaves its row without one.
+    """
+
+    request = models.ForeignKey(
+        "requests_app.BatchRequest", on_delete=models.CASCADE, related_name="attempt_rows"
+    )
+    batch = models.ForeignKey(Batch, on_delete=models.SET_NULL, null=True, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    outcome = models.CharField(max_length=16, blank=True)  # blank: still the request's batch
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.request_id} in {self.batch_id}: {self.outcome or 'open'}"
+
+
 class UpstreamFile(models.Model):
     """A file the proxy holds upstream, kept until it is deleted there."""
 

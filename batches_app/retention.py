@@ -33,7 +33,7 @@ from requests_app.models import (
 )
 
 from . import upstreams
-from .models import Batch, KeyModel, UpstreamFile
+from .models import Batch, KeyModel, RequestAttempt, UpstreamFile
 from .spend import spend_tally
 from .upstreams import UpstreamError
 
@@ -49,6 +49,7 @@ def _delete_requests(requests) -> int:
     while ids := list(requests.values_list("pk", flat=True)[:CHUNK]):
         with transaction.atomic():
             ResponseChunk.objects.filter(request_id__in=ids).delete()
+            RequestAttempt.objects.filter(request_id__in=ids).delete()
             WebhookEvent.objects.filter(request_id__in=ids, delivery=None).delete()
             deleted += BatchRequest.objects.filter(pk__in=ids).delete()[0]
     return deleted

@@ -28,8 +28,9 @@ from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
 from . import capacity, catalog, forecast, tiers, upstreams
+from .attempts import attempts_close, attempts_open
 from .leases import batch_lease, stopping
-from .models import Batch, UpstreamFile, base_model
+from .models import Batch, RequestAttempt, UpstreamFile, base_model
 from .outcomes import (
     batch_settle_rest,
     lines_apply,
@@ -256,9 +257,14 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
         )
         claimed = 0
         for chunk in batched(taken, 2000):
-            claimed += BatchRequest.objects.filter(pk__in=chunk, status=Status.QUEUED).update(
+            moved = BatchRequest.objects.filter(pk__in=chunk, status=Status.QUEUED).update(
                 status=Status.SUBMITTED, batch=batch, attempts=F("attempts") + 1, updated_at=now
             )
+            claimed += moved
+            if moved < len(chunk):  # not all were still queued: record only those taken
+                chunk = BatchRequest.objects.filter(pk__in=chunk, batch=batch)
+                chunk = list(chunk.values_list("pk", flat=True))
+            attempts_open(batch=batch, request_ids=chunk)
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
         catalog.key_models_record(batch=batch)
@@ -417,6 +423,7 @@ def batch_split(*, batch: Batch, error: UpstreamError) -> list[Batch]:
             )
             webhooks_for_settled(batch=batch, since=started)
         elif ids:
+            attempts_close(request_ids=ids, outcome="split", error=(error.code, str(error)[:2000]))
             middle = len(ids) // 2
             halves = [_batch_of(batch, ids[:middle]), _batch_of(batch, ids[middle:])]
     log.info("batch %s split into %s", batch.pk, [str(half.pk) for half in halves])
@@ -430,6 +437,7 @@ def _batch_of(parent: Batch, ids: list) -> Batch:
     )
     for chunk in batched(ids, 2000):
         _submitted(parent).filter(pk__in=chunk).update(batch=batch, updated_at=timezone.now())
+        attempts_open(batch=batch, request_ids=chunk)
     totals = BatchRequest.objects.filter(batch=batch).aggregate(
         n=Count("pk"), size=Sum("body_bytes"), tokens=Sum("counted_tokens")
     )
@@ -822,22 +830,25 @@ def batch_cancel(*, batch_id, requeue: bool) -> bool:
 def requests_requeue(*, request_ids) -> int:
     """Give failed or cancelled requests a fresh start, with all their attempts (never those
     of a revoked key: it was revoked so that they would not be sent)."""
-    return BatchRequest.objects.filter(
+    ended = BatchRequest.objects.filter(
         pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
-    ).update(
-        status=Status.QUEUED,
-        batch=None,
-        attempts=0,
-        deferrals=0,
-        not_before=None,
-        response_status=None,
-        response_body=None,
-        error_code="",
-        error_message="",
-        finished_at=None,
-        created_at=timezone.now(),
-        updated_at=timezone.now(),
     )
+    with transaction.atomic():
+        attempts_close(request_ids=ended.values("pk"))  # the history keeps how each had ended
+        return ended.update(
+            status=Status.QUEUED,
+            batch=None,
+            attempts=0,
+            deferrals=0,
+            not_before=None,
+            response_status=None,
+            response_body=None,
+            error_code="",
+            error_message="",
+            finished_at=None,
+            created_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
 
 
 def requests_purge(*, now: datetime | None = None) -> int:
@@ -850,5 +861,6 @@ def requests_purge(*, now: datetime | None = None) -> int:
     while ids := list(expired.values_list("pk", flat=True)[:5000]):
         with transaction.atomic():
             ResponseChunk.objects.filter(request_id__in=ids).delete()
+            RequestAttempt.objects.filter(request_id__in=ids).delete()
             purged += BatchRequest.objects.filter(pk__in=ids).delete()[0]
     return purged

@@ -62,8 +62,14 @@ def duration(start, end) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """'1 request', '3 requests'; `nouns` for a plural not made with an s ('batches')."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def left_alone(count: int, why: str) -> str:
+    """The end of an action's message: how many selected rows it did not touch, and why."""
+    return f"; {count} left alone ({why})." if count else "."
 
 
 def pretty_json(text: str | None):
@@ -80,50 +86,60 @@ def pretty_json(text: str | None):
 
 
 def attempts_table(obj: BatchRequest):
-    """The request's attempts as far as they are recorded: its current or last batch, with its
-    upstream id, state and this request's outcome there. Earlier batches of a requeued request
-    are not kept; their count is."""
-    if obj.attempts == 0 and obj.batch_id is None:
-        return "Not sent yet."
-    rows = []
-    if obj.batch_id is not None:
-        batch = obj.batch
-        url = reverse("admin:batches_app_batch_change", args=[batch.pk])
-        outcome = obj.get_status_display()
-        if obj.response_status is not None:
-            outcome += f" ({obj.response_status})"
-        error = f"{obj.error_code}: {obj.error_message}" if obj.error_code else "-"
-        rows.append(
-            format_html(
-                "<tr><td>{}</td><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td>"
-                "<td>{}</td></tr>",
-                obj.attempts,
-                url,
-                str(batch.pk)[:8],
-                batch.upstream_id or "-",
-                batch.get_state_display(),
-                outcome,
-                error,
-            )
-        )
-    earlier = obj.attempts - (1 if obj.batch_id else 0)
-    note = ""
-    if earlier > 0:
-        last = f" The last error: {obj.error_code}." if obj.error_code else ""
-        note = f"{plural(earlier, 'earlier attempt')} requeued this request.{last}"
+    """Each batch the request went in (RequestAttempt rows, oldest first): its upstream id and
+    state, and how the request left it. The row of the request's current or last batch takes
+    the request's own outcome. Attempts made before rows were kept are only counted."""
+    attempts = list(obj.attempt_rows.select_related("batch").order_by("started_at", "pk"))
+    rows = [
+        _attempt_row(obj, number, attempt.batch, attempt, last=number == len(attempts))
+        for number, attempt in enumerate(attempts, 1)
+    ]
+    if obj.batch_id is not None and obj.batch_id not in {a.batch_id for a in attempts}:
+        rows.append(_attempt_row(obj, len(rows) + 1, obj.batch, None, last=True))
     if not rows:
-        return note
+        return "Not sent yet." if obj.attempts == 0 else f"{plural(obj.attempts, 'attempt')}."
     head = (
-        "<thead><tr><th>attempt</th><th>batch</th><th>upstream batch id</th>"
-        "<th>batch state</th><th>outcome</th><th>error</th></tr></thead>"
+        "<thead><tr><th>#</th><th>batch</th><th>upstream batch id</th><th>batch state</th>"
+        "<th>taken at</th><th>outcome</th><th>error</th></tr></thead>"
     )
     # Every piece is format_html's already: joining them keeps them safe.
-    table = format_html(
+    return format_html(
         '<table class="bp-attempts">{}<tbody>{}</tbody></table>',
         mark_safe(head),  # noqa: S308  (a constant)
         mark_safe("".join(rows)),  # noqa: S308
     )
-    return format_html("{}<p>{}</p>", table, note) if note else table
+
+
+def _attempt_row(obj: BatchRequest, number: int, batch, attempt, *, last: bool) -> str:
+    if attempt is not None and attempt.outcome:
+        outcome, code, message = attempt.outcome, attempt.error_code, attempt.error_message
+        outcome = outcome.capitalize()
+    elif last and obj.status != BatchRequest.Status.QUEUED:  # its batch now, or its last one
+        outcome, code, message = obj.get_status_display(), obj.error_code, obj.error_message
+        if obj.response_status is not None:
+            outcome += f" ({obj.response_status})"
+    else:  # left that batch, and is queued again (its error says why) or ended since
+        queued = obj.status == BatchRequest.Status.QUEUED
+        outcome = "Requeued"
+        code, message = (obj.error_code, obj.error_message) if queued else ("", "")
+    error = f"{code}: {message}" if code else "-"
+    if batch is None:  # pruned after BATCH_RETENTION
+        link, upstream_id, state = "(deleted)", "-", "-"
+    else:
+        url = reverse("admin:batches_app_batch_change", args=[batch.pk])
+        link = format_html("<a href='{}'>{}</a>", url, str(batch.pk)[:8])
+        upstream_id, state = batch.upstream_id or "-", batch.get_state_display()
+    taken = attempt.started_at.strftime("%Y-%m-%d %H:%M:%S") if attempt else "-"
+    return format_html(
+        "<tr>" + "<td>{}</td>" * 7 + "</tr>",
+        number,
+        link,
+        upstream_id,
+        state,
+        taken,
+        outcome,
+        error,
+    )
 
 
 def secret_page(request, key: ApiKey, secret: str, verb: str) -> TemplateResponse:
@@ -267,10 +283,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
             message="Revoked; its queued requests cancelled.",
             rows=ApiKey.objects.filter(pk__in=revoked),
         )
+        again = len(done) - len(revoked)
         self.message_user(
             request,
-            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
-            f"{cancelled} queued requests cancelled.",
+            f"{plural(len(revoked), 'key')} revoked, "
+            f"{plural(cancelled, 'queued request')} cancelled"
+            + left_alone(again, "already revoked"),
         )
 
     @admin.action(
@@ -487,7 +505,8 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
             request,
-            f"{requeued} requests requeued; {len(ids) - requeued} were not failed or cancelled.",
+            f"{plural(requeued, 'request')} requeued"
+            + left_alone(len(ids) - requeued, "not failed or cancelled, or of a revoked key"),
         )
 
     @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
@@ -498,7 +517,9 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         retried = dashboard.requests_retry_failed(request_ids=failed)
         self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(
-            request, f"{retried} failed requests requeued; {len(ids) - retried} were not failed."
+            request,
+            f"{plural(retried, 'failed request')} requeued"
+            + left_alone(len(ids) - retried, "not failed, or of a revoked key"),
         )
 
     @staticmethod

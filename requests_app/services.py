@@ -293,11 +293,11 @@ ANSWER_FIELDS = (
 )
 
 
-def call_row(call: ParsedCall, *, deadline=None) -> dict:
+def call_row(call: ParsedCall, *, deadline=None, now=None) -> dict:
     """A new request's values taken from its call and the clock, by field name; every other
     column takes its model default. The one statement's SQL is built from these names, so
     storing one more thing of a call is one line here."""
-    now = timezone.now()
+    now = now or timezone.now()
     return {
         "id": uuid.uuid4(),
         "endpoint": call.endpoint,
@@ -409,7 +409,7 @@ class Taken:
     key_active: bool | None
 
 
-def requests_take(*, key_hash: str, call: ParsedCall, deadline=None) -> Taken:
+def requests_take(*, key_hash: str, call: ParsedCall, deadline=None, now=None) -> Taken:
     """The request of this call for the active key with this hash: found, or queued now.
 
     On PostgreSQL one statement does it all (one round trip, no transaction). On SQLite it
@@ -423,7 +423,7 @@ def requests_take(*, key_hash: str, call: ParsedCall, deadline=None) -> Taken:
     To store one more thing of a call (a column of BatchRequest), add it to `call_row`.
     """
     connection = connections[DEFAULT_DB_ALIAS]
-    values = call_row(call, deadline=deadline)
+    values = call_row(call, deadline=deadline, now=now)
     sql, constants = _take_sql(connection, tuple(values))
     env_ok = key_hash in settings.ENV_API_KEY_HASHES
     fields = BatchRequest._meta

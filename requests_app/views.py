@@ -317,7 +317,7 @@ class Intake(APIView):
                 raise
         if not capped:
             deadline = when.resolve(now) if when is not None else None
-            taken = requests_take(key_hash=caller.key_hash, call=call, deadline=deadline)
+            taken = requests_take(key_hash=caller.key_hash, call=call, deadline=deadline, now=now)
             if taken.key_active is False:
                 raise NotAuthenticated
             if taken.created:

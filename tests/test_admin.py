@@ -142,7 +142,7 @@ def test_request_page_shows_its_attempts_its_key_in_plain_words_and_a_requeue_bu
     response = admin_client.post(
         reverse("admin:requests_app_batchrequest_requeue", args=[bad.pk]), follow=True
     )
-    assert "1 requests requeued" in str(next(iter(response.context["messages"])))
+    assert str(next(iter(response.context["messages"]))) == "1 request requeued."
     assert BatchRequest.objects.get(pk=bad.pk).status == Status.QUEUED
     page = admin_client.get(url).content.decode()
     assert "Requeue with fresh attempts" not in page  # queued: nothing to requeue
@@ -190,20 +190,24 @@ def test_batch_page_links_to_its_requests_and_files(admin_client, answered):
 def test_requeue_action_requeues_failed_requests_and_is_safe_twice(admin_client, answered):
     ok, bad = answered
     first = act(admin_client, "batchrequest", "requeue", [ok.pk, bad.pk])
-    assert first == ["1 requests requeued; 1 were not failed or cancelled."]
+    assert first == [
+        "1 request requeued; 1 left alone (not failed or cancelled, or of a revoked key)."
+    ]
     bad.refresh_from_db()
     assert (bad.status, bad.attempts, bad.error_code) == (Status.QUEUED, 0, "")
     ok.refresh_from_db()
     assert ok.status == Status.COMPLETED
 
     again = act(admin_client, "batchrequest", "requeue", [ok.pk, bad.pk])
-    assert again == ["0 requests requeued; 2 were not failed or cancelled."]
+    assert again == [
+        "0 requests requeued; 2 left alone (not failed or cancelled, or of a revoked key)."
+    ]
 
 
 def test_retry_failed_action_touches_only_failed_requests(admin_client, answered):
     ok, bad = answered
     assert act(admin_client, "batchrequest", "retry_failed", [ok.pk, bad.pk]) == [
-        "1 failed requests requeued; 1 were not failed."
+        "1 failed request requeued; 1 left alone (not failed, or of a revoked key)."
     ]
     assert BatchRequest.objects.get(pk=bad.pk).status == Status.QUEUED
 
@@ -227,7 +231,8 @@ def test_cancel_actions_cancel_upstream_and_settle_requests(
 ):
     batch, ids = running
     first = act(admin_client, "batch", action, [batch.pk])
-    assert first[0].startswith("1 batches cancelled upstream")
+    then_word = "requeued" if then == Status.QUEUED else "cancelled"
+    assert first == [f"1 batch cancelled upstream, its unfinished requests {then_word}."]
     for _ in range(5):  # the fake moves from cancelling to cancelled on a later poll
         act(admin_client, "batch", "poll_now", [batch.pk])
         if Batch.objects.get(pk=batch.pk).state == Batch.State.DONE:
@@ -237,16 +242,14 @@ def test_cancel_actions_cancel_upstream_and_settle_requests(
 
     again = act(admin_client, "batch", action, [batch.pk])
     assert again == [
-        "0 batches cancelled upstream (their unfinished requests are "
-        f"{'requeued' if then == Status.QUEUED else 'cancelled'}); 1 had already ended."
+        f"0 batches cancelled upstream, their unfinished requests {then_word}; "
+        "1 left alone (already ended)."
     ]
 
 
 def test_poll_now_action_reports_counts(admin_client, running):
     batch, _ = running
-    assert act(admin_client, "batch", "poll_now", [batch.pk]) == [
-        "1 running batches polled; 0 upstream errors (retried later)."
-    ]
+    assert act(admin_client, "batch", "poll_now", [batch.pk]) == ["1 running batch polled."]
 
 
 def test_files_list_links_to_batches(admin_client, answered):
@@ -323,18 +326,19 @@ def test_flush_now_flushes_one_group_or_all_and_is_safe_twice(
         flush, {"endpoint": "/v1/chat/completions", "model": "gpt-4o"}, follow=True
     )
     assert [str(m) for m in one.context["messages"]] == [
-        "Flushed /v1/chat/completions gpt-4o: 1 batches with 1 requests; 1 batches submitted, "
-        "0 upstream errors (retried later)."
+        "Flushed /v1/chat/completions gpt-4o: 1 batch with 1 request; 1 batch submitted."
     ]
     assert BatchRequest.objects.filter(status=Status.QUEUED).count() == 1
 
     everything = admin_client.post(flush, follow=True)
-    assert "Flushed all groups: 1 batches with 1 requests" in str(
-        next(iter(everything.context["messages"]))
+    assert (
+        str(next(iter(everything.context["messages"])))
+        == "Flushed all groups: 1 batch with 1 request; 1 batch submitted."
     )
     twice = admin_client.post(flush, follow=True)
-    assert "Flushed all groups: 0 batches with 0 requests" in str(
-        next(iter(twice.context["messages"]))
+    assert (
+        str(next(iter(twice.context["messages"])))
+        == "Flushed all groups: no request was waiting; 0 batches submitted."
     )
     assert BatchRequest.objects.filter(status=Status.QUEUED).count() == 0
 
@@ -342,9 +346,11 @@ def test_flush_now_flushes_one_group_or_all_and_is_safe_twice(
 def test_retry_all_failed_from_the_dashboard(admin_client, answered):
     response = admin_client.post(reverse("batchproxy-retry-failed"), follow=True)
     assert [str(m) for m in response.context["messages"]] == [
-        "1 failed requests requeued with fresh attempts."
+        "1 failed request requeued with fresh attempts."
     ]
     assert not BatchRequest.objects.filter(status=Status.FAILED).exists()
+    again = admin_client.post(reverse("batchproxy-retry-failed"), follow=True)
+    assert [str(m) for m in again.context["messages"]] == ["No failed request to retry."]
 
 
 def test_dashboard_actions_refuse_get(admin_client):
@@ -387,3 +393,14 @@ def test_model_filters_offer_the_operators_models_and_fold_invented_names_into_o
     other = admin_client.get(changelist("batchrequest") + "?model=__other__")
     shown = {str(row.pk) for row in other.context["cl"].result_list}
     assert shown == {invented} and priced not in shown
+
+
+def test_action_messages_count_in_plain_words():
+    from requests_app.admin import left_alone, plural
+
+    assert [plural(n, "request") for n in (0, 1, 3)] == ["0 requests", "1 request", "3 requests"]
+    assert plural(1, "batch", "batches") + ", " + plural(2, "batch", "batches") == (
+        "1 batch, 2 batches"
+    )
+    assert left_alone(0, "already ended") == "."
+    assert left_alone(2, "already ended") == "; 2 left alone (already ended)."

@@ -130,8 +130,8 @@ def test_admin_rotate_and_revoke_actions(admin_client, client):
 
     for expected in (
         # The call above left a request queued: it is never sent.
-        "1 keys revoked; 0 were already revoked. 1 queued requests cancelled.",
-        "0 keys revoked; 1 were already revoked. 0 queued requests cancelled.",
+        "1 key revoked, 1 queued request cancelled.",
+        "0 keys revoked, 0 queued requests cancelled; 1 left alone (already revoked).",
     ):
         response = admin_client.post(
             changelist, {"action": "revoke", "_selected_action": [issued.key.pk]}, follow=True
