@@ -24,7 +24,8 @@ from django.utils import timezone
 
 from batchproxy.tokens import tokens_count
 from batchproxy.utils import batched
-from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
+from requests_app.keys import api_key_revoke
+from requests_app.models import ApiKey, BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
 from . import capacity, catalog, forecast, tiers, upstreams
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 State = Batch.State
 BACKOFF_CAP = 3600
+# Keys revoked this recently are swept at each flush (`_revoked_sweep`).
+REVOKED_SWEEP_SECONDS = 600
 # Requests whose tokens are counted per round.
 TOKEN_COUNT_CHUNK = 1000
 # Request bodies held in memory at once by a step (one body at least), and rows per read:
@@ -92,6 +95,14 @@ def _group_due(group: dict, now: datetime, limits: tuple[int, int]) -> bool:
     )
 
 
+def _revoked_sweep(now: datetime) -> None:
+    """Cancel what keys revoked in the last minutes still have queued: a call that raced its
+    key's revocation (its insert committed just after the revocation's cancel) is never sent."""
+    since = now - timedelta(seconds=REVOKED_SWEEP_SECONDS)
+    for key_id in ApiKey.objects.filter(revoked_at__gte=since).values_list("pk", flat=True):
+        api_key_revoke(key_id=key_id)
+
+
 def batch_flush(
     *, force: bool = False, endpoint: str | None = None, model: str | None = None
 ) -> list[Batch]:
@@ -107,6 +118,7 @@ def batch_flush(
     `batches_advance` uploads and creates them.
     """
     now = timezone.now()
+    _revoked_sweep(now)
     ready = _ready(now)
     if endpoint:
         ready = ready.filter(endpoint=endpoint)
@@ -267,7 +279,10 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             attempts_open(batch=batch, request_ids=chunk)
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
-        catalog.key_models_record(batch=batch)
+    # After the claim's commit: two flushers claiming batches of one model would otherwise
+    # wait on each other's new KeyModel rows, holding their claims (a crash here only delays
+    # the listing of the model for its keys until their next batch of it).
+    catalog.key_models_record(batch=batch)
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return Claim(batch, waiting)

@@ -270,3 +270,27 @@ def test_revoking_again_cancels_requests_queued_since(client, api_key):
     done = api_key_revoke(key_id=api_key[0].pk)
     assert (done.revoked, done.cancelled) == (False, 1)
     assert BatchRequest.objects.get(pk=straggler.pk).status == Status.CANCELLED
+
+
+def test_a_call_that_raced_the_revocation_is_cancelled_at_the_next_flush_never_sent(
+    client, api_key, other_key, fake_openai
+):
+    """Its insert committed just after the revocation's cancel: the flush cancels it."""
+    from .engine import cycle
+
+    theirs = send(client, other_key[1], chat("theirs, queued"))
+    api_key_revoke(key_id=api_key[0].pk)
+    straggler = BatchRequest.objects.create(
+        api_key=api_key[0],
+        endpoint="/v1/chat/completions",
+        model="gpt-4o-mini",
+        body='{"model":"gpt-4o-mini"}',
+        body_bytes=23,
+        fingerprint="raced",
+    )
+
+    cycle()
+    sent = [line["custom_id"] for line in fake_openai.submitted_lines()]
+    assert sent == [theirs]
+    straggler.refresh_from_db()
+    assert (straggler.status, straggler.error_code) == (Status.CANCELLED, "key_revoked")
