@@ -185,8 +185,13 @@ class RequestAttempt(models.Model):
     Deleted with its request; a pruned batch leaves its row without one.
     """
 
+    # No database constraint and no cascade, as for webhook events: the purge deletes requests
+    # by the million without loading them, and deletes their attempts itself.
     request = models.ForeignKey(
-        "requests_app.BatchRequest", on_delete=models.CASCADE, related_name="attempt_rows"
+        "requests_app.BatchRequest",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="attempt_rows",
     )
     batch = models.ForeignKey(Batch, on_delete=models.SET_NULL, null=True, related_name="+")
     started_at = models.DateTimeField(default=timezone.now)

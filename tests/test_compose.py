@@ -88,6 +88,9 @@ def test_the_entrypoint_with_a_copied_env_example_and_only_an_anthropic_key_serv
         env |= {
             "ANTHROPIC_API_KEY": "sk-ant-compose-test",
             "BATCH_SERVER_API_KEY": "compose-key",
+            # What compose's header says to set in .env: the proxy refuses to start without.
+            "SECRET_KEY": "compose-test-only-secret-key-0123456789",
+            "ALLOWED_HOSTS": "127.0.0.1",
             "DJANGO_SUPERUSER_USERNAME": "operator",
             "DJANGO_SUPERUSER_PASSWORD": "compose-password",
             "DATABASE_URL": environment["DATABASE_URL"],

@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('error_code', models.CharField(blank=True, max_length=100)),
                 ('error_message', models.TextField(blank=True)),
                 ('batch', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='batches_app.batch')),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_rows', to='requests_app.batchrequest')),
+                ('request', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='attempt_rows', to='requests_app.batchrequest')),
             ],
         ),
     ]

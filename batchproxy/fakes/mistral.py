@@ -32,7 +32,7 @@ import time
 import uuid
 
 from . import openai as fake_openai
-from .http import Call, FakeServer, Reply, serve_until_signalled
+from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found"}
@@ -181,6 +181,8 @@ class FakeMistral(FakeServer):
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise Refused(400, "metadata holds string values.")
         lines = [line for file_id in inputs for line in self._lines_of(self._file(file_id))]
+        if any(REFUSE_MARKER in json.dumps(line) for line in lines):
+            raise Refused(400, REFUSAL)
         now = time.time()
         job = {
             "id": str(uuid.uuid4()),
@@ -263,7 +265,7 @@ class FakeMistral(FakeServer):
             chosen = [result.line for result in results if result.ok is ok]
             if chosen:
                 rng.shuffle(chosen)  # never the input's order
-                content = "".join(json.dumps(line) + "\n" for line in chosen).encode()
+                content = jsonl(chosen).encode()  # [[truncate]] lines cut in half
                 name = f"{job['id']}_{kind}.jsonl"
                 job[key] = self._store(content, name, kind, "mistral")["id"]
         succeeded = sum(result.ok for result in results)

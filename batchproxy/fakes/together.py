@@ -29,7 +29,7 @@ import uuid
 from datetime import UTC, datetime
 
 from . import openai as fake_openai
-from .http import Call, FakeServer, Reply, serve_until_signalled
+from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
 
 MAX_LINES = 50_000
 MAX_BYTES = 100 * 1024 * 1024
@@ -182,6 +182,8 @@ class FakeTogether(FakeServer):
             raise Refused(400, f"Unknown parameters: {', '.join(sorted(unknown))}")
         stored = self._file(params["input_file_id"])
         lines = self._lines_of(stored["content"])
+        if any(REFUSE_MARKER in json.dumps(line) for line in lines):
+            raise Refused(400, REFUSAL)
         now = time.time()
         job = {
             "id": str(uuid.uuid4()),
@@ -257,7 +259,7 @@ class FakeTogether(FakeServer):
             chosen = [result.line for result in results if result.ok is ok]
             if chosen:
                 rng.shuffle(chosen)  # never the input's order
-                content = "".join(json.dumps(line) + "\n" for line in chosen).encode()
+                content = jsonl(chosen).encode()  # [[truncate]] lines cut in half
                 job[key] = self._store(content, f"{job['id']}-{kind}.jsonl", "batch-generated")[
                     "id"
                 ]
