@@ -33,7 +33,16 @@ import time
 from datetime import UTC, datetime
 
 from . import openai as fake_openai
-from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
+from .http import (
+    REFUSAL,
+    REFUSE_MARKER,
+    Call,
+    JobServer,
+    Refused,
+    Reply,
+    jsonl,
+    serve_until_signalled,
+)
 
 ACCOUNT = "fake-account"
 MAX_BYTES = 150 * 1024 * 1024  # the single-request upload's limit
@@ -48,13 +57,7 @@ def _rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-class FakeFireworks(FakeServer):
+class FakeFireworks(JobServer):
     routes = (
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets"), "create_dataset"),
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets/{ID}:upload"), "upload"),
@@ -88,21 +91,6 @@ class FakeFireworks(FakeServer):
     def datasets(self) -> dict[str, dict]:
         with self._lock:
             return {name: dict(found["object"]) for name, found in self._datasets.items()}
-
-    @property
-    def jobs(self) -> list[dict]:
-        """Every job created, as a client would see it now."""
-        with self._lock:
-            return [self._view(job) for job in self._jobs.values()]
-
-    def submitted(self) -> list[dict]:
-        """Every input line of every job created, in order, each with its `batch_id`."""
-        with self._lock:
-            return [
-                copy.deepcopy(line) | {"batch_id": job_id}
-                for job_id, lines in self._lines.items()
-                for line in lines
-            ]
 
     # -- the server's own ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ Standard library only; state in memory, under one lock.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import signal
@@ -237,3 +238,35 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a "timeout"): the work is done all the same
+
+
+class Refused(Exception):
+    """An API call a fake refuses: answered with this status and message, in its own shape."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class JobServer(FakeServer):
+    """What the fakes of job-shaped batch APIs (Together, Mistral, Fireworks) share: their
+    jobs (`_jobs`, seen through `_view`) and input lines (`_lines`) for tests, and a bearer key."""
+
+    @property
+    def jobs(self) -> list[dict]:
+        """Every batch job created, as a client would see it now."""
+        with self._lock:
+            return [self._view(job) for job in self._jobs.values()]
+
+    def submitted(self) -> list[dict]:
+        """Every input line of every job created, in order, each with its `batch_id`."""
+        with self._lock:
+            return [
+                copy.deepcopy(line) | {"batch_id": job_id}
+                for job_id, lines in self._lines.items()
+                for line in lines
+            ]
+
+    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
+        auth = headers.get("authorization", "")
+        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""

@@ -32,16 +32,19 @@ import time
 import uuid
 
 from . import openai as fake_openai
-from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
+from .http import (
+    REFUSAL,
+    REFUSE_MARKER,
+    Call,
+    JobServer,
+    Refused,
+    Reply,
+    jsonl,
+    serve_until_signalled,
+)
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found"}
-
-
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _page(items: list, query: dict) -> dict:
@@ -49,7 +52,7 @@ def _page(items: list, query: dict) -> dict:
     return {"object": "list", "data": items[page * size : (page + 1) * size], "total": len(items)}
 
 
-class FakeMistral(FakeServer):
+class FakeMistral(JobServer):
     routes = (
         ("POST", re.compile(r"/v1/files"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),
@@ -76,25 +79,7 @@ class FakeMistral(FakeServer):
         with self._lock:
             return {file_id: dict(found["object"]) for file_id, found in self._files.items()}
 
-    @property
-    def jobs(self) -> list[dict]:
-        with self._lock:
-            return [self._view(job) for job in self._jobs.values()]
-
-    def submitted(self) -> list[dict]:
-        """Every input line of every job created, in order, each with its `batch_id`."""
-        with self._lock:
-            return [
-                copy.deepcopy(line) | {"batch_id": job_id}
-                for job_id, lines in self._lines.items()
-                for line in lines
-            ]
-
     # -- the server's own ----------------------------------------------------------------------
-
-    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
-        auth = headers.get("authorization", "")
-        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
 
     def error(self, status: int, message: str) -> Reply:
         kind = ERROR_TYPES.get(status, "api_error")

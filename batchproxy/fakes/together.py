@@ -29,7 +29,16 @@ import uuid
 from datetime import UTC, datetime
 
 from . import openai as fake_openai
-from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
+from .http import (
+    REFUSAL,
+    REFUSE_MARKER,
+    Call,
+    JobServer,
+    Refused,
+    Reply,
+    jsonl,
+    serve_until_signalled,
+)
 
 MAX_LINES = 50_000
 MAX_BYTES = 100 * 1024 * 1024
@@ -40,13 +49,7 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-class FakeTogether(FakeServer):
+class FakeTogether(JobServer):
     routes = (
         ("POST", re.compile(r"/v1/files/upload"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),
@@ -77,26 +80,7 @@ class FakeTogether(FakeServer):
         with self._lock:
             return {file_id: dict(found["object"]) for file_id, found in self._files.items()}
 
-    @property
-    def jobs(self) -> list[dict]:
-        """Every batch job created, as a client would see it now."""
-        with self._lock:
-            return [self._view(job) for job in self._jobs.values()]
-
-    def submitted(self) -> list[dict]:
-        """Every input line of every job created, in order, each with its `batch_id`."""
-        with self._lock:
-            return [
-                copy.deepcopy(line) | {"batch_id": job_id}
-                for job_id, lines in self._lines.items()
-                for line in lines
-            ]
-
     # -- the server's own ----------------------------------------------------------------------
-
-    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
-        auth = headers.get("authorization", "")
-        return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
 
     def error(self, status: int, message: str) -> Reply:
         return Reply(status, {"error": message})
