@@ -1,23 +1,25 @@
 """Admin for batches, upstream files and prices, and the operator's dashboard page."""
 
 import json
-import uuid
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from requests_app.admin import age, pretty_json
+from batchproxy.audit import ChangedByActions, admin_log, may_change
+from requests_app.admin import age, duration, id_prefix_range, plural, pretty_json
 from requests_app.models import BatchRequest
 
 from . import capacity, dashboard, services, webhooks
 from .models import Batch, ModelPrice, OpenAIWebhook, QueueLimit, UpstreamFile
+from .usage import usage_tokens
 
 ERROR_PREVIEW = 80
 
@@ -35,44 +37,64 @@ class UpstreamFileInline(admin.TabularInline):
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(ChangedByActions, admin.ModelAdmin):
+    # At a glance, each row one line at 1366 px (tests/test_admin_browser.py); upstream ids,
+    # files, cancel mode and times are on the batch's page.
     list_display = (
         "short_id",
-        "state",
+        "state_shown",
         "upstream",
-        "upstream_status",
-        "endpoint",
+        "endpoint_shown",
         "model",
-        "request_count",
+        "requests_shown",
         "upstream_counts",
         "age",
-        "upstream_failures",
         "error_preview",
-        "cancel_mode",
-        "upstream_id",
     )
     list_filter = ("state", "upstream", "upstream_status", "endpoint", "model", "cancel_mode")
     search_fields = ("upstream_id",)  # the real search is get_search_results
-    search_help_text = "A proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."
+    search_help_text = (
+        "The start of a proxy batch id, an upstream batch id (batch_…) or a file id (file-…)."
+    )
     ordering = ("-created_at",)
     show_full_result_count = False
     list_per_page = 100
     inlines = (UpstreamFileInline,)
     actions = ("cancel_requeue", "cancel_requests", "poll_now")
     readonly_fields = (*(f.name for f in Batch._meta.fields), "requests_link", "usage_tokens")
-    readonly_fields += ("errors_pretty",)
-    fields = (
-        ("id", "state", "cancel_mode"),
-        ("upstream", "endpoint", "model"),
-        ("request_count", "input_bytes", "counted_tokens", "requests_link"),
-        ("upstream_id", "upstream_status", "upstream_created_at"),
-        ("input_file_id", "output_file_id", "error_file_id"),
-        ("request_counts", "usage_tokens"),
-        "errors_pretty",
-        ("upstream_failures", "next_attempt_at"),
-        "last_error",
-        ("create_attempted_at", "created_at", "updated_at", "finished_at"),
-    )
+    readonly_fields += ("errors_pretty", "counts_shown", "took", "outcomes", "times_out_at")
+
+    def get_fields(self, request, obj=None):
+        """What applies to this batch's state, in the order an operator reads it."""
+        fields = [("id", "state"), ("upstream", "endpoint", "model")]
+        fields.append(("request_count", "input_bytes", "counted_tokens"))
+        fields.append(("requests_link", "outcomes"))
+        if obj.upstream_id or obj.upstream_status:
+            fields.append(("upstream_id", "upstream_status", "upstream_created_at"))
+        files = [f for f in ("input_file_id", "output_file_id", "error_file_id") if getattr(obj, f)]
+        if files:
+            fields.append(tuple(files))
+        if obj.request_counts:
+            fields.append("counts_shown")
+        if obj.usage:
+            fields.append("usage_tokens")
+        if obj.errors:
+            fields.append("errors_pretty")
+        if obj.cancel_mode:
+            fields.append("cancel_mode")
+        if obj.upstream_failures and not obj.is_terminal:
+            fields.append(("upstream_failures", "next_attempt_at"))
+        elif obj.upstream_failures:
+            fields.append("upstream_failures")
+        if obj.last_error:
+            fields.append("last_error")
+        if not obj.is_terminal:
+            fields.append(("state_since", "times_out_at"))
+        if obj.finished_at:
+            fields.append(("created_at", "finished_at", "took"))
+        else:
+            fields.append(("created_at", "updated_at"))
+        return fields
 
     def has_add_permission(self, request) -> bool:
         return False  # batches are made by the flush
@@ -96,12 +118,17 @@ class BatchAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(pk=uuid.UUID(term)), False
-        except ValueError:
-            pass
-        files = Q(input_file_id=term) | Q(output_file_id=term) | Q(error_file_id=term)
-        return queryset.filter(Q(upstream_id=term) | files), False
+        found = Q(upstream_id__startswith=term)
+        for field in ("input_file_id", "output_file_id", "error_file_id"):
+            found |= Q(**{f"{field}__startswith": term})
+        if (ids := id_prefix_range(term)) is not None:
+            found |= Q(pk__range=ids)
+        return queryset.filter(found), False
+
+    @admin.display(description="times out at")
+    def times_out_at(self, batch: Batch):
+        """When the engine ends the batch if it is still in this state (Batch.times_out_at)."""
+        return batch.times_out_at or "-"
 
     @admin.display(description="id", ordering="id")
     def short_id(self, batch: Batch) -> str:
@@ -111,17 +138,44 @@ class BatchAdmin(admin.ModelAdmin):
     def age(self, batch: Batch) -> str:
         return age(batch.created_at)
 
-    @admin.display(description="upstream done/failed/total")
+    @admin.display(description="state", ordering="state")
+    def state_shown(self, batch: Batch) -> str:
+        """The proxy's state, and the upstream's where it says more (cancelling, expired)."""
+        shown = batch.get_state_display()
+        if batch.upstream_status and batch.upstream_status not in ("completed", batch.state):
+            shown += f" ({batch.upstream_status})"
+        return shown
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_shown(self, batch: Batch) -> str:
+        return batch.endpoint.removeprefix("/v1/").removeprefix("/v1beta/")
+
+    @admin.display(description="requests", ordering="request_count")
+    def requests_shown(self, batch: Batch) -> int:
+        return batch.request_count
+
+    @admin.display(description="done/failed")
     def upstream_counts(self, batch: Batch) -> str:
         counts = batch.request_counts or {}
         if not counts:
             return "-"
-        return f"{counts.get('completed', 0)}/{counts.get('failed', 0)}/{counts.get('total', 0)}"
+        return f"{counts.get('completed', 0)}/{counts.get('failed', 0)}"
+
+    @admin.display(description="upstream's counts")
+    def counts_shown(self, batch: Batch) -> str:
+        counts = batch.request_counts or {}
+        parts = [f"{counts[k]} {k}" for k in ("completed", "failed") if k in counts]
+        return ", ".join(parts) + f" of {counts.get('total', 0)}"
 
     @admin.display(description="last error")
     def error_preview(self, batch: Batch) -> str:
         text = batch.last_error
-        return text[:ERROR_PREVIEW] + ("…" if len(text) > ERROR_PREVIEW else "")
+        if not text:
+            return "-"
+        failures = (
+            f"{plural(batch.upstream_failures, 'failure')}: " if batch.upstream_failures else ""
+        )
+        return failures + text[:ERROR_PREVIEW] + ("…" if len(text) > ERROR_PREVIEW else "")
 
     @admin.display(description="requests")
     def requests_link(self, batch: Batch):
@@ -129,13 +183,32 @@ class BatchAdmin(admin.ModelAdmin):
             reverse("admin:requests_app_batchrequest_changelist") + f"?batch__id__exact={batch.pk}"
         )
         now = BatchRequest.objects.filter(batch=batch).count()
-        return format_html('<a href="{}">{} requests in this batch now</a>', url, now)
+        return format_html('<a href="{}">{} in this batch now</a>', url, plural(now, "request"))
+
+    @admin.display(description="their outcomes")
+    def outcomes(self, batch: Batch) -> str:
+        """The requests' own outcomes here: a batch Done upstream may hold failed requests."""
+        rows = (
+            BatchRequest.objects.filter(batch=batch)
+            .values("status", "error_code")
+            .annotate(n=Count("pk"))
+            .order_by("status", "error_code")
+        )
+        parts = [
+            f"{row['n']} {row['status']}" + (f" ({row['error_code']})" if row["error_code"] else "")
+            for row in rows
+        ]
+        return ", ".join(parts) or "-"
+
+    @admin.display(description="took")
+    def took(self, batch: Batch) -> str:
+        return duration(batch.created_at, batch.finished_at)
 
     @admin.display(description="tokens (upstream usage)")
     def usage_tokens(self, batch: Batch) -> str:
         if not batch.usage:
             return "-"
-        tokens_in, tokens_out = dashboard.usage_tokens(batch.usage)
+        tokens_in, tokens_out = usage_tokens(batch.usage)
         return f"{tokens_in} in, {tokens_out} out"
 
     @admin.display(description="errors")
@@ -144,36 +217,46 @@ class BatchAdmin(admin.ModelAdmin):
 
     def _cancel(self, request, queryset, *, requeue: bool) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        cancelled = sum(services.batch_cancel(batch_id=pk, requeue=requeue) for pk in ids)
+        cancelled = [pk for pk in ids if services.batch_cancel(batch_id=pk, requeue=requeue)]
         then = "requeued" if requeue else "cancelled"
+        rows = Batch.objects.filter(pk__in=cancelled).defer("usage", "errors")
+        admin_log(user=request.user, message=f"Cancelled; unfinished requests {then}.", rows=rows)
         self.message_user(
             request,
-            f"{cancelled} batches cancelled upstream (their unfinished requests are {then}); "
-            f"{len(ids) - cancelled} had already ended.",
+            f"{len(cancelled)} batches cancelled upstream (their unfinished requests are {then}); "
+            f"{len(ids) - len(cancelled)} had already ended.",
         )
 
-    @admin.action(description="Cancel selected batches, requeue their unfinished requests")
+    @admin.action(
+        description="Cancel selected batches, requeue their unfinished requests",
+        permissions=["operate"],
+    )
     def cancel_requeue(self, request, queryset) -> None:
         self._cancel(request, queryset, requeue=True)
 
-    @admin.action(description="Cancel selected batches and their unfinished requests")
+    @admin.action(
+        description="Cancel selected batches and their unfinished requests", permissions=["operate"]
+    )
     def cancel_requests(self, request, queryset) -> None:
         self._cancel(request, queryset, requeue=False)
 
-    @admin.action(description="Poll selected batches now")
+    @admin.action(description="Poll selected batches now", permissions=["operate"])
     def poll_now(self, request, queryset) -> None:
-        report = dashboard.batches_poll_now(batch_ids=list(queryset.values_list("pk", flat=True)))
-        _report_poll(self.message_user, request, report)
+        ids = list(queryset.values_list("pk", flat=True))
+        report = dashboard.batches_poll_now(batch_ids=ids)
+        rows = Batch.objects.filter(pk__in=ids).defer("usage", "errors")
+        admin_log(user=request.user, message="Polled now.", rows=rows)
+        level, text = _poll_text(report)
+        self.message_user(request, text, level)
 
 
-def _report_poll(message_user, request, report: services.AdvanceReport) -> None:
+def _poll_text(report: services.AdvanceReport) -> tuple[int, str]:
     level = messages.WARNING if report.failures else messages.SUCCESS
-    message_user(
-        request,
+    text = (
         f"{report.stepped} running batches polled; {len(report.failures)} upstream errors "
-        "(retried later).",
-        level,
+        "(retried later)."
     )
+    return level, text
 
 
 @admin.register(OpenAIWebhook)
@@ -190,11 +273,24 @@ class OpenAIWebhookAdmin(admin.ModelAdmin):
         return False
 
 
+class DeletedUpstreamFilter(admin.SimpleListFilter):
+    title = "deleted upstream"
+    parameter_name = "deleted"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "yes"), ("no", "no, still there"))
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(deleted_at__isnull=self.value() == "no")
+
+
 @admin.register(UpstreamFile)
 class UpstreamFileAdmin(admin.ModelAdmin):
-    list_display = ("file_id", "purpose", "upstream", "batch_link", "bytes", "created_at")
-    list_display += ("ingested_at", "deleted_at")
-    list_filter = ("purpose", "batch__upstream", ("deleted_at", admin.EmptyFieldListFilter))
+    # One line a row: ages and a state in words; the exact times are on the file's page.
+    list_display = ("file_id", "purpose", "upstream", "batch_link", "size", "age", "file_state")
+    list_filter = ("purpose", "batch__upstream", DeletedUpstreamFilter)
     list_select_related = ("batch",)
     search_fields = ("=file_id", "=batch__upstream_id")
     ordering = ("-created_at",)
@@ -214,10 +310,26 @@ class UpstreamFileAdmin(admin.ModelAdmin):
     def upstream(self, upstream_file: UpstreamFile) -> str:
         return upstream_file.batch.upstream
 
+    @admin.display(description="size", ordering="bytes")
+    def size(self, upstream_file: UpstreamFile) -> str:
+        return "-" if upstream_file.bytes is None else filesizeformat(upstream_file.bytes)
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, upstream_file: UpstreamFile) -> str:
+        return age(upstream_file.created_at)
+
+    @admin.display(description="state")
+    def file_state(self, upstream_file: UpstreamFile) -> str:
+        if upstream_file.deleted_at:
+            return "deleted upstream"
+        return "read, still upstream" if upstream_file.ingested_at else "upstream"
+
     @admin.display(description="batch")
     def batch_link(self, upstream_file: UpstreamFile):
+        """The batch's short id and model; its page has the rest."""
+        batch = upstream_file.batch
         url = reverse("admin:batches_app_batch_change", args=[upstream_file.batch_id])
-        return format_html('<a href="{}">{}</a>', url, upstream_file.batch)
+        return format_html('<a href="{}">{} {}</a>', url, str(batch.pk)[:8], batch.model)
 
 
 @admin.register(ModelPrice)
@@ -266,9 +378,11 @@ class QueueLimitAdmin(admin.ModelAdmin):
         since = f" (waiting for queue capacity for {age(limit.waiting_since)})"
         return f"{tokens:,}" + (since if limit.waiting_since else "")
 
-    @admin.action(description="Forget the learned budget of selected models")
+    @admin.action(
+        description="Forget the learned budget of selected models", permissions=["change"]
+    )
     def forget_learned(self, request, queryset) -> None:
-        forgotten = 0
+        forgotten = []
         for limit in queryset.exclude(learned_tokens=None):
             capacity.queue_limit_set(
                 model=limit.model,
@@ -277,8 +391,10 @@ class QueueLimitAdmin(admin.ModelAdmin):
                 requests=None,
                 forget_learned=True,
             )
-            forgotten += 1
-        self.message_user(request, f"{forgotten} learned budgets forgotten.", messages.SUCCESS)
+            forgotten.append(limit.pk)
+        rows = QueueLimit.objects.filter(pk__in=forgotten)
+        admin_log(user=request.user, message="Learned budget forgotten.", rows=rows)
+        self.message_user(request, f"{len(forgotten)} learned budgets forgotten.", messages.SUCCESS)
 
 
 # --- The dashboard ----------------------------------------------------------------------------
@@ -290,34 +406,44 @@ def dashboard_view(request):
     figures["oldest_text"] = age(figures["oldest_queued"])
     for row in figures["queue"]:
         row["age_text"] = age(row["oldest"])
+    # Buttons only for those who may press them (the views check again).
+    may = {
+        "may_change_batches": may_change(request.user, Batch),
+        "may_change_requests": may_change(request.user, BatchRequest),
+    }
     return TemplateResponse(
         request,
         "admin/batchproxy/dashboard.html",
-        {**admin.site.each_context(request), "title": "Dashboard", **figures},
+        {**admin.site.each_context(request), "title": "Dashboard", **figures, **may},
     )
 
 
-def _operator_action(view):
-    """A POST-only dashboard action for staff allowed to change batches."""
+def _operator_action(model):
+    """A POST-only dashboard action for staff allowed to change `model`; what it did (the text
+    it returns) is told to the operator and written to the admin's history."""
 
-    @staff_member_required
-    @require_POST
-    def wrapped(request):
-        if not request.user.has_perm("batches_app.change_batch"):
-            raise PermissionDenied
-        view(request)
-        return HttpResponseRedirect(reverse("batchproxy-dashboard"))
+    def decorator(view):
+        @staff_member_required
+        @require_POST
+        def wrapped(request):
+            if not may_change(request.user, model):
+                raise PermissionDenied
+            level, text = view(request)
+            messages.add_message(request, level, text)
+            admin_log(user=request.user, message=f"Dashboard: {text}", model=model)
+            return HttpResponseRedirect(reverse("batchproxy-dashboard"))
 
-    return wrapped
+        return wrapped
+
+    return decorator
 
 
-@_operator_action
-def flush_view(request) -> None:
+@_operator_action(Batch)
+def flush_view(request) -> tuple[int, str]:
     endpoint, model = request.POST.get("endpoint", ""), request.POST.get("model", "")
     report = dashboard.queue_flush_now(endpoint=endpoint, model=model)
     scope = " ".join(filter(None, (endpoint, model))) or "all groups"
-    messages.add_message(
-        request,
+    return (
         messages.WARNING if report.failures else messages.SUCCESS,
         f"Flushed {scope}: {report.batches} batches with {report.requests} requests; "
         f"{report.submitted} batches submitted, {len(report.failures)} upstream errors "
@@ -325,16 +451,15 @@ def flush_view(request) -> None:
     )
 
 
-@_operator_action
-def poll_view(request) -> None:
-    report = dashboard.batches_poll_now()
-    _report_poll(lambda r, m, level: messages.add_message(r, level, m), request, report)
+@_operator_action(Batch)
+def poll_view(request) -> tuple[int, str]:
+    return _poll_text(dashboard.batches_poll_now())
 
 
-@_operator_action
-def retry_failed_view(request) -> None:
+@_operator_action(BatchRequest)
+def retry_failed_view(request) -> tuple[int, str]:
     retried = dashboard.requests_retry_failed()
-    messages.success(request, f"{retried} failed requests requeued with fresh attempts.")
+    return messages.SUCCESS, f"{retried} failed requests requeued with fresh attempts."
 
 
 dashboard_urls = [

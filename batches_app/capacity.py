@@ -84,9 +84,11 @@ def _upstream_by_model(pair: Pair | None = None) -> dict[Pair, tuple[int, int]]:
     """Tokens and requests, per upstream and model without its date, of the batches that each
     upstream holds unfinished or is about to get; of one pair (with its snapshots) only, when
     named."""
-    before = Q(state__in=(Batch.State.BUILDING, Batch.State.UPLOADED))
-    running = Q(state=Batch.State.RUNNING) & ~Q(upstream_status__in=Batch.UPSTREAM_TERMINAL)
-    batches = Batch.objects.filter(before | running)
+    # Written as one IN on the state (not an OR of two), so that SQLite too reads the state
+    # index instead of every batch ever made.
+    unfinished = (Batch.State.BUILDING, Batch.State.UPLOADED, Batch.State.RUNNING)
+    ended = Q(state=Batch.State.RUNNING, upstream_status__in=Batch.UPSTREAM_TERMINAL)
+    batches = Batch.objects.filter(state__in=unfinished).exclude(ended)
     if pair is not None:
         upstream, model = pair
         batches = batches.filter(Q(model=model) | Q(model__startswith=f"{model}-"))

@@ -109,7 +109,7 @@ def hourly_requests(*, now: datetime) -> list[dict]:
         row = by_hour.get(hour, {})
         points.append(
             (
-                hour.strftime("%H:00"),
+                hour.strftime("%m-%d %H:00"),
                 {"completed": row.get("completed", 0), "failed": row.get("failed", 0)},
             )
         )
@@ -141,19 +141,31 @@ def daily_money(*, now: datetime, book: PriceBook) -> list[dict]:
 
 
 def upstreams_shown() -> list[dict]:
-    """The configured upstreams, in routing order: where each key is read from, never the key."""
-    return [
-        {
-            "name": upstream.name,
-            "kind": upstream.kind,
-            "base_url": upstream.base_url,
-            "key_env": upstream.key_env,
-            "key_set": bool(upstream_key(upstream)),
-            "models": ", ".join(upstream.models) or "(none)",
-            "api_version": upstream.api_version,
-        }
-        for upstream in upstreams_all()
-    ]
+    """The configured upstreams, in routing order: where each key is read from, never the key.
+
+    In try-out mode every upstream is a built-in fake with a placeholder key, whatever the
+    environment says; outside it, a key variable that is empty is named as not set.
+    """
+    shown = []
+    for upstream in upstreams_all():
+        if settings.TRY_OUT is not None:
+            key = "a placeholder (try-out)"
+        elif upstream_key(upstream):
+            key = upstream.key_env
+        else:
+            key = f"{upstream.key_env} (not set: nothing is sent here)"
+        shown.append(
+            {
+                "name": upstream.name,
+                "kind": upstream.kind,
+                "base_url": upstream.base_url,
+                "key": key,
+                "key_set": settings.TRY_OUT is not None or bool(upstream_key(upstream)),
+                "models": ", ".join(upstream.models) or "(none)",
+                "api_version": upstream.api_version,
+            }
+        )
+    return shown
 
 
 def dashboard_figures(*, now: datetime | None = None) -> dict:
@@ -188,9 +200,17 @@ def dashboard_figures(*, now: datetime | None = None) -> dict:
         "by_key_month": by_key_month,
         "total_day": total(by_model_day),
         "total_month": total(by_model_month),
-        "hourly": hourly_requests(now=now),
-        "daily": daily_money(now=now, book=book),
+        "total_key_month": total(by_key_month),
+        "hourly": (hourly := hourly_requests(now=now)),
+        "daily": (daily := daily_money(now=now, book=book)),
+        # The charts' scales: the tallest bar's value, and the labels under them.
+        "hourly_top": max((p["completed"] + p["failed"] for p in hourly), default=0),
+        "daily_top": max((p["spent"] + p["saved"] for p in daily), default=0),
+        "hourly_ticks": [hourly[i]["label"] for i in (0, 8, 16, 23)],
+        "daily_ticks": [daily[i]["label"] for i in (0, 10, 20, 29)],
+        "total_requests_day": sum(p["completed"] for p in hourly),
         "failed_total": BatchRequest.objects.filter(status=Status.FAILED).count(),
+        "try_out": settings.TRY_OUT is not None,
     }
 
 

@@ -76,7 +76,7 @@ _session = threading.local()
 
 
 @contextmanager
-def _advisory_lock(batch_id) -> Iterator[bool]:
+def _advisory_lock(batch_id, filename: str = "") -> Iterator[bool]:
     key = _key(batch_id)
     held = _session.__dict__.setdefault("keys", set())
     if key in held:
@@ -97,6 +97,15 @@ def _advisory_lock(batch_id) -> Iterator[bool]:
                     cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_NAMESPACE, key])
 
 
+@contextmanager
+def run_lease(name: str) -> Iterator[bool]:
+    """Try to be the one process running the task `name`; yield whether this one is (never
+    waits). Released when the block ends, or when the process or its connection dies."""
+    lock = _advisory_lock if connection.vendor == "postgresql" else _file_lock
+    with lock(f"run:{name}", filename=f"run-{name}") as got:
+        yield got
+
+
 def _lock_dir() -> Path:
     path = Path(str(connection.settings_dict["NAME"]) + ".locks")
     path.mkdir(exist_ok=True)
@@ -104,9 +113,10 @@ def _lock_dir() -> Path:
 
 
 @contextmanager
-def _file_lock(batch_id) -> Iterator[bool]:
+def _file_lock(batch_id, filename: str = "") -> Iterator[bool]:
     slot = zlib.crc32(str(batch_id).encode()) % SLOTS
-    fd = os.open(_lock_dir() / f"batch-{slot:04d}", os.O_RDWR | os.O_CREAT, 0o600)
+    path = _lock_dir() / (filename or f"batch-{slot:04d}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             # flock, not lockf: flock locks belong to this open file, so two threads of one

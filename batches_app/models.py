@@ -1,8 +1,11 @@
 import re
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 
@@ -61,18 +64,45 @@ class Batch(models.Model):
     # Intent and back-off bookkeeping.
     upload_attempted_at = models.DateTimeField(null=True, blank=True)
     create_attempted_at = models.DateTimeField(null=True, blank=True)
+    # Set as a create is sent, cleared when its answer (or error) is known: a create whose
+    # worker lost its database (and so its lease) meanwhile may still be under way upstream.
+    create_started_at = models.DateTimeField(null=True, blank=True)
     cancel_mode = models.CharField(max_length=8, choices=CancelMode.choices, blank=True)
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # A database default too: the version still running during a deploy inserts batches
+    # without this column.
+    state_since = models.DateTimeField(
+        default=timezone.now,
+        db_default=Now(),
+        help_text="When the batch entered its current state.",
+    )
     upstream_failures = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Added into `SpendTotal` once done (batches_app.spend.spend_tally), so that /metrics
+    # reads a few totals instead of every batch, and old batches can be pruned.
+    tallied = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         verbose_name_plural = "batches"
-        indexes = [models.Index(fields=["state", "next_attempt_at"], name="batch_due_idx")]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="batch_due_idx"),
+            # Only the done batches not yet tallied: a handful, however many batches there are.
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(state="done", tallied=False),
+                name="batch_untallied_idx",
+            ),
+            # The retention's prune and the dashboard's last day read done batches by age.
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(state="done"),
+                name="batch_finished_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.upstream} {self.endpoint} {self.model} {self.upstream_id or self.id}"
@@ -82,8 +112,68 @@ class Batch(models.Model):
         return self.state == self.State.DONE
 
     @property
+    def times_out_at(self) -> datetime | None:
+        """When the scheduled step ends the batch if it is still in its state (settings
+        BATCH_SUBMIT_TIMEOUT, BATCH_STUCK_AFTER, BATCH_INGEST_TIMEOUT); None once done."""
+        if self.state in (self.State.BUILDING, self.State.UPLOADED):
+            return self.state_since + timedelta(seconds=settings.BATCH_SUBMIT_TIMEOUT)
+        if self.state == self.State.RUNNING:
+            since = self.upstream_created_at or self.state_since
+            return since + timedelta(seconds=settings.BATCH_STUCK_AFTER)
+        if self.state == self.State.INGESTING:
+            return self.state_since + timedelta(seconds=settings.BATCH_INGEST_TIMEOUT)
+        return None
+
+    @property
     def input_filename(self) -> str:
         return f"batchproxy-{self.id}.jsonl"
+
+
+class SpendTotal(models.Model):
+    """What the done batches of one upstream, model and upstream status added up to.
+
+    Batches are added in once each (`Batch.tallied`), so the totals outlive the batches that
+    the retention prunes, and /metrics reads a row per model instead of every batch.
+    """
+
+    upstream = models.CharField(max_length=64)
+    model = models.CharField(max_length=200)
+    upstream_status = models.CharField(max_length=20, blank=True)
+    batches = models.PositiveBigIntegerField(default=0)
+    requests = models.PositiveBigIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+    images = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["upstream", "model", "upstream_status"], name="one_spend_total_per_group"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.upstream} {self.model} {self.upstream_status}"
+
+
+class KeyModel(models.Model):
+    """A model one key has had a batch of: what `GET /v1/models` lists for that key besides the
+    operator's models (another key's model names are never shown). Written by the flush, one
+    row per key and model, so the list reads a key's few rows, never its requests."""
+
+    api_key = models.ForeignKey(
+        "requests_app.ApiKey", on_delete=models.CASCADE, related_name="models_used"
+    )
+    model = models.CharField(max_length=200)
+    first_used_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "model"], name="one_row_per_key_and_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} {self.model}"
 
 
 class UpstreamFile(models.Model):

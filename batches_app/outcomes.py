@@ -5,8 +5,11 @@ so ingesting the same file twice (after a crash, or two pollers at once) changes
 """
 
 import json
+import logging
+import re
+import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import orjson
@@ -22,6 +25,7 @@ from . import capacity
 from .models import Batch
 from .usage import answer_usage, usage_tokens
 
+log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 TOKEN_LIMIT_CAP = 6 * 3600
 LINE_FIELDS = (
@@ -142,6 +146,33 @@ def _image_count(body) -> int | None:
     return sum(1 for item in body["data"] if isinstance(item, dict) and "embedding" not in item)
 
 
+# Where a line too broken to parse names its request: its `custom_id`, if that much is left.
+CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*"([0-9a-fA-F-]{32,36})"')
+UNREADABLE = "invalid_result_line"
+
+
+def _outcome_of(line: str) -> LineOutcome | None:
+    """A line's outcome; a line that cannot be read (truncated, not JSON, not the shape) fails
+    its request like an upstream error, retried by the usual rules, instead of stopping the
+    ingest. None when not even the request it answers can be told (the request is settled
+    with the batch's rest) or when it names no request of ours."""
+    try:
+        outcome = LineOutcome.parse(line)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        match = CUSTOM_ID.search(line[:1000])
+        log.warning("unreadable result line (%s) for %s", type(exc).__name__, match and match[1])
+        if match is None:
+            return None
+        message = "The upstream's result line for this request could not be read."
+        outcome = LineOutcome(match[1], None, None, UNREADABLE, message)
+    try:
+        custom_id = str(uuid.UUID(str(outcome.custom_id)))
+    except ValueError:
+        log.warning("result line for an unknown custom_id %r", str(outcome.custom_id)[:100])
+        return None
+    return outcome if custom_id == outcome.custom_id else replace(outcome, custom_id=custom_id)
+
+
 def _outcome_chunks(
     lines: Iterable[str], max_lines: int, max_bytes: int
 ) -> Iterator[dict[str, LineOutcome]]:
@@ -151,7 +182,9 @@ def _outcome_chunks(
     chunk: dict[str, LineOutcome] = {}
     size = 0
     for line in lines:
-        outcome = LineOutcome.parse(line)
+        outcome = _outcome_of(line)
+        if outcome is None:
+            continue
         chunk[outcome.custom_id] = outcome
         size += outcome.body_bytes
         if len(chunk) >= max_lines or size >= max_bytes:

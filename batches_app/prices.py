@@ -57,7 +57,28 @@ GEMINI_PRICES = {
     "gemini-2.0-flash": ("0.10", "0.40"),
     "gemini-2.0-flash-lite": ("0.075", "0.30"),
 }
-DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES
+# OpenAI-shaped and other batch APIs (issue 23; docs/providers.md), their synchronous list
+# prices. Groq's Batch API charges half (console.groq.com/docs/batch; groq.com/pricing).
+GROQ_PRICES = {
+    "llama-3.1-8b-instant": ("0.05", "0.08"),
+    "llama-3.3-70b-versatile": ("0.59", "0.79"),
+    "openai/gpt-oss-120b": ("0.15", "0.60"),
+}
+# Together's batch discount is "up to 50%", on selected models only
+# (docs.together.ai/docs/batch-inference, "discounted models"; together.ai/pricing): on
+# another model the saving shown is overstated.
+TOGETHER_PRICES = {
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo": ("0.88", "0.88"),
+    "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo": ("0.18", "0.18"),
+}
+# Mistral's batch API charges half (docs.mistral.ai, "Batch inference"; mistral.ai/pricing).
+MISTRAL_PRICES = {
+    "mistral-small-latest": ("0.10", "0.30"),
+    "mistral-medium-latest": ("0.40", "2.00"),
+    "mistral-embed": ("0.10", "0"),
+}
+PROVIDER_PRICES = GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES
+DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES | PROVIDER_PRICES
 
 
 # model: USD per image, synchronous. DALL-E answers carry no usage; OpenAI prices them per

@@ -6,6 +6,7 @@ the next tick, and a batch is never created upstream twice: before creating agai
 looks for an upstream batch whose metadata names ours.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -26,7 +27,7 @@ from batchproxy.utils import batched
 from requests_app.models import BatchRequest, ResponseChunk, jsonl_line
 from requests_app.webhooks import webhook_events_record
 
-from . import capacity, upstreams
+from . import capacity, catalog, upstreams
 from .leases import batch_lease, stopping
 from .models import Batch, UpstreamFile, base_model
 from .outcomes import (
@@ -42,8 +43,18 @@ log = logging.getLogger(__name__)
 Status = BatchRequest.Status
 State = Batch.State
 BACKOFF_CAP = 3600
-# Requests whose tokens are counted per statement.
+# Requests whose tokens are counted per round.
 TOKEN_COUNT_CHUNK = 1000
+# Request bodies held in memory at once by a step (one body at least), and rows per read:
+# 1,000 bodies of 4 MB must never be read together.
+PIECE_BYTES = 16 * 1024 * 1024
+PIECE_ROWS = 2000
+# How many OPENAI_TIMEOUTs a create may take, from its start to its answer (one attempt, never
+# retried by the SDK; the margin covers a slow upload of an inline batch's body).
+CREATE_WINDOW = 2
+# The statuses of a refusal that may concern some requests of a batch only (invalid, too
+# large, unprocessable): such a batch is split until the offenders stand alone (`batch_split`).
+CONTENT_REFUSALS = (400, 413, 422)
 # Failures after which a call may or may not have done its work upstream.
 AMBIGUOUS = ("timeout", "connection_error")
 
@@ -67,12 +78,13 @@ def _ready(now: datetime) -> QuerySet:
     )
 
 
-def _group_due(group: dict, now: datetime) -> bool:
+def _group_due(group: dict, now: datetime, limits: tuple[int, int]) -> bool:
     wait = timedelta(seconds=settings.BATCH_MAX_WAIT)
     line_bytes = group["bytes"] + group["n"] * _line_overhead(group["endpoint"])
+    max_requests, max_bytes = limits
     return (
-        group["n"] >= settings.BATCH_MAX_REQUESTS
-        or line_bytes >= settings.BATCH_MAX_BYTES
+        group["n"] >= max_requests
+        or line_bytes >= max_bytes
         or group["inputs"] >= settings.BATCH_MAX_EMBEDDING_INPUTS
         or group["oldest"] <= now - wait
     )
@@ -111,7 +123,7 @@ def batch_flush(
             log.warning("flush: no upstream serves %s on %s", group["model"], group["endpoint"])
             continue
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
-        if not (force or _group_due(group, now)):
+        if not (force or _group_due(group, now, upstreams.upstream_limits(route))):
             continue
         while claim := _claim_one_batch(group["endpoint"], group["model"], force=force):
             if claim.batch:
@@ -134,11 +146,36 @@ def tokens_fill(*, endpoint: str, model: str) -> int:
         status=Status.QUEUED, endpoint=endpoint, model=model, counted_tokens=None
     )
     counted = 0
-    while rows := list(uncounted.values_list("pk", "body")[:TOKEN_COUNT_CHUNK]):
-        counts = [(tokens_count(model=model, body=orjson.loads(body)), pk) for pk, body in rows]
-        rows_update(counts, timezone.now(), names=("counted_tokens",))
-        counted += len(counts)
+    while ids := list(uncounted.values_list("pk", flat=True)[:TOKEN_COUNT_CHUNK]):
+        for piece in bodies_in_pieces(BatchRequest.objects.filter(pk__in=ids)):
+            counts = [(tokens_count(model=model, body=_parsed(b)), pk) for pk, b in piece]
+            rows_update(counts, timezone.now(), names=("counted_tokens",))
+            counted += len(counts)
     return counted
+
+
+def _parsed(body: str):
+    """orjson for ordinary bodies; the standard library for large ones, where orjson's working
+    memory is about thirteen times the body's size (27 MB for a 2 MB body) and json's one."""
+    return orjson.loads(body) if len(body) <= settings.RESPONSE_INLINE_BYTES else json.loads(body)
+
+
+def bodies_in_pieces(requests: QuerySet) -> Iterator[list[tuple]]:
+    """The (id, body) of `requests` in id order, a piece at a time: at most PIECE_BYTES of
+    bodies (or PIECE_ROWS rows) each, their sizes read first without the bodies."""
+    piece, size = [], 0
+    for pk, body_bytes in requests.order_by("pk").values_list("pk", "body_bytes"):
+        if piece and (size + body_bytes > PIECE_BYTES or len(piece) == PIECE_ROWS):
+            yield list(_bodies_of(piece))
+            piece, size = [], 0
+        piece.append(pk)
+        size += body_bytes
+    if piece:
+        yield list(_bodies_of(piece))
+
+
+def _bodies_of(ids: list) -> QuerySet:
+    return BatchRequest.objects.filter(pk__in=ids).order_by("pk").values_list("pk", "body")
 
 
 @dataclass(frozen=True)
@@ -158,7 +195,8 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
     """
     now = timezone.now()
     overhead = _line_overhead(endpoint)
-    upstream = upstreams.upstream_route(endpoint=endpoint, model=model).name
+    route = upstreams.upstream_route(endpoint=endpoint, model=model)
+    upstream, (max_requests, max_bytes) = route.name, upstreams.upstream_limits(route)
     with transaction.atomic():
         room = capacity.room_take(upstream=upstream, model=model)
         if room is not None and room.busy and not room.fits(1, 1):
@@ -170,16 +208,16 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             .order_by("created_at", "pk")
             .select_for_update(skip_locked=True)
             .values_list("pk", "body_bytes", "embedding_inputs", "created_at", "counted_tokens")[
-                : settings.BATCH_MAX_REQUESTS
+                :max_requests
             ]
         )
         if not rows:
             return None
-        taken, size, inputs, tokens, full = [], 0, 0, 0, len(rows) == settings.BATCH_MAX_REQUESTS
+        taken, size, inputs, tokens, full = [], 0, 0, 0, len(rows) == max_requests
         too_large, waiting, alone = [], False, False
         for pk, body_bytes, embedding_inputs, _created, counted in rows:
             if taken and (
-                size + body_bytes + overhead > settings.BATCH_MAX_BYTES
+                size + body_bytes + overhead > max_bytes
                 or inputs + embedding_inputs > settings.BATCH_MAX_EMBEDDING_INPUTS
             ):
                 full = True
@@ -219,6 +257,7 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             )
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
+        catalog.key_models_record(batch=batch)
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return Claim(batch, waiting)
@@ -292,7 +331,9 @@ def batch_step(*, batch_id, force: bool = False, wait: float = 0) -> str | None:
 
 def _step(batch: Batch) -> str | None:
     try:
-        if batch.state in (State.BUILDING, State.UPLOADED):
+        if (deadline := batch.times_out_at) and deadline <= timezone.now():
+            _time_out(batch)
+        elif batch.state in (State.BUILDING, State.UPLOADED):
             _submit(batch)
         elif batch.state == State.RUNNING:
             _poll(batch)
@@ -313,18 +354,19 @@ def _step(batch: Batch) -> str | None:
 def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     batch.refresh_from_db()
     if exc.permanent and batch.state in (State.BUILDING, State.UPLOADED):
-        # OpenAI refused the file or the batch itself: give the requests back to the queue.
         log.warning("batch %s refused upstream: %s", batch.pk, exc)
+        # Its input file, if any, is deleted by `files_sweep` on a later tick.
+        if exc.status in CONTENT_REFUSALS:
+            # Refused for what its requests hold: split it, so that only the offenders fail.
+            batch_split(batch=batch, error=exc)
+            return
+        # Refused for what concerns every request (an unknown model): splitting would only
+        # multiply the refusals. Give the requests back to the queue, by the usual rules.
         with transaction.atomic():
             started = timezone.now()
-            requests_retry(
-                BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED),
-                code=exc.code,
-                message=str(exc),
-            )
+            requests_retry(_submitted(batch), code=exc.code, message=str(exc))
             webhooks_for_settled(batch=batch, since=started)
         _finish(batch, last_error=str(exc))
-        # Its input file, if any, is deleted by `files_sweep` on a later tick.
         return
     failures = batch.upstream_failures + 1
     delay = min(settings.UPSTREAM_BACKOFF * 2 ** (failures - 1), BACKOFF_CAP)
@@ -340,9 +382,64 @@ def _upstream_failed(batch: Batch, exc: UpstreamError) -> None:
     )
 
 
+def batch_split(*, batch: Batch, error: UpstreamError) -> list[Batch]:
+    """End a batch refused upstream at upload or create; bisect its requests.
+
+    Two batches (`building`) take its requests, half each, by id: they are sent as they are,
+    without spending another attempt, since nothing ran; halving again on each refusal, the
+    requests that a refusal truly concerns end alone in their batch, and a batch of one that is
+    refused fails its request for good, with the refusal's words. Nothing of a refused batch
+    was created upstream, so no request is ever sent twice. One transaction: a crash leaves the
+    batch as it was, refused again on the next tick.
+    """
+    halves = []
+    with transaction.atomic():
+        if (
+            Batch.objects.filter(pk=batch.pk, state=batch.state).update(
+                state=State.DONE, finished_at=timezone.now(), last_error=str(error)[:2000]
+            )
+            != 1
+        ):
+            return []  # someone else ended it first
+        ids = list(_submitted(batch).order_by("pk").values_list("pk", flat=True))
+        if len(ids) == 1:
+            started = timezone.now()
+            _submitted(batch).update(
+                status=Status.FAILED,
+                error_code=error.code,
+                error_message=str(error)[:2000],
+                finished_at=started,
+                updated_at=started,
+            )
+            webhooks_for_settled(batch=batch, since=started)
+        elif ids:
+            middle = len(ids) // 2
+            halves = [_batch_of(batch, ids[:middle]), _batch_of(batch, ids[middle:])]
+    log.info("batch %s split into %s", batch.pk, [str(half.pk) for half in halves])
+    return halves
+
+
+def _batch_of(parent: Batch, ids: list) -> Batch:
+    """A new batch for some of `parent`'s requests, in the same upstream, endpoint and model."""
+    batch = Batch.objects.create(
+        upstream=parent.upstream, endpoint=parent.endpoint, model=parent.model
+    )
+    for chunk in batched(ids, 2000):
+        _submitted(parent).filter(pk__in=chunk).update(batch=batch, updated_at=timezone.now())
+    totals = BatchRequest.objects.filter(batch=batch).aggregate(
+        n=Count("pk"), size=Sum("body_bytes"), tokens=Sum("counted_tokens")
+    )
+    batch.request_count = totals["n"]
+    batch.input_bytes = (totals["size"] or 0) + totals["n"] * _line_overhead(parent.endpoint)
+    batch.counted_tokens = totals["tokens"] or 0
+    batch.save(update_fields=["request_count", "input_bytes", "counted_tokens"])
+    return batch
+
+
 def _move(batch: Batch, old: str, new: str, **fields) -> bool:
     """Compare-and-set a state transition; False when someone else moved the batch first."""
-    fields |= {"state": new, "upstream_failures": 0, "last_error": ""}
+    fields |= {"state": new, "state_since": timezone.now(), "upstream_failures": 0}
+    fields.setdefault("last_error", "")
     if Batch.objects.filter(pk=batch.pk, state=old).update(**fields) != 1:
         return False
     for name, value in fields.items():
@@ -352,6 +449,55 @@ def _move(batch: Batch, old: str, new: str, **fields) -> bool:
 
 def _finish(batch: Batch, **fields) -> None:
     Batch.objects.filter(pk=batch.pk).update(state=State.DONE, finished_at=timezone.now(), **fields)
+
+
+def _time_out(batch: Batch) -> None:
+    """End a batch that outstayed its state's bound (`Batch.times_out_at`), whatever upstream
+    does: no state lasts for ever.
+
+    - building, uploaded: an interrupted create is looked for one last time (and adopted if
+      found); otherwise the requests are requeued, or failed once out of attempts;
+    - running: cancelled upstream if it can be, then ingested as expired (what it delivered
+      is kept, the rest requeued);
+    - ingesting: the requests no file answered are settled as if their lines were missing,
+      and the files are left for `files_sweep`.
+    """
+    log.warning("batch %s: %s since %s, past its bound", batch.pk, batch.state, batch.state_since)
+    if batch.state == State.UPLOADED and batch.create_attempted_at:
+        try:
+            if found := _find_upstream(batch):
+                _record_running(batch, found)
+                return
+        except UpstreamError as exc:
+            log.warning("batch %s: last look for its upstream batch failed: %s", batch.pk, exc)
+    if batch.state in (State.BUILDING, State.UPLOADED) and batch.cancel_mode:
+        batch.upstream_status = "cancelled"  # as the operator asked, with nothing upstream
+        batch_settle_rest(batch=batch)
+        _finish(batch, upstream_status="cancelled")
+    elif batch.state in (State.BUILDING, State.UPLOADED):
+        message = f"Not submitted upstream within {settings.BATCH_SUBMIT_TIMEOUT}s."
+        with transaction.atomic():
+            started = timezone.now()
+            requests_retry(_submitted(batch), code="batch_timed_out", message=message)
+            webhooks_for_settled(batch=batch, since=started)
+        _finish(batch, last_error=message)
+    elif batch.state == State.RUNNING:
+        try:
+            _poll(batch)  # past BATCH_STUCK_AFTER: cancels, then ingests what it delivered
+            return
+        except UpstreamError as exc:
+            log.warning("batch %s: its last poll failed: %s", batch.pk, exc)
+        _cancel_stuck_quietly(batch)
+        if _move(batch, State.RUNNING, State.INGESTING, upstream_status="expired"):
+            _ingest(batch)
+    elif batch.state == State.INGESTING:
+        message = f"Results not read within {settings.BATCH_INGEST_TIMEOUT}s."
+        batch_settle_rest(batch=batch)
+        _finish(batch, last_error=message)
+
+
+def _submitted(batch: Batch) -> QuerySet:
+    return BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
 
 
 # --- Submit: building -> uploaded -> running -------------------------------------------------
@@ -379,14 +525,14 @@ def _upload(batch: Batch) -> None:
         return
     if batch.upload_attempted_at:
         _delete_orphan_inputs(batch)
-    rows = _submitted_bodies(batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / batch.input_filename
         written = 0
         with path.open("w", encoding="utf-8") as fh:
-            for pk, body in rows.iterator(chunk_size=2000):
-                fh.write(transport.input_line(pk, batch.endpoint, body))
-                written += 1
+            for piece in bodies_in_pieces(_submitted(batch)):
+                for pk, body in piece:
+                    fh.write(transport.input_line(pk, batch.endpoint, body))
+                written += len(piece)
         if not written:
             _finish(batch, last_error="no requests left to submit")
             return
@@ -401,17 +547,9 @@ def _upload(batch: Batch) -> None:
         _move(batch, State.BUILDING, State.UPLOADED, input_file_id=file_id)
 
 
-def _submitted_bodies(batch: Batch) -> QuerySet:
-    return (
-        BatchRequest.objects.filter(batch=batch, status=Status.SUBMITTED)
-        .order_by("pk")
-        .values_list("pk", "body")
-    )
-
-
 def _move_inline(batch: Batch) -> None:
     """A kind whose batches take their requests inline has nothing to upload."""
-    if not _submitted_bodies(batch).exists():
+    if not _submitted(batch).exists():
         _finish(batch, last_error="no requests left to submit")
         return
     _move(batch, State.BUILDING, State.UPLOADED)
@@ -428,31 +566,58 @@ def _delete_orphan_inputs(batch: Batch) -> None:
 
 
 def _create(batch: Batch) -> None:
+    """Create the batch upstream, unless an earlier create made it (adopted) or may still.
+
+    A create's start is recorded before it is sent (`create_started_at`) and forgotten when its
+    answer or error comes back. A worker whose database connection drops while its create is
+    under way loses its lease (PostgreSQL releases it with the session) and cannot record the
+    answer: the next worker to step the batch finds the mark, and makes no create of its own
+    until that one has had time to land (CREATE_WINDOW); then it looks again, and adopts it.
+    """
     if batch.create_attempted_at and (found := _find_upstream(batch)):
         _record_running(batch, found)
         return
-    if not batch.create_attempted_at:
-        # The first attempt's time bounds how far back `_find_upstream` looks.
-        batch.create_attempted_at = timezone.now()
-        Batch.objects.filter(pk=batch.pk).update(create_attempted_at=batch.create_attempted_at)
+    now = timezone.now()
+    window = timedelta(seconds=CREATE_WINDOW * settings.OPENAI_TIMEOUT)
+    if batch.create_started_at and batch.create_started_at + window > now:
+        log.warning(
+            "batch %s: a create may be under way since %s", batch.pk, batch.create_started_at
+        )
+        Batch.objects.filter(pk=batch.pk).update(next_attempt_at=batch.create_started_at + window)
+        return
     crash_point("before_create")
+    # The first attempt's time bounds how far back `_find_upstream` looks.
+    batch.create_attempted_at = batch.create_attempted_at or now
+    Batch.objects.filter(pk=batch.pk).update(
+        create_attempted_at=batch.create_attempted_at, create_started_at=now
+    )
+    try:
+        created = _create_upstream(batch)
+    except UpstreamError:
+        # This worker saw its create end: the next attempt need not wait for it (an ambiguous
+        # end is waited for by the back-off, `_upstream_failed`).
+        Batch.objects.filter(pk=batch.pk, create_started_at=now).update(create_started_at=None)
+        raise
+    crash_point("after_create")
+    _record_running(batch, created)
+
+
+def _create_upstream(batch: Batch) -> dict:
     transport = upstreams.transport(batch.upstream)
     metadata = {METADATA_KEY: str(batch.pk), "model": batch.model[:512]}
     if transport.takes_inline(batch.input_bytes):
-        created = transport.create_inline(
-            requests=_submitted_bodies(batch).iterator(chunk_size=2000),
+        # The provider's SDK sends the batch as one body: bounded by the kind's inline size.
+        return transport.create_inline(
+            requests=(row for piece in bodies_in_pieces(_submitted(batch)) for row in piece),
             model=batch.model,
             metadata=metadata,
         )
-    else:
-        created = transport.create_batch(
-            input_file_id=batch.input_file_id,
-            endpoint=batch.endpoint,
-            model=batch.model,
-            metadata=metadata,
-        )
-    crash_point("after_create")
-    _record_running(batch, created)
+    return transport.create_batch(
+        input_file_id=batch.input_file_id,
+        endpoint=batch.endpoint,
+        model=batch.model,
+        metadata=metadata,
+    )
 
 
 def _find_upstream(batch: Batch) -> dict | None:
@@ -475,6 +640,7 @@ def _record_running(batch: Batch, data: dict) -> None:
         batch,
         State.UPLOADED,
         State.RUNNING,
+        create_started_at=None,
         upstream_id=data["id"],
         upstream_status=data.get("status") or "",
         next_attempt_at=timezone.now(),
@@ -516,7 +682,7 @@ def _poll(batch: Batch) -> None:
         "errors": data.get("errors"),
     }
     stuck = batch.upstream_created_at and timezone.now() - batch.upstream_created_at > timedelta(
-        seconds=settings.BATCH_STUCK_AFTER
+        seconds=upstreams.upstream_stuck_after(batch.upstream)
     )
     if status in Batch.UPSTREAM_TERMINAL or stuck:
         if stuck and status not in Batch.UPSTREAM_TERMINAL:
@@ -528,6 +694,13 @@ def _poll(batch: Batch) -> None:
         return
     next_poll = timezone.now() + timedelta(seconds=settings.POLL_INTERVAL)
     Batch.objects.filter(pk=batch.pk).update(next_attempt_at=next_poll, **fields)
+
+
+def _cancel_stuck_quietly(batch: Batch) -> None:
+    try:
+        _cancel_stuck(batch, batch.upstream_status)
+    except UpstreamError as exc:
+        log.warning("batch %s: not cancelled upstream: %s", batch.pk, exc)
 
 
 def _cancel_stuck(batch: Batch, status: str) -> None:
@@ -564,7 +737,15 @@ def _ingest(batch: Batch) -> None:
             continue
         lines = upstreams.transport(batch.upstream).iter_file_lines(file_id)
         lines = _crash_between_chunks(lines)
-        settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        try:
+            settled = lines_apply(batch=batch, lines=lines, chunk_size=settings.INGEST_CHUNK_LINES)
+        except UpstreamError as exc:
+            if not exc.permanent:
+                raise  # read again on a later tick, within BATCH_INGEST_TIMEOUT
+            # Gone upstream (expired, deleted: a 404): what it held is lost; the requests it
+            # did not answer are settled below, as if their lines were missing.
+            log.warning("batch %s: %s file %s unreadable: %s", batch.pk, purpose, file_id, exc)
+            settled = 0
         crash_point("after_ingest_file")
         UpstreamFile.objects.filter(pk=file_id).update(ingested_at=timezone.now())
         log.info("batch %s: %s file %s settled %d requests", batch.pk, purpose, file_id, settled)
@@ -634,9 +815,10 @@ def batch_cancel(*, batch_id, requeue: bool) -> bool:
 
 
 def requests_requeue(*, request_ids) -> int:
-    """Give failed or cancelled requests a fresh start, with all their attempts."""
+    """Give failed or cancelled requests a fresh start, with all their attempts (never those
+    of a revoked key: it was revoked so that they would not be sent)."""
     return BatchRequest.objects.filter(
-        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED)
+        pk__in=request_ids, status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
     ).update(
         status=Status.QUEUED,
         batch=None,

@@ -14,7 +14,7 @@ import time
 from django.conf import settings
 from django_q.tasks import async_task
 
-from . import services, webhooks
+from . import retention, services, webhooks
 from .models import Batch
 
 log = logging.getLogger(__name__)
@@ -71,4 +71,4 @@ def purge() -> str:
     summary = f"{services.requests_purge()} answers purged"
     if pruned := webhooks.openai_webhooks_prune():
         summary += f", {pruned} old webhook ids pruned"
-    return summary
+    return f"{summary}; {retention.retention_prune()}"

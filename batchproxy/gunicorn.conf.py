@@ -39,6 +39,9 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = os.environ.get("ACCESS_LOG") or None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus id=%({x-request-id}o)s'
 errorlog = "-"
+# No control socket: gunicorn 24+ would otherwise create ~/.gunicorn/gunicorn.ctl, outside the
+# data directory (and outside a read-only container's writable paths); nothing here uses it.
+control_socket_disable = True
 # Heartbeat files in memory, not on a slow or read-only disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 

@@ -1,7 +1,6 @@
 """Settings for batchproxy, read from the environment (see .env.example for every variable)."""
 
 import hashlib
-import hmac
 import re
 import warnings
 from pathlib import Path
@@ -21,15 +20,10 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
-_shared_database = env.str("POSTGRES_URL", default="") or env.str("DATABASE_URL", default="")
-if not SECRET_KEY and _shared_database and env.str("OPENAI_API_KEY", default=""):
-    # Every process on one database needs the same key (django-q2 signs the tasks it queues with
-    # it), and the OpenAI key is the secret they already share. An HMAC does not reveal it.
-    SECRET_KEY = hmac.new(
-        env.str("OPENAI_API_KEY").encode(), b"batchproxy SECRET_KEY", "sha256"
-    ).hexdigest()
 if not SECRET_KEY:
-    # The embedded default: one random key per data directory, kept across restarts.
+    # A try-out's (or DEBUG's) key: one random key per data directory, kept across restarts.
+    # Anything else refuses to start without SECRET_KEY (ops_app.checks); the key is never
+    # derived from an upstream key, whose holders could then sign sessions and queued tasks.
     from django.core.management.utils import get_random_secret_key
 
     key_file = DATA_DIR / "secret_key"
@@ -38,17 +32,24 @@ if not SECRET_KEY:
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+# Required outside a try-out (ops_app.checks); loopback is always allowed for the HEALTHCHECK,
+# which asks from inside the container, and for the try-out.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 if "*" not in ALLOWED_HOSTS:
-    # The image's HEALTHCHECK asks from inside the container.
     ALLOWED_HOSTS += ["127.0.0.1", "localhost"]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host (only then, since a
-# client could send them too), and keep the admin's cookies off plain HTTP.
-if env.bool("USE_X_FORWARDED", default=False):
+# Behind a TLS-terminating load balancer: trust its X-Forwarded-Proto/-Host/-For (only then,
+# since a client could send them too: the proxy must be reachable through the balancer only).
+USE_X_FORWARDED = env.bool("USE_X_FORWARDED", default=False)
+if USE_X_FORWARDED:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     USE_X_FORWARDED_HOST = True
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+# Served over https (by default, behind such a balancer): the admin's cookies never travel over
+# plain HTTP, and browsers are told to use https only (HSTS, sent on https answers only).
+HTTPS_ONLY = env.bool("HTTPS_ONLY", default=USE_X_FORWARDED)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=HTTPS_ONLY)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS_ONLY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
@@ -127,6 +128,9 @@ else:
         }
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+# A kept connection is tested before each request reuses it: after a database restart the
+# first call of each web thread would otherwise fail on its dead connection (500).
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not Django's shared in-memory database, whose table locks ignore the busy timeout
     # and fail the concurrent tests that a file in WAL mode passes.
@@ -135,6 +139,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times to the second in the admin (batchproxy/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["batchproxy.formats"]
 USE_I18N = False
 USE_TZ = True
 
@@ -166,7 +172,7 @@ BATCH_SERVER_API_KEY = env.list("BATCH_SERVER_API_KEY", default=[])
 
 
 def upstream_from_env(name: str) -> dict:
-    """A named upstream from its UPSTREAM_<NAME>_* variables (README, "Upstreams")."""
+    """A named upstream from its UPSTREAM_<NAME>_* variables (docs/providers.md)."""
     prefix = f"UPSTREAM_{name.upper().replace('-', '_')}_"
     return {
         "name": name,
@@ -175,6 +181,10 @@ def upstream_from_env(name: str) -> dict:
         "key_env": env.str(prefix + "KEY_ENV", default=prefix + "API_KEY"),
         "models": env.list(prefix + "MODELS", default=[]),
         "api_version": env.str(prefix + "API_VERSION", default=""),
+        # A kind's own defaults (upstreams.KIND_DEFAULTS) apply where these are not set.
+        "completion_window": env.str(prefix + "COMPLETION_WINDOW", default=""),
+        "max_requests": env.int(prefix + "MAX_REQUESTS", default=0),
+        "max_bytes": env.int(prefix + "MAX_BYTES", default=0),
     }
 
 
@@ -268,10 +278,20 @@ QUEUE_LIMIT_LEARNED_TTL = env.int("QUEUE_LIMIT_LEARNED_TTL", default=86_400)
 # How long a web process keeps the list of models waiting for queue capacity.
 CAPACITY_CACHE_SECONDS = env.float("CAPACITY_CACHE_SECONDS", default=5.0)
 RESULT_RETENTION = env.int("RESULT_RETENTION", default=604_800)
+# Seconds a done batch (ids, counts, usage; no prompt, no answer) and its upstream-file records
+# are kept after it ended; its figures stay in /metrics' totals. And django-q2's task rows.
+BATCH_RETENTION = env.int("BATCH_RETENTION", default=2_592_000)
+TASK_RETENTION = env.int("TASK_RETENTION", default=604_800)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=20_971_520)
 DELETE_UPSTREAM_FILES = env.bool("DELETE_UPSTREAM_FILES", default=True)
 # A batch still running this long after creation is treated as expired (24 h window + margin).
 BATCH_STUCK_AFTER = env.int("BATCH_STUCK_AFTER", default=26 * 3600)
+# No batch state lasts for ever (Batch.times_out_at): a batch not uploaded and created upstream
+# within BATCH_SUBMIT_TIMEOUT of entering `building` or `uploaded`, or whose results are not read
+# within BATCH_INGEST_TIMEOUT of entering `ingesting`, ends; its unanswered requests are requeued
+# (or failed, once out of attempts). `running` is bounded by BATCH_STUCK_AFTER.
+BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
+BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
 # The signing secret of the endpoint registered with OpenAI for `POST /webhooks/openai`
@@ -297,13 +317,18 @@ MAX_QUEUED_PER_KEY = env.int("MAX_QUEUED_PER_KEY", default=0)
 # Distinct (endpoint, model) groups one key may have waiting at once: each is a batch of its own
 # upstream, so a key inventing model names cannot flood the engine with them (429 past it).
 MAX_GROUPS_PER_KEY = env.int("MAX_GROUPS_PER_KEY", default=100)
-# Failed and successful sign-ins on the admin, per client address and per user name.
+# Sign-ins on the admin (requests_app.limits.login_wait): ADMIN_LOGIN_ATTEMPTS per
+# ADMIN_LOGIN_WINDOW seconds from one address for one user name, then locked; past as many for
+# one user name from anywhere, one attempt per ADMIN_LOGIN_SLOWDOWN seconds.
 ADMIN_LOGIN_ATTEMPTS = env.int("ADMIN_LOGIN_ATTEMPTS", default=10)
 ADMIN_LOGIN_WINDOW = env.int("ADMIN_LOGIN_WINDOW", default=900)
+ADMIN_LOGIN_SLOWDOWN = env.int("ADMIN_LOGIN_SLOWDOWN", default=5)
 
 # Completion webhooks to callers (requests_app.webhooks).
-# Seconds to connect and to read the receiver's answer.
+# Seconds to connect, and to wait for each read of the receiver's answer.
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+# Seconds one delivery may take in all (connect, send, answer), however the receiver drips.
+WEBHOOK_DELIVERY_SECONDS = env.float("WEBHOOK_DELIVERY_SECONDS", default=30.0)
 # First delay (s) before resending a failed delivery; doubles, capped at WEBHOOK_BACKOFF_CAP.
 WEBHOOK_BACKOFF = env.float("WEBHOOK_BACKOFF", default=30.0)
 WEBHOOK_BACKOFF_CAP = env.float("WEBHOOK_BACKOFF_CAP", default=3600.0)
@@ -324,6 +349,9 @@ WEBHOOK_RUN_SECONDS = env.int("WEBHOOK_RUN_SECONDS", default=50)
 # GET /v1/batch_requests lists a request this many seconds after it finished, so that one
 # whose transaction commits late (or on a worker whose clock lags) never lands behind a cursor.
 LIST_SETTLE_SECONDS = env.float("LIST_SETTLE_SECONDS", default=10.0)
+# A page of `GET /v1/batch_requests?include=body` ends once its answers reach this many bytes
+# (`has_more` then says there is more), however high its `limit`.
+LIST_MAX_BYTES = env.int("LIST_MAX_BYTES", default=8_388_608)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["requests_app.auth.ProxyKeyAuthentication"],
@@ -360,7 +388,14 @@ LOGGING = {
         "json": {"()": "ops_app.logs.JsonFormatter"},
     },
     # Every record gets the request id, and secrets (bearer tokens, API keys) masked.
-    "filters": {"context": {"()": "ops_app.logs.RequestContextFilter"}},
+    "filters": {
+        "context": {"()": "ops_app.logs.RequestContextFilter"},
+        # The scheduler's per-task lines: quiet unless SCHEDULER_LOG_LEVEL asks for them.
+        "scheduler_chatter": {
+            "()": "ops_app.logs.SchedulerChatterFilter",
+            "level": env.str("SCHEDULER_LOG_LEVEL", default="WARNING"),
+        },
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -375,14 +410,20 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        "django-q": {"filters": ["scheduler_chatter"]},
     },
 }
 
 # --- Operations: health, metrics, OpenAPI ------------------------------------------------------
-# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+# /metrics asks for `Authorization: Bearer <METRICS_TOKEN>`. Without a token it is closed (403),
+# unless METRICS_PUBLIC=true opens it to anyone who can reach it, or in try-out mode to loopback.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # One log line per HTTP request (method, path, status, time; never headers or bodies).
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=False)
+# `serve` applies the migrations at start (under a lock). A deploy of several containers sets it
+# false on all of them and runs the migrations once, as a job (`serve --role migrate`).
+RUN_MIGRATIONS = env.bool("RUN_MIGRATIONS", default=True)
 # /readyz fails when no scheduler has run the flush schedule for this long.
 SCHEDULER_STALE_AFTER = env.int("SCHEDULER_STALE_AFTER", default=300)
 SPECTACULAR_SETTINGS = {

@@ -22,7 +22,14 @@ NOWHERE = "http://127.0.0.1:9"
 # The models each fake serves in a try-out, by upstream kind (serve starts one fake of each;
 # a new kind of fake is an entry here and one in serve's FAKES). The OpenAI fake is the
 # default upstream: it takes every model no other claims.
-FAKE_MODELS = {"openai": ("*",), "anthropic": ("claude-*",), "gemini": ("gemini-*",)}
+FAKE_MODELS = {
+    "openai": ("*",),
+    "anthropic": ("claude-*",),
+    "gemini": ("gemini-*",),
+    "groq": ("llama-*", "openai/gpt-oss-*"),
+    "together": ("meta-llama/*",),
+    "mistral": ("mistral-*", "ministral-*", "codestral-*"),
+}
 
 
 def fake_key(kind: str) -> str:

@@ -9,11 +9,18 @@ views and the exception handling.
 
 import os
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "batchproxy.settings")
 
 everything = get_wsgi_application()  # sets Django up
+
+# gunicorn runs no system checks: a production without SECRET_KEY or ALLOWED_HOSTS stops here.
+from ops_app.checks import startup_refusal  # noqa: E402
+
+if (refusal := startup_refusal()) is not None:
+    raise ImproperlyConfigured(refusal)
 
 
 def _client_api_handler():

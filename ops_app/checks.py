@@ -4,10 +4,20 @@ import os
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
-from django.db import connection
+
+from batchproxy.tryout import tryout_read
 
 
-@register()
+def production() -> bool:
+    """Neither a try-out nor DEBUG: what must not run on generated or permissive defaults.
+
+    The try-out record is read afresh: `serve --fake-openai` writes it after its own settings
+    were loaded, and checks again then.
+    """
+    return not settings.DEBUG and tryout_read(settings.DATA_DIR) is None
+
+
+@register(deploy=True)
 def secret_key_check(app_configs, **kwargs) -> list:
     problems = []
     from_env = bool(os.environ.get("SECRET_KEY"))
@@ -19,20 +29,55 @@ def secret_key_check(app_configs, **kwargs) -> list:
                 id="ops_app.E001",
             )
         )
-    shared_database = connection.vendor == "postgresql"
-    derived = bool(settings.OPENAI_API_KEY)  # settings derive a shared key from it
-    if shared_database and not from_env and not derived and not settings.DEBUG:
-        # Each container would generate its own key: admin sessions signed on one machine are
-        # refused on another. The proxy API itself does not depend on it (keys are hashed).
+    if not from_env and production():
+        # It signs admin sessions and django-q2's queued tasks: it is never derived from an
+        # upstream key, and a key generated per machine would not be shared by the others.
         problems.append(
-            Warning(
-                "SECRET_KEY and OPENAI_API_KEY are not set: this process uses a key generated "
-                "into DATA_DIR, which other processes on the database do not share.",
-                hint="Set SECRET_KEY to the same value on every machine that shares the database.",
-                id="ops_app.W001",
+            Error(
+                "SECRET_KEY is not set: the proxy does not start without it outside a try-out.",
+                hint="Set SECRET_KEY to the same long random value on every machine of this "
+                "deployment: python -c 'import secrets; print(secrets.token_urlsafe(50))'. "
+                "A try-out (manage.py serve --fake-openai) keeps a generated key in DATA_DIR.",
+                id="ops_app.E020",
             )
         )
     return problems
+
+
+@register(deploy=True)
+def allowed_hosts_check(app_configs, **kwargs) -> list:
+    if os.environ.get("ALLOWED_HOSTS") or not production():
+        return []
+    return [
+        Error(
+            "ALLOWED_HOSTS is not set: the proxy does not start without it outside a try-out.",
+            hint="Set ALLOWED_HOSTS to the host names clients and operators use to reach the "
+            "proxy, separated by commas (e.g. batchproxy.example.com); * accepts any, for a "
+            "proxy behind a load balancer that checks the Host itself.",
+            id="ops_app.E021",
+        )
+    ]
+
+
+@register()
+def login_throttle_check(app_configs, **kwargs) -> list:
+    if settings.ADMIN_LOGIN_WINDOW >= 1 and settings.ADMIN_LOGIN_SLOWDOWN >= 1:
+        return []
+    return [
+        Error(
+            "ADMIN_LOGIN_WINDOW and ADMIN_LOGIN_SLOWDOWN are at least 1 second.", id="ops_app.E022"
+        )
+    ]
+
+
+def startup_refusal() -> str | None:
+    """Why the proxy must not start, or None: asked by `serve`, `qcluster` and the web
+    application (gunicorn runs no system checks), and shown by `manage.py check --deploy`.
+
+    Not a check that every command runs: makemigrations or createsuperuser in a checkout need
+    neither setting."""
+    errors = [*secret_key_check(None), *allowed_hosts_check(None)]
+    return "\n".join(f"{e.id}: {e.msg} {e.hint or ''}" for e in errors) or None
 
 
 @register()
@@ -103,12 +148,14 @@ def ticks_and_webhooks_check(app_configs, **kwargs) -> list:
 
 
 # The kinds of upstream the proxy can send batches to today (batches_app/upstreams).
-UPSTREAM_KINDS = ("openai", "azure", "anthropic", "gemini")
+UPSTREAM_KINDS = ("openai", "azure", "groq", "together", "mistral", "anthropic", "gemini")
 
 
 @register()
 def upstreams_check(app_configs, **kwargs) -> list:
     """Every configured upstream names a known kind, a base URL, models and a set key."""
+    from batches_app.upstreams import KIND_DEFAULTS, window_seconds
+
     problems, seen = [], {"openai"}
     for upstream in settings.UPSTREAMS:
         name = upstream["name"]
@@ -123,7 +170,19 @@ def upstreams_check(app_configs, **kwargs) -> list:
                     id="ops_app.E013",
                 )
             )
-        if not upstream["base_url"] or not upstream["models"]:
+        if window := upstream.get("completion_window"):
+            try:
+                window_seconds(window)
+            except ValueError:
+                problems.append(
+                    Error(
+                        f"Upstream {name!r} has completion window {window!r}.",
+                        hint="A duration like 24h or 7d (Groq takes 24h to 7d).",
+                        id="ops_app.E015",
+                    )
+                )
+        has_url = upstream["base_url"] or upstream["kind"] in KIND_DEFAULTS
+        if not has_url or not upstream["models"]:
             problems.append(
                 Error(
                     f"Upstream {name!r} needs a base URL and the models it serves.",

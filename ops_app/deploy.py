@@ -41,11 +41,15 @@ def _migrate_lock(say: Callable[[str], None]):
     dies. SQLite: an exclusive lock on a file beside the database (one machine by nature).
     """
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_ID])
-            if not cursor.fetchone()[0]:
+        said = False
+        # Asked again every second, never waited for in one statement: a statement waiting
+        # holds a snapshot, which the other process's CREATE INDEX CONCURRENTLY waits for,
+        # while this one waits for its lock (PostgreSQL ends such a deadlock by failing one).
+        while not _try_advisory_lock():
+            if not said:
                 say("Another process is migrating; waiting for its lock…")
-                cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK_ID])
+                said = True
+            time.sleep(1)
         try:
             yield
         finally:
@@ -63,6 +67,12 @@ def _migrate_lock(say: Callable[[str], None]):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_advisory_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_ID])
+        return cursor.fetchone()[0]
 
 
 def migrations_apply(*, say: Callable[[str], None]) -> int:

@@ -53,6 +53,19 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+class SchedulerChatterFilter(logging.Filter):
+    """django-q2 logs every task it queues, runs and saves (three INFO lines a tick: every
+    second in a try-out). Below `level` only its cluster's own lines (starting, running,
+    stopping) pass; SCHEDULER_LOG_LEVEL=INFO lets every task line through again."""
+
+    def __init__(self, level: str = "WARNING"):
+        super().__init__()
+        self.level = logging.getLevelName(level.upper())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or record.module == "cluster"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id (and the traceback)."""
 

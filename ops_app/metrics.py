@@ -8,10 +8,10 @@ import contextlib
 import functools
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Min
+from django.db.models import Count, F, Min, Sum
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -21,7 +21,8 @@ from requests_app.models import BatchRequest
 from .models import LATENCY_BUCKETS, UpstreamCallStat, bucket_field
 
 log = logging.getLogger(__name__)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# At most this many newly done batches are added to the totals per scrape.
+TALLY_PER_SCRAPE = 10_000
 
 
 # --- Recording upstream calls ---------------------------------------------------------------
@@ -90,13 +91,14 @@ def observe_upstream(call):
 # --- The collector --------------------------------------------------------------------------
 
 
-def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+def _queue(now: datetime, labels) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
     from batches_app.upstreams import upstream_route
 
     depth = GaugeMetricFamily(
         "batchproxy_queue_depth",
         "Requests waiting for an answer, per upstream (the one the model routes to now), "
-        "endpoint, model and status (queued or submitted).",
+        "endpoint, model and status (queued or submitted). Models no operator named (price "
+        "table, queue limits) are summed under `other`.",
         labels=["upstream", "endpoint", "model", "status"],
     )
     oldest = GaugeMetricFamily(
@@ -110,13 +112,19 @@ def _queue(now: datetime) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         .annotate(n=Count("pk"), first=Min("created_at"))
         .order_by()
     )
+    depths: dict[tuple, int] = {}
+    firsts: dict[tuple, datetime] = {}
     for row in rows:
         route = upstream_route(endpoint=row["endpoint"], model=row["model"])
-        group = [route.name if route else "none", row["endpoint"], row["model"]]
-        depth.add_metric([*group, row["status"]], row["n"])
+        group = (route.name if route else "none", row["endpoint"], labels.label(row["model"]))
+        place = (*group, row["status"])
+        depths[place] = depths.get(place, 0) + row["n"]
         if row["status"] == BatchRequest.Status.QUEUED:
-            age = (now - row["first"]).total_seconds()
-            oldest.add_metric(group, max(age, 0.0))
+            firsts[group] = min(firsts.get(group, row["first"]), row["first"])
+    for place, n in depths.items():
+        depth.add_metric(list(place), n)
+    for group, first in firsts.items():
+        oldest.add_metric(list(group), max((now - first).total_seconds(), 0.0))
     return depth, oldest
 
 
@@ -134,20 +142,31 @@ def _requests() -> GaugeMetricFamily:
 
 
 def _batches() -> GaugeMetricFamily:
-    from batches_app.models import Batch
+    """Unfinished batches are counted (a few, through the state index); done ones come from
+    the totals (`SpendTotal`), never from reading every batch ever made."""
+    from batches_app.models import Batch, SpendTotal
 
     gauge = GaugeMetricFamily(
         "batchproxy_batches",
-        "Batches by upstream, the proxy's state and the upstream status.",
+        "Batches by upstream, the proxy's state and the upstream status (done ones: all the "
+        "proxy ever finished, including those pruned since).",
         labels=["upstream", "state", "upstream_status"],
     )
     rows = (
-        Batch.objects.values_list("upstream", "state", "upstream_status")
+        Batch.objects.filter(state__in=Batch.ACTIVE)
+        .values_list("upstream", "state", "upstream_status")
         .annotate(n=Count("pk"))
         .order_by()
     )
     for upstream, state, upstream_status, n in rows:
         gauge.add_metric([upstream, state, upstream_status or "none"], n)
+    done = (
+        SpendTotal.objects.values_list("upstream", "upstream_status")
+        .annotate(n=Sum("batches"))
+        .order_by()
+    )
+    for upstream, upstream_status, n in done:
+        gauge.add_metric([upstream, Batch.State.DONE, upstream_status or "none"], n)
     return gauge
 
 
@@ -172,9 +191,9 @@ def _upstream_calls() -> tuple[HistogramMetricFamily, CounterMetricFamily]:
     return latency, errors
 
 
-def _spend() -> list:
+def _spend(model_labels) -> list:
     """Tokens and money per upstream and model, over every batch the proxy has finished."""
-    from batches_app.spend import PriceBook, spend_by_model
+    from batches_app.spend import spend_totals
 
     labels = ["upstream", "model"]
     tokens = CounterMetricFamily(
@@ -191,7 +210,7 @@ def _spend() -> list:
     spent = CounterMetricFamily(
         "batchproxy_spent_usd", "What the batches cost at Batch API prices.", labels=labels
     )
-    for spend in spend_by_model(since=EPOCH, book=PriceBook()):
+    for spend in spend_totals(labels=model_labels):
         names = [spend.upstream, spend.label]
         tokens.add_metric([*names, "input"], spend.tokens_in)
         tokens.add_metric([*names, "output"], spend.tokens_out)
@@ -201,7 +220,7 @@ def _spend() -> list:
     return [tokens, saved, spent]
 
 
-def _capacity() -> list:
+def _capacity(model_labels) -> list:
     """Each upstream and model's queue limit, its tokens upstream and waiting, and whether it
     waits (budgets are per upstream: each organisation has its own limit)."""
     from batches_app import capacity
@@ -234,12 +253,22 @@ def _capacity() -> list:
         "1 while the model's queued requests wait for queue capacity upstream.",
         labels=labels,
     )
+    folded: dict[tuple[str, str], dict] = {}
     for row in capacity.capacity_rows():
-        names = [row["upstream"], row["model"]]
+        names = (row["upstream"], model_labels.label(row["model"]))
+        if names not in folded:
+            folded[names] = dict(row)
+            continue
+        # Only `other` gathers several models: their tokens add up, no limit is theirs.
+        into = folded[names]
+        for name in ("upstream_tokens", "waiting_tokens"):
+            into[name] = (into[name] or 0) + (row[name] or 0)
+        into["waiting_since"] = into["waiting_since"] or row["waiting_since"]
+    for names, row in folded.items():
         for name, family in families.items():
             if row[name] is not None:
-                family.add_metric(names, row[name])
-        waiting.add_metric(names, 1 if row["waiting_since"] else 0)
+                family.add_metric(list(names), row[name])
+        waiting.add_metric(list(names), 1 if row["waiting_since"] else 0)
     return [*families.values(), waiting]
 
 
@@ -262,11 +291,16 @@ class DatabaseCollector(Collector):
     """Everything in /metrics, computed from the database when Prometheus scrapes."""
 
     def collect(self):
+        from batches_app.spend import ModelLabels, spend_tally
+
         now = timezone.now()
-        yield from _queue(now)
+        # Batches done since the last scrape join the totals (the hourly purge tallies the rest).
+        spend_tally(limit=TALLY_PER_SCRAPE)
+        labels = ModelLabels()
+        yield from _queue(now, labels)
         yield _requests()
         yield _batches()
         yield _webhooks()
         yield from _upstream_calls()
-        yield from _spend()
-        yield from _capacity()
+        yield from _spend(labels)
+        yield from _capacity(labels)

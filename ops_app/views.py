@@ -1,5 +1,6 @@
 import functools
 import hmac
+import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -10,9 +11,10 @@ from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from batches_app import upstreams
 from requests_app.auth import bearer_token
 from requests_app.errors import error_response, json_response
-from requests_app.operators import admin_exists
+from requests_app.operators import admin_exists, createsuperuser_command
 
 from .health import readiness_problems
 from .metrics import DatabaseCollector
@@ -47,21 +49,48 @@ def front_page(request: HttpRequest) -> HttpResponse:
     Public, like /healthz: it names no key, no upstream address and no figure.
     """
     base = request.build_absolute_uri("/").rstrip("/")
-    if settings.TRY_OUT is not None:
-        upstream = "the built-in fakes (try-out mode: nothing reaches OpenAI or Anthropic)"
-    elif settings.OPENAI_BASE_URL.startswith("https://api.openai.com/"):
-        upstream = "OpenAI's Batch API"
-    else:
-        upstream = "an OpenAI-compatible Batch API (OPENAI_BASE_URL)"
     context = {
         "base": base,
         "sdk_base_url": f"{base}/v1",
         "admin_url": f"/{settings.ADMIN_URL}",
         "dashboard_url": reverse("batchproxy-dashboard"),
         "admin_exists": admin_exists(),
-        "upstream": upstream,
+        "createsuperuser": createsuperuser_command(),
+        "upstream": _upstreams_described(),
     }
     return render(request, "batchproxy/front_page.html", context)
+
+
+# What each kind of upstream is called on the front page.
+KIND_WORDS = {
+    "azure": "Azure OpenAI's Global Batch",
+    "anthropic": "Anthropic's Message Batches",
+    "gemini": "Gemini's batch jobs",
+}
+
+
+def _upstreams_described() -> str:
+    """Where batches go, in words: the kinds with a key, never an address or a key's name."""
+    if settings.TRY_OUT is not None:
+        return (
+            "the built-in fakes of OpenAI, Anthropic and Gemini (try-out mode: nothing reaches "
+            "a provider)"
+        )
+    words = []
+    for upstream in upstreams.upstreams_all():
+        if not upstreams.upstream_key(upstream):
+            continue
+        if upstream.kind != "openai":
+            word = KIND_WORDS[upstream.kind]
+        elif upstream.base_url.startswith("https://api.openai.com/"):
+            word = "OpenAI's Batch API"
+        else:
+            word = "an OpenAI-compatible Batch API"
+        if word not in words:
+            words.append(word)
+    if not words:
+        return "no upstream yet (no provider's key is set)"
+    return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1]
 
 
 @never_cache
@@ -80,9 +109,21 @@ def readyz(request: HttpRequest) -> HttpResponse:
     return json_response({"status": "ready"})
 
 
+def _loopback(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
 @never_cache
 @require_get
 def metrics(request: HttpRequest) -> HttpResponse:
+    """Closed unless the scraper sends METRICS_TOKEN: the figures name models and spend.
+
+    Without a token it is open only when the operator says so (METRICS_PUBLIC), or to this
+    machine in try-out mode.
+    """
     if settings.METRICS_TOKEN:
         token = bearer_token(request) or ""
         if not hmac.compare_digest(token.encode(), settings.METRICS_TOKEN.encode()):
@@ -91,4 +132,11 @@ def metrics(request: HttpRequest) -> HttpResponse:
                 "Send the metrics token as 'Authorization: Bearer <token>'.",
                 code="invalid_metrics_token",
             )
+    elif not (settings.METRICS_PUBLIC or (settings.TRY_OUT is not None and _loopback(request))):
+        return error_response(
+            403,
+            "/metrics is closed: set METRICS_TOKEN and send it as 'Authorization: Bearer "
+            "<token>' (or set METRICS_PUBLIC=true on a private network).",
+            code="metrics_closed",
+        )
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -5,20 +5,26 @@ import uuid
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import DELETION, LogEntry
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
-from django.db.models.functions import Substr
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from batches_app import dashboard, services
+from batches_app.retention import key_purge
 from batches_app.spend import PriceBook, Spend, spend_by_key
+from batches_app.templatetags.money import usd
+from batchproxy.audit import ChangedByActions, admin_log
 
 from .keys import api_key_create, api_key_revoke, api_key_rotate
 from .models import ApiKey, BatchRequest
 
-PREVIEW_CHARS = 80
+Status = BatchRequest.Status
 DETAIL_CHARS = 100_000
 
 
@@ -33,6 +39,33 @@ def age(since) -> str:
     return f"{seconds}s"
 
 
+def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The ids that start with `term` (as shown: 8 characters, or more, hyphens or not), as a
+    range of the primary key, which its index serves on PostgreSQL and SQLite alike."""
+    digits = term.lower().replace("-", "")
+    if not 0 < len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+def duration(start, end) -> str:
+    """A duration to the second: 42s, 7m 05s, 3h 02m, 2d 04h."""
+    if start is None or end is None:
+        return "-"
+    seconds = max(int((end - start).total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def pretty_json(text: str | None):
     """JSON text indented in a <pre>, cut at DETAIL_CHARS so a huge body cannot stall the page."""
     if text is None:
@@ -44,6 +77,53 @@ def pretty_json(text: str | None):
     if len(shown) > DETAIL_CHARS:
         shown = shown[:DETAIL_CHARS] + f"\n… ({len(shown) - DETAIL_CHARS} more characters)"
     return format_html('<pre style="white-space: pre-wrap; max-height: 40em">{}</pre>', shown)
+
+
+def attempts_table(obj: BatchRequest):
+    """The request's attempts as far as they are recorded: its current or last batch, with its
+    upstream id, state and this request's outcome there. Earlier batches of a requeued request
+    are not kept; their count is."""
+    if obj.attempts == 0 and obj.batch_id is None:
+        return "Not sent yet."
+    rows = []
+    if obj.batch_id is not None:
+        batch = obj.batch
+        url = reverse("admin:batches_app_batch_change", args=[batch.pk])
+        outcome = obj.get_status_display()
+        if obj.response_status is not None:
+            outcome += f" ({obj.response_status})"
+        error = f"{obj.error_code}: {obj.error_message}" if obj.error_code else "-"
+        rows.append(
+            format_html(
+                "<tr><td>{}</td><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td>"
+                "<td>{}</td></tr>",
+                obj.attempts,
+                url,
+                str(batch.pk)[:8],
+                batch.upstream_id or "-",
+                batch.get_state_display(),
+                outcome,
+                error,
+            )
+        )
+    earlier = obj.attempts - (1 if obj.batch_id else 0)
+    note = ""
+    if earlier > 0:
+        last = f" The last error: {obj.error_code}." if obj.error_code else ""
+        note = f"{plural(earlier, 'earlier attempt')} requeued this request.{last}"
+    if not rows:
+        return note
+    head = (
+        "<thead><tr><th>attempt</th><th>batch</th><th>upstream batch id</th>"
+        "<th>batch state</th><th>outcome</th><th>error</th></tr></thead>"
+    )
+    # Every piece is format_html's already: joining them keeps them safe.
+    table = format_html(
+        '<table class="bp-attempts">{}<tbody>{}</tbody></table>',
+        mark_safe(head),  # noqa: S308  (a constant)
+        mark_safe("".join(rows)),  # noqa: S308
+    )
+    return format_html("{}<p>{}</p>", table, note) if note else table
 
 
 def secret_page(request, key: ApiKey, secret: str, verb: str) -> TemplateResponse:
@@ -64,18 +144,34 @@ def secret_page(request, key: ApiKey, secret: str, verb: str) -> TemplateRespons
     return response
 
 
+class MadeByFilter(admin.SimpleListFilter):
+    title = "made by"
+    parameter_name = "made_by"
+
+    def lookups(self, request, model_admin):
+        return (("env", "the environment"), ("operator", "an operator"))
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(from_env=self.value() == "env")
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix_shown", "state", "from_env", "created_at", "revoked_at")
-    list_filter = ("from_env", ("revoked_at", admin.EmptyFieldListFilter))
+    list_display = ("name", "prefix_shown", "state", "source", "created_at", "revoked_at")
+    list_filter = (MadeByFilter, ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix")
-    readonly_fields = ("prefix_shown", "state", "from_env", "created_at", "revoked_at", "usage")
-    actions = ("revoke", "rotate")
+    readonly_fields = ("prefix_shown", "state", "source", "created_at", "revoked_at", "usage")
+    actions = ("revoke", "rotate", "purge")
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("name",)
-        return ("name", "prefix_shown", "state", "from_env", "created_at", "revoked_at", "usage")
+        fields = ["name", "prefix_shown", "state", "source", "created_at", "revoked_at", "usage"]
+        if obj.revoked_at is None:
+            fields.remove("revoked_at")
+        return fields
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # A key owns its requests (PROTECT); revoking is how a key is retired.
@@ -84,6 +180,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="key")
     def prefix_shown(self, key: ApiKey) -> str:
         return key.hint
+
+    @admin.display(description="made by", ordering="from_env")
+    def source(self, key: ApiKey) -> str:
+        if key.from_env:
+            return "the environment (BATCH_SERVER_API_KEY)"
+        return "an operator (admin or create_api_key)"
 
     @admin.display(description="state")
     def state(self, key: ApiKey) -> str:
@@ -103,7 +205,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         spends = spend_by_key(since=month, book=PriceBook(), api_key_id=key.pk)
         spend = spends[0] if spends else Spend(str(key))
         money = (
-            f"${spend.spent:.4f} spent, ${spend.saved:.4f} saved"
+            f"{usd(spend.spent)} spent, {usd(spend.saved)} saved"
             if spend.priced
             else f"unknown (no price for some of {', '.join(sorted(spend.models))})"
         )
@@ -111,9 +213,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             reverse("admin:requests_app_batchrequest_changelist") + f"?api_key__id__exact={key.pk}"
         )
         return format_html(
-            '{} requests stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
+            '{} stored (<a href="{}">see them</a>): {} waiting, {} completed, {} failed.'
             "<br>Last 30 days: {} tokens in, {} tokens out; {}.",
-            figures["total"],
+            plural(figures["total"], "request"),
             link,
             figures["waiting"],
             figures["completed"],
@@ -135,13 +237,25 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def response_add(self, request, obj: ApiKey, post_url_continue=None):
         return secret_page(request, obj, request._issued_secret, "created")
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset) -> None:
-        revoked = sum(api_key_revoke(key_id=pk) for pk in queryset.values_list("pk", flat=True))
-        already = queryset.count() - revoked
-        self.message_user(request, f"{revoked} keys revoked; {already} were already revoked.")
+        done = {pk: api_key_revoke(key_id=pk) for pk in queryset.values_list("pk", flat=True)}
+        revoked = [pk for pk, one in done.items() if one.revoked]
+        cancelled = sum(one.cancelled for one in done.values())
+        admin_log(
+            user=request.user,
+            message="Revoked; its queued requests cancelled.",
+            rows=ApiKey.objects.filter(pk__in=revoked),
+        )
+        self.message_user(
+            request,
+            f"{len(revoked)} keys revoked; {len(done) - len(revoked)} were already revoked. "
+            f"{cancelled} queued requests cancelled.",
+        )
 
-    @admin.action(description="Rotate the selected key (new secret, shown once)")
+    @admin.action(
+        description="Rotate the selected key (new secret, shown once)", permissions=["change"]
+    )
     def rotate(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one key to rotate.", messages.WARNING)
@@ -151,51 +265,83 @@ class ApiKeyAdmin(admin.ModelAdmin):
         except ValueError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return None
+        self.log_change(request, issued.key, "Rotated: new secret issued.")
         return secret_page(request, issued.key, issued.secret, "rotated")
+
+    def has_purge_permission(self, request) -> bool:
+        # The admin's delete stays off (a key owns its requests); erasing needs the right to
+        # delete keys all the same.
+        return request.user.has_perm("requests_app.delete_apikey")
+
+    @admin.action(description="Erase selected keys and all their data", permissions=("purge",))
+    def purge(self, request, queryset):
+        keys = list(queryset)
+        if request.POST.get("confirmed") != "yes":
+            context = {**self.admin_site.each_context(request), "keys": keys, "title": "Erase"}
+            return TemplateResponse(
+                request, "admin/requests_app/apikey/purge_confirm.html", context
+            )
+        for key in keys:
+            # Written before the row goes: the history keeps who erased which key.
+            LogEntry.objects.log_actions(
+                request.user.pk, [key], DELETION, change_message="Erased with all its data."
+            )
+            report = key_purge(key_id=key.pk)
+            level = messages.WARNING if report.files_failed else messages.SUCCESS
+            self.message_user(request, " ".join(report.lines()), level)
+        return None
 
 
 @admin.register(BatchRequest)
-class BatchRequestAdmin(admin.ModelAdmin):
-    # What an operator looks for first comes first: at 1366 px these fit without scrolling
-    # (tests/test_admin_browser.py); the rest may scroll.
+class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
+    # What an operator looks for at a glance, each row one line at 1366 px
+    # (tests/test_admin_browser.py); endpoint, body and answer are on the request's page.
     list_display = (
         "short_id",
-        "status",
+        "status_shown",
         "model",
-        "api_key",
+        "key_name",
         "age",
+        "attempts",
         "error_code",
         "batch_link",
-        "attempts",
-        "response_status",
-        "endpoint",
-        "body_preview",
     )
     # The upstream is its batch's: a request not yet in a batch has none.
     list_filter = ("status", "batch__upstream", "endpoint", "model", "api_key")
     list_select_related = ("api_key", "batch")
     search_fields = ("fingerprint",)  # the real search is get_search_results
-    search_help_text = "A request id (= custom_id), fingerprint, or upstream batch id (batch_…)."
+    search_help_text = (
+        "The start of a request id (= custom_id), a fingerprint, a proxy batch id or an upstream "
+        "batch id (batch_…)."
+    )
     ordering = ("-created_at",)
     show_full_result_count = False
     list_per_page = 100
     actions = ("requeue", "retry_failed")
-    fields = (
-        ("id", "status"),
-        ("api_key", "endpoint", "model"),
-        ("attempts", "deferrals", "not_before"),
-        ("batch_link", "upstream_batch"),
-        ("response_status", "error_code"),
-        "error_message",
-        ("input_tokens", "output_tokens"),
-        ("created_at", "updated_at", "finished_at"),
-        "fingerprint",
-        "body_bytes",
-        "body_pretty",
-        "response_pretty",
-    )
+    change_form_template = "admin/requests_app/batchrequest/change_form.html"
     readonly_fields = (*(f.name for f in BatchRequest._meta.fields), "batch_link", "upstream_batch")
-    readonly_fields += ("body_pretty", "response_pretty")
+    readonly_fields += ("body_pretty", "response_pretty", "key_link", "waited", "attempt_history")
+
+    def get_fields(self, request, obj=None):
+        """What applies to this request's state, in the order an operator reads it."""
+        fields = [("id", "status"), ("key_link", "endpoint", "model")]
+        fields.append(("attempts", "deferrals", "not_before") if obj.deferrals else "attempts")
+        fields.append("attempt_history")
+        if obj.response_status is not None:
+            fields.append(
+                ("response_status", "error_code") if obj.error_code else "response_status"
+            )
+        elif obj.error_code:
+            fields.append("error_code")
+        if obj.error_message:
+            fields.append("error_message")
+        if obj.input_tokens is not None:
+            fields.append(("input_tokens", "output_tokens"))
+        times = ("created_at", "finished_at", "waited") if obj.finished_at else ("created_at",)
+        fields += [times, "fingerprint", "body_bytes", "body_pretty"]
+        if obj.response_status is not None:
+            fields.append("response_pretty")
+        return fields
 
     def has_add_permission(self, request) -> bool:
         return False  # requests come from clients only
@@ -208,22 +354,36 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Bodies and answers can be megabytes: lists read only their first characters.
-        return (
-            super()
-            .get_queryset(request)
-            .defer("body", "response_body", "error_message")
-            .annotate(body_head=Substr("body", 1, PREVIEW_CHARS))
+        return super().get_queryset(request).defer("body", "response_body", "error_message")
+
+    def get_urls(self):
+        requeue = self.admin_site.admin_view(self.requeue_view)
+        name = "requests_app_batchrequest_requeue"
+        return [path("<uuid:pk>/requeue/", requeue, name=name), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        ended = self.get_queryset(request).filter(
+            pk=object_id, status__in=(Status.FAILED, Status.CANCELLED)
         )
+        may = self.has_operate_permission(request) and ended.exists()
+        extra = (extra_context or {}) | {"may_requeue": may}
+        return super().change_view(request, object_id, form_url, extra)
+
+    def requeue_view(self, request, pk):
+        """The request page's button: the list's requeue action, on this one request."""
+        if request.method != "POST" or not self.has_operate_permission(request):
+            raise PermissionDenied
+        self.requeue(request, self.get_queryset(request).filter(pk=pk))
+        return HttpResponseRedirect(reverse("admin:requests_app_batchrequest_change", args=[pk]))
 
     def get_search_results(self, request, queryset, search_term: str):
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            pk = uuid.UUID(term)
-        except ValueError:
-            return queryset.filter(Q(fingerprint=term) | Q(batch__upstream_id=term)), False
-        return queryset.filter(Q(pk=pk) | Q(batch_id=pk)), False
+        found = Q(fingerprint__startswith=term) | Q(batch__upstream_id__startswith=term)
+        if (ids := id_prefix_range(term)) is not None:
+            found |= Q(pk__range=ids) | Q(batch__id__range=ids)
+        return queryset.filter(found), False
 
     @admin.display(description="id", ordering="id")
     def short_id(self, obj: BatchRequest) -> str:
@@ -233,21 +393,42 @@ class BatchRequestAdmin(admin.ModelAdmin):
     def age(self, obj: BatchRequest) -> str:
         return age(obj.created_at)
 
+    @admin.display(description="API key", ordering="api_key__name")
+    def key_name(self, obj: BatchRequest) -> str:
+        return obj.api_key.name
+
+    @admin.display(description="API key")
+    def key_link(self, obj: BatchRequest):
+        url = reverse("admin:requests_app_apikey_change", args=[obj.api_key_id])
+        return format_html('<a href="{}">{}</a>', url, obj.api_key)
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, obj: BatchRequest) -> str:
+        """The status, with the upstream's HTTP status of the answer when there is one."""
+        shown = obj.get_status_display()
+        return shown if obj.response_status is None else f"{shown} ({obj.response_status})"
+
+    @admin.display(description="waited")
+    def waited(self, obj: BatchRequest) -> str:
+        return duration(obj.created_at, obj.finished_at)
+
     @admin.display(description="batch")
     def batch_link(self, obj: BatchRequest):
         if obj.batch_id is None:
             return "-"
         url = reverse("admin:batches_app_batch_change", args=[obj.batch_id])
-        return format_html('<a href="{}">{}</a>', url, obj.batch.upstream_id or obj.batch.state)
+        whole = obj.batch.upstream_id or f"{str(obj.batch_id)[:8]} ({obj.batch.state})"
+        # Long upstream ids (batch_ and 32 characters) are cut; the link's title has it whole.
+        shown = whole if len(whole) <= 16 else whole[:15] + "…"
+        return format_html('<a href="{}" title="{}">{}</a>', url, whole, shown)
 
     @admin.display(description="upstream batch")
     def upstream_batch(self, obj: BatchRequest) -> str:
         return obj.batch.upstream_id if obj.batch_id else "-"
 
-    @admin.display(description="body")
-    def body_preview(self, obj: BatchRequest) -> str:
-        head = getattr(obj, "body_head", "") or ""
-        return head + ("…" if obj.body_bytes > len(head) else "")
+    @admin.display(description="attempt history")
+    def attempt_history(self, obj: BatchRequest):
+        return attempts_table(obj)
 
     @admin.display(description="body")
     def body_pretty(self, obj: BatchRequest):
@@ -260,22 +441,38 @@ class BatchRequestAdmin(admin.ModelAdmin):
             return f"{obj.response_bytes} bytes, stored in {obj.response_chunks} pieces"
         return pretty_json(obj.response_body)
 
-    @admin.action(description="Requeue selected failed or cancelled requests")
+    @admin.action(
+        description="Requeue selected failed or cancelled requests", permissions=["operate"]
+    )
     def requeue(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        requeued = services.requests_requeue(request_ids=ids)
+        # What requests_requeue takes: failed or cancelled, of a key not revoked.
+        ended = queryset.filter(
+            status__in=(Status.FAILED, Status.CANCELLED), api_key__revoked_at=None
+        )
+        ended = list(ended.values_list("pk", flat=True))
+        requeued = services.requests_requeue(request_ids=ended)
+        self._log(request, "Requeued with fresh attempts.", ended)
         self.message_user(
             request,
             f"{requeued} requests requeued; {len(ids) - requeued} were not failed or cancelled.",
         )
 
-    @admin.action(description="Retry failed requests among the selected")
+    @admin.action(description="Retry failed requests among the selected", permissions=["operate"])
     def retry_failed(self, request, queryset) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        retried = dashboard.requests_retry_failed(request_ids=ids)
+        failed = queryset.filter(status=Status.FAILED, api_key__revoked_at=None)
+        failed = list(failed.values_list("pk", flat=True))
+        retried = dashboard.requests_retry_failed(request_ids=failed)
+        self._log(request, "Failed request retried with fresh attempts.", failed)
         self.message_user(
             request, f"{retried} failed requests requeued; {len(ids) - retried} were not failed."
         )
+
+    @staticmethod
+    def _log(request, message: str, ids) -> None:
+        rows = BatchRequest.objects.filter(pk__in=ids).only("id", "endpoint", "model")
+        admin_log(user=request.user, message=message, rows=rows)
 
 
 admin.site.site_header = "batchproxy"
@@ -285,6 +482,19 @@ admin.site.index_template = "admin/batchproxy/index.html"
 # The index lists every model already; the sidebar took a fifth of a 1366 px screen.
 admin.site.enable_nav_sidebar = False
 admin.site.site_url = "/"  # "View site": the front page (ops_app.views.front_page)
+
+# The proxy's own pages first, then the rest (users, django-q2's internals), each in Django's
+# alphabetical order.
+PROXY_APPS = ("requests_app", "batches_app")
+_django_app_list = admin.site.get_app_list
+
+
+def _proxy_apps_first(request, app_label=None):
+    apps = _django_app_list(request, app_label)
+    return sorted(apps, key=lambda app: app["app_label"] not in PROXY_APPS)
+
+
+admin.site.get_app_list = _proxy_apps_first
 
 # Completion webhooks have an admin module of their own.
 from . import webhook_admin  # noqa: E402, F401

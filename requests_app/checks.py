@@ -14,6 +14,7 @@ def webhook_settings_check(app_configs, **kwargs) -> list:
         "WEBHOOK_MAX_EVENTS",
         "WEBHOOK_MAX_BYTES",
         "WEBHOOK_RUN_SECONDS",
+        "WEBHOOK_DELIVERY_SECONDS",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
@@ -22,12 +23,12 @@ def webhook_settings_check(app_configs, **kwargs) -> list:
         problems.append(
             Error("WEBHOOK_BACKOFF_CAP is below WEBHOOK_BACKOFF.", id="requests_app.E002")
         )
-    # A delivery run (plus one send's timeouts) must end before django-q2 gives up on the task.
-    longest = settings.WEBHOOK_RUN_SECONDS + 2 * settings.WEBHOOK_TIMEOUT
+    # A delivery run (plus its last delivery) must end before django-q2 gives up on the task.
+    longest = settings.WEBHOOK_RUN_SECONDS + settings.WEBHOOK_DELIVERY_SECONDS
     if longest >= settings.Q_CLUSTER["timeout"]:
         problems.append(
             Error(
-                "WEBHOOK_RUN_SECONDS plus two WEBHOOK_TIMEOUTs must stay below Q_TIMEOUT.",
+                "WEBHOOK_RUN_SECONDS plus WEBHOOK_DELIVERY_SECONDS must stay below Q_TIMEOUT.",
                 id="requests_app.E003",
             )
         )

@@ -151,34 +151,86 @@ def requests_enqueue_capped(*, api_key_id: int, call: ParsedCall) -> BatchReques
         return requests_enqueue(api_key_id=api_key_id, call=call)
 
 
+# A browser that signed in as a user carries this signed cookie, naming the user (hashed).
+SIGNED_IN_COOKIE = "batchproxy_signed_in"
+SIGNED_IN_SALT = "batchproxy.limits.signed-in"
+SIGNED_IN_SECONDS = 90 * 86400
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def client_address(request: HttpRequest) -> str:
+    """The caller's address: behind a load balancer the proxy trusts (USE_X_FORWARDED), the one
+    it appended to X-Forwarded-For, since the connection's is the balancer's own."""
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if settings.USE_X_FORWARDED and forwarded:
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return request.META.get("REMOTE_ADDR", "")
+
+
+def _signed_in_before(request: HttpRequest, user: str) -> bool:
+    seen = request.get_signed_cookie(
+        SIGNED_IN_COOKIE, default=None, salt=SIGNED_IN_SALT, max_age=SIGNED_IN_SECONDS
+    )
+    return seen == user
+
+
+def login_wait(request: HttpRequest, username: str) -> int | None:
+    """Seconds a sign-in attempt must wait (None: let it through), counting it.
+
+    Steps:
+    1. One address and user name: ADMIN_LOGIN_ATTEMPTS per ADMIN_LOGIN_WINDOW, then locked
+       until the window ends. A guesser from one address is stopped; the operator, from their
+       own address, is not, so no one can lock them out.
+    2. One user name from anywhere, past as many attempts in the window: one attempt per
+       ADMIN_LOGIN_SLOWDOWN seconds. Guessing spread over many addresses is slowed, not
+       locked: the operator is slowed by seconds, never locked out.
+    3. A browser that signed in as this user before skips step 2: others' guessing never slows
+       the operator's own browser.
+    """
+    limit, window = settings.ADMIN_LOGIN_ATTEMPTS, settings.ADMIN_LOGIN_WINDOW
+    user = _digest(username.lower())
+    pair = _digest(f"{client_address(request)}\n{user}")
+    wait = counter_take(scope=f"login:{pair}", limit=limit, period=window)
+    if wait is not None or _signed_in_before(request, user):
+        return wait
+    if counter_take(scope=f"login-user:{user}", limit=limit, period=window) is None:
+        return None
+    return counter_take(scope=f"login-slow:{user}", limit=1, period=settings.ADMIN_LOGIN_SLOWDOWN)
+
+
 def login_throttled(login_view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Wrap the admin's login view: at most ADMIN_LOGIN_ATTEMPTS sign-ins per ADMIN_LOGIN_WINDOW
-    seconds from one client address, and as many for one user name from anywhere.
+    """Wrap the admin's login view with `login_wait`.
 
     Every POST counts, successful or not: an operator signs in rarely, a guesser often.
     """
 
     def view(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        if request.method == "POST" and settings.ADMIN_LOGIN_ATTEMPTS > 0:
-            username = request.POST.get("username", "")
-            scopes = (
-                f"login-ip:{request.META.get('REMOTE_ADDR', '')}",
-                "login-user:" + hashlib.sha256(username.lower().encode()).hexdigest(),
+        if request.method != "POST" or settings.ADMIN_LOGIN_ATTEMPTS <= 0:
+            return login_view(request, *args, **kwargs)
+        username = request.POST.get("username", "")
+        wait = login_wait(request, username)
+        if wait is not None:
+            response = HttpResponse(
+                f"Too many sign-in attempts. Try again in {wait} seconds.\n",
+                status=429,
+                content_type="text/plain",
             )
-            for scope in scopes:
-                wait = counter_take(
-                    scope=scope,
-                    limit=settings.ADMIN_LOGIN_ATTEMPTS,
-                    period=settings.ADMIN_LOGIN_WINDOW,
-                )
-                if wait is not None:
-                    response = HttpResponse(
-                        f"Too many sign-in attempts. Try again in {wait} seconds.\n",
-                        status=429,
-                        content_type="text/plain",
-                    )
-                    response["Retry-After"] = str(wait)
-                    return response
-        return login_view(request, *args, **kwargs)
+            response["Retry-After"] = str(wait)
+            return response
+        response = login_view(request, *args, **kwargs)
+        if request.user.is_authenticated and response.status_code == 302:
+            response.set_signed_cookie(
+                SIGNED_IN_COOKIE,
+                _digest(username.lower()),
+                salt=SIGNED_IN_SALT,
+                max_age=SIGNED_IN_SECONDS,
+                secure=settings.SESSION_COOKIE_SECURE,
+                httponly=True,
+                samesite="Lax",
+            )
+        return response
 
     return view

@@ -59,6 +59,21 @@ def finished_requests(*, queryset: QuerySet, statuses: str | None) -> QuerySet:
     return queryset.filter(status__in=wanted, finished_at__lte=settled)
 
 
+def _page_within_bytes(ordered: QuerySet, limit: int) -> tuple[list, bool]:
+    """Up to `limit` rows with their answers, but no more of them than LIST_MAX_BYTES of
+    answers (one at least): a thousand answers of 256 KB each would be parsed and rendered
+    whole. The sizes are read first, without the answers; the page ends where they add up."""
+    sizes = ordered.values_list("pk", "response_bytes", "response_chunks")[: limit + 1]
+    ids, total = [], 0
+    for pk, size, chunks in sizes:
+        size = 0 if chunks else (size or 0)  # a chunked answer is omitted from the list
+        if len(ids) == limit or (ids and total + size > settings.LIST_MAX_BYTES):
+            return list(ordered.filter(pk__in=ids)), True
+        ids.append(pk)
+        total += size
+    return list(ordered.filter(pk__in=ids)), False
+
+
 class FinishedCursorPagination(BasePagination):
     cursor_query_param = "after"
     page_size = 100
@@ -74,7 +89,11 @@ class FinishedCursorPagination(BasePagination):
             queryset = queryset.filter(
                 Q(finished_at__gt=finished_at) | Q(finished_at=finished_at, pk__gt=request_id)
             )
-        rows = list(queryset.order_by("finished_at", "pk")[: int(limit) + 1])
+        ordered = queryset.order_by("finished_at", "pk")
+        if getattr(view, "include_body", lambda: False)():
+            self.page, self.has_more = _page_within_bytes(ordered, int(limit))
+            return self.page
+        rows = list(ordered[: int(limit) + 1])
         self.has_more = len(rows) > int(limit)
         self.page = rows[: int(limit)]
         return self.page

@@ -2,6 +2,7 @@ import base64
 import hashlib
 import secrets
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import models
@@ -249,6 +250,16 @@ class RateCounter(models.Model):
         return f"{self.scope} until {self.window_end}: {self.hits}"
 
 
+def url_redacted(url: str) -> str:
+    """A URL with its query string (often a token) and any user name or password hidden."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if netloc != parts.netloc:
+        netloc = "…@" + netloc
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 class WebhookEndpoint(models.Model):
     """A caller's URL told when requests of one key (or of every key) finish.
 
@@ -278,7 +289,13 @@ class WebhookEndpoint(models.Model):
         verbose_name = "webhook endpoint"
 
     def __str__(self) -> str:
-        return self.url
+        return self.url_shown
+
+    @property
+    def url_shown(self) -> str:
+        """The URL as logs and the admin show it: a query string (often a token) and a user
+        name or password are hidden."""
+        return url_redacted(self.url)
 
     @staticmethod
     def new_secret() -> str:

@@ -1,6 +1,7 @@
 """The first operator account, from the environment, so a fresh container has an admin login."""
 
 import os
+import sys
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError
@@ -32,3 +33,12 @@ def superuser_ensure(
 def admin_exists() -> bool:
     """Whether anyone can sign in to the admin: an active superuser exists."""
     return get_user_model().objects.filter(is_superuser=True, is_active=True).exists()
+
+
+def createsuperuser_command() -> str:
+    """The command that makes an admin account here, with this interpreter as the user would
+    type it (relative when it is under the working directory, as `.venv/bin/python`)."""
+    python = os.path.relpath(sys.executable)
+    if python.startswith(".."):
+        python = sys.executable
+    return f"{python} manage.py createsuperuser"

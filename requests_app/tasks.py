@@ -10,6 +10,8 @@ from . import webhooks
 
 def webhooks_deliver() -> str:
     report = webhooks.webhooks_deliver()
+    if report is None:
+        return "another webhook run is in progress"
     return (
         f"{report.grouped} webhook deliveries made, {report.delivered} delivered, "
         f"{report.failed} failed attempts"

@@ -492,7 +492,8 @@ class ModelListSerializer(serializers.Serializer):
 class ModelList(APIView):
     """GET /v1/models: the models the proxy knows, in OpenAI's list shape (a key's health check).
 
-    Shared by every key: the price table, the queue limits and the models batched so far.
+    The operator's models (prices, queue limits, upstreams' model lists) and the models this
+    key has had batches of; never another key's.
     """
 
     authentication_classes = PROVIDER_KEYS
@@ -500,7 +501,8 @@ class ModelList(APIView):
 
     @extend_schema(operation_id="list_models", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
-        data = [catalog.model_object(m, first) for m, first in catalog.models_known().items()]
+        known = catalog.models_known(api_key_id=request.auth.pk)
+        data = [catalog.model_object(m, first) for m, first in known.items()]
         return Response({"object": "list", "data": data})
 
 
@@ -512,7 +514,7 @@ class ModelDetail(APIView):
 
     @extend_schema(operation_id="retrieve_model", responses=ModelSerializer)
     def get(self, request: Request, model: str) -> Response:
-        found = catalog.model_find(model)
+        found = catalog.model_find(model, api_key_id=request.auth.pk)
         if found is None:
             raise ClientError(
                 404,

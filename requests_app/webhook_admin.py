@@ -7,6 +7,8 @@ from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 
+from batchproxy.audit import admin_log
+
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from .webhooks import WebhookURLError, webhook_deliveries_resend, webhook_url_check
 
@@ -30,10 +32,24 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
-    list_display = ("url", "api_key", "include_body", "is_active", "pending", "created_at")
+    list_display = ("url_shown", "api_key", "include_body", "is_active", "pending", "created_at")
     list_filter = ("is_active", "include_body")
     list_select_related = ("api_key",)
     search_fields = ("url", "api_key__name")
+
+    def get_fields(self, request, obj=None):
+        # Once made, the URL is shown without its query string (often a token), and not
+        # editable: a new URL is a new endpoint, with its own secret.
+        if obj is None:
+            return super().get_fields(request, obj)
+        return ("url_shown", "api_key", "include_body", "is_active")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("url_shown",) if obj is not None else ()
+
+    @admin.display(description="URL", ordering="url")
+    def url_shown(self, endpoint: WebhookEndpoint) -> str:
+        return endpoint.url_shown
 
     def get_queryset(self, request):
         return (
@@ -138,7 +154,10 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         rows = delivery.events.order_by("pk").values_list("request_id", "type")[:200]
         return format_html_join("\n", "<div>{}: {}</div>", rows) or "-"
 
-    @admin.action(description="Resend selected deliveries now")
+    @admin.action(description="Resend selected deliveries now", permissions=["change"])
     def resend(self, request, queryset) -> None:
-        count = webhook_deliveries_resend(delivery_ids=list(queryset.values_list("pk", flat=True)))
+        ids = list(queryset.values_list("pk", flat=True))
+        count = webhook_deliveries_resend(delivery_ids=ids)
+        rows = WebhookDelivery.objects.filter(pk__in=ids)
+        admin_log(user=request.user, message="Resend asked for.", rows=rows)
         self.message_user(request, f"{count} deliveries will be sent again on the next run.")

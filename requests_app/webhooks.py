@@ -8,7 +8,10 @@ a failed one with exponential back-off until WEBHOOK_RETRY_FOR has passed. Inges
 waits for a receiver: it only inserts rows.
 """
 
+import contextlib
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import requests
+import urllib3
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -24,6 +28,10 @@ from django.utils import timezone
 from requests_hardened import Config, HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress, filter_host
 from standardwebhooks import Webhook
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from batches_app.leases import run_lease
 
 from .models import ApiKey, BatchRequest, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from .models import WebhookEvent as Event
@@ -35,6 +43,11 @@ EVENT_TYPES = {
     Status.FAILED: Event.Type.FAILED,
     Status.CANCELLED: Event.Type.CANCELLED,
 }
+
+
+# Of a receiver's answer, only the start is read (and its first characters kept for the admin).
+ANSWER_BYTES = 4096
+ANSWER_CHARS = 1000
 
 
 class WebhookURLError(ValueError):
@@ -142,18 +155,29 @@ class DeliveryReport:
     failed: int = 0
 
 
-def webhooks_deliver(*, budget: float | None = None) -> DeliveryReport:
-    """Group new events into deliveries, then send every due delivery.
+def webhooks_deliver(*, budget: float | None = None) -> DeliveryReport | None:
+    """Group new events into deliveries, then send every due delivery; None when another
+    run is in progress.
 
     1. `webhook_deliveries_group`: each endpoint's unassigned events, WEBHOOK_MAX_EVENTS (and,
        with bodies, WEBHOOK_MAX_BYTES) at a time, become deliveries.
-    2. Send due deliveries one by one, until none is due or `budget` seconds have passed. An
-       endpoint that fails once is skipped for the rest of the run, so a receiver that is down
-       costs one timeout per run, not one per delivery.
-    Safe to run twice at once: both steps claim rows with SKIP LOCKED.
+    2. Send due deliveries one by one, until none is due or `budget` seconds have passed
+       (each delivery takes at most WEBHOOK_DELIVERY_SECONDS). An endpoint that fails once is
+       skipped for the rest of the run, so a receiver that is down costs one timeout per run,
+       not one per delivery.
+    One run at a time (`run_lease`): however slow the receivers, deliveries hold at most one
+    of django-q2's workers, so the engine's tick always finds another (Q_WORKERS >= 2). Each
+    step claims rows with SKIP LOCKED besides.
     """
+    with run_lease("webhooks") as alone:
+        if not alone:
+            return None
+        return _deliver(settings.WEBHOOK_RUN_SECONDS if budget is None else budget)
+
+
+def _deliver(budget: float) -> DeliveryReport:
     report = DeliveryReport(grouped=webhook_deliveries_group())
-    deadline = time.monotonic() + (settings.WEBHOOK_RUN_SECONDS if budget is None else budget)
+    deadline = time.monotonic() + budget
     down: set[int] = set()
     while time.monotonic() < deadline:
         delivery = _claim_due(exclude=down)
@@ -243,7 +267,7 @@ def _claim_due(*, exclude: set[int]) -> WebhookDelivery | None:
             ).first()
             if delivery is None:
                 return None
-            lease = now + timedelta(seconds=4 * settings.WEBHOOK_TIMEOUT + 60)
+            lease = now + timedelta(seconds=settings.WEBHOOK_DELIVERY_SECONDS + 60)
             taken = WebhookDelivery.objects.filter(
                 pk=delivery.pk,
                 status=WebhookDelivery.Status.PENDING,
@@ -296,11 +320,81 @@ def webhook_payload(*, delivery: WebhookDelivery) -> bytes | None:
     return orjson.dumps({"object": "list", "data": events}) if events else None
 
 
+class _Deadline:
+    """Cuts a delivery's connections when its time is up.
+
+    WEBHOOK_TIMEOUT bounds each read, so a receiver dripping a byte at a time (in its status
+    line, headers or body) would hold the delivery for ever; a timer shuts the sockets down at
+    WEBHOOK_DELIVERY_SECONDS instead, and the blocked read returns at once with an error.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> "_Deadline":
+        _watching.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _watching.deadline = None
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also under TLS: the reading thread's SSL object stays whole.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_watching = threading.local()
+
+
+class _WatchedConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        if deadline := getattr(_watching, "deadline", None):
+            deadline.watch(self.sock)
+
+
+class _WatchedTLSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        if deadline := getattr(_watching, "deadline", None):
+            deadline.watch(self.sock)
+
+
+class _WatchedPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedTLSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLSConnection
+
+
 def _session() -> HTTPSession:
     """`requests` that connects only to the address it checked, follows no redirect, and
     times out (requests-hardened resolves the host, refuses private addresses unless allowed,
-    and pins the connection to the checked address, keeping the name for TLS)."""
-    return HTTPSession(
+    and pins the connection to the checked address, keeping the name for TLS); its
+    connections are watched by the delivery's `_Deadline`."""
+    session = HTTPSession(
         Config(
             ip_filter_enable=not settings.WEBHOOK_ALLOW_PRIVATE_URLS,
             ip_filter_allow_loopback_ips=False,
@@ -309,24 +403,44 @@ def _session() -> HTTPSession:
             user_agent_override="batchproxy-webhooks",
         )
     )
+    pools = {"http": _WatchedPool, "https": _WatchedTLSPool}
+    for adapter in session.adapters.values():
+        adapter.poolmanager.pool_classes_by_scheme = pools
+    return session
+
+
+def _answer_read(response: requests.Response) -> str:
+    """The start of the receiver's answer, for the admin: at most ANSWER_BYTES read, never the
+    rest (a receiver may answer 400 MB); a failure to read it changes no outcome."""
+    try:
+        data = response.raw.read(ANSWER_BYTES, decode_content=True) or b""
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+        data = b""
+    return data.decode("utf-8", "replace")[:ANSWER_CHARS]
 
 
 def webhook_delivery_send(*, delivery: WebhookDelivery) -> bool:
     """POST one delivery, record the attempt, and settle it: delivered on a 2xx, else retried
-    later (back-off doubling from WEBHOOK_BACKOFF) or, past its `give_up_at`, failed."""
+    later (back-off doubling from WEBHOOK_BACKOFF) or, past its `give_up_at`, failed.
+
+    The whole exchange lasts at most WEBHOOK_DELIVERY_SECONDS and reads at most ANSWER_BYTES
+    of the answer; the URL's query string never reaches the attempt's record or the logs.
+    """
     endpoint = delivery.endpoint
     attempt = WebhookAttempt(delivery=delivery, started_at=timezone.now())
     started = time.monotonic()
+    deadline = _Deadline(settings.WEBHOOK_DELIVERY_SECONDS)
     try:
         webhook_url_check(endpoint.url, resolve=False)
         body = webhook_payload(delivery=delivery)
         if body is None:
             return _settle(delivery, attempt)
         headers = _signed_headers(endpoint.secret, delivery.message_id, body)
-        with _session() as session:
-            response = session.post(endpoint.url, data=body, headers=headers)
-        attempt.response_status = response.status_code
-        attempt.response_body = response.text[:1000]
+        with deadline, _session() as session:
+            response = session.post(endpoint.url, data=body, headers=headers, stream=True)
+            with response:
+                attempt.response_status = response.status_code
+                attempt.response_body = _answer_read(response)
         if response.is_redirect:
             attempt.error = "Redirects are not followed: register the final URL."
         elif not 200 <= response.status_code < 300:
@@ -336,10 +450,25 @@ def webhook_delivery_send(*, delivery: WebhookDelivery) -> bool:
     except InvalidIPAddress as exc:
         attempt.error = str(_private(urlsplit(endpoint.url).hostname, exc))
     except requests.RequestException as exc:
-        # The exception names the URL, never the secret (which only went into a header's HMAC).
-        attempt.error = f"{type(exc).__name__}: {exc}"[:2000]
+        if deadline.expired:
+            attempt.error = (
+                f"The receiver took more than WEBHOOK_DELIVERY_SECONDS "
+                f"({settings.WEBHOOK_DELIVERY_SECONDS:g} s) to answer."
+            )
+        else:
+            attempt.error = f"{type(exc).__name__}: {exc}"[:2000]
+    # An error may name the URL: its query string (often a token) is hidden.
+    attempt.error = _scrubbed(attempt.error, endpoint.url)
     attempt.duration_ms = int((time.monotonic() - started) * 1000)
     return _settle(delivery, attempt)
+
+
+def _scrubbed(text: str, url: str) -> str:
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.username, parts.password):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
 
 
 def _signed_headers(secret: str, message_id: str, body: bytes) -> dict[str, str]:

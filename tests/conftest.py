@@ -1,9 +1,16 @@
+import os
+
 import pytest
 from django.db import connections
 
 from requests_app.models import ApiKey, hash_key
 
 from . import kinds
+
+# The processes tests start (manage.py, gunicorn, serve) run as production does outside a
+# try-out, which needs both (ops_app.checks). A test-only key, no secret.
+os.environ.setdefault("SECRET_KEY", "tests-only-not-a-secret-" + "0123456789" * 4)
+os.environ.setdefault("ALLOWED_HOSTS", "*")
 
 
 def pytest_configure(config):
@@ -73,6 +80,33 @@ def anthropic_server():
     from batchproxy.fakes.anthropic import FakeAnthropic
 
     server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def groq_server():
+    from batchproxy.fakes.groq import FakeGroq
+
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def together_server():
+    from batchproxy.fakes.together import FakeTogether
+
+    server = FakeTogether().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mistral_server():
+    from batchproxy.fakes.mistral import FakeMistral
+
+    server = FakeMistral().start()
     yield server
     server.stop()
 

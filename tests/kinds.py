@@ -192,6 +192,80 @@ class Azure(OpenAI):
         }
 
 
+class Groq(OpenAI):
+    """Groq's OpenAI-shaped Batch API under /openai/v1, with its own windows and limits."""
+
+    name, upstream = "groq", "groq-test"
+    model = "llama-3.1-8b-instant"
+    key = "gsk-upstream-test-secret"
+    fake_fixture = "groq_server"
+    prefix = "/openai/v1"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_GROQ_TEST_KIND": "groq",
+            "UPSTREAM_GROQ_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_GROQ_TEST_MODELS": "llama-*",
+            "UPSTREAM_GROQ_TEST_API_KEY": self.key,
+        }
+
+
+class Together(Kind):
+    """Together's Batch API: OpenAI-shaped lines and files, its own upload, create and job."""
+
+    name, upstream = "together", "together-test"
+    model = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    key = "together-upstream-test-secret"
+    fake_fixture = "together_server"
+    operations = OPENAI_OPERATIONS
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_TOGETHER_TEST_KIND": "together",
+            "UPSTREAM_TOGETHER_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_TOGETHER_TEST_MODELS": "meta-llama/*",
+            "UPSTREAM_TOGETHER_TEST_API_KEY": self.key,
+        }
+
+    queue, text_of, answer_of = OpenAI.queue, OpenAI.text_of, OpenAI.answer_of
+
+    def upstream_batches(self) -> dict[str, str]:
+        return {job["id"]: job["status"].lower() for job in self.fake.jobs}
+
+    def submissions(self) -> list[tuple[str, str]]:
+        return [(line["custom_id"], line["batch_id"]) for line in self.fake.submitted()]
+
+    def sent(self) -> list[dict]:
+        return [line["body"] for line in self.fake.submitted()]
+
+    def files(self) -> list[str]:
+        return list(self.fake.files)
+
+
+class Mistral(Together):
+    """Mistral's batch jobs: files of `{"custom_id", "body"}` lines, jobs over them."""
+
+    name, upstream = "mistral", "mistral-test"
+    model = "mistral-small-latest"
+    key = "mistral-upstream-test-secret"
+    fake_fixture = "mistral_server"
+    operations = OPENAI_OPERATIONS | {"read": "download"}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_MISTRAL_TEST_KIND": "mistral",
+            "UPSTREAM_MISTRAL_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_MISTRAL_TEST_MODELS": "mistral-*,ministral-*",
+            "UPSTREAM_MISTRAL_TEST_API_KEY": self.key,
+        }
+
+    def upstream_batches(self) -> dict[str, str]:
+        statuses = {"SUCCESS": "completed", "TIMEOUT_EXCEEDED": "expired"}
+        return {
+            job["id"]: statuses.get(job["status"], job["status"].lower()) for job in self.fake.jobs
+        }
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -368,7 +442,8 @@ class GeminiFile(GeminiInline):
 
 
 KINDS: dict[str, type[Kind]] = {
-    kind.name: kind for kind in (OpenAI, Azure, Anthropic, GeminiInline, GeminiFile)
+    kind.name: kind
+    for kind in (OpenAI, Azure, Groq, Together, Mistral, Anthropic, GeminiInline, GeminiFile)
 }
 
 

@@ -63,12 +63,13 @@ def test_rows_the_system_owns_cannot_be_added_or_deleted(admin_client, rf, admin
     assert not model_admin.has_delete_permission(request)
 
 
-def test_request_list_shows_status_model_key_attempts_error_and_body_preview(
+def test_request_list_shows_status_model_key_attempts_and_error_the_body_on_its_page(
     admin_client, answered
 ):
     page = admin_client.get(changelist("batchrequest")).content.decode()
-    for text in ("completed", "failed", "gpt-4o-mini", "team", "server_error", "hello admin"):
+    for text in ("completed", "failed", "gpt-4o-mini", "team", "server_error", "API key"):
         assert text in page
+    assert "hello admin" not in page  # the body, cut mid-word in a list, is on its page
 
 
 def test_requests_are_found_by_id_fingerprint_and_upstream_batch_id(admin_client, answered):
@@ -90,6 +91,78 @@ def test_batches_are_found_by_upstream_id_and_file_id(admin_client, answered):
     for term in (batch.upstream_id, batch.input_file_id, str(batch.pk)):
         response = admin_client.get(changelist("batch"), {"q": term})
         assert [b.pk for b in response.context["cl"].result_list] == [batch.pk], term
+
+
+def test_any_prefix_of_an_id_finds_what_the_lists_show(admin_client, answered):
+    """The lists show 8 characters of an id: those (or more, or fewer) find the row."""
+    ok, _ = answered
+    batch = ok.batch
+    for term in (str(batch.pk)[:8], str(batch.pk)[:13], batch.upstream_id[:10]):
+        response = admin_client.get(changelist("batch"), {"q": term})
+        assert [b.pk for b in response.context["cl"].result_list] == [batch.pk], term
+    response = admin_client.get(changelist("batch"), {"q": batch.output_file_id[:12]})
+    assert [b.pk for b in response.context["cl"].result_list] == [batch.pk]
+    for term in (str(ok.pk)[:8], str(ok.pk)[:20].upper(), ok.fingerprint[:12]):
+        response = admin_client.get(changelist("batchrequest"), {"q": term})
+        assert [r.pk for r in response.context["cl"].result_list] == [ok.pk], term
+    response = admin_client.get(changelist("batchrequest"), {"q": str(batch.pk)[:8]})
+    assert {r.pk for r in response.context["cl"].result_list} == {r.pk for r in answered}
+    response = admin_client.get(changelist("batch"), {"q": "zz-not-hex"})
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_batch_page_says_what_applies_to_a_finished_batch(admin_client, answered):
+    """Counts in words, the requests' own outcomes, seconds and the time it took; no next
+    attempt on a finished batch."""
+    batch = answered[0].batch
+    page = html.unescape(
+        admin_client.get(
+            reverse("admin:batches_app_batch_change", args=[batch.pk])
+        ).content.decode()
+    )
+    assert "2 requests in this batch now" in page
+    assert "1 completed, 1 failed of 2" in page and '{"total"' not in page
+    assert "1 completed, 1 failed (server_error)" in page
+    assert "Next attempt at" not in page and "Cancel mode" not in page
+    assert batch.created_at.strftime("%Y-%m-%d %H:%M:%S") in page
+    assert "Took:" in page
+    assert " in, " in page[page.index("Tokens (upstream usage)") :][:200]  # not "-"
+
+
+def test_request_page_shows_its_attempts_its_key_in_plain_words_and_a_requeue_button(
+    admin_client, answered
+):
+    _, bad = answered
+    url = reverse("admin:requests_app_batchrequest_change", args=[bad.pk])
+    page = html.unescape(admin_client.get(url).content.decode())
+    assert "API key:" in page and "Api key" not in page
+    assert "Attempt history:" in page and bad.batch.upstream_id in page
+    assert "Failed" in page and "server_error" in page
+    assert "Requeue with fresh attempts" in page
+    response = admin_client.post(
+        reverse("admin:requests_app_batchrequest_requeue", args=[bad.pk]), follow=True
+    )
+    assert "1 requests requeued" in str(next(iter(response.context["messages"])))
+    assert BatchRequest.objects.get(pk=bad.pk).status == Status.QUEUED
+    page = admin_client.get(url).content.decode()
+    assert "Requeue with fresh attempts" not in page  # queued: nothing to requeue
+
+
+def test_key_page_says_in_words_where_a_key_comes_from(admin_client):
+    from requests_app.models import ApiKey
+
+    key = ApiKey.objects.create(name="env key", prefix="bp-env", key_hash="0" * 64, from_env=True)
+    page = admin_client.get(reverse("admin:requests_app_apikey_change", args=[key.pk])).content
+    text = html.unescape(page.decode())
+    assert "From env" not in text and "Defined by BATCH_SERVER_API_KEY" not in text
+    assert "Made by:" in text and "the environment (BATCH_SERVER_API_KEY)" in text
+    assert "Revoked at" not in text  # an active key has no revocation time to show
+
+
+def test_admin_index_lists_the_proxys_pages_before_the_others(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert page.index("Client requests") < page.index("Authentication")
+    assert page.index("Upstream batches") < page.index("Authentication")
 
 
 def test_request_page_shows_body_and_answer_pretty_printed_and_read_only(admin_client, answered):
@@ -282,3 +355,21 @@ def test_prices_are_editable_and_show_batch_prices(admin_client):
     page = admin_client.get(changelist("modelprice")).content.decode()
     assert "gpt-4o-mini" in page
     assert "0.075, 0.3" in page  # half of 0.15 and 0.60
+
+
+def test_a_batch_whose_only_request_failed_says_so_not_errors_dash(
+    admin_client, client, api_key, fake_openai, settings
+):
+    settings.MAX_ATTEMPTS = 1
+    send(client, api_key[1], chat("boom [[error:server_error]]"))
+    cycle()
+    batch = Batch.objects.get()
+    page = html.unescape(
+        admin_client.get(
+            reverse("admin:batches_app_batch_change", args=[batch.pk])
+        ).content.decode()
+    )
+    assert "1 request in this batch now" in page
+    assert "1 failed (server_error)" in page
+    assert "Errors:" not in page and "Last error:" not in page
+    assert "Next attempt at" not in page

@@ -130,6 +130,28 @@ def test_bulk_returns_results_in_order_and_exceptions_in_place():
         bulk([lambda i=i: call(i) for i in range(5)], progress=False)
 
 
+def test_bulk_without_tqdm_says_how_to_get_its_progress_bar(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` raises ImportError
+    with pytest.warns(UserWarning, match=r"batchproxy-client\[progress\]"):
+        assert bulk([lambda: 1, lambda: 2]) == [1, 2]
+
+
+def test_bulk_with_progress_off_warns_of_nothing(monkeypatch, recwarn):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert bulk([lambda: 1], progress=False) == [1]
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("script", ["sync_example.py", "async_example.py"])
+def test_an_example_script_without_arguments_says_what_it_needs(script):
+    result = subprocess.run(
+        [sys.executable, script], cwd=EXAMPLES, capture_output=True, text=True, env=python_env()
+    )
+    assert result.returncode == 2
+    assert f"usage: {script} [-h] base_url api_key [who]" in result.stderr
+    assert "the following arguments are required: base_url, api_key" in result.stderr
+
+
 def answering_proxy():
     """A fake proxy through the real SDK: each body is pending on its first ask only."""
     asked: list[str] = []

@@ -246,3 +246,88 @@ def test_each_upstream_shows_its_own_queue_spend_and_errors(
     assert "<td>openai</td><td>gpt-4o</td><td" in by_model
     queue = page[page.index('id="bp-queue"') : page.index('id="bp-capacity"')]
     assert "<td>openai-2</td><td>/v1/chat/completions</td><td>gpt-4o</td>" in queue
+
+
+def test_per_model_per_key_and_completed_counts_agree(client, fake_openai, settings):
+    """A line the upstream answered with a 500 (retried, then answered) counts once, as the
+    proxy's answered request, in every table."""
+    _, secret = make_key("team")
+    settings.MAX_ATTEMPTS = 2
+    send(client, secret, chat("fine"))
+    send(client, secret, chat("once [[error:server_error]]"))
+    cycle()
+    BatchRequest.objects.filter(status=Status.QUEUED).update(
+        body=BatchRequest.objects.get(status=Status.COMPLETED).body.replace("fine", "again")
+    )
+    cycle()
+    figures = dashboard.dashboard_figures()
+    answered = BatchRequest.objects.filter(status=Status.COMPLETED).count()
+    assert answered == 2
+    assert figures["total_month"].requests == answered
+    assert figures["total_key_month"].requests == answered
+    assert figures["last_day"]["completed"] == answered
+    assert figures["total_requests_day"] == answered
+
+
+def test_money_is_never_shown_as_zero_for_a_real_cost():
+    from batches_app.templatetags.money import usd
+
+    assert usd(Decimal("0.00002")) == "$0.000020"
+    assert usd(Decimal("0.000425")) == "$0.00042"
+    assert usd(Decimal("12345.678")) == "$12,345.68"
+    assert usd(0) == "$0"
+
+
+def test_spend_rows_come_dearest_first(traffic):
+    rows = spend.spend_by_model(since=timezone.now() - timedelta(days=1), book=spend.PriceBook())
+    spent = [row.spent for row in rows]
+    assert spent == sorted(spent, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("failed", "text"),
+    [
+        (0, "No failed request to retry"),
+        (1, "Retry the 1 failed request"),
+        (2, "Retry all 2 failed requests"),
+    ],
+)
+def test_retry_button_counts_in_words(admin_client, api_key, failed, text):
+    for i in range(failed):
+        BatchRequest.objects.create(
+            api_key=api_key[0],
+            endpoint="/v1/chat/completions",
+            model="m",
+            body="{}",
+            body_bytes=2,
+            fingerprint=f"f{i}",
+            status=Status.FAILED,
+        )
+    assert f'value="{text}"' in admin_client.get("/admin/dashboard/").content.decode()
+
+
+def test_upstreams_table_tells_the_truth_in_try_out_mode(admin_client, settings):
+    settings.TRY_OUT = {"fakes": {"openai": "http://127.0.0.1:9/v1"}}
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    table = page[page.index('id="bp-upstreams"') : page.index('id="bp-chart-hours"')]
+    assert "a placeholder (try-out)" in table and "OPENAI_API_KEY" not in table
+    assert "built-in fake (OpenAI, Anthropic, Gemini)" in table
+
+
+def test_upstreams_table_names_an_unset_key_and_every_providers_variables(admin_client, settings):
+    settings.TRY_OUT, settings.OPENAI_API_KEY = None, ""
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    table = page[page.index('id="bp-upstreams"') : page.index('id="bp-chart-hours"')]
+    assert "OPENAI_API_KEY (not set: nothing is sent here)" in table
+    for variables in ("ANTHROPIC_*", "GEMINI_*", "AZURE_OPENAI_*", "UPSTREAMS"):
+        assert variables in table
+
+
+def test_charts_have_a_scale_dates_and_say_their_window(admin_client, traffic):
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    hours = page[page.index('id="bp-chart-hours"') : page.index('id="bp-chart-days"')]
+    assert "last 24 hours, UTC" in hours
+    assert '<div class="bp-yaxis"><span>5</span><span>0</span></div>' in hours
+    assert timezone.now().strftime("%m-%d %H:00") in hours
+    days = page[page.index('id="bp-chart-days"') : page.index('id="bp-by-model"')]
+    assert timezone.now().strftime("%m-%d") in days and "last 30 days" in days

@@ -138,3 +138,35 @@ def test_entrypoint_refuses_an_unknown_role(tmp_path):
     )
     assert result.returncode == 64
     assert "unknown role 'everything'" in result.stderr
+
+
+def test_the_migrate_role_migrates_once_and_exits_and_the_others_leave_it_to_it(tmp_path):
+    """A deploy of several containers: one `migrate` job, the others with RUN_MIGRATIONS=false
+    (no upstream key is needed to migrate)."""
+    env = process_env(tmp_path, BATCH_SERVER_API_KEY="entry-key")
+
+    def migrate() -> str:
+        done = subprocess.run(
+            ["bash", str(ENTRYPOINT), "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert applied_counts([migrate()])[0] > 0
+    assert "already up to date" in migrate()
+
+    port = free_port()
+    log = tmp_path / "web.log"
+    web_env = env | {"RUN_MIGRATIONS": "false", "OPENAI_API_KEY": "sk-x", "PORT": str(port)}
+    proc = start_entrypoint(["web"], web_env, log)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, log)
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert "left to the deploy's migrate job" in text
+    assert not APPLIED.search(text)

@@ -187,21 +187,23 @@ def test_ambiguous_create_waits_for_a_late_batch_before_looking_for_it(upstream,
     assert batch.next_attempt_at >= timezone.now() + timedelta(seconds=0.5)
 
 
-def test_permanent_refusal_requeues_the_requests_and_deletes_the_file(upstream):
+def test_permanent_refusal_splits_the_batch_and_deletes_the_file(upstream):
     upstream.inject("create", 400)
     tick()
 
-    batch = Batch.objects.get()
-    assert batch.state == Batch.State.DONE
-    assert set(BatchRequest.objects.values_list("status", "batch", "attempts")) == {
-        (Status.QUEUED, None, 1)
+    refused = Batch.objects.get(state=Batch.State.DONE)
+    halves = Batch.objects.filter(state=Batch.State.BUILDING)
+    assert sorted(halves.values_list("request_count", flat=True)) == [1, 2]
+    assert set(BatchRequest.objects.values_list("status", "batch__state", "attempts")) == {
+        (Status.SUBMITTED, Batch.State.BUILDING, 1)  # no attempt spent: nothing ran
     }
+    assert "400" in refused.last_error
     from batches_app import tasks
 
     tasks.poll()  # sweeps the refused batch's input file, if it had one
     assert not upstream.files()
     ticks_until_done()
-    assert len(upstream.upstream_batches()) == 1
+    assert len(upstream.upstream_batches()) == 2
     assert_each_answered_once(upstream)
 
 

@@ -321,51 +321,90 @@ def test_a_short_secret_key_fails_the_system_check(settings, monkeypatch):
     assert [problem.id for problem in secret_key_check(None)] == ["ops_app.E001"]
 
 
-def test_a_shared_database_without_secret_key_gets_a_warning(settings, monkeypatch):
-    from types import SimpleNamespace
-
+def test_without_secret_key_only_a_try_out_or_debug_may_start(settings, monkeypatch, tmp_path):
+    from batchproxy.tryout import tryout_record
     from ops_app.checks import secret_key_check
 
     monkeypatch.delenv("SECRET_KEY", raising=False)
-    monkeypatch.setattr("ops_app.checks.connection", SimpleNamespace(vendor="postgresql"))
-    settings.DEBUG, settings.OPENAI_API_KEY = False, ""
-    assert [problem.id for problem in secret_key_check(None)] == ["ops_app.W001"]
-    settings.OPENAI_API_KEY = "sk-shared-by-every-container"
+    settings.DEBUG, settings.DATA_DIR = False, tmp_path
+    assert [problem.id for problem in secret_key_check(None)] == ["ops_app.E020"]
+    settings.DEBUG = True
     assert secret_key_check(None) == []
-    monkeypatch.setenv("SECRET_KEY", "x" * 50)
-    settings.SECRET_KEY = "x" * 50
+    settings.DEBUG = False
+    # `serve --fake-openai` records its try-out after its settings were read: seen afresh.
+    tryout_record(tmp_path, fakes={"openai": "http://127.0.0.1:9"})
     assert secret_key_check(None) == []
 
 
-def test_processes_sharing_a_database_derive_one_secret_key(tmp_path):
-    """django-q2 signs queued tasks with SECRET_KEY: two containers on one database must agree."""
-    import os
-    import subprocess
-    import sys
+def test_without_allowed_hosts_only_a_try_out_or_debug_may_start(settings, monkeypatch, tmp_path):
+    from batchproxy.tryout import tryout_record
+    from ops_app.checks import allowed_hosts_check
 
-    from .processes import ROOT
+    monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
+    settings.DEBUG, settings.DATA_DIR = False, tmp_path
+    assert [problem.id for problem in allowed_hosts_check(None)] == ["ops_app.E021"]
+    monkeypatch.setenv("ALLOWED_HOSTS", "batchproxy.example.com")
+    assert allowed_hosts_check(None) == []
+    monkeypatch.delenv("ALLOWED_HOSTS")
+    tryout_record(tmp_path, fakes={"openai": "http://127.0.0.1:9"})
+    assert allowed_hosts_check(None) == []
 
-    def key_of(data_dir, **env):
-        base = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
-        code = "from django.conf import settings; print(settings.SECRET_KEY)"
-        return subprocess.run(
-            [sys.executable, "-c", f"import django; django.setup(); {code}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            env=base
-            | {
-                "DJANGO_SETTINGS_MODULE": "batchproxy.settings",
-                "DATA_DIR": str(tmp_path / data_dir),
-            }
-            | env,
-        ).stdout.strip()
 
+def test_login_throttle_periods_are_checked(settings):
+    from ops_app.checks import login_throttle_check
+
+    assert login_throttle_check(None) == []
+    settings.ADMIN_LOGIN_SLOWDOWN = 0
+    assert [problem.id for problem in login_throttle_check(None)] == ["ops_app.E022"]
+
+
+def run_python(tmp_path, code: str, *args: str, **env) -> subprocess.CompletedProcess:
+    """Python code (or "manage.py" and its arguments) with the proxy's settings in a process
+    of its own, without SECRET_KEY unless given."""
+    dropped = ("SECRET_KEY", "DATABASE_URL", "POSTGRES_URL", "OPENAI_API_KEY")
+    base = {k: v for k, v in os.environ.items() if k not in dropped}
+    return subprocess.run(
+        [sys.executable, *(["-c"] if code != "manage.py" else []), code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=base
+        | {"DJANGO_SETTINGS_MODULE": "batchproxy.settings", "DATA_DIR": str(tmp_path)}
+        | env,
+    )
+
+
+def test_the_secret_key_is_never_derived_from_an_upstream_key(tmp_path):
     shared = {"POSTGRES_URL": "postgresql://u:p@db:5432/proxy", "OPENAI_API_KEY": "sk-same"}
-    first, second = key_of("a", **shared), key_of("b", **shared)
-    assert first == second
-    assert "sk-same" not in first
-    assert key_of("c", **shared | {"OPENAI_API_KEY": "sk-other"}) != first
-    # Alone on SQLite, each data directory keeps its own generated key.
-    assert key_of("a", POSTGRES_URL="", OPENAI_API_KEY="") != key_of("b", POSTGRES_URL="")
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; print(s.SECRET_KEY)"
+    )
+    first = run_python(tmp_path / "a", code, **shared).stdout.strip()
+    second = run_python(tmp_path / "b", code, **shared).stdout.strip()
+    assert first and second and first != second  # each a random key of its data directory
+    assert first == (tmp_path / "a" / "secret_key").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("missing", "code"), [("SECRET_KEY", "ops_app.E020"), ("ALLOWED_HOSTS", "ops_app.E021")]
+)
+def test_production_refuses_to_start_without_secret_key_or_allowed_hosts(tmp_path, missing, code):
+    """The scheduler and the web application refuse; `check --deploy` says why (`serve` asks
+    the same function once it knows whether it runs a try-out)."""
+    env = {"SECRET_KEY": "k" * 50, "ALLOWED_HOSTS": "proxy.example.com", "DEBUG": "false"}
+    env[missing] = ""
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return run_python(tmp_path, "manage.py", *args, OPENAI_API_KEY="sk-test", **env)
+
+    for result in (manage("check", "--deploy"), manage("qcluster")):
+        assert result.returncode != 0
+        assert code in result.stderr and f"{missing} is not set" in result.stderr
+    served = run_python(tmp_path, "import batchproxy.wsgi", **env)
+    assert served.returncode != 0
+    assert code in served.stderr
+    env[missing] = "k" * 50 if missing == "SECRET_KEY" else "proxy.example.com"
+    assert run_python(tmp_path, "import batchproxy.wsgi", **env).returncode == 0
+    # Commands that start nothing (makemigrations, createsuperuser) need neither.
+    env[missing] = ""
+    assert manage("makemigrations", "--check", "--dry-run").returncode == 0

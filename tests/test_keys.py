@@ -10,12 +10,13 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from requests_app.keys import api_key_create, api_key_revoke, api_key_rotate
-from requests_app.models import ApiKey
+from requests_app.models import ApiKey, BatchRequest
 from requests_app.operators import superuser_ensure
 
 from .cockpit import chat, send
 
 pytestmark = pytest.mark.django_db
+Status = BatchRequest.Status
 
 
 def status_with(client, secret: str) -> int:
@@ -40,8 +41,8 @@ def test_created_key_works_and_only_its_hash_is_stored(client):
 
 def test_revoked_key_gets_401_and_revoking_twice_is_harmless(client):
     issued = api_key_create(name="leaver")
-    assert api_key_revoke(key_id=issued.key.pk) is True
-    assert api_key_revoke(key_id=issued.key.pk) is False
+    assert api_key_revoke(key_id=issued.key.pk).revoked is True
+    assert api_key_revoke(key_id=issued.key.pk).revoked is False
     assert status_with(client, issued.secret) == 401
 
 
@@ -96,7 +97,7 @@ def test_rotate_and_revoke_commands(client):
 
     out = io.StringIO()
     call_command("revoke_api_key", new_secret[:8], stdout=out)
-    assert "revoked" in out.getvalue()
+    assert "revoked; 1 queued requests cancelled." in out.getvalue()
     assert status_with(client, new_secret) == 401
     with pytest.raises(CommandError):
         call_command("revoke_api_key", "no-such-key")
@@ -128,8 +129,9 @@ def test_admin_rotate_and_revoke_actions(admin_client, client):
     assert status_with(client, issued.secret) == 401
 
     for expected in (
-        "1 keys revoked; 0 were already revoked.",
-        "0 keys revoked; 1 were already revoked.",
+        # The call above left a request queued: it is never sent.
+        "1 keys revoked; 0 were already revoked. 1 queued requests cancelled.",
+        "0 keys revoked; 1 were already revoked. 0 queued requests cancelled.",
     ):
         response = admin_client.post(
             changelist, {"action": "revoke", "_selected_action": [issued.key.pk]}, follow=True
@@ -147,10 +149,10 @@ def test_key_page_shows_its_usage(admin_client, client, fake_openai):
     page = admin_client.get(
         reverse("admin:requests_app_apikey_change", args=[issued.key.pk])
     ).content.decode()
-    assert "1 requests stored" in page
+    assert "1 request stored" in page
     assert "1000 tokens in, 1002 tokens out" in page
     # (1000 * 0.15 + 1002 * 0.60) / 1M / 2
-    assert "$0.0004 spent" in page
+    assert "$0.00038 spent" in page
 
 
 def test_superuser_from_environment_is_created_once(monkeypatch):
@@ -191,3 +193,80 @@ def test_a_key_from_the_environment_shows_its_name_and_last_four_only(
     assert "BATCH_SERVER_API_KEY" in page and "…9z8y" in page
     for shown in range(5, len(secret)):  # no longer piece of the secret is anywhere
         assert secret[:shown] not in page and secret[-shown:] not in page
+
+
+# --- What revoking does to a key's requests ------------------------------------------------
+
+
+def test_revoking_a_key_cancels_its_queued_requests_and_they_are_never_sent(
+    client, api_key, other_key, fake_openai
+):
+    from batches_app.models import Batch
+
+    from .engine import cycle
+
+    mine = send(client, api_key[1], chat("mine, queued"))
+    theirs = send(client, other_key[1], chat("theirs, queued"))
+    done = api_key_revoke(key_id=api_key[0].pk)
+    assert (done.revoked, done.cancelled) == (True, 1)
+    request = BatchRequest.objects.get(pk=mine)
+    assert (request.status, request.error_code) == (Status.CANCELLED, "key_revoked")
+    assert request.finished_at is not None
+
+    cycle()
+    sent = [line["custom_id"] for line in fake_openai.submitted_lines()]
+    assert sent == [theirs]
+    assert Batch.objects.count() == 1
+    # An operator's requeue does not send them either.
+    call = reverse("admin:requests_app_batchrequest_changelist")
+    admin = get_user_model().objects.create_superuser("boss", "b@example.com", "pw")
+    client.force_login(admin)
+    client.post(call, {"action": "requeue", "_selected_action": [mine]})
+    assert BatchRequest.objects.get(pk=mine).status == Status.CANCELLED
+
+
+def test_a_revoked_keys_sent_requests_end_upstream_and_are_served_to_no_one(
+    client, api_key, fake_openai
+):
+    """Already in a batch upstream: left to end there (their batch may hold other keys'
+    requests), stored, but neither its callers (401) nor its webhook receivers ever get them;
+    the operator's webhook of every key hears of them as of any request."""
+    from batches_app import services
+    from requests_app.models import WebhookEndpoint, WebhookEvent
+
+    from .engine import cycle
+
+    own = WebhookEndpoint.objects.create(url="https://tenant.example/h", api_key=api_key[0])
+    everyone = WebhookEndpoint.objects.create(url="https://ops.example/h")
+    sent = send(client, api_key[1], chat("claimed into a batch before the revocation"))
+    services.batch_flush(force=True)
+    assert BatchRequest.objects.get(pk=sent).status == Status.SUBMITTED
+
+    done = api_key_revoke(key_id=api_key[0].pk)
+    assert (done.revoked, done.cancelled) == (True, 0)
+    assert BatchRequest.objects.get(pk=sent).status == Status.SUBMITTED
+    own.refresh_from_db()
+    assert own.is_active is False
+
+    cycle()
+    assert BatchRequest.objects.get(pk=sent).status == Status.COMPLETED
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    assert client.get(f"/v1/batch_requests/{sent}", **auth).status_code == 401
+    assert status_with(client, api_key[1]) == 401
+    events = WebhookEvent.objects.filter(request_id=sent)
+    assert set(events.values_list("endpoint_id", flat=True)) == {everyone.pk}
+
+
+def test_revoking_again_cancels_requests_queued_since(client, api_key):
+    assert api_key_revoke(key_id=api_key[0].pk).revoked
+    straggler = BatchRequest.objects.create(
+        api_key=api_key[0],
+        endpoint="/v1/chat/completions",
+        model="gpt-4o-mini",
+        body='{"model": "gpt-4o-mini"}',
+        body_bytes=24,
+        fingerprint="inserted by a call racing the revocation",
+    )
+    done = api_key_revoke(key_id=api_key[0].pk)
+    assert (done.revoked, done.cancelled) == (False, 1)
+    assert BatchRequest.objects.get(pk=straggler.pk).status == Status.CANCELLED

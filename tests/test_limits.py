@@ -226,29 +226,82 @@ def test_limits_hold_across_processes(api_key):
 # --- The admin's sign-in throttle -----------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_admin_sign_in_attempts_are_throttled_per_address_and_per_user(
-    client, admin_user, settings
-):
-    settings.ADMIN_LOGIN_ATTEMPTS = 3
+@pytest.fixture
+def sign_in(client, settings, monkeypatch):
+    """POST the admin's login form from an address; time frozen (advance with .now[0])."""
+    settings.ADMIN_LOGIN_ATTEMPTS, settings.ADMIN_LOGIN_SLOWDOWN = 3, 60
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(limits, "_now", lambda: now[0])
     login = f"/{settings.ADMIN_URL}login/"
 
-    def sign_in(password: str, address: str = "203.0.113.7", username: str = "admin"):
-        return client.post(login, {"username": username, "password": password}, REMOTE_ADDR=address)
+    def post(password: str, address: str, username: str = "admin", browser=client, **extra):
+        form = {"username": username, "password": password}
+        return browser.post(login, form, REMOTE_ADDR=address, **extra)
 
+    post.now = now
+    return post
+
+
+@pytest.mark.django_db
+def test_admin_sign_in_is_locked_per_address_and_user_name(sign_in, client, admin_user, settings):
     for _ in range(3):
-        assert sign_in("guess").status_code == 200  # the form again, with an error
-    refused = sign_in("password")  # even the right password waits now
+        assert sign_in("guess", "203.0.113.7").status_code == 200  # the form again, with an error
+    refused = sign_in("password", "203.0.113.7")  # even the right password waits now
     assert refused.status_code == 429
     assert 1 <= int(refused["Retry-After"]) <= settings.ADMIN_LOGIN_WINDOW
     assert "_auth_user_id" not in client.session
-
-    # A guesser who spreads over addresses is stopped by the per-user count...
-    assert sign_in("password", address="198.51.100.1").status_code == 429
-    # ...while another operator from another address signs in.
+    # Another user from that address is not locked out by the guesses at "admin".
     other = type(admin_user).objects.create_superuser("other", "o@example.com", "password")
-    assert sign_in("password", address="198.51.100.2", username="other").status_code == 302
+    assert sign_in("password", "203.0.113.7", username="other").status_code == 302
     assert client.session["_auth_user_id"] == str(other.pk)
+
+
+@pytest.mark.django_db
+def test_guessing_from_many_addresses_slows_the_user_name_but_never_locks_the_operator_out(
+    sign_in, client, admin_user
+):
+    for n in range(3):
+        assert sign_in("guess", f"198.51.100.{n}").status_code == 200
+    # Past the user name's attempts: one per ADMIN_LOGIN_SLOWDOWN seconds, from any address.
+    assert sign_in("guess", "198.51.100.10").status_code == 200
+    slowed = sign_in("guess", "198.51.100.11")
+    assert slowed.status_code == 429
+    assert 1 <= int(slowed["Retry-After"]) <= 60
+    # The operator, from an address of their own, signs in once the slow-down's turn comes.
+    sign_in.now[0] += 60
+    assert sign_in("password", "192.0.2.1").status_code == 302
+    assert client.session["_auth_user_id"] == str(admin_user.pk)
+
+
+@pytest.mark.django_db
+def test_a_browser_that_signed_in_before_is_not_slowed_by_others_guessing(sign_in, admin_user):
+    from django.test import Client
+
+    operator, guesser = Client(), Client()
+    assert sign_in("password", "192.0.2.1", browser=operator).status_code == 302
+    cookie = operator.cookies[limits.SIGNED_IN_COOKIE].value
+    operator = Client()  # signed out: its session gone, the sign-in cookie kept
+    operator.cookies[limits.SIGNED_IN_COOKIE] = cookie
+    for n in range(5):
+        sign_in("guess", f"198.51.100.{n}", browser=guesser)
+    assert sign_in("guess", "198.51.100.99", browser=guesser).status_code == 429
+    assert sign_in("password", "192.0.2.1", browser=operator).status_code == 302
+    # The cookie is the server's own: a forged one does not exempt a guesser.
+    guesser.cookies[limits.SIGNED_IN_COOKIE] = "forged"
+    assert sign_in("guess", "198.51.100.98", browser=guesser).status_code == 429
+
+
+@pytest.mark.django_db
+def test_behind_a_trusted_load_balancer_the_forwarded_address_is_the_one_locked(
+    sign_in, settings, admin_user
+):
+    settings.USE_X_FORWARDED = True
+    balancer = "10.0.0.2"
+    for _ in range(3):
+        sign_in("guess", balancer, HTTP_X_FORWARDED_FOR="spoofed, 203.0.113.7")
+    assert sign_in("guess", balancer, HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 429
+    # The operator behind the same balancer is slowed at most, not locked.
+    assert sign_in("password", balancer, HTTP_X_FORWARDED_FOR="192.0.2.1").status_code == 302
 
 
 @pytest.mark.django_db

@@ -13,6 +13,12 @@ from .engine import cycle
 CHAT = "/v1/chat/completions"
 
 
+@pytest.fixture(autouse=True)
+def _metrics_open(settings):
+    """Most tests here read the figures: open /metrics as METRICS_PUBLIC does."""
+    settings.METRICS_PUBLIC = True
+
+
 def scrape(client, **headers) -> dict:
     """{(sample name, frozen labels): value} of one scrape."""
     response = client.get("/metrics", **headers)
@@ -40,6 +46,7 @@ def test_queue_figures_follow_requests_through_a_batch(client, post, fake_openai
         model="gpt-4o-mini",
         defaults={"input_per_million": Decimal("0.15"), "output_per_million": Decimal("0.60")},
     )
+    ModelPrice.objects.get_or_create(model="gpt-4.1-mini", defaults={"input_per_million": 1})
     before = scrape(client)
     assert (
         value(
@@ -206,9 +213,51 @@ def test_metrics_ask_for_the_token_when_one_is_set(client, db, settings):
     assert scrape(client, HTTP_AUTHORIZATION="Bearer metrics-token-0123456789")
 
 
-def test_metrics_are_open_without_a_token(client, db, settings):
-    settings.METRICS_TOKEN = ""
+def test_metrics_are_closed_without_a_token_by_default(client, db, settings):
+    settings.METRICS_TOKEN, settings.METRICS_PUBLIC = "", False
+    closed = client.get("/metrics")
+    assert closed.status_code == 403
+    assert closed.json()["error"]["code"] == "metrics_closed"
+    assert "METRICS_TOKEN" in closed.json()["error"]["message"]
+    assert b"batchproxy_" not in closed.content
+
+
+def test_metrics_open_only_when_the_operator_says_so(client, db, settings):
+    settings.METRICS_TOKEN, settings.METRICS_PUBLIC = "", True
     assert ("batchproxy_requests", frozenset({"status": "queued"}.items())) in scrape(client)
+
+
+def test_a_try_out_serves_metrics_to_this_machine_only(client, db, settings):
+    settings.METRICS_TOKEN, settings.METRICS_PUBLIC = "", False
+    settings.TRY_OUT = {"fakes": {}}
+    assert scrape(client, REMOTE_ADDR="127.0.0.1")
+    assert client.get("/metrics", REMOTE_ADDR="192.0.2.7").status_code == 403
+
+
+def test_caller_chosen_model_names_fold_into_other(client, post, settings):
+    """A key sending a thousand invented model names adds one label, not a thousand."""
+    for n in range(30):
+        assert ask(post, "hi", model=f"ft:invented-{n}").status_code == 422
+    assert ask(post, "hi", model="gpt-4o-mini-2024-07-18").status_code == 422  # priced
+
+    samples = scrape(client)
+    models = {
+        dict(labels)["model"]
+        for name, labels in samples
+        if name == "batchproxy_queue_depth" and dict(labels)["status"] == "queued"
+    }
+    assert models == {"other", "gpt-4o-mini"}
+    other = value(
+        samples,
+        "batchproxy_queue_depth",
+        upstream="openai",
+        endpoint=CHAT,
+        model="other",
+        status="queued",
+    )
+    assert other == 30
+    text = client.get("/metrics").content.decode()
+    assert "invented" not in text
 
 
 @pytest.mark.django_db
@@ -271,3 +320,28 @@ def test_calls_and_errors_of_a_second_upstream_are_labelled_with_its_name(
         if name == "batchproxy_upstream_errors_total"
     }
     assert errors == {"openai-2": 1}
+
+
+@pytest.mark.django_db
+def test_each_done_batch_is_added_to_the_totals_once(client):
+    def done_batch(tokens_in: int) -> None:
+        Batch.objects.create(
+            endpoint=CHAT,
+            model="gpt-4o-mini",
+            state=Batch.State.DONE,
+            upstream_status="completed",
+            finished_at=timezone.now(),
+            usage={"input_tokens": tokens_in, "output_tokens": 0},
+        )
+
+    done_batch(100)
+    done_batch(20)
+    tokens = {"upstream": "openai", "model": "gpt-4o-mini", "direction": "input"}
+    assert value(scrape(client), "batchproxy_tokens_total", **tokens) == 120
+    assert value(scrape(client), "batchproxy_tokens_total", **tokens) == 120  # not again
+    done_batch(3)
+    samples = scrape(client)
+    assert value(samples, "batchproxy_tokens_total", **tokens) == 123
+    batches = {"upstream": "openai", "state": "done", "upstream_status": "completed"}
+    assert value(samples, "batchproxy_batches", **batches) == 3
+    assert not Batch.objects.filter(tallied=False).exists()

@@ -43,7 +43,10 @@ def served(tmp_path):
         "BATCH_MAX_WAIT": "0",
         "POLL_INTERVAL": "1",
         "WEB_CONCURRENCY": "1",
+        # Where gunicorn would put its control socket if it made one.
+        "HOME": str(tmp_path / "home"),
     }
+    env.pop("XDG_RUNTIME_DIR", None)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -114,7 +117,7 @@ def test_serve_refuses_to_start_without_an_upstream_key(tmp_path):
 
 def test_serve_answers_through_its_own_scheduler(served):
     """One full cycle with nothing but the scheduler's schedules: 422, then the answer."""
-    port, proc, _, _ = served
+    port, proc, output, _ = served
     client = openai.OpenAI(
         base_url=f"http://127.0.0.1:{port}/v1", api_key="serve-test-key", max_retries=0
     )
@@ -136,10 +139,15 @@ def test_serve_answers_through_its_own_scheduler(served):
     assert answer.choices[0].message.content == "echo: served?"
     print(f"full cycle through serve: {time.monotonic() - started:.1f} s")
     assert proc.poll() is None
+    # Quiet by default: the scheduler says it runs, not every task of every tick.
+    assert any("Q Cluster" in line and "running" in line for line in output)
+    assert not [line for line in output if "Processed '" in line or "Enqueued [" in line]
 
 
 def test_start_up_text_says_where_to_go_and_what_is_missing(served):
-    port, _, output, _ = served
+    """What serve prints, line by line; never the order of its lines among its children's
+    (gunicorn and qcluster write to the same screen, as they come)."""
+    port, _, output, tmp_path = served
     with socket.create_connection(("127.0.0.1", port)) as sock:  # a request: the app is loaded
         sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
         sock.recv(1000)
@@ -147,15 +155,19 @@ def test_start_up_text_says_where_to_go_and_what_is_missing(served):
     while not any("Try-out pace" in line for line in output) and time.monotonic() < deadline:
         time.sleep(0.2)
     text = "".join(output)
-    # Printed once the web server listens: after gunicorn's own lines, the last on the screen.
-    ours = text[text.index("batchproxy running") :]
-    assert "gunicorn" not in ours and "Listening at" not in ours
+    running = f"batchproxy running (role: all) at http://127.0.0.1:{port}/ (listening on "
+    assert running + "127.0.0.1 only)" in text
     assert f"SDK base URL: http://127.0.0.1:{port}/v1" in text
     assert f"Admin:        http://127.0.0.1:{port}/admin/" in text
     assert "Admin account: none yet. Make one:" in text and "manage.py createsuperuser" in text
     assert "Try-out pace: a new call is answered within about" in text
-    assert "http://127.0.0.1" in ours and "0.0.0.0" not in ours  # noqa: S104
     assert "No directory at" not in text and "Warning" not in text
+    # A try-out's key is for this machine: gunicorn itself bound loopback, not every address.
+    assert f"Listening at: http://127.0.0.1:{port}" in text
+    assert "0.0.0.0" not in text  # noqa: S104
+    # No control socket in the home directory (gunicorn's default), nor anywhere.
+    assert not (tmp_path / "home" / ".gunicorn").exists()
+    assert "gunicorn.ctl" not in text
 
 
 @pytest.mark.parametrize(
@@ -164,7 +176,7 @@ def test_start_up_text_says_where_to_go_and_what_is_missing(served):
 def test_commands_that_call_upstream_refuse_to_start_without_a_key(tmp_path, command):
     result = manage(*command, data_dir=tmp_path)
     assert result.returncode != 0
-    assert "OPENAI_API_KEY is not set" in result.stderr
+    assert "No upstream key is set" in result.stderr
     assert "--fake-openai" in result.stderr
 
 
@@ -203,7 +215,8 @@ def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_rea
         shown = manage("shell", "-c", show, data_dir=data_dir, **env)
         assert shown.returncode == 0, shown.stderr
         names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
-        assert names == "['anthropic', 'gemini', 'openai']"  # the environment's set aside
+        fakes = "['anthropic', 'gemini', 'groq', 'together', 'mistral', 'openai']"
+        assert names == fakes  # the environment's set aside
         assert (url, key) == (fake_url.strip(), "fake-anthropic")
 
 
@@ -224,7 +237,13 @@ def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
         # Written before the fake Anthropic was recorded: the OpenAI fake only.
         ('{"openai_base_url": "http://f:1/v1", "pid": 7}', {"openai": "http://f:1/v1"}),
         # Damaged: still try-out, every kind sent where nothing listens.
-        ("{not json", dict.fromkeys(("openai", "anthropic", "gemini"), "http://127.0.0.1:9")),
+        (
+            "{not json",
+            dict.fromkeys(
+                ("openai", "anthropic", "gemini", "groq", "together", "mistral"),
+                "http://127.0.0.1:9",
+            ),
+        ),
     ],
     ids=["current", "old", "damaged"],
 )
@@ -235,5 +254,11 @@ def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
     tryout = tryout_read(tmp_path)
     assert tryout["fakes"] == (fakes or {"openai": "http://f:1/v1", "anthropic": "http://f:2"})
     others = {u["name"]: u["models"] for u in tryout_upstreams(tryout)}
-    expected = {"anthropic": ["claude-*"], "gemini": ["gemini-*"]}
+    expected = {
+        "anthropic": ["claude-*"],
+        "gemini": ["gemini-*"],
+        "groq": ["llama-*", "openai/gpt-oss-*"],
+        "together": ["meta-llama/*"],
+        "mistral": ["mistral-*", "ministral-*", "codestral-*"],
+    }
     assert others == {kind: expected[kind] for kind in tryout["fakes"] if kind != "openai"}

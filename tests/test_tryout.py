@@ -1,4 +1,4 @@
-"""The try-out a new user makes: `serve --fake-openai`, then the README's examples, as written."""
+"""The try-out a new user makes: `serve --fake-openai`, then the documented examples, as written."""
 
 import os
 import re
@@ -22,17 +22,35 @@ EXAMPLES = 2  # per language: with the repository's client helper, then the bare
 ANSWER = "echo: Summarise the Batch API in one line."
 
 
-def readme_example(language: str, number: int) -> str:
-    """The README's whole example number `number` in `language`, as a user would copy it.
+# Where a user reads the examples: the README's first call, then the pages of docs/.
+DOCUMENTS = ("README.md", "docs/clients.md", "docs/providers.md", "docs/api.md")
+
+
+def documented_blocks(language: str) -> list[str]:
+    """Every whole example in `language` of the documents, each once, in reading order.
 
     Whole examples are the blocks that make their own client (`localhost:9487`); the others
-    are fragments that continue one of them.
+    are fragments that continue one of them. The README's first call is also in docs/clients.md.
     """
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
-    whole = [b for b in blocks if "localhost:9487" in b and not any(m in b for m in PROVIDER_SDKS)]
-    assert len(whole) == EXAMPLES, f"the README's {language} examples changed: {len(whole)}"
+    blocks = []
+    for document in DOCUMENTS:
+        text = (ROOT / document).read_text()
+        for block in re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL):
+            if "localhost:9487" in block and block not in blocks:
+                blocks.append(block)
+    return blocks
+
+
+def readme_example(language: str, number: int) -> str:
+    """The documents' whole OpenAI example number `number` in `language`, as copied."""
+    whole = [b for b in documented_blocks(language) if not any(m in b for m in PROVIDER_SDKS)]
+    assert len(whole) == EXAMPLES, f"the documented {language} examples changed: {len(whole)}"
     return whole[number]
+
+
+def test_the_readmes_first_call_is_one_of_the_examples_run():
+    [first_call] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert first_call == readme_example("python", 0)
 
 
 # How an example of another provider's SDK shows itself.
@@ -40,11 +58,9 @@ PROVIDER_SDKS = ("anthropic", "from google import genai", "@google/genai")
 
 
 def readme_provider_example(language: str, sdk: str) -> str:
-    """The README's one whole example of that provider's SDK in `language`."""
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(rf"```{language}\n(.*?)```", readme, re.DOTALL)
-    whole = [b for b in blocks if "localhost:9487" in b and sdk in b]
-    assert len(whole) == 1, f"the README's {language} {sdk} examples changed: {len(whole)}"
+    """The documents' one whole example of that provider's SDK in `language`."""
+    whole = [b for b in documented_blocks(language) if sdk in b]
+    assert len(whole) == 1, f"the documented {language} {sdk} examples changed: {len(whole)}"
     return whole[0]
 
 
@@ -76,6 +92,7 @@ def try_out(tmp_path, request):
     (and those a test passes as its parameter)."""
     port = free_port()
     drop = ("DATABASE_URL", "POSTGRES_URL", "BATCH_MAX_WAIT", "POLL_INTERVAL", "TICK_SECONDS")
+    drop += ("SECRET_KEY", "ALLOWED_HOSTS")  # a try-out needs neither
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("PYTEST")}
     env |= {"DATA_DIR": str(tmp_path), "BATCH_SERVER_API_KEY": "my-proxy-key"}
     env |= {"WEB_CONCURRENCY": "1"}  # a shared 2-core machine

@@ -161,3 +161,27 @@ def test_the_default_upstream_refuses_every_call_without_a_key_outside_try_out(s
     assert refused.value.code == "no_api_key" and not refused.value.permanent
     settings.TRY_OUT = {"fakes": {"openai": "http://127.0.0.1:9/v1"}}
     assert upstreams.transport().upstream.name == upstreams.DEFAULT
+
+
+def anthropic_only(settings, monkeypatch) -> None:
+    """A deployment with ANTHROPIC_API_KEY and no OPENAI_API_KEY."""
+    settings.OPENAI_API_KEY, settings.TRY_OUT = "", None
+    monkeypatch.setenv("CLAUDE_KEY", "sk-ant-test")
+    settings.UPSTREAMS = [
+        {
+            "name": "anthropic",
+            "kind": "anthropic",
+            "base_url": "https://api.anthropic.com",
+            "key_env": "CLAUDE_KEY",
+            "models": ["claude-*"],
+        },
+    ]
+
+
+def test_an_anthropic_only_deployment_may_start(settings, monkeypatch):
+    settings.OPENAI_API_KEY, settings.TRY_OUT, settings.UPSTREAMS = "", None, []
+    assert "No upstream key is set" in upstreams.upstream_refusal()
+    anthropic_only(settings, monkeypatch)
+    assert upstreams.upstream_refusal() is None
+    route = upstreams.upstream_route(endpoint="/v1/messages", model="claude-sonnet-4-5")
+    assert route.name == "anthropic"

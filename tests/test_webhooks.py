@@ -577,6 +577,7 @@ def test_nonsense_webhook_settings_fail_the_system_check(settings):
 
 @responses.activate
 def test_metrics_count_deliveries_by_status(client, enqueue, fake_openai, hook_settings):
+    hook_settings.METRICS_PUBLIC = True
     add_endpoint()
     enqueue("measured")
     cycle()

@@ -1,10 +1,12 @@
 """The upstreams the proxy sends batches to, routed by (endpoint family, model).
 
-Defined in the environment (settings.UPSTREAMS, see README "Upstreams"); the single OPENAI_*
+Defined in the environment (settings.UPSTREAMS, see docs/providers.md); the single OPENAI_*
 settings are the default upstream, named `openai`, which serves every model no other upstream
 claims. Each kind has its module behind `base.Transport`.
 """
 
+import re
+from dataclasses import dataclass
 from importlib import import_module
 
 from django.conf import settings
@@ -20,7 +22,32 @@ DEFAULT = "openai"
 # The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
 # generateContent.
 FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
-KINDS = ("openai", "azure")
+KINDS = ("openai", "azure", "groq", "together", "mistral")
+
+
+@dataclass(frozen=True)
+class KindDefaults:
+    """What an upstream of this kind uses where its UPSTREAM_<NAME>_* variables say nothing,
+    from the provider's docs (docs/providers.md)."""
+
+    base_url: str
+    completion_window: str = "24h"
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+
+
+KIND_DEFAULTS = {
+    # console.groq.com/docs/batch; the groq SDK's BatchCreateParams: 24h to 7d, files <= 100 MB.
+    "groq": KindDefaults("https://api.groq.com/openai/v1", max_bytes=100_000_000),
+    # docs.together.ai/docs/inference/batch/overview: 50,000 requests and 100 MB per batch.
+    "together": KindDefaults("https://api.together.ai/v1", max_bytes=100_000_000),
+    # docs.mistral.ai, batch inference: jobs time out after `timeout_hours` (24 by default).
+    "mistral": KindDefaults("https://api.mistral.ai"),
+}
+OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
+# A batch still running this long past its completion window is treated as expired.
+STUCK_MARGIN = 2 * 3600
+WINDOW = re.compile(r"([1-9][0-9]*)([hd])")
 
 
 def kinds_for(endpoint: str) -> tuple[str, ...]:
@@ -33,10 +60,13 @@ def upstreams_all() -> list[Upstream]:
         Upstream(
             name=item["name"],
             kind=item["kind"],
-            base_url=item["base_url"],
+            base_url=item["base_url"] or _defaults(item["kind"]).base_url,
             key_env=item["key_env"],
             models=tuple(item["models"]),
             api_version=item.get("api_version", ""),
+            completion_window=item.get("completion_window", ""),
+            max_requests=item.get("max_requests", 0),
+            max_bytes=item.get("max_bytes", 0),
         )
         for item in settings.UPSTREAMS
     ]
@@ -48,6 +78,42 @@ def upstreams_all() -> list[Upstream]:
         models=("*",),
     )
     return [*configured, default]
+
+
+def _defaults(kind: str) -> KindDefaults:
+    return KIND_DEFAULTS.get(kind, OPENAI_DEFAULTS)
+
+
+def window_seconds(window: str) -> int:
+    """`24h`, `48h`, `7d`: a completion window in seconds (ValueError for anything else)."""
+    match = WINDOW.fullmatch(window.strip())
+    if match is None:
+        raise ValueError(f"{window!r} is not a completion window like 24h or 7d")
+    return int(match.group(1)) * (3600 if match.group(2) == "h" else 86_400)
+
+
+def upstream_window(upstream: Upstream) -> str:
+    """The completion window its batches are created with."""
+    return upstream.completion_window or _defaults(upstream.kind).completion_window
+
+
+def upstream_limits(upstream: Upstream) -> tuple[int, int]:
+    """Requests and JSONL bytes per batch: the proxy's own limits (BATCH_MAX_*), lowered to
+    the upstream's where it takes less."""
+    defaults = _defaults(upstream.kind)
+    requests = upstream.max_requests or defaults.max_requests
+    size = upstream.max_bytes or defaults.max_bytes
+    return min(settings.BATCH_MAX_REQUESTS, requests), min(settings.BATCH_MAX_BYTES, size)
+
+
+def upstream_stuck_after(name: str) -> int:
+    """Seconds after which a batch still running upstream is treated as expired: its window
+    and a margin (BATCH_STUCK_AFTER at least), so a 7-day Groq window is not cut at 26 h."""
+    try:
+        window = window_seconds(upstream_window(upstream_get(name)))
+    except (UpstreamError, ValueError):
+        return settings.BATCH_STUCK_AFTER
+    return max(settings.BATCH_STUCK_AFTER, window + STUCK_MARGIN)
 
 
 def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
@@ -63,6 +129,11 @@ def upstream_route(*, endpoint: str, model: str) -> Upstream | None:
     return None
 
 
+def default_missing() -> bool:
+    """The default OpenAI upstream has no key (and this is no try-out, whose fake needs none)."""
+    return settings.TRY_OUT is None and not settings.OPENAI_API_KEY
+
+
 def upstream_get(name: str) -> Upstream:
     for upstream in upstreams_all():
         if upstream.name == name:
@@ -71,19 +142,21 @@ def upstream_get(name: str) -> Upstream:
 
 
 def upstream_refusal() -> str | None:
-    """Why this process may not call the default upstream, or None.
+    """Why this process may not start to call upstream, or None.
 
-    Without OPENAI_API_KEY only a data directory in try-out mode may (batchproxy/tryout.py):
-    a process never falls back to sending prompts to OPENAI_BASE_URL with no key. Commands
-    that call upstream refuse to start on it; `transport` refuses every call on it.
+    Outside try-out mode (batchproxy/tryout.py) some upstream needs a key: the default OpenAI
+    one (OPENAI_API_KEY) or any other (Anthropic, Gemini, Azure, UPSTREAMS). A process never
+    falls back to sending prompts to OPENAI_BASE_URL with no key: `transport` refuses every
+    call to a keyless default (its batches wait, retried, until the key is set).
     """
-    if settings.TRY_OUT is None and not settings.OPENAI_API_KEY:
-        return (
-            "OPENAI_API_KEY is not set, and this data directory is not in try-out mode. Set "
-            "OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API), or run "
-            "`manage.py serve --fake-openai` to try the proxy against the built-in fake OpenAI."
-        )
-    return None
+    if not default_missing() or any(u.name != DEFAULT and u.api_key() for u in upstreams_all()):
+        return None
+    return (
+        "No upstream key is set (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, "
+        "AZURE_OPENAI_API_KEY or an UPSTREAMS key), and this data directory is not in try-out "
+        "mode. Set one, or run `manage.py serve --fake-openai` to try the proxy against the "
+        "built-in fakes."
+    )
 
 
 def upstream_key(upstream: Upstream) -> str:
@@ -103,14 +176,21 @@ TRANSPORTS = {
     "azure": ("azure", "AzureTransport"),
     "anthropic": ("anthropic", "AnthropicTransport"),
     "gemini": ("gemini", "GeminiTransport"),
+    "groq": ("groq", "GroqTransport"),
+    "together": ("together", "TogetherTransport"),
+    "mistral": ("mistral", "MistralTransport"),
 }
 
 
 def transport(name: str = DEFAULT) -> Transport:
     """The transport of the named upstream, with its key read from the environment now."""
     upstream = upstream_get(name)
-    if upstream.name == DEFAULT and (refusal := upstream_refusal()) is not None:
-        raise UpstreamError(refusal, permanent=False, code="no_api_key")
+    if upstream.name == DEFAULT and default_missing():
+        raise UpstreamError(
+            "OPENAI_API_KEY is not set: nothing is sent to the default OpenAI upstream.",
+            permanent=False,
+            code="no_api_key",
+        )
     module, cls = TRANSPORTS.get(upstream.kind, TRANSPORTS["openai"])
     kind = getattr(import_module(f".{module}", __name__), cls)
     return kind(upstream, upstream_key(upstream))

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import Transport, Upstream, UpstreamError
+from .base import Transport, Upstream, UpstreamError, unreadable_line
 
 # An errored result's error type -> the HTTP status Anthropic would have answered.
 ERROR_STATUS = {
@@ -55,7 +55,8 @@ def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         kind = (exc.body or {}).get("error", {}).get("type") if isinstance(exc.body, dict) else None
         code = kind or f"http_{status}"
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        message = f"HTTP {status}: {exc.message}"
+        return UpstreamError(message, permanent=not transient, code=code, status=status)
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -119,6 +120,13 @@ def _output_line(result: dict) -> str | None:
     return orjson.dumps({"custom_id": result["custom_id"], "response": response}).decode()
 
 
+def _result_line(raw: str) -> str | None:
+    try:
+        return _output_line(orjson.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return unreadable_line(raw, id_field="custom_id")
+
+
 class AnthropicTransport(Transport):
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
@@ -176,9 +184,15 @@ class AnthropicTransport(Transport):
         """The batch's results as OpenAI output lines, streamed."""
         with upstream_observed("messages.batches.results", upstream=self.upstream.name):
             try:
-                for result in self.client().messages.batches.results(file_id):
-                    if line := _output_line(result.to_dict()):
-                        yield line
+                # The raw lines, not the SDK's decoder: one unreadable line must not end the
+                # read of all the others (the decoder raises on it).
+                decoder = self.client().messages.batches.results(file_id)
+                try:
+                    for raw in decoder.http_response.iter_lines():
+                        if raw.strip() and (line := _result_line(raw)):
+                            yield line
+                finally:
+                    decoder.close()
             except anthropic.AnthropicError as exc:
                 raise _translate(exc) from exc
             except httpx2.HTTPError as exc:

@@ -8,11 +8,14 @@ never fork per provider (STYLE.md rule 6).
 """
 
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+
+import orjson
 
 from requests_app.models import jsonl_line
 
@@ -20,11 +23,26 @@ from requests_app.models import jsonl_line
 METADATA_KEY = "batchproxy_batch_id"
 
 
+def unreadable_line(raw: bytes | str, *, id_field: str) -> str | None:
+    """A result line that could not be read (truncated, not JSON), as an OpenAI error line for
+    the request it names, if it still names one: the engine then fails (or requeues) that
+    request alone and reads on. None when not even that is left."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    match = re.search(rf'"{re.escape(id_field)}"\s*:\s*"([^"]{{1,100}})"', text[:1000])
+    if match is None:
+        return None
+    error = {"code": "invalid_result_line", "message": "The upstream's result line was unreadable."}
+    return orjson.dumps({"custom_id": match[1], "response": None, "error": error}).decode()
+
+
 class UpstreamError(Exception):
-    def __init__(self, message: str, *, permanent: bool, code: str = "upstream_error"):
+    def __init__(
+        self, message: str, *, permanent: bool, code: str = "upstream_error", status: int = 0
+    ):
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.status = status  # the upstream's HTTP status, when it answered with one
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,11 @@ class Upstream:
     key_env: str
     models: tuple[str, ...]  # names or shell-style patterns (`claude-*`); `*` serves any
     api_version: str = ""
+    # A batch's window and limits where a provider has its own (Groq, Together, Mistral): ""
+    # and 0 mean the kind's defaults (upstreams.KIND_DEFAULTS).
+    completion_window: str = ""
+    max_requests: int = 0
+    max_bytes: int = 0
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError
+from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
 
 API_VERSION = "v1beta"  # where Google documents the Batch API
 DISPLAY_PREFIX = "batchproxy-"
@@ -98,7 +98,8 @@ def _translate(exc: Exception) -> UpstreamError:
         status = exc.code or 500
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         code = (exc.status or f"http_{status}").lower()
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        message = f"HTTP {status}: {exc.message}"
+        return UpstreamError(message, permanent=not transient, code=code, status=status)
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, httpx2.TransportError):
@@ -233,6 +234,16 @@ def _response_json(response: types.GenerateContentResponse) -> dict:
     )
 
 
+def _file_result_line(raw: bytes) -> str | None:
+    """A responses file's line as an OpenAI output line; an unreadable one fails its request
+    alone (`unreadable_line`)."""
+    try:
+        item = orjson.loads(raw)
+        return _output_line(item.get("key"), item.get("response"), item.get("error"))
+    except (ValueError, AttributeError):
+        return unreadable_line(raw, id_field="key")
+
+
 class GeminiTransport(Transport):
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
@@ -328,13 +339,8 @@ class GeminiTransport(Transport):
                     raise _translate(exc) from exc
             with path.open("rb") as fh:
                 for raw in fh:
-                    if raw.strip():
-                        item = orjson.loads(raw)
-                        line = _output_line(
-                            item.get("key"), item.get("response"), item.get("error")
-                        )
-                        if line:
-                            yield line
+                    if raw.strip() and (line := _file_result_line(raw)):
+                        yield line
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file, or (for inline results) the job itself, once it has ended."""

@@ -32,7 +32,8 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
         # A refused key or a missing permission is the operator's to fix: keep retrying.
         transient = status in (401, 403, 408, 409, 429) or status >= 500
         code = getattr(exc, "code", None) or f"http_{status}"
-        return UpstreamError(f"HTTP {status}: {exc.message}", permanent=not transient, code=code)
+        message = f"HTTP {status}: {exc.message}"
+        return UpstreamError(message, permanent=not transient, code=code, status=status)
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamError("timed out", permanent=False, code="timeout")
     if isinstance(exc, openai.APIConnectionError):

@@ -7,6 +7,8 @@ request, in an order that is not the input's. Standard library only; state in me
 
 Markers in a request's text ask for per-request outcomes:
     [[status:400]]   the request is `errored` with that status's Anthropic error type
+    [[truncate]]     its result line is cut in half
+    [[refuse]]       the create of a batch holding it is refused (HTTP 400)
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py).
@@ -20,7 +22,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from .http import Call, FakeServer, Reply
+from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -154,6 +156,8 @@ class FakeAnthropic(FakeServer):
             isinstance(i, str) and re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids
         ):
             return 400, _error(400, "requests: custom_id must be unique, ^[a-zA-Z0-9_-]{1,64}$")
+        if any(REFUSE_MARKER in _text(r.get("params") or {}) for r in requests):
+            return 400, _error(400, REFUSAL)
         now = time.time()
         batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
         self._requests[batch_id] = [

@@ -16,6 +16,8 @@ _api_client.py), under both `/v1` and `/v1beta`:
 
 Answers echo the request's text ("echo: <text>"). A marker in the text asks for an outcome:
     [[status:400]]   that request fails with that HTTP status's gRPC code
+    [[truncate]]     a file job's result line for it is cut in half
+    [[refuse]]       the create of a job holding it is refused (HTTP 400)
 With `expire_after=N` a job ends `BATCH_STATE_EXPIRED` with only its first N results;
 `fail_batches=K` makes the next K jobs end `BATCH_STATE_FAILED` with no results.
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
@@ -35,7 +37,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from .http import Call, FakeServer, Reply, serve_until_signalled
+from .http import REFUSAL, REFUSE_MARKER, Call, FakeServer, Reply, jsonl, serve_until_signalled
 
 # HTTP status -> (gRPC code, its name), as Google's APIs map them.
 GRPC = {
@@ -230,7 +232,7 @@ class FakeGemini(FakeServer):
             ]
             job["_output"] = {"inlinedResponses": {"inlinedResponses": inlined}}
         elif done or job["_state"] == "BATCH_STATE_SUCCEEDED":
-            data = "".join(json.dumps(r) + "\n" for r in results).encode()
+            data = jsonl(results).encode()
             name = self._file_add(f"{job['name']}-results", data, "application/jsonl")
             self._files[name]["_generated"] = True
             job["_output"] = {"responsesFile": f"files/{name}"}
@@ -259,6 +261,8 @@ class FakeGemini(FakeServer):
                 for i in items
             ]
             inline = True
+        if any(REFUSE_MARKER in _text(r["request"]) for r in requests):
+            return 400, _error_body(400, REFUSAL)
         now = time.time()
         name = f"batches/{uuid.uuid4().hex[:16]}"
         fail = self.fail_batches > 0

@@ -21,6 +21,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
+# A request whose text holds this gets its result line cut in half in the results file, as a
+# broken upload or a provider's bug would leave it.
+TRUNCATE_MARKER = "[[truncate]]"
+# A batch holding a request whose text holds this is refused at create (HTTP 400), as a
+# provider refuses a whole batch for one request it cannot take.
+REFUSE_MARKER = "[[refuse]]"
+REFUSAL = "A request of the batch holds [[refuse]]."
+
+
+def jsonl(items) -> str:
+    """Result lines as JSONL, each line holding TRUNCATE_MARKER cut in half."""
+    lines = []
+    for item in items:
+        line = json.dumps(item)
+        lines.append(line[: len(line) // 2] if TRUNCATE_MARKER in line else line)
+    return "".join(line + "\n" for line in lines)
 
 
 @dataclass
@@ -34,7 +50,7 @@ class Reply:
         if isinstance(self.body, bytes):
             return self.body
         if isinstance(self.body, list):  # results: JSONL
-            return "".join(json.dumps(line) + "\n" for line in self.body).encode()
+            return jsonl(self.body).encode()
         return json.dumps(self.body).encode()
 
 
@@ -171,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         fake: FakeServer = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self._read_body()
         url = urlsplit(self.path)
         headers = {name.lower(): value for name, value in self.headers.items()}
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -197,6 +213,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return self._send(reply)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []  # an SDK streaming an upload of unknown length
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline().strip():
+            pass  # trailers
+        return b"".join(chunks)
 
     def _send(self, reply: Reply) -> None:
         data = reply.encoded()

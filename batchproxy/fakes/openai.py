@@ -12,6 +12,8 @@ request. Markers anywhere in a request body ask for per-request outcomes:
     [[error:server_error]]  no response, only an error with that code (error file)
     [[invalid]]             the whole batch fails validation on that line
     [[image_bytes:N]]       an image answer's picture is padded to N bytes (before base64)
+    [[truncate]]            its line of the output (or error) file is cut in half
+    [[refuse]]              the create of a batch holding it is refused (HTTP 400)
 
 Image answers draw the prompt: the picture is PNG's signature followed by "echo: <prompt>" (and,
 for edits, " on <image urls or file ids>"). A video line is answered with a finished video object;
@@ -50,7 +52,7 @@ from email.utils import collapse_rfc2231_value
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .http import serve_until_signalled
+from .http import REFUSAL, REFUSE_MARKER, jsonl, serve_until_signalled
 
 SOCKET_FAULTS = ("timeout", "disconnect", "lost_response")
 DEFAULTS = {
@@ -682,7 +684,20 @@ def _parse_multipart(content_type: str, body: bytes) -> dict:
 
 
 class FakeOpenAI:
-    """OpenAI's Files + Batches API in memory, served over HTTP from a daemon thread."""
+    """OpenAI's Files + Batches API in memory, served over HTTP from a daemon thread.
+
+    An OpenAI-compatible provider with its own quirks (fakes/groq.py) is a subclass that
+    changes where the API is served, which windows and sizes it takes, and whether it takes
+    OpenAI's file expiry parameters.
+    """
+
+    prefix = "/v1"  # where the API is served
+    max_upload_bytes = MAX_UPLOAD_BYTES
+    takes_expiry = True  # `expires_after` on uploads, `output_expires_after` on batches
+
+    def window_seconds(self, window) -> int | None:
+        """The seconds of a `completion_window` this API takes, or None."""
+        return DAY if window == "24h" else None
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
         self._address = (host, port)
@@ -702,12 +717,12 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("FakeOpenAI is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host}:{port}{self.prefix}"
 
     @property
     def azure_endpoint(self) -> str:
         """The same API as Azure OpenAI serves it (`/openai/...`, `api-key`, `api-version`)."""
-        return self.url.removesuffix("/v1")
+        return self.url.removesuffix(self.prefix)
 
     def start(self) -> FakeOpenAI:
         self._stopping.clear()
@@ -966,10 +981,13 @@ class FakeOpenAI:
         filename = filename or "upload"
         if purpose == "batch" and not filename.endswith(".jsonl"):
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
-        if len(content) > MAX_UPLOAD_BYTES:
-            raise ApiError(400, "Batch input files are limited to 200 MB.", param="file")
+        if len(content) > self.max_upload_bytes:
+            limit = self.max_upload_bytes // (1024 * 1024)
+            raise ApiError(400, f"Batch input files are limited to {limit} MB.", param="file")
         anchor = fields.get("expires_after[anchor]", (None, b""))[1].decode(errors="replace")
         seconds = fields.get("expires_after[seconds]", (None, b""))[1].decode(errors="replace")
+        if (anchor or seconds) and not self.takes_expiry:
+            raise ApiError(400, "Unknown parameter: 'expires_after'.", param="expires_after")
         expires = _expiry({"anchor": anchor, "seconds": seconds} if anchor or seconds else None)
         return _json_reply(self._store_file(content, filename, purpose, expires))
 
@@ -1035,9 +1053,13 @@ class FakeOpenAI:
         if endpoint not in ENDPOINTS:
             message = f"Invalid endpoint '{endpoint}'; supported: {', '.join(ENDPOINTS)}."
             raise ApiError(400, message, param="endpoint", code="invalid_value")
-        if params["completion_window"] != "24h":
-            message = "Invalid completion_window; only '24h' is supported."
+        window = self.window_seconds(params["completion_window"])
+        if window is None:
+            message = f"Invalid completion_window '{params['completion_window']}'."
             raise ApiError(400, message, param="completion_window", code="invalid_value")
+        if "output_expires_after" in params and not self.takes_expiry:
+            message = "Unknown parameter: 'output_expires_after'."
+            raise ApiError(400, message, param="output_expires_after")
         metadata = params.get("metadata")
         if metadata is not None and not (
             isinstance(metadata, dict)
@@ -1052,6 +1074,8 @@ class FakeOpenAI:
         if stored["object"]["purpose"] != "batch":
             raise ApiError(400, "The input file must have purpose 'batch'.", param="input_file_id")
 
+        if REFUSE_MARKER.encode() in stored["content"]:
+            raise ApiError(400, REFUSAL, param="input_file_id", code="invalid_request")
         now = time.time()
         lines = _parse_lines(stored["content"])
         bodies = [v.get("body") for _, v in lines if isinstance(v, dict)]
@@ -1065,13 +1089,13 @@ class FakeOpenAI:
             "model": models[0] if models else None,
             "errors": None,
             "input_file_id": params["input_file_id"],
-            "completion_window": "24h",
+            "completion_window": params["completion_window"],
             "status": "validating",
             "output_file_id": None,
             "error_file_id": None,
             "created_at": int(now),
             "in_progress_at": None,
-            "expires_at": int(now) + DAY,
+            "expires_at": int(now) + window,
             "finalizing_at": None,
             "completed_at": None,
             "failed_at": None,
@@ -1253,7 +1277,7 @@ class FakeOpenAI:
             ("error_file_id", "error", bad + expired),
         ):
             if lines:
-                content = "".join(json.dumps(line) + "\n" for line in _shuffled(lines, rng))
+                content = jsonl(_shuffled(lines, rng))
                 name = f"{batch['id']}_{kind}.jsonl"
                 stored = self._store_file(content.encode(), name, "batch_output", run.output_expiry)
                 batch[key] = stored["id"]
@@ -1315,8 +1339,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(fake._control(method, url.path, body))
         operation, args = "unknown", ()
         # Azure OpenAI: the same routes under /openai, keyed by `api-key`, versioned by query.
-        azure = url.path.startswith("/openai/")
+        # A provider serving them under a prefix of its own (Groq's /openai/v1) is not Azure.
+        own = fake.prefix != "/v1" and url.path.startswith(fake.prefix + "/")
+        azure = not own and url.path.startswith("/openai/")
         path = "/v1/" + url.path.removeprefix("/openai/") if azure else url.path
+        if own:
+            path = "/v1" + url.path.removeprefix(fake.prefix)
         for route_method, pattern, name in ROUTES:
             if route_method == method and (match := pattern.fullmatch(path)):
                 operation, args = name, match.groups()

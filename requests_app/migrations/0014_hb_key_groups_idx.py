@@ -1,6 +1,6 @@
 from django.db import migrations, models
 
-from batchproxy.migration_ops import AddIndexSafely
+from batchproxy.migration_ops import AddIndexConcurrently
 
 
 class Migration(migrations.Migration):
@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        AddIndexSafely(
+        AddIndexConcurrently(
             model_name="batchrequest",
             index=models.Index(
                 condition=models.Q(("status__in", ["queued", "submitted"])),

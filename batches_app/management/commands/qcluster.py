@@ -2,6 +2,7 @@ from django.core.management.base import CommandError
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from batches_app import upstreams
+from ops_app.checks import startup_refusal
 
 
 class Command(ClusterCommand):
@@ -15,7 +16,7 @@ class Command(ClusterCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        refusal = upstreams.upstream_refusal()
+        refusal = upstreams.upstream_refusal() or startup_refusal()
         if refusal is not None:
             raise CommandError(refusal)
         super().handle(*args, **options)

@@ -13,10 +13,14 @@ from django_q.tasks import async_task
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
 from batchproxy.fakes.gemini import FakeGemini
+from batchproxy.fakes.groq import FakeGroq
+from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
+from batchproxy.fakes.together import FakeTogether
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
+from ops_app.checks import startup_refusal
 from ops_app.deploy import database_wait, migrations_apply
-from requests_app.operators import admin_exists, superuser_ensure
+from requests_app.operators import admin_exists, createsuperuser_command, superuser_ensure
 
 # The fakes a try-out starts, by upstream kind, and their names on screen; the models each
 # serves are batchproxy/tryout.py's FAKE_MODELS.
@@ -24,18 +28,17 @@ FAKES = {
     "openai": (FakeOpenAI, "OpenAI"),
     "anthropic": (FakeAnthropic, "Anthropic"),
     "gemini": (FakeGemini, "Gemini"),
+    "groq": (FakeGroq, "Groq"),
+    "together": (FakeTogether, "Together"),
+    "mistral": (FakeMistral, "Mistral"),
 }
 
 
-def _python() -> str:
-    """This interpreter as the user would type it: relative when it is under the cwd."""
-    relative = os.path.relpath(sys.executable)
-    return sys.executable if relative.startswith("..") else relative
-
-
-def _listening(port: int) -> bool:
+def _listening(host: str, port: int) -> bool:
+    if host in ("0.0.0.0", "::"):  # noqa: S104
+        host = "127.0.0.1"
     with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 class Command(BaseCommand):
@@ -47,10 +50,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9487)))
         parser.add_argument(
+            "--host",
+            default=os.environ.get("HOST", ""),
+            help="the address to listen on (default: HOST, else 127.0.0.1 in a try-out, whose "
+            "key anyone reaching it could use, and every interface otherwise)",
+        )
+        parser.add_argument(
             "--role",
-            choices=["all", "web", "scheduler"],
+            choices=["all", "web", "scheduler", "migrate"],
             default="all",
-            help="run only the web server or only the scheduler (default: both)",
+            help="run only the web server or only the scheduler (default: both); `migrate`: "
+            "apply the migrations and exit (the one job of a deploy, with RUN_MIGRATIONS=false "
+            "on the others)",
         )
         parser.add_argument(
             "--fake-upstreams",
@@ -78,6 +89,7 @@ class Command(BaseCommand):
         self,
         *args,
         port: int,
+        host: str,
         role: str,
         fake_upstreams: bool,
         fake_step_seconds: float,
@@ -85,7 +97,16 @@ class Command(BaseCommand):
         wait_for_db: float,
         **options,
     ) -> None:
-        env = dict(os.environ, PORT=str(port))
+        # A try-out's key and fakes are for this machine: loopback unless asked otherwise.
+        host = host or ("127.0.0.1" if fake_upstreams else "0.0.0.0")  # noqa: S104
+        env = dict(os.environ, PORT=str(port), HOST=host)
+        if role == "migrate":
+            # A deploy's one-shot job: needs the database only, no upstream key.
+            database_wait(seconds=wait_for_db, say=self.stdout.write)
+            migrations_apply(say=self.stdout.write)
+            if superuser_ensure():
+                self.stdout.write("Created the admin account named by DJANGO_SUPERUSER_USERNAME.")
+            return
         if fake_upstreams:
             fakes = {
                 kind: fake(step_seconds=fake_step_seconds).start()
@@ -119,12 +140,16 @@ class Command(BaseCommand):
             )
         elif (refusal := upstreams.upstream_refusal()) is not None:
             raise CommandError(refusal)
+        if (refusal := startup_refusal()) is not None:  # read after the try-out is recorded
+            raise CommandError(refusal)
         if not settings.ENV_API_KEY_HASHES:
             self.stderr.write(
                 "No BATCH_SERVER_API_KEY set: only keys made with `manage.py create_api_key` work."
             )
         database_wait(seconds=wait_for_db, say=self.stdout.write)
-        if not no_migrate:
+        if no_migrate or not settings.RUN_MIGRATIONS:
+            self.stdout.write("Migrations: left to the deploy's migrate job (not run here).")
+        else:
             # Under a lock: several containers starting together migrate once.
             migrations_apply(say=self.stdout.write)
         if superuser_ensure():
@@ -156,13 +181,13 @@ class Command(BaseCommand):
         """Where to point the SDK and the browser, and what an operator still has to do."""
         if role == "scheduler":
             return "batchproxy scheduler running (role: scheduler)"
-        host = env.get("HOST", "")
-        # gunicorn listens on every address by default: this machine's own is the one to click.
-        if host in ("", "0.0.0.0", "::"):  # noqa: S104
-            host = "127.0.0.1"
-        base = f"http://{host}:{port}"
+        host = env["HOST"]
+        everywhere = host in ("0.0.0.0", "::")  # noqa: S104
+        # Listening on every address: this machine's own is the one to click.
+        base = f"http://{'127.0.0.1' if everywhere else host}:{port}"
+        listening = "every interface" if everywhere else f"{host} only"
         lines = [
-            f"batchproxy running (role: {role}) at {base}/",
+            f"batchproxy running (role: {role}) at {base}/ (listening on {listening})",
             f"  SDK base URL: {base}/v1",
             f"  Admin:        {base}/{settings.ADMIN_URL}",
             f"  Dashboard:    {base}/{settings.ADMIN_URL}dashboard/",
@@ -170,9 +195,7 @@ class Command(BaseCommand):
         if admin_exists():
             lines.append("  Admin account: exists.")
         else:
-            lines.append(
-                f"  Admin account: none yet. Make one: {_python()} manage.py createsuperuser"
-            )
+            lines.append(f"  Admin account: none yet. Make one: {createsuperuser_command()}")
         if fake_step is not None:
             wait = float(env.get("BATCH_MAX_WAIT", settings.BATCH_MAX_WAIT))
             tick = float(env.get("TICK_SECONDS", settings.TICK_SECONDS))
@@ -214,7 +237,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         web = any("gunicorn" in command for command in commands)
         while not stopping and all(child.poll() is None for child in children):
-            if started and (not web or _listening(port)):
+            if started and (not web or _listening(env["HOST"], port)):
                 self.stdout.write(started)
                 started = ""
             time.sleep(0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -145,6 +146,12 @@ def _progress(total: int, enabled: bool) -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
+        # Said once per place that asks (Python's default warning filter), never an error.
+        warnings.warn(
+            "batchproxy_client: no progress bar without tqdm: "
+            "pip install 'batchproxy-client[progress]' (or tqdm), or pass progress=False",
+            stacklevel=4,
+        )
         return None
     return tqdm(total=total, unit="call")
 
@@ -191,7 +198,8 @@ def bulk(
     return_exceptions: bool = False,
 ) -> list[T]:
     """Run zero-argument calls (e.g. `lambda: client.responses.create(...)`) in threads and
-    return their results in the order of `calls`; a progress bar with tqdm installed.
+    return their results in the order of `calls`; a progress bar with tqdm installed (a
+    warning says so without it).
 
     1. Every call is made once without waiting, so that all are queued at the proxy (and go
        into the same batches) before any of them waits.

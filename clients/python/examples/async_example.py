@@ -1,14 +1,23 @@
 """The same with AsyncOpenAI: every await returns its answer once the batch has it.
 
-Usage: python async_example.py BASE_URL API_KEY WHO
+Usage: python async_example.py BASE_URL API_KEY [WHO]
+(for instance http://localhost:9487/v1 my-proxy-key: a proxy's base URL and one of its keys)
 """
 
+import argparse
 import asyncio
 import json
-import sys
 
 import openai
 from batchproxy_client import abulk, async_http_client
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base_url", help="the proxy's base URL, e.g. http://localhost:9487/v1")
+    parser.add_argument("api_key", help="a proxy key (BATCH_SERVER_API_KEY or create_api_key)")
+    parser.add_argument("who", nargs="?", default="me", help="a word put in every question")
+    return parser.parse_args()
 
 
 async def main(base_url: str, api_key: str, who: str) -> None:
@@ -37,4 +46,4 @@ async def main(base_url: str, api_key: str, who: str) -> None:
     )
 
 
-asyncio.run(main(*sys.argv[1:4]))
+asyncio.run(main(**vars(arguments())))

@@ -17,4 +17,4 @@ class Command(BaseCommand):
         if len(found) != 1:
             raise CommandError(f"No single webhook has the id or URL {endpoint!r}.")
         webhook_endpoint_remove(endpoint_id=found[0].pk)
-        self.stdout.write(f"Removed webhook {found[0].pk} ({found[0].url}).")
+        self.stdout.write(f"Removed webhook {found[0].pk} ({found[0].url_shown}).")

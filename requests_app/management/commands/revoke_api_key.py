@@ -5,16 +5,21 @@ from requests_app.models import ApiKey
 
 
 class Command(BaseCommand):
-    help = "Revoke a proxy key by its id or its prefix; its clients get 401 from now on."
+    help = (
+        "Revoke a proxy key by its id or its prefix; its clients get 401 from now on, and its "
+        "queued requests are cancelled."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("key", help="the key's id, or the first characters of its secret")
 
     def handle(self, *args, key: str, **options) -> None:
         found = key_lookup(key)
-        revoked = api_key_revoke(key_id=found.pk)
-        state = "revoked" if revoked else "was already revoked"
-        self.stdout.write(f"Key {found.pk} '{found.name}' {state}.")
+        done = api_key_revoke(key_id=found.pk)
+        state = "revoked" if done.revoked else "was already revoked"
+        self.stdout.write(
+            f"Key {found.pk} '{found.name}' {state}; {done.cancelled} queued requests cancelled."
+        )
 
 
 def key_lookup(key: str) -> ApiKey:
