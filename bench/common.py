@@ -3,6 +3,7 @@
 import os
 import platform
 import resource
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/batchproxy_bench"
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)  # one per benchmark run, shared by its processes
 
 
 def database_url() -> str:
@@ -29,6 +31,9 @@ def bench_env() -> dict[str, str]:
         "DEBUG": "false",  # DEBUG keeps every query in memory
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
+        # Production settings refuse to start without these (ops_app.checks.startup_refusal).
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or BENCH_SECRET_KEY,
+        "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS") or "127.0.0.1,localhost",
     }
 
 
