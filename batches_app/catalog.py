@@ -74,7 +74,7 @@ def model_find(model: str, *, api_key_id: int) -> dict | None:
 def key_models_record(*, batch: Batch) -> int:
     """Note, for each key with a request in the new batch, that it has used the batch's model.
 
-    Called by the flush just after the transaction that claims the requests into the batch.
+    Called when the batch is created upstream (not in the claim, which it would slow).
     """
     keys = BatchRequest.objects.filter(batch=batch).values_list("api_key_id", flat=True)
     # In key order: two flushers of one model insert in the same order, so neither waits for

@@ -279,10 +279,6 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
             attempts_open(batch=batch, request_ids=chunk)
         Batch.objects.filter(pk=batch.pk).update(request_count=claimed)
         batch.request_count = claimed
-    # After the claim's commit: two flushers claiming batches of one model would otherwise
-    # wait on each other's new KeyModel rows, holding their claims (a crash here only delays
-    # the listing of the model for its keys until their next batch of it).
-    catalog.key_models_record(batch=batch)
     crash_point("after_claim")
     log.info("flush: batch %s claimed %d %s %s requests", batch.pk, claimed, endpoint, model)
     return Claim(batch, waiting)
@@ -674,6 +670,9 @@ def _record_running(batch: Batch, data: dict) -> None:
         upstream_created_at=_timestamp(data.get("created_at")) or timezone.now(),
     )
     log.info("batch %s created upstream as %s", batch.pk, data["id"])
+    # Here, not in the claim: two flushers claiming batches of one model would wait on each
+    # other's new KeyModel rows while holding their claims.
+    catalog.key_models_record(batch=batch)
 
 
 def _cancel_before_upstream(batch: Batch) -> None:
