@@ -161,15 +161,17 @@ def secret_page(request, key: ApiKey, secret: str, verb: str) -> TemplateRespons
 
 
 class ModelFilter(admin.SimpleListFilter):
-    """The operator's models, and `other` for every name a caller chose: a caller inventing
-    model names cannot grow this list (issue 20, item 4)."""
+    """The operator's models that rows use, and `other` for every name a caller chose: a caller
+    inventing model names cannot grow this list (issue 20, item 4)."""
 
     title = "model"
     parameter_name = "model"
     OTHER = "__other__"
 
     def lookups(self, request, model_admin):
-        return [(m, m) for m in sorted(catalog.models_configured())] + [(self.OTHER, "other")]
+        rows = model_admin.get_queryset(request).filter(model__in=catalog.models_configured())
+        used = rows.order_by().values_list("model", flat=True).distinct()
+        return [(m, m) for m in sorted(used)] + [(self.OTHER, "other")]
 
     def queryset(self, request, queryset):
         if self.value() == self.OTHER:
