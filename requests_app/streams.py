@@ -303,10 +303,28 @@ def _anthropic_error_frame(status: int, body: bytes) -> bytes:
 
 
 def _gemini_chunks(answer: dict, include_usage: bool) -> Iterator[bytes]:
-    """The stored GenerateContentResponse as one chunk: a Gemini stream's chunks are whole
-    GenerateContentResponses that google-genai hands over one by one, never merged, and its
-    last carries the finish reason and usage, as this one does."""
-    yield _frame(answer)
+    """GenerateContentResponse chunks, as Gemini streams one candidate: a chunk per part (a
+    text or thought part in pieces), the last carrying the candidate's finish reason and the
+    usage. An answer of several candidates (or none, or no parts) is one chunk, whole:
+    google-genai hands chunks over one by one and never merges them."""
+    candidates = answer.get("candidates") or []
+    content = (candidates[0].get("content") or {}) if len(candidates) == 1 else {}
+    parts = []
+    for part in content.get("parts") or []:
+        if "text" in part and set(part) <= {"text", "thought"}:
+            parts += [{**part, "text": piece} for piece in _pieces(part["text"])]
+        else:
+            parts.append(part)  # a call, or a part that carries a thought signature
+    if not parts:
+        yield _frame(answer)
+        return
+    head = {k: v for k, v in answer.items() if k not in ("candidates", "usageMetadata")}
+    where = {"index": candidates[0]["index"]} if "index" in candidates[0] else {}
+    for part in parts[:-1]:
+        piece = {"content": {**content, "parts": [part]}, **where}
+        yield _frame({"candidates": [piece], **head})
+    last = {**candidates[0], "content": {**content, "parts": parts[-1:]}}
+    yield _frame({**answer, "candidates": [last]})
 
 
 def _gemini_error_frame(status: int, body: bytes) -> bytes:

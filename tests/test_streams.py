@@ -258,6 +258,37 @@ GENERATED = {
     "responseId": "Oq-6aKW_EtaB7M8PqLDo8Aw",
 }
 
+GENERATED_CALL = {
+    "candidates": [
+        {
+            "content": {
+                "parts": [
+                    {"text": "**Planning**\n" + LONG, "thought": True},
+                    {"text": "Let me look that up. "},
+                    {
+                        "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                        "thoughtSignature": "CiQB0e2Kb7Vx",
+                    },
+                ],
+                "role": "model",
+            },
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 9, "totalTokenCount": 39},
+    "modelVersion": "gemini-2.5-pro",
+    "responseId": "xq-6aKW_EtaB7M8PqLDo8Aw",
+}
+TWO_CANDIDATES = {
+    **GENERATED,
+    "candidates": [
+        {**GENERATED["candidates"][0], "index": 0},
+        {**GENERATED["candidates"][0], "content": {"parts": [{"text": "Hi"}], "role": "model"},
+         "index": 1},
+    ],
+}  # fmt: skip
+
 # -- the server the SDKs are pointed at --------------------------------------------------------
 
 
@@ -576,22 +607,53 @@ def gemini_stream(url: str) -> list:
     return list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="Hi"))
 
 
-def test_generate_content_stream_yields_the_stored_answer_after_harmless_keepalives():
-    with sse_server(
-        Endpoint.GENERATE_CONTENT, frames_of(Endpoint.GENERATE_CONTENT, GENERATED)
-    ) as url:
+def test_generate_content_stream_yields_the_answer_in_pieces_after_harmless_keepalives():
+    frames = frames_of(Endpoint.GENERATE_CONTENT, GENERATED)
+    with sse_server(Endpoint.GENERATE_CONTENT, frames) as url:
         chunks = gemini_stream(url)
-    assert len(chunks) == KEEPALIVES + 1
+    assert len(chunks) > KEEPALIVES + 2  # the keepalives, then the text in pieces
     assert [chunk.text for chunk in chunks[:KEEPALIVES]] == [""] * KEEPALIVES
     text = ""
     for chunk in chunks:
         text += chunk.text  # as a caller's loop would: no None, no junk
     assert text == LONG
+    assert all(chunk.candidates[0].finish_reason is None for chunk in chunks[:-1])
     last = chunks[-1]
     assert last.candidates[0].finish_reason == "STOP"
     assert last.usage_metadata.total_token_count == 48
-    assert last.response_id == GENERATED["responseId"]
-    assert all(chunk.candidates[0].finish_reason is None for chunk in chunks[:KEEPALIVES])
+    assert {chunk.response_id for chunk in chunks[KEEPALIVES:]} == {GENERATED["responseId"]}
+
+
+def merged_parts(chunks) -> list[dict]:
+    """The parts of a streamed candidate, consecutive text pieces of one kind joined."""
+    parts: list[dict] = []
+    for chunk in chunks:
+        for part in chunk.candidates[0].content.parts:
+            part = part.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if parts and {"text"} <= set(part) and set(parts[-1]) == set(part):
+                parts[-1]["text"] += part["text"]
+            else:
+                parts.append(part)
+    return parts
+
+
+def test_generate_content_stream_keeps_thoughts_calls_and_signatures_apart():
+    frames = frames_of(Endpoint.GENERATE_CONTENT, GENERATED_CALL)
+    with sse_server(Endpoint.GENERATE_CONTENT, frames) as url:
+        chunks = gemini_stream(url)[KEEPALIVES:]
+    assert merged_parts(chunks) == GENERATED_CALL["candidates"][0]["content"]["parts"]
+    assert "".join(chunk.text or "" for chunk in chunks) == "Let me look that up. "
+    assert chunks[-1].function_calls[0].args == {"city": "Paris"}
+
+
+def test_an_answer_of_two_candidates_is_one_chunk_whole():
+    frames = frames_of(Endpoint.GENERATE_CONTENT, TWO_CANDIDATES)
+    assert frames == [
+        b"data: " + json.dumps(TWO_CANDIDATES, separators=(",", ":")).encode() + b"\n\n"
+    ]
+    with sse_server(Endpoint.GENERATE_CONTENT, frames) as url:
+        (chunk,) = gemini_stream(url)[KEEPALIVES:]
+    assert [c.content.parts[0].text for c in chunk.candidates] == [LONG, "Hi"]
 
 
 @pytest.mark.parametrize(
@@ -705,7 +767,9 @@ def test_the_node_anthropic_sdk_streams_the_message_past_pings(node_stream):
 
 
 def test_the_node_genai_sdk_streams_empty_keepalives_then_the_answer(node_stream):
-    assert node_stream("gemini") == {"texts": [""] * KEEPALIVES + [LONG]}
+    texts = node_stream("gemini")["texts"]
+    assert texts[:KEEPALIVES] == [""] * KEEPALIVES
+    assert "".join(texts[KEEPALIVES:]) == LONG and len(texts) > KEEPALIVES + 1
 
 
 def test_each_node_sdk_raises_a_failed_request_as_its_own_error(node_stream):
