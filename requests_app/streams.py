@@ -64,8 +64,8 @@ def _chat_chunks(answer: dict, include_usage: bool) -> Iterator[bytes]:
         choice = {"index": index, "delta": delta, "finish_reason": finish_reason, **extra}
         return _frame({**envelope, "choices": [choice]})
 
-    for choice in answer.get("choices") or []:
-        index, message = choice["index"], dict(choice.get("message") or {})
+    for position, choice in enumerate(answer.get("choices") or []):
+        index, message = choice.get("index", position), dict(choice.get("message") or {})
         content, refusal = message.pop("content", None), message.pop("refusal", None)
         tool_calls = message.pop("tool_calls", None) or []
         yield chunk(index, message)
@@ -73,15 +73,15 @@ def _chat_chunks(answer: dict, include_usage: bool) -> Iterator[bytes]:
             if isinstance(text, str):
                 for piece in _pieces(text):
                     yield chunk(index, {field: piece})
-        for position, call in enumerate(tool_calls):
+        for at, call in enumerate(tool_calls):
             function = call.get("function")
             if call.get("type") != "function" or not isinstance(function, dict):
-                yield chunk(index, {"tool_calls": [{"index": position, **call}]})
+                yield chunk(index, {"tool_calls": [{"index": at, **call}]})
                 continue
             head = {**call, "function": {**function, "arguments": ""}}
-            yield chunk(index, {"tool_calls": [{"index": position, **head}]})
+            yield chunk(index, {"tool_calls": [{"index": at, **head}]})
             for piece in _pieces(function.get("arguments") or ""):
-                part = {"index": position, "function": {"arguments": piece}}
+                part = {"index": at, "function": {"arguments": piece}}
                 yield chunk(index, {"tool_calls": [part]})
         yield chunk(index, {}, choice.get("finish_reason"), logprobs=choice.get("logprobs"))
     if include_usage:
@@ -372,13 +372,12 @@ def stream_events(
     OpenAI's chat chunks (the usage chunk when `include_usage`, from the caller's
     `stream_options`) or completions chunks then [DONE], Responses events, Anthropic's
     message_start … message_stop, Gemini's chunks. A status other than 200 (a per-request
-    error from upstream) is that provider's error event. ValueError for an endpoint that
-    does not stream."""
+    error from upstream) is that provider's error event. Checked when called, before any
+    frame: ValueError for an endpoint that does not stream (or a 200 body that is not JSON)."""
     answer_frames, error_frame, _ = _shape(endpoint)
     if status != 200:
-        yield error_frame(status, body)
-        return
-    yield from answer_frames(orjson.loads(body), include_usage)
+        return iter([error_frame(status, body)])
+    return answer_frames(orjson.loads(body), include_usage)
 
 
 def keepalive(endpoint: str) -> bytes:

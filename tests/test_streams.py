@@ -376,7 +376,11 @@ def test_a_chat_stream_loop_sees_each_choice_its_text_tool_calls_and_finish(name
     for chunk in chunks:
         assert chunk.usage is None  # not asked for
         for choice in chunk.choices:
-            got = seen.setdefault(choice.index, {"content": None, "calls": {}, "finish": None})
+            got = seen.setdefault(
+                choice.index, {"content": None, "calls": {}, "finish": None, "logprobs": []}
+            )
+            if choice.logprobs is not None:
+                got["logprobs"] += [p.to_dict() for p in choice.logprobs.content or []]
             if choice.delta.content is not None:
                 got["content"] = (got["content"] or "") + choice.delta.content
             for call in choice.delta.tool_calls or []:
@@ -392,6 +396,7 @@ def test_a_chat_stream_loop_sees_each_choice_its_text_tool_calls_and_finish(name
                 for i, c in enumerate(choice["message"].get("tool_calls") or [])
             },
             "finish": choice["finish_reason"],
+            "logprobs": (choice["logprobs"] or {}).get("content") or [],
         }
         for choice in stored["choices"]
     }
@@ -694,7 +699,7 @@ def test_an_upstream_error_answer_is_raised_by_generate_content_stream():
 @pytest.mark.parametrize("endpoint", [Endpoint.EMBEDDINGS, Endpoint.IMAGES_GENERATIONS, "/v1/x"])
 def test_an_endpoint_that_does_not_stream_is_refused(endpoint):
     with pytest.raises(ValueError, match="not streamed"):
-        list(streams.stream_events(endpoint=endpoint, status=200, body=b"{}"))
+        streams.stream_events(endpoint=endpoint, status=200, body=b"{}")  # at once, not lazily
     with pytest.raises(ValueError):
         streams.keepalive(endpoint)
     with pytest.raises(ValueError):
