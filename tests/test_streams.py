@@ -518,6 +518,16 @@ def test_a_responses_stream_loop_sees_the_text_reasoning_and_arguments():
     assert events[-1].response.output_text == LONG
 
 
+def test_an_incomplete_response_ends_as_openai_ends_one_in_response_incomplete():
+    stored = {**RESPONSE, "status": "incomplete", "completed_at": None,
+              "incomplete_details": {"reason": "max_output_tokens"}}  # fmt: skip
+    with sse_server(Endpoint.RESPONSES, frames_of(Endpoint.RESPONSES, stored)) as url:
+        events = list(openai_client(url).responses.create(model="o4-mini", input="Hi", stream=True))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+    assert "response.completed" not in {event.type for event in events}
+
+
 def test_a_failed_request_is_raised_by_the_responses_stream_as_an_error_event():
     frames = [streams.error_event(Endpoint.RESPONSES, status=409, body=CANCELLED)]
     with (
