@@ -18,6 +18,7 @@ import openai
 import pydantic
 import pytest
 
+from .processes import fresh_postgres
 from .test_node_sdk import NODE_DIR, node_modules_ensure
 from .test_serve import ROOT, free_port, wait_for_port
 
@@ -29,12 +30,23 @@ TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory) -> str:
+def database():
+    """A fresh PostgreSQL database when the run is on PostgreSQL (held callers are woken by
+    its notifications there), else nothing: the try-out's SQLite file."""
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        yield {}
+        return
+    with fresh_postgres("frameworks") as url:
+        yield {"DATABASE_URL": url}
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, database) -> str:
     """`serve --fake-openai` with quick batches, shared by the module: its SDK base URL."""
     data_dir = tmp_path_factory.mktemp("frameworks")
     port = free_port()
     drop = ("DATABASE_URL", "POSTGRES_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env = {k: v for k, v in os.environ.items() if k not in drop} | database
     env |= {
         "DATA_DIR": str(data_dir),
         "BATCH_SERVER_API_KEY": KEY,
