@@ -1,6 +1,7 @@
 """GET /v1/batch_requests: the key's finished requests by cursor, each exactly once."""
 
 import json
+import subprocess
 from datetime import timedelta
 
 import openai
@@ -11,6 +12,7 @@ from batches_app import services
 from requests_app.models import BatchRequest
 
 from .engine import cycle
+from .test_node_sdk import NODE_DIR, node_modules_ensure
 
 pytestmark = pytest.mark.django_db
 Status = BatchRequest.Status
@@ -265,6 +267,30 @@ def test_the_sdks_auto_pagination_walks_every_page_once(sdk, settings):
     assert sorted(walked) == sorted(asked) and len(walked) == 5
     assert [len(page.data) for page in pages] == [2, 2, 1]
     assert {row.status for row in first} == {"completed"}
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_node_sdks_auto_pagination_walks_every_page_once(sdk, live_server, api_key, settings):
+    node_modules_ensure()
+    settings.LIST_SETTLE_SECONDS = 0
+    asked = []
+    for i in range(5):
+        with pytest.raises(openai.UnprocessableEntityError) as pending:
+            sdk.chat.completions.create(**chat(f"node auto-paged {i}"))
+        asked.append(pending.value.response.headers["x-batch-request-id"])
+    cycle()  # one ingest: all five finish at one instant
+
+    out = subprocess.run(
+        ["node", "listing.mjs", f"{live_server.url}/v1", api_key[1], "2"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == sorted(asked)  # ties in id order, each once
 
 
 def test_a_large_answer_in_pieces_is_omitted_from_the_list(
