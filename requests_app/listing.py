@@ -5,6 +5,9 @@ DRF's CursorPagination keys its cursor on one field and counts ties by offset (c
 at one instant. This cursor is the pair (finished_at, id), which is unique, so each request
 comes exactly once across pages however many share a timestamp. A cursor is returned on
 every page, the last one too: a caller keeps it and asks later for what finished since.
+`after` also takes the id of the last request of the previous page, as OpenAI's list
+endpoints do (`last_id`, and what the SDKs' auto-pagination sends): that request's own
+(finished_at, id) is then the cursor.
 """
 
 import base64
@@ -42,7 +45,23 @@ def cursor_decode(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError(when)
         return finished_at, uuid.UUID(request_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationError("Invalid cursor in 'after': pass a next_cursor as given.") from None
+        message = "Invalid cursor in 'after': pass a next_cursor or a last_id as given."
+        raise ValidationError(message) from None
+
+
+def cursor_from_after(after: str, queryset: QuerySet) -> tuple[datetime, uuid.UUID]:
+    """The position `after` names: a `next_cursor`, or the id of a listed request."""
+    try:
+        request_id = uuid.UUID(after)
+    except ValueError:
+        return cursor_decode(after)
+    finished_at = queryset.filter(pk=request_id).values_list("finished_at", flat=True).first()
+    if finished_at is None:
+        raise ValidationError(
+            f"No finished request {after!r} of this key for 'after': pass a listed id or a "
+            "next_cursor."
+        )
+    return finished_at, request_id
 
 
 def finished_requests(*, queryset: QuerySet, statuses: str | None) -> QuerySet:
@@ -85,7 +104,7 @@ class FinishedCursorPagination(BasePagination):
         if not limit.isdigit() or not 1 <= int(limit) <= self.max_page_size:
             raise ValidationError(f"'limit' must be a whole number from 1 to {self.max_page_size}.")
         if self.after:
-            finished_at, request_id = cursor_decode(self.after)
+            finished_at, request_id = cursor_from_after(self.after, queryset)
             queryset = queryset.filter(
                 Q(finished_at__gt=finished_at) | Q(finished_at=finished_at, pk__gt=request_id)
             )
@@ -118,7 +137,10 @@ class FinishedCursorPagination(BasePagination):
                 "name": self.cursor_query_param,
                 "in": "query",
                 "required": False,
-                "description": "The `next_cursor` of the previous page: only what finished since.",
+                "description": (
+                    "The `next_cursor` of the previous page, or its `last_id` (OpenAI's"
+                    " `after`): only what finished since."
+                ),
                 "schema": {"type": "string"},
             },
             {

@@ -712,7 +712,8 @@ class FinishedRequestSerializer(BatchRequestSerializer):
 )
 class BatchRequestList(ListAPIView):
     """GET /v1/batch_requests?status=completed&after=<cursor>: the caller's own finished
-    requests, oldest finish first; `next_cursor` of one page is the `after` of the next."""
+    requests, oldest finish first; `next_cursor` (or `last_id`, as OpenAI's lists and their
+    SDKs' auto-pagination send it) of one page is the `after` of the next."""
 
     serializer_class = FinishedRequestSerializer
     pagination_class = FinishedCursorPagination

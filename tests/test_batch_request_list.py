@@ -1,6 +1,7 @@
 """GET /v1/batch_requests: the key's finished requests by cursor, each exactly once."""
 
 import json
+import subprocess
 from datetime import timedelta
 
 import openai
@@ -11,6 +12,7 @@ from batches_app import services
 from requests_app.models import BatchRequest
 
 from .engine import cycle
+from .test_node_sdk import NODE_DIR, node_modules_ensure
 
 pytestmark = pytest.mark.django_db
 Status = BatchRequest.Status
@@ -144,6 +146,7 @@ def test_a_request_is_listed_once_it_has_settled(listing, finished, settings):
         ("limit=0", "limit"),
         ("limit=abc", "limit"),
         ("status=queued", "status"),
+        ("after=00000000-0000-4000-8000-000000000000", "after"),  # no such request
     ],
 )
 def test_bad_query_is_a_400_in_the_openai_shape(listing, query, param):
@@ -152,6 +155,46 @@ def test_bad_query_is_a_400_in_the_openai_shape(listing, query, param):
     error = response.json()["error"]
     assert param in error["message"] or "Invalid cursor" in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def listed_by_last_id(listing, query: str) -> tuple[list[str], int]:
+    """Every page as OpenAI's lists are walked: `after` is the previous page's `last_id`."""
+    seen, after, pages = [], None, 0
+    while True:
+        page = listing(query + (f"&after={after}" if after else "")).json()
+        pages += 1
+        seen += [row["id"] for row in page["data"]]
+        assert page["last_id"] == (page["data"][-1]["id"] if page["data"] else None)
+        after = page["last_id"]
+        if not page["has_more"]:
+            return seen, pages
+
+
+def test_after_takes_the_last_id_as_openais_lists_do(listing, finished):
+    mine = finished(7, "by id")
+
+    by_id, pages = listed_by_last_id(listing, "limit=3")
+    by_cursor, _, _ = all_pages(listing, "limit=3")
+
+    assert by_id == by_cursor and sorted(by_id) == sorted(mine) and pages == 3
+
+
+def test_rows_finishing_at_one_instant_are_listed_in_one_order_by_id(listing, finished):
+    mine = finished(6, "one instant")
+    BatchRequest.objects.update(finished_at=timezone.now() - timedelta(seconds=1))
+
+    first, _ = listed_by_last_id(listing, "limit=4")
+    again, _ = listed_by_last_id(listing, "limit=5")
+
+    assert first == again == sorted(mine)
+
+
+def test_after_an_id_of_another_key_is_a_400_not_a_peek(listing, finished, other_key):
+    finished(2, "mine")
+    [theirs] = finished(1, "theirs", secret=other_key[1])
+    response = listing(f"after={theirs}")
+    assert response.status_code == 400
+    assert theirs in response.json()["error"]["message"]
 
 
 def test_without_a_valid_key_401(listing):
@@ -194,6 +237,60 @@ def test_the_sdk_pages_through_the_list_as_the_readme_shows(sdk, settings):
         page = sdk.get("/batch_requests", cast_to=object, options={"params": params})
 
     assert sorted(seen) == sorted(asked)
+
+
+class Listed(openai.BaseModel):
+    id: str
+    status: str
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_sdks_auto_pagination_walks_every_page_once(sdk, settings):
+    settings.LIST_SETTLE_SECONDS = 0
+    asked = set()
+    for i in range(5):
+        with pytest.raises(openai.UnprocessableEntityError) as pending:
+            sdk.chat.completions.create(**chat(f"auto-paged {i}"))
+        asked.add(pending.value.response.headers["x-batch-request-id"])
+    cycle()  # one ingest: all five finish at one instant
+
+    first = sdk.get_api_list(
+        "/batch_requests",
+        model=Listed,
+        page=openai.pagination.SyncCursorPage[Listed],
+        options={"params": {"limit": 2}},
+    )
+    walked = [row.id for row in first]
+    pages = list(first.iter_pages())
+
+    assert sorted(walked) == sorted(asked) and len(walked) == 5
+    assert [len(page.data) for page in pages] == [2, 2, 1]
+    assert {row.status for row in first} == {"completed"}
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_the_node_sdks_auto_pagination_walks_every_page_once(sdk, live_server, api_key, settings):
+    node_modules_ensure()
+    settings.LIST_SETTLE_SECONDS = 0
+    asked = []
+    for i in range(5):
+        with pytest.raises(openai.UnprocessableEntityError) as pending:
+            sdk.chat.completions.create(**chat(f"node auto-paged {i}"))
+        asked.append(pending.value.response.headers["x-batch-request-id"])
+    cycle()  # one ingest: all five finish at one instant
+
+    out = subprocess.run(
+        ["node", "listing.mjs", f"{live_server.url}/v1", api_key[1], "2"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == sorted(asked)  # ties in id order, each once
 
 
 def test_a_large_answer_in_pieces_is_omitted_from_the_list(
