@@ -739,3 +739,101 @@ def test_a_kind_without_a_synchronous_api_leaves_deadlines_to_its_batch(
     assert BatchRequest.objects.get().status == Status.QUEUED
     now = client.post("/v1/chat/completions", body, HTTP_X_BATCH_MODE="now", **ask)
     assert now.status_code == 400 and error_of(now)["param"] == "X-Batch-Mode"
+
+
+# --- A cap on synchronous sends ---------------------------------------------------------------
+
+
+def sync_sends(fake) -> int:
+    """Synchronous calls that reached the fake, injected failures included."""
+    return sum(1 for op, _ in fake.calls if op == "sync")
+
+
+def ticks(times: int, *, every: float = 400.0) -> None:
+    """Ticks far enough apart that each back-off has run out."""
+    start = timezone.now()
+    for n in range(times):
+        tick(now=start + timedelta(seconds=n * every))
+
+
+@pytest.mark.parametrize("fault", [500, "timeout"])
+def test_a_send_that_keeps_failing_stops_at_the_cap_and_fails_clearly(post, held, settings, fault):
+    settings.SYNC_MAX_ATTEMPTS = 3
+    settings.SYNC_TIMEOUT = 0.5
+    held.configure(timeout_sleep=1.5)
+    held.inject("sync", fault, times=50)
+    body = chat(PLAIN_MODEL, "never answered")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="30")
+    ticks(6)
+    assert sync_sends(held) == 3
+    request = BatchRequest.objects.get()
+    assert (request.status, request.error_code) == (Status.FAILED, "sync_attempts_exhausted")
+    assert request.sync_tier == "" and request.sync_started_at is None
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 502
+    assert error_of(response)["code"] == "sync_attempts_exhausted"
+    assert "3 synchronous sends failed" in error_of(response)["message"]
+    assert not held.submitted_lines()
+
+
+def test_a_send_that_keeps_failing_goes_back_to_its_batch_when_the_deadline_allows(
+    post, fake_openai, settings
+):
+    settings.SYNC_MAX_ATTEMPTS = 2
+    settings.SYNC_BACKOFF = 0.01
+    settings.DEADLINE_MARGIN = 4000  # 2092 s (batch p90) + 4000 s > 5000 s: routed
+    fake_openai.inject("sync", 503, times=50)
+    body = chat(PLAIN_MODEL, "batch after all")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="5000")
+    tick()
+    assert BatchRequest.objects.get().sync_tier == "standard"
+    settings.DEADLINE_MARGIN = 60  # the batch can make it now
+    ticks(3)
+    assert sync_sends(fake_openai) == 2
+    request = BatchRequest.objects.get()
+    assert (request.status, request.sync_tier) == (Status.QUEUED, "")
+    cycle()
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "batch"
+    assert sync_sends(fake_openai) == 2
+
+
+def test_an_escalated_request_whose_sends_keep_failing_is_left_to_its_batch(
+    post, fake_openai, settings
+):
+    settings.SYNC_MAX_ATTEMPTS = 2
+    settings.FORECAST_MIN_SAMPLES = 1
+    settings.DEADLINE_MARGIN = 5
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake_openai.configure(stall_after_lines=0)
+    fake_openai.inject("sync", 500, times=50)
+    body = chat(FLEX_MODEL, "back to my batch")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="60")
+    now = timezone.now()
+    cycle()
+    tick(now=now + timedelta(seconds=45))
+    for n in range(1, 4):
+        tick(now=now + timedelta(seconds=45 + n * 400))
+    assert sync_sends(fake_openai) == 2
+    request = BatchRequest.objects.get()
+    assert (request.status, request.sync_tier) == (Status.SUBMITTED, "")
+    assert request.batch_id and request.escalated_at
+
+
+def test_a_send_whose_worker_never_recorded_it_is_not_sent_past_the_cap(post, held, settings):
+    settings.SYNC_MAX_ATTEMPTS = 1
+    post("/v1/chat/completions", chat(FLEX_MODEL, "lost worker"), HTTP_X_BATCH_DEADLINE="30")
+    now = timezone.now()
+    tiers.deadlines_tick(now=now, send=lambda pk, token: None)  # claimed; its worker is lost
+    later = now + timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    tick(now=later)
+    assert not held.sync_calls
+    request = BatchRequest.objects.get()
+    assert (request.status, request.error_code) == (Status.FAILED, "sync_attempts_exhausted")
+    assert "never recorded" in request.error_message
