@@ -585,6 +585,35 @@ def test_azure_sends_flex_to_its_deployment(client, api_key, fake_openai, settin
     assert sync_paths == [f"/openai/deployments/{Azure.model}/chat/completions"]
 
 
+def test_azure_flex_on_a_deployment_without_flex_falls_back_to_standard_unseen(
+    client, api_key, fake_openai, settings, monkeypatch
+):
+    """The deployment answers flex with 400 (param `service_tier`): that 400 is the tier's, not
+    the request's; the caller gets the standard tier's answer, never the 400."""
+    from batches_app.models import FlexModel
+
+    from .kinds import Azure
+
+    Azure(fake_openai).configure(settings, monkeypatch)
+    FlexModel.objects.create(kind="azure", model=Azure.model)
+    fake_openai.configure(stall_after_lines=0, flex_unsupported=True)
+    body = json.dumps(chat(Azure.model, "no flex on this deployment"))
+    ask = {"content_type": "application/json", "HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    assert (
+        client.post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="30", **ask).status_code
+        == 422
+    )
+    for _ in range(2):
+        tick()
+    response = client.post("/v1/chat/completions", body, **ask)
+    assert response.status_code == 200, response.content
+    assert response["X-Batch-Tier"] == "standard"
+    content = response.json()["choices"][0]["message"]["content"]
+    assert content == "echo: no flex on this deployment"
+    assert [c["service_tier"] for c in fake_openai.sync_calls] == ["flex", "default"]
+    assert BatchRequest.objects.get().tier == "standard"
+
+
 def test_a_finished_send_starts_the_next_due_ones(post, held, settings, monkeypatch):
     from batches_app import tasks
 
