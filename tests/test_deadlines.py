@@ -21,6 +21,7 @@ from .engine import cycle
 
 Status = BatchRequest.Status
 FLEX_MODEL = "gpt-5-mini"  # in the default flex table
+CENT_MILLIONTH = Decimal("0.00000002")  # costs are kept to 8 places: halves round
 PLAIN_MODEL = "gpt-4o-mini"  # not
 
 
@@ -385,6 +386,112 @@ def test_a_request_in_a_batch_is_escalated_and_its_late_line_is_not_served(
     assert request.tier == "flex"
     assert post("/v1/chat/completions", body).content == served.content
     assert Batch.objects.get().state == Batch.State.DONE
+
+
+def escalated_in_a_batch(post, fake, settings, text: str) -> tuple[dict, datetime]:
+    """A request batched (batch p90 measured at 10 s, deadline 60 s), its batch running."""
+    settings.FORECAST_MIN_SAMPLES = 1
+    settings.DEADLINE_MARGIN = 5
+    settings.DELETE_UPSTREAM_FILES = False  # its output file can be read again
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake.configure(step_seconds=0.5)
+    body = chat(FLEX_MODEL, text)
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="60")
+    now = timezone.now()
+    cycle()
+    assert BatchRequest.objects.get().batch_id
+    return body, now
+
+
+def test_a_flex_answer_arriving_after_the_batchs_is_dropped_and_counted_once(
+    post, client, fake_openai, settings, monkeypatch
+):
+    """The batch answers while the escalated send is on the wire: the batch's answer stays the
+    one stored and served; the flex answer is dropped, counted (paid twice) and billed once."""
+    from batches_app import outcomes, upstreams
+    from batches_app.upstreams.openai import OpenAITransport
+
+    from .test_metrics import scrape, value
+
+    settings.METRICS_PUBLIC = True
+    body, now = escalated_in_a_batch(post, fake_openai, settings, "batch wins")
+    real_send = OpenAITransport.send
+
+    def send_while_the_batch_answers(self, **kwargs):
+        answer = real_send(self, **kwargs)
+        time.sleep(1.6)  # the batch completes upstream
+        cycle()  # and is ingested before the send's answer is recorded
+        return answer
+
+    monkeypatch.setattr(OpenAITransport, "send", send_while_the_batch_answers)
+    [(request_id, token)] = tiers.deadlines_tick(
+        now=now + timedelta(seconds=45), send=lambda pk, t: None
+    ).sent
+    assert tiers.request_send(str(request_id), token) == "answered first by its batch"
+    [sent] = fake_openai.sync_calls
+    assert sent["service_tier"] == "flex"
+    request = BatchRequest.objects.get()
+    assert (request.status, request.tier, request.paid_twice) == (Status.COMPLETED, "batch", True)
+    served = post("/v1/chat/completions", body)
+    assert served.status_code == 200 and served["X-Batch-Tier"] == "batch"
+    assert served.json()["service_tier"] == "default"  # the batch line's answer, not flex's
+    assert served.content.decode() == request.response_body
+    # Both answers were billed at half price: together, the standard price, counted once.
+    assert request.cost_usd == pytest.approx(request.standard_cost_usd, abs=CENT_MILLIONTH)
+    assert request.standard_cost_usd > 0
+    assert request.saving_usd == pytest.approx(0, abs=CENT_MILLIONTH)
+    cycle()  # nothing left to ingest; the batch's lines read again change nothing
+    batch = Batch.objects.get()
+    lines = upstreams.transport("openai").iter_file_lines(batch.output_file_id)
+    outcomes.lines_apply(batch=batch, lines=lines)
+    request.refresh_from_db()
+    assert request.cost_usd == pytest.approx(request.standard_cost_usd, abs=CENT_MILLIONTH)
+    assert post("/v1/chat/completions", body).content == served.content
+    samples = scrape(client)
+    assert value(samples, "batchproxy_paid_twice_requests_total") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="batch") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="flex") == 0
+
+
+def test_a_batch_line_arriving_after_the_flex_answer_is_dropped_and_counted_once(
+    post, client, fake_openai, settings
+):
+    from batches_app import outcomes, upstreams
+
+    from .test_metrics import scrape, value
+
+    settings.METRICS_PUBLIC = True
+    body, now = escalated_in_a_batch(post, fake_openai, settings, "flex wins")
+    tick(now=now + timedelta(seconds=45))
+    served = post("/v1/chat/completions", body)
+    assert served.status_code == 200 and served["X-Batch-Tier"] == "flex"
+    flexed = BatchRequest.objects.get()
+    assert flexed.cost_usd * 2 == pytest.approx(flexed.standard_cost_usd, abs=CENT_MILLIONTH)
+    time.sleep(1.6)
+    cycle()
+    batch = Batch.objects.get()
+    assert batch.state == Batch.State.DONE
+    lines = list(upstreams.transport("openai").iter_file_lines(batch.output_file_id))
+    for _ in range(2):  # read twice, as after a crash in the middle of an ingest
+        outcomes.lines_apply(batch=batch, lines=lines)
+    request = BatchRequest.objects.get()
+    assert (request.tier, request.paid_twice) == ("flex", True)
+    assert request.response_body == flexed.response_body
+    assert request.standard_cost_usd == flexed.standard_cost_usd  # counted once
+    assert request.cost_usd == pytest.approx(flexed.cost_usd * 2, abs=CENT_MILLIONTH)
+    again = post("/v1/chat/completions", body)
+    assert again.content == served.content and again["X-Batch-Tier"] == "flex"
+    assert json.loads(again.content)["service_tier"] == "flex"
+    samples = scrape(client)
+    assert value(samples, "batchproxy_paid_twice_requests_total") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="flex") == 1
+    assert value(samples, "batchproxy_tier_requests_total", tier="batch") == 0
 
 
 def test_sends_in_flight_per_upstream_are_limited(post, held, settings):
