@@ -666,6 +666,76 @@ def test_gemini_answers_through_its_flex_tier_or_standard_when_refused(
     assert not fake_gemini.submitted()
 
 
+def steer(fake, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """A try-out's shell steering a fake from another process: plain HTTP, no key."""
+    import requests
+
+    method = "GET" if body is None else "POST"
+    response = requests.request(method, fake.url + path, json=body, timeout=5)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "option"), [("fake_anthropic", "overloaded"), ("fake_gemini", "refuse_flex")]
+)
+def test_the_fake_anthropic_and_gemini_are_configured_over_http(request, fixture, option):
+    fake = request.getfixturevalue(fixture)
+    assert steer(fake, "/_fake/configure", {"step_seconds": 3600, option: True}) == (
+        200,
+        {"ok": True},
+    )
+    assert (fake.step_seconds, getattr(fake, option)) == (3600, True)
+    status, state = steer(fake, "/_fake/state")
+    assert status == 200 and state["options"][option] is True
+    status, error = steer(fake, "/_fake/configure", {"no_such_option": 1})
+    assert status == 400 and "no_such_option" in str(error)
+    assert steer(fake, "/_fake/inject", {"operation": "nothing", "fault": 500})[0] == 400
+    assert steer(fake, "/_fake/reset", {})[0] == 200
+    assert (fake.step_seconds, getattr(fake, option)) == (0.0, False)
+
+
+def test_the_fake_anthropic_refuses_its_messages_when_told_and_the_proxy_waits(
+    client, api_key, fake_anthropic, settings
+):
+    settings.SYNC_BACKOFF = 1
+    steer(fake_anthropic, "/_fake/configure", {"step_seconds": 3600, "overloaded": True})
+    body = json.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "busy"}],
+        }
+    )
+    ask = {"content_type": "application/json", "HTTP_X_API_KEY": api_key[1]}
+    assert client.post("/v1/messages", body, HTTP_X_BATCH_DEADLINE="30", **ask).status_code == 422
+    now = timezone.now()
+    tick(now=now)
+    assert client.post("/v1/messages", body, **ask).status_code == 422  # 529: not its answer
+    steer(fake_anthropic, "/_fake/configure", {"overloaded": False})
+    tick(now=now + timedelta(seconds=5))
+    response = client.post("/v1/messages", body, **ask)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "standard"
+    assert len(fake_anthropic.sync_calls) == 2
+    assert not fake_anthropic.submitted()
+
+
+def test_gemini_flex_refused_through_the_http_configure_falls_back_to_standard(
+    client, api_key, fake_gemini, settings
+):
+    settings.SYNC_BACKOFF = 0.01
+    steer(fake_gemini, "/_fake/configure", {"step_seconds": 3600, "refuse_flex": True})
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "steered"}]}]})
+    ask = {"content_type": "application/json", "HTTP_X_GOOG_API_KEY": api_key[1]}
+    assert client.post(path, body, HTTP_X_BATCH_DEADLINE="30", **ask).status_code == 422
+    for _ in range(2):
+        tick()
+    response = client.post(path, body, **ask)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "standard"
+    _, state = steer(fake_gemini, "/_fake/state")
+    assert [c["service_tier"] for c in state["sync_calls"]] == ["flex", "standard"]
+
+
 def test_azure_sends_flex_to_its_deployment(client, api_key, fake_openai, settings, monkeypatch):
     from batches_app.models import FlexModel
 
