@@ -1,8 +1,10 @@
 """Deadlines: answer each request by its deadline at the cheapest tier that can (CONTRACT §1).
 
 Three ways to answer a request: its batch (half price, minutes to hours), flex (half price,
-synchronous, best effort; where the upstream kind and model offer it: `flex.py`) and standard
-(full price, synchronous). On every tick (`deadlines_tick`):
+synchronous, best effort; where the upstream kind and model offer it: `flex.py`, whose table
+says which kinds have none: Anthropic, Mistral, Fireworks, Together) and standard (full price,
+synchronous; every kind, for the endpoints its transport's `offers_sync` names).
+On every tick (`deadlines_tick`):
 1. Default deadlines are given to the pending requests that named none: their key's
    `default_deadline`, else DEFAULT_DEADLINE, counted from the first call.
 2. A queued request whose deadline comes before the batch forecast's p90 plus DEADLINE_MARGIN
@@ -93,7 +95,7 @@ def sync_offered(upstream: Upstream | None, endpoint: str) -> bool:
     """Whether a request of this endpoint can be answered synchronously on this upstream."""
     if upstream is None or endpoint not in SYNC_ENDPOINTS:
         return False
-    return upstreams.transport_class(upstream.kind).SYNC
+    return upstreams.transport_class(upstream.kind).offers_sync(endpoint)
 
 
 def tier_for(upstream: Upstream, model: str) -> str:
@@ -434,7 +436,9 @@ def _send_failed(row: dict, token: int, exc: UpstreamError, upstream: Upstream) 
     after SYNC_MAX_ATTEMPTS sends, no more (`request_give_up`)."""
     now = timezone.now()
     attempts = token
-    if attempts >= settings.SYNC_MAX_ATTEMPTS:
+    # A permanent failure at the standard tier (the body cannot be sent this way) will not
+    # change by waiting: no more sends, as after the last allowed one.
+    if attempts >= settings.SYNC_MAX_ATTEMPTS or (exc.permanent and row["sync_tier"] != Tier.FLEX):
         request_give_up(request_id=row["pk"], attempts=token, reason=str(exc), now=now)
         return
     delay = exc.retry_after or min(settings.SYNC_BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_CAP)

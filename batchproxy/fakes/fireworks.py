@@ -13,6 +13,8 @@ is not the input's), read through the short-lived signed URLs of
 `GET /datasets/{id}:getDownloadEndpoint` (`filenameToSignedUrls`). Errors are Google's
 `{"error": {"code", "message", "status"}}`.
 
+Synchronous chat completions (`POST /inference/v1/chat/completions`, the inference API) are
+answered at once, as their batch line would be; `sync_calls` lists their bodies.
 Answers echo the request ("echo: <text>") and honour the fake OpenAI's markers
 (`[[status:400]]`, `[[error:server_error]]`, `[[truncate]]`). With `expire_after` set, jobs end
 `JOB_STATE_EXPIRED` with only their first N requests answered. Faults: `inject(operation,
@@ -69,6 +71,7 @@ class FakeFireworks(JobServer):
         ("GET", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs"), "list"),
         ("GET", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs/{ID}"), "retrieve"),
         ("POST", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs/{ID}:cancel"), "cancel"),
+        ("POST", re.compile(r"/inference/v1/chat/completions"), "sync"),
     )
 
     def reset(self) -> None:
@@ -79,6 +82,7 @@ class FakeFireworks(JobServer):
             self._lines: dict[str, list[dict]] = {}
             self._signatures: dict[str, tuple[str, str]] = {}  # token -> (dataset, filename)
             self.expire_after: int | None = None
+            self.sync_calls: list[dict] = []
 
     @property
     def url(self) -> str:
@@ -210,6 +214,17 @@ class FakeFireworks(JobServer):
         if not lines:
             raise Refused(400, "The dataset holds no requests.")
         return lines
+
+    def _sync(self, call: Call):
+        """A synchronous chat completion (the inference API), answered now as its batch line
+        would be."""
+        body = call.json() or {}
+        self.sync_calls.append(body)
+        result = fake_openai._execute(ENDPOINT, {"custom_id": "sync", "body": body})
+        response = result.line["response"]
+        if response is None:
+            raise Refused(500, result.line["error"]["message"])
+        return response["status_code"], response["body"]
 
     def _create(self, call: Call, account: str):
         try:

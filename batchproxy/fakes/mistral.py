@@ -15,6 +15,8 @@ batch sections) and the `mistralai` SDK's models (BatchJob, FileSchema, ListBatc
   order that is not the input's;
 - errors: `{"object": "error", "message", "type", "param", "code"}`.
 With `expire_after` set, a job ends `TIMEOUT_EXCEEDED` with only its first N requests done.
+Synchronous calls (`POST /v1/chat/completions`, `/v1/embeddings`) are answered at once, as their
+batch line would be; `sync_calls` lists their bodies.
 Answers echo the request ("echo: <text>") and honour the fake OpenAI's markers
 (`[[status:400]]`, `[[error:server_error]]`). Faults: fakes/http.py's `inject`.
 
@@ -62,6 +64,7 @@ class FakeMistral(JobServer):
         ("GET", re.compile(r"/v1/batch/jobs"), "list"),
         ("GET", re.compile(r"/v1/batch/jobs/([^/]+)"), "retrieve"),
         ("POST", re.compile(r"/v1/batch/jobs/([^/]+)/cancel"), "cancel"),
+        ("POST", re.compile(r"/v1/(chat/completions|embeddings)"), "sync"),
     )
 
     def reset(self) -> None:
@@ -71,6 +74,7 @@ class FakeMistral(JobServer):
             self._jobs: dict[str, dict] = {}
             self._lines: dict[str, list[dict]] = {}
             self.expire_after: int | None = None
+            self.sync_calls: list[dict] = []
 
     # -- views for tests -----------------------------------------------------------------------
 
@@ -147,6 +151,16 @@ class FakeMistral(JobServer):
         self._file(file_id)
         del self._files[file_id]
         return 200, {"id": file_id, "object": "file", "deleted": True}
+
+    def _sync(self, call: Call, endpoint: str):
+        """A synchronous call, answered now as its batch line would be."""
+        body = call.json() or {}
+        self.sync_calls.append(body)
+        result = fake_openai._execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
+        response = result.line["response"]
+        if response is None:
+            raise Refused(500, result.line["error"]["message"])
+        return response["status_code"], response["body"]
 
     # -- jobs ----------------------------------------------------------------------------------
 
