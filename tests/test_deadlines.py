@@ -863,7 +863,12 @@ def test_the_dashboard_metrics_and_admin_show_tiers_and_deadlines(
     page = admin_client.get("/admin/dashboard/").content.decode()
     assert "Tiers and deadlines" in page and "Deadlines met: 2, missed: 0" in page
     detail = admin_client.get(f"/admin/requests_app/batchrequest/{flexed.pk}/change/")
-    assert "Deadline and receipt" in detail.content.decode()
+    text = detail.content.decode()
+    assert "Deadline and receipt" in text
+    for label in ("Cost (USD)", "At standard price (USD)", "Saving (USD)", "Synchronous sends"):
+        assert f"{label}:" in text
+    assert "Cost usd" not in text and "Standard cost usd" not in text
+    assert "at standard price" in page
 
 
 def test_the_admin_edits_a_keys_default_deadline_and_the_flex_table(admin_client, api_key):
