@@ -932,11 +932,11 @@ def test_a_send_timeout_past_django_q2s_retry_is_refused_at_start(settings):
     assert [e.id for e in deadlines_check(None)] == ["ops_app.E212"]
 
 
-@pytest.mark.parametrize("kind_name", ["Mistral", "Fireworks"])
-def test_mistral_and_fireworks_answer_a_deadline_at_the_standard_tier(
+@pytest.mark.parametrize("kind_name", ["Mistral", "Fireworks", "Together", "Groq"])
+def test_kinds_without_flex_answer_a_deadline_at_the_standard_tier(
     client, api_key, fake_openai, settings, monkeypatch, request, kind_name
 ):
-    """Neither has flex: a call due before its batch could answer goes to the kind's own
+    """None has flex (listed): a call due before its batch could answer goes to the kind's own
     synchronous API (Mistral through its SDK), at full price, its batch never made."""
     from . import kinds
 
@@ -956,8 +956,11 @@ def test_mistral_and_fireworks_answer_a_deadline_at_the_standard_tier(
     assert response["X-Batch-Tier"] == "standard"
     assert response.json()["choices"][0]["message"]["content"] == f"echo: hi {kind_name}"
     [sent] = fake.sync_calls
+    sent = sent.get("body", sent)  # the fake OpenAI's (Groq's) keeps the body beside the tier
     assert sent["messages"] == [{"role": "user", "content": f"hi {kind_name}"}]
-    assert not fake.submitted()
+    assert sent.get("service_tier") in (None, "standard_only")  # never flex, never priority
+    submitted = getattr(fake, "submitted_lines", None) or fake.submitted
+    assert not submitted()
     now = client.post(
         "/v1/chat/completions",
         json.dumps(chat(kind_class.model, "at once")),

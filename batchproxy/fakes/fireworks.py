@@ -82,7 +82,6 @@ class FakeFireworks(JobServer):
             self._lines: dict[str, list[dict]] = {}
             self._signatures: dict[str, tuple[str, str]] = {}  # token -> (dataset, filename)
             self.expire_after: int | None = None
-            self.sync_calls: list[dict] = []
 
     @property
     def url(self) -> str:
@@ -214,17 +213,6 @@ class FakeFireworks(JobServer):
         if not lines:
             raise Refused(400, "The dataset holds no requests.")
         return lines
-
-    def _sync(self, call: Call):
-        """A synchronous chat completion (the inference API), answered now as its batch line
-        would be."""
-        body = call.json() or {}
-        self.sync_calls.append(body)
-        result = fake_openai._execute(ENDPOINT, {"custom_id": "sync", "body": body})
-        response = result.line["response"]
-        if response is None:
-            raise Refused(500, result.line["error"]["message"])
-        return response["status_code"], response["body"]
 
     def _create(self, call: Call, account: str):
         try:

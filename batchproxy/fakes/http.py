@@ -92,6 +92,7 @@ class FakeServer:
     def reset(self) -> None:
         """Forget every batch, file, call, key and fault; back to the configured pace."""
         with self._lock:
+            self.sync_calls: list[dict] = []
             self.calls: list[tuple[str, str]] = []
             self.keys: list[str] = []
             self._faults: list[list] = []
@@ -318,3 +319,16 @@ class JobServer(FakeServer):
     def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
         return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+
+    def _sync(self, call: Call, endpoint: str = "chat/completions") -> tuple[int, dict]:
+        """A synchronous call (the standard tier), answered now as its batch line would be;
+        `sync_calls` lists the bodies."""
+        from .openai import _execute  # the fake OpenAI's answers (it imports this module)
+
+        body = call.json() or {}
+        self.sync_calls.append(body)
+        result = _execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
+        response = result.line["response"]
+        if response is None:
+            raise Refused(500, result.line["error"]["message"])
+        return response["status_code"], response["body"]

@@ -74,7 +74,6 @@ class FakeMistral(JobServer):
             self._jobs: dict[str, dict] = {}
             self._lines: dict[str, list[dict]] = {}
             self.expire_after: int | None = None
-            self.sync_calls: list[dict] = []
 
     # -- views for tests -----------------------------------------------------------------------
 
@@ -151,16 +150,6 @@ class FakeMistral(JobServer):
         self._file(file_id)
         del self._files[file_id]
         return 200, {"id": file_id, "object": "file", "deleted": True}
-
-    def _sync(self, call: Call, endpoint: str):
-        """A synchronous call, answered now as its batch line would be."""
-        body = call.json() or {}
-        self.sync_calls.append(body)
-        result = fake_openai._execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
-        response = result.line["response"]
-        if response is None:
-            raise Refused(500, result.line["error"]["message"])
-        return response["status_code"], response["body"]
 
     # -- jobs ----------------------------------------------------------------------------------
 
