@@ -60,6 +60,7 @@ def _rfc3339(ts: float | None) -> str | None:
 
 
 class FakeFireworks(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets"), "create_dataset"),
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets/{ID}:upload"), "upload"),

@@ -320,14 +320,16 @@ class JobServer(FakeServer):
         auth = headers.get("authorization", "")
         return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
 
+    # The fake OpenAI's answer to one line (`openai._execute`), given by each job fake: the
+    # fake OpenAI imports this module, so this module does not import it.
+    execute = None
+
     def _sync(self, call: Call, endpoint: str = "chat/completions") -> tuple[int, dict]:
         """A synchronous call (the standard tier), answered now as its batch line would be;
         `sync_calls` lists the bodies."""
-        from .openai import _execute  # the fake OpenAI's answers (it imports this module)
-
         body = call.json() or {}
         self.sync_calls.append(body)
-        result = _execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
+        result = self.execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
         response = result.line["response"]
         if response is None:
             raise Refused(500, result.line["error"]["message"])

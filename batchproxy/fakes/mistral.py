@@ -55,6 +55,7 @@ def _page(items: list, query: dict) -> dict:
 
 
 class FakeMistral(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(r"/v1/files"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),

@@ -52,6 +52,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 class FakeTogether(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(r"/v1/files/upload"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),
