@@ -839,6 +839,50 @@ def test_a_worker_killed_around_a_send_loses_nothing_and_resends_only_after_its_
     assert len(held.sync_calls) == sent_before_restart + 1
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("point", ["after_sync_claim", "after_sync_send"])
+def test_a_worker_killed_around_an_escalated_send_leaves_it_to_its_batch_not_sent_again(
+    post, fake_openai, settings, point
+):
+    """Escalated out of its running batch, its worker dies before recording the send; the
+    batch answers meanwhile: answered once, by the batch, and never sent again."""
+    from .workers import CRASHED, run
+
+    settings.FORECAST_MIN_SAMPLES = 1
+    forecast.timing_record(
+        upstream="openai",
+        endpoint="/v1/chat/completions",
+        model=FLEX_MODEL,
+        tier="batch",
+        seconds=10,
+    )
+    fake_openai.configure(step_seconds=1)
+    body = chat(FLEX_MODEL, "escalated crash")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="600")
+    cycle()
+    request = BatchRequest.objects.get()
+    assert request.batch_id
+    # Time runs on: its deadline is now within reach of the flex forecast only.
+    BatchRequest.objects.update(deadline=timezone.now() + timedelta(seconds=10))
+    options = {"FORECAST_MIN_SAMPLES": 1, "DEADLINE_MARGIN": 5}
+    done = run(fake_openai, "deadlines", crash_at=point, **options)
+    assert done.returncode == CRASHED, done.stderr[-3000:]
+    request.refresh_from_db()
+    assert request.escalated_at and request.sync_started_at  # its intent
+    sent = len(fake_openai.sync_calls)
+    assert sent == (1 if point == "after_sync_send" else 0)
+    time.sleep(3.5)  # the batch completes upstream
+    cycle()
+    request.refresh_from_db()
+    assert (request.status, request.tier) == (Status.COMPLETED, "batch")
+    expired = timezone.now() - timedelta(seconds=settings.SYNC_TIMEOUT + tiers.LEASE_SLACK + 1)
+    BatchRequest.objects.update(sync_started_at=expired)
+    assert run(fake_openai, "deadlines", **options).returncode == 0
+    assert len(fake_openai.sync_calls) == sent  # answered: not sent again
+    served = post("/v1/chat/completions", body)
+    assert served.status_code == 200 and served["X-Batch-Tier"] == "batch"
+
+
 # --- Receipts for operators -------------------------------------------------------------------
 
 
