@@ -449,8 +449,10 @@ def _send_failed(row: dict, token: int, exc: UpstreamError, upstream: Upstream) 
         )
         late = next_at + timedelta(seconds=standard.p90) + _margin()
         # A refusal (429 resource_unavailable), a timeout or an outage says "not now": flex is
-        # tried again while the standard tier could still answer in time after the back-off.
-        if row["deadline"] is None or late > row["deadline"] or exc.permanent:
+        # tried again while the standard tier could still answer in time after the back-off,
+        # and never with the last send SYNC_MAX_ATTEMPTS allows: that one is standard's.
+        last = attempts + 1 >= settings.SYNC_MAX_ATTEMPTS
+        if row["deadline"] is None or late > row["deadline"] or exc.permanent or last:
             tier, next_at = Tier.STANDARD, now
     log.warning(
         "request %s: %s send failed (%s); next %s at %s",

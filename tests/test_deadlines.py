@@ -1049,6 +1049,21 @@ def test_a_send_that_keeps_failing_stops_at_the_cap_and_fails_clearly(post, held
     assert not held.submitted_lines()
 
 
+def test_flex_refused_again_and_again_leaves_the_last_send_to_the_standard_tier(
+    post, held, settings
+):
+    """A long deadline lets flex be tried again and again; the cap never lets those refusals
+    use up every send: the last one allowed goes to standard, and answers."""
+    settings.SYNC_MAX_ATTEMPTS = 3
+    held.configure(refuse_flex=True)
+    body = chat(FLEX_MODEL, "patient but capped")
+    post("/v1/chat/completions", body, HTTP_X_BATCH_DEADLINE="1800")
+    ticks(4)
+    assert [c["service_tier"] for c in held.sync_calls] == ["flex", "flex", "default"]
+    response = post("/v1/chat/completions", body)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "standard"
+
+
 def test_a_send_that_keeps_failing_goes_back_to_its_batch_when_the_deadline_allows(
     post, fake_openai, settings
 ):
