@@ -711,8 +711,10 @@ def test_the_fake_anthropic_refuses_its_messages_when_told_and_the_proxy_waits(
     now = timezone.now()
     tick(now=now)
     assert client.post("/v1/messages", body, **ask).status_code == 422  # 529: not its answer
+    waiting = BatchRequest.objects.get()
+    assert waiting.sync_tier == "standard" and waiting.sync_not_before > now
     steer(fake_anthropic, "/_fake/configure", {"overloaded": False})
-    tick(now=now + timedelta(seconds=5))
+    tick(now=waiting.sync_not_before + timedelta(seconds=1))
     response = client.post("/v1/messages", body, **ask)
     assert response.status_code == 200 and response["X-Batch-Tier"] == "standard"
     assert len(fake_anthropic.sync_calls) == 2
