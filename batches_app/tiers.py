@@ -428,6 +428,7 @@ def _send_record(row: dict, token: int, answer: SyncAnswer) -> str:
             BatchRequest.objects.filter(pk=row["pk"]).update(
                 paid_twice=True, cost_usd=F("cost_usd") + (cost or 0)
             )
+    log.info("request %s: its %s answer came second; dropped", row["pk"], row["sync_tier"])
     return "answered first by its batch"
 
 
