@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from batches_app import capacity, catalog, tiers, upstreams
 
-from . import limits
+from . import limits, streams
 from .api import RawBodyParser
 from .auth import (
     AnthropicKeyAuthentication,
@@ -217,7 +217,6 @@ def sse_answer(row: dict, call, error_shape) -> StreamingHttpResponse:
     STREAM_KEEPALIVE_SECONDS while its batch runs, then its answer as the provider's own
     stream events (requests_app/streams.py). A caller that goes away leaves its request queued;
     the same call again attaches to it."""
-    from . import streams
 
     async def events():
         current = row
