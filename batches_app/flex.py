@@ -9,6 +9,12 @@ flex guides as of late 2026 (read them again before relying on a row):
   one answers 400, so only listed models are sent.
 - Gemini (ai.google.dev, flex inference): `serviceTier: "flex"` on the 2.5 and later models.
 - Anthropic has no flex tier: its requests go to the standard Messages API.
+- Mistral has no flex tier (its `service_tier` chooses priority or standard capacity): chat and
+  embeddings go to its standard API through the `mistralai` SDK, sent `standard_only`.
+- Fireworks has no flex tier: chat completions go to its standard inference API.
+- Together has no flex tier: its requests go to its OpenAI-compatible standard API.
+- Groq documents a flex service tier; none of its models is listed here by default (add them
+  in the admin to send its requests with `service_tier: "flex"`).
 """
 
 import time

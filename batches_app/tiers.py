@@ -1,8 +1,10 @@
 """Deadlines: answer each request by its deadline at the cheapest tier that can (CONTRACT §1).
 
 Three ways to answer a request: its batch (half price, minutes to hours), flex (half price,
-synchronous, best effort; where the upstream kind and model offer it: `flex.py`) and standard
-(full price, synchronous). On every tick (`deadlines_tick`):
+synchronous, best effort; where the upstream kind and model offer it: `flex.py`, whose table
+says which kinds have none: Anthropic, Mistral, Fireworks, Together) and standard (full price,
+synchronous; every kind, for the endpoints its transport's `offers_sync` names).
+On every tick (`deadlines_tick`):
 1. Default deadlines are given to the pending requests that named none: their key's
    `default_deadline`, else DEFAULT_DEADLINE, counted from the first call.
 2. A queued request whose deadline comes before the batch forecast's p90 plus DEADLINE_MARGIN
@@ -24,6 +26,9 @@ no idempotency key), and the receipt then counts only the send it recorded.
 Flex refused (429 `resource_unavailable`, another 429, a 5xx, a timeout) is tried again after a
 back-off (SYNC_BACKOFF, doubling; a 429's Retry-After when given) while the deadline still
 leaves room for the standard tier's p90 and the margin; then it goes to the standard tier.
+A request is sent synchronously SYNC_MAX_ATTEMPTS times at most (failures and lost workers
+alike); then it is left to its batch (the one it is in, or the queue when the batch forecast
+still meets its deadline), else failed for good with `sync_attempts_exhausted`.
 """
 
 import logging
@@ -90,7 +95,7 @@ def sync_offered(upstream: Upstream | None, endpoint: str) -> bool:
     """Whether a request of this endpoint can be answered synchronously on this upstream."""
     if upstream is None or endpoint not in SYNC_ENDPOINTS:
         return False
-    return upstreams.transport_class(upstream.kind).SYNC
+    return upstreams.transport_class(upstream.kind).offers_sync(endpoint)
 
 
 def tier_for(upstream: Upstream, model: str) -> str:
@@ -157,7 +162,11 @@ def _groups(rows: QuerySet, *fields: str) -> QuerySet:
 def requests_route(*, now: datetime) -> int:
     """Queued requests that their batch cannot answer in time go to a synchronous tier."""
     waiting = BatchRequest.objects.filter(
-        status=Status.QUEUED, deadline__isnull=False, sync_tier="", endpoint__in=SYNC_ENDPOINTS
+        status=Status.QUEUED,
+        deadline__isnull=False,
+        sync_tier="",
+        endpoint__in=SYNC_ENDPOINTS,
+        sync_attempts__lt=settings.SYNC_MAX_ATTEMPTS,  # given back to their batch for good
     )
     routed = 0
     for group in _groups(waiting, "endpoint", "model"):
@@ -200,6 +209,7 @@ def requests_escalate(*, now: datetime) -> int:
         sync_tier="",
         batch__isnull=False,
         endpoint__in=SYNC_ENDPOINTS,
+        sync_attempts__lt=settings.SYNC_MAX_ATTEMPTS,
     )
     escalated = 0
     for group in _groups(running, "batch__upstream", "endpoint", "model"):
@@ -301,6 +311,11 @@ def _claim(due: QuerySet, groups: list[dict], room: int, now: datetime) -> list[
     for pk, attempts in candidates.values_list("pk", "sync_attempts")[: room * 2]:
         if len(claimed) >= room:
             break
+        if attempts >= settings.SYNC_MAX_ATTEMPTS:
+            # Its last send's worker never recorded an outcome (killed, lost): no more sends.
+            reason = "the last send was never recorded"
+            request_give_up(request_id=pk, attempts=attempts, reason=reason, now=now)
+            continue
         # Compare-and-set on the attempt count: the claim's token and the send's intent.
         if due.filter(pk=pk, sync_attempts=attempts).update(
             sync_started_at=now, sync_attempts=attempts + 1, updated_at=now
@@ -413,13 +428,20 @@ def _send_record(row: dict, token: int, answer: SyncAnswer) -> str:
             BatchRequest.objects.filter(pk=row["pk"]).update(
                 paid_twice=True, cost_usd=F("cost_usd") + (cost or 0)
             )
+    log.info("request %s: its %s answer came second; dropped", row["pk"], row["sync_tier"])
     return "answered first by its batch"
 
 
 def _send_failed(row: dict, token: int, exc: UpstreamError, upstream: Upstream) -> None:
-    """Back off and try again; a flex send that can no longer wait goes to the standard tier."""
+    """Back off and try again; a flex send that can no longer wait goes to the standard tier;
+    after SYNC_MAX_ATTEMPTS sends, no more (`request_give_up`)."""
     now = timezone.now()
     attempts = token
+    # A permanent failure at the standard tier (the body cannot be sent this way) will not
+    # change by waiting: no more sends, as after the last allowed one.
+    if attempts >= settings.SYNC_MAX_ATTEMPTS or (exc.permanent and row["sync_tier"] != Tier.FLEX):
+        request_give_up(request_id=row["pk"], attempts=token, reason=str(exc), now=now)
+        return
     delay = exc.retry_after or min(settings.SYNC_BACKOFF * 2 ** max(attempts - 1, 0), BACKOFF_CAP)
     tier, next_at = row["sync_tier"], now + timedelta(seconds=delay)
     if tier == Tier.FLEX:
@@ -428,8 +450,10 @@ def _send_failed(row: dict, token: int, exc: UpstreamError, upstream: Upstream) 
         )
         late = next_at + timedelta(seconds=standard.p90) + _margin()
         # A refusal (429 resource_unavailable), a timeout or an outage says "not now": flex is
-        # tried again while the standard tier could still answer in time after the back-off.
-        if row["deadline"] is None or late > row["deadline"] or exc.permanent:
+        # tried again while the standard tier could still answer in time after the back-off,
+        # and never with the last send SYNC_MAX_ATTEMPTS allows: that one is standard's.
+        last = attempts + 1 >= settings.SYNC_MAX_ATTEMPTS
+        if row["deadline"] is None or late > row["deadline"] or exc.permanent or last:
             tier, next_at = Tier.STANDARD, now
     log.warning(
         "request %s: %s send failed (%s); next %s at %s",
@@ -442,6 +466,45 @@ def _send_failed(row: dict, token: int, exc: UpstreamError, upstream: Upstream) 
     _syncing().filter(pk=row["pk"], sync_attempts=token).update(
         sync_tier=tier, sync_started_at=None, sync_not_before=next_at, updated_at=now
     )
+
+
+def request_give_up(*, request_id, attempts: int, reason: str, now: datetime) -> str:
+    """Stop sending a request synchronously once SYNC_MAX_ATTEMPTS sends have failed.
+
+    1. Still in a batch (escalated): its batch answers it, late if need be.
+    2. Else back to the queue when the batch forecast still meets its deadline.
+    3. Else failed for good, `sync_attempts_exhausted`, saying why.
+    Compare-and-set on the claim's token, as every step of a send.
+    """
+    mine = _syncing().filter(pk=request_id, sync_attempts=attempts)
+    fields = ("status", "endpoint", "model", "deadline", "batch_id", "batch__upstream")
+    row = mine.values(*fields).first()
+    if row is None:
+        return "no longer due"
+    stop = {"sync_tier": "", "sync_started_at": None, "sync_not_before": None, "updated_at": now}
+    message = f"{attempts} synchronous sends failed; the last: {reason}"[:1000]
+    log.warning("request %s: %s", request_id, message)
+    if row["batch_id"]:
+        mine.update(**stop)
+        return "left to its batch"
+    upstream = _upstream_of(row["endpoint"], row["model"], None)
+    if upstream is not None and row["deadline"] is not None:
+        batch = forecast_for(
+            upstream=upstream, endpoint=row["endpoint"], model=row["model"], tier=Tier.BATCH
+        )
+        if now + timedelta(seconds=batch.p90) + _margin() <= row["deadline"]:
+            mine.update(status=Status.QUEUED, **stop)
+            return "back to the queue"
+    failed = mine.update(
+        status=Status.FAILED,
+        error_code="sync_attempts_exhausted",
+        error_message=f"{message}. Its deadline leaves no time for a batch.",
+        finished_at=now,
+        **stop,
+    )
+    if failed:
+        webhook_events_record(requests=BatchRequest.objects.filter(pk=request_id, finished_at=now))
+    return "failed"
 
 
 # --- X-Batch-Mode: now ------------------------------------------------------------------------

@@ -319,6 +319,9 @@ SYNC_CONCURRENCY = env.int("SYNC_CONCURRENCY", default=8)
 SYNC_TIMEOUT = env.float("SYNC_TIMEOUT", default=900.0)
 # First delay before a refused flex send (or a failed one) is tried again; doubles, capped at 5 min.
 SYNC_BACKOFF = env.float("SYNC_BACKOFF", default=5.0)
+# Synchronous sends of one request at most (every tier, every failure: 429, 5xx, timeouts); then
+# it goes back to its batch if its deadline allows, else it fails with `sync_attempts_exhausted`.
+SYNC_MAX_ATTEMPTS = env.int("SYNC_MAX_ATTEMPTS", default=6)
 # The forecast: measurements kept per upstream, endpoint, model and tier, the fewest that
 # replace the stated defaults, and how long a measurement counts (seconds).
 FORECAST_SAMPLES = env.int("FORECAST_SAMPLES", default=50)

@@ -369,11 +369,12 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     change_form_template = "admin/requests_app/batchrequest/change_form.html"
     # The receipt (batches_app.receipts) and the deadline's course (batches_app.tiers).
     receipt_fields = (
-        ("tier", "cost_usd", "standard_cost_usd", "paid_twice"),
+        ("tier", "cost_usd", "standard_cost_usd", "saving", "paid_twice"),
         ("deadline", "sync_tier", "sync_attempts", "escalated_at"),
     )
     readonly_fields = (*(f.name for f in BatchRequest._meta.fields), "batch_link", "upstream_batch")
     readonly_fields += ("body_pretty", "response_pretty", "key_link", "waited", "attempt_history")
+    readonly_fields += ("saving",)
 
     def get_fields(self, request, obj=None):
         """What applies to this request's state, in the order an operator reads it."""
@@ -467,6 +468,12 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         """The status, with the upstream's HTTP status of the answer when there is one."""
         shown = obj.get_status_display()
         return shown if obj.response_status is None else f"{shown} ({obj.response_status})"
+
+    @admin.display(description="saving (USD)")
+    def saving(self, obj: BatchRequest):
+        """Against the standard price; negative when paid twice; none for a model with no
+        price (never shown as free)."""
+        return "-" if obj.saving_usd is None else obj.saving_usd
 
     @admin.display(description="waited")
     def waited(self, obj: BatchRequest) -> str:

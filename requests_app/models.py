@@ -173,20 +173,32 @@ class BatchRequest(models.Model):
     # lease of the send in flight: set before the upstream call, cleared when it failed.
     # Database defaults too, for rows inserted by raw SQL (bench/, scripts/).
     sync_tier = models.CharField(
-        max_length=8, choices=Tier.choices, blank=True, default="", db_default=""
+        "synchronous tier",
+        max_length=8,
+        choices=Tier.choices,
+        blank=True,
+        default="",
+        db_default="",
     )
-    sync_started_at = models.DateTimeField(null=True, blank=True)
-    sync_attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
-    sync_not_before = models.DateTimeField(null=True, blank=True)
+    sync_started_at = models.DateTimeField("send started", null=True, blank=True)
+    sync_attempts = models.PositiveSmallIntegerField("synchronous sends", default=0, db_default=0)
+    sync_not_before = models.DateTimeField("next send not before", null=True, blank=True)
     escalated_at = models.DateTimeField(
-        null=True, blank=True, help_text="Sent synchronously after its batch was submitted."
+        "escalated",
+        null=True,
+        blank=True,
+        help_text="Sent synchronously after its batch was submitted.",
     )
     # The receipt: who answered, what it cost, what it would have cost at the standard tier.
     tier = models.CharField(
         max_length=8, choices=Tier.choices, blank=True, default="", db_default=""
     )
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
-    standard_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    cost_usd = models.DecimalField(
+        "cost (USD)", max_digits=14, decimal_places=8, null=True, blank=True
+    )
+    standard_cost_usd = models.DecimalField(
+        "at standard price (USD)", max_digits=14, decimal_places=8, null=True, blank=True
+    )
     paid_twice = models.BooleanField(
         default=False,
         db_default=False,

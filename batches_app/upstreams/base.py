@@ -124,6 +124,12 @@ class Transport(ABC):
     FLEX = "flex"
     STANDARD = "standard"
 
+    @classmethod
+    def offers_sync(cls, endpoint: str) -> bool:
+        """Whether a request of this endpoint can be sent synchronously (a kind may take fewer
+        than SYNC_ENDPOINTS)."""
+        return cls.SYNC
+
     def offers_flex(self) -> bool:
         """Whether this kind has a flex tier at all (which models: the FlexModel table)."""
         return False

@@ -14,6 +14,11 @@ upload-dataset-files, create/get/list batch inference job, get-dataset-download-
 - errors are Google's `{"error": {"code", "message", "status"}}`.
 The upstream's base URL names the account: `https://api.fireworks.ai/v1/accounts/<account-id>`.
 
+Synchronous sends (batches_app.tiers) are Fireworks' OpenAI-compatible chat completions,
+`POST https://api.fireworks.ai/inference/v1/chat/completions` (the inference API beside the
+account's: `/inference/v1` in place of `/v1/accounts/<id>`), at the standard tier: Fireworks
+has no flex. Only chat completions, the one endpoint its batch jobs run.
+
 No official SDK is used yet: the proxy needs a few plain REST calls from Fireworks' API
 reference, made through `requests` with explicit timeouts; whether the `fireworks-ai` SDK
 (1.2.x on PyPI) covers the dataset upload and signed-URL reads cleanly is not checked yet.
@@ -34,7 +39,15 @@ from django.conf import settings
 
 from ops_app.metrics import upstream_observed
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
+from .base import (
+    METADATA_KEY,
+    SyncAnswer,
+    Transport,
+    Upstream,
+    UpstreamError,
+    retry_after_of,
+    unreadable_line,
+)
 
 STATES = {
     "JOB_STATE_CREATING": "validating",
@@ -152,6 +165,38 @@ class FireworksTransport(Transport):
             if response.status_code >= 400:
                 raise _error(response)
             return response
+
+    SYNC = True
+
+    @classmethod
+    def offers_sync(cls, endpoint: str) -> bool:
+        return endpoint == ENDPOINT
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """The body to the inference API's chat completions, as it is; its answer."""
+        if endpoint != ENDPOINT:
+            raise UpstreamError(f"no synchronous {endpoint} on Fireworks", permanent=True)
+        base = self.upstream.base_url.rstrip("/").rpartition(f"/v1/accounts/{self.account}")[0]
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+        with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
+            try:
+                response = requests.post(
+                    f"{base}/inference/v1/chat/completions",
+                    data=body.encode(),
+                    headers=headers,
+                    timeout=timeout,
+                )
+            except requests.Timeout as exc:
+                raise UpstreamError("timed out", permanent=False, code="timeout") from exc
+            except requests.RequestException as exc:
+                message = f"connection error: {exc!r}"
+                raise UpstreamError(message, permanent=False, code="connection_error") from exc
+        status = response.status_code
+        if status in (401, 403, 429) or status >= 500:
+            error = _error(response)
+            error.retry_after = retry_after_of(response.headers) if status == 429 else None
+            raise error
+        return SyncAnswer(status, response.text)
 
     def _name(self, kind: str, short_id: str) -> str:
         return f"accounts/{self.account}/{kind}/{short_id}"

@@ -7,6 +7,12 @@ then `SUCCESS`, `FAILED`, `TIMEOUT_EXCEEDED` or `CANCELLED` (`CANCELLATION_REQUE
 its `output_file` and `error_file` hold OpenAI's output lines (`custom_id`, `response`,
 `error`). Jobs are read here in OpenAI's Batch shape, as the engine expects.
 
+Synchronous sends (batches_app.tiers) go through the SDK's own calls, at the standard tier
+(Mistral has no flex; `service_tier: "standard_only"` keeps a call off the dearer priority
+capacity): `chat.complete` and `embeddings.create`, the endpoints its batches run. The body's
+fields are the SDK's arguments (an OpenAI `input` is Mistral's `inputs`); a field the SDK does
+not take cannot be sent this way, and the request is left to its batch (a permanent error).
+
 The SDK retries nothing unless told to; a failed call is retried on a later tick, and calls
 that create something (upload, create) are never retried blindly (base.Transport).
 """
@@ -16,12 +22,13 @@ from functools import cache
 from pathlib import Path
 
 import httpx2
+import orjson
 from django.conf import settings
 from mistralai.client import Mistral, errors
 
 from ops_app.metrics import observe_upstream, upstream_observed
 
-from .base import Transport, Upstream, UpstreamError
+from .base import SyncAnswer, Transport, Upstream, UpstreamError, retry_after_of
 
 STATUSES = {
     "QUEUED": "validating",
@@ -48,6 +55,7 @@ def _translate(exc: Exception) -> UpstreamError:
             permanent=not transient,
             code=f"http_{status}",
             status=status,
+            retry_after=retry_after_of(exc.headers) if status == 429 else None,
         )
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamError("timed out", permanent=False, code="timeout")
@@ -101,6 +109,41 @@ class MistralTransport(Transport):
 
     def _call(self, fn, *args, **kwargs):
         return _call(self.upstream.name, fn, *args, **kwargs)
+
+    SYNC = True
+    # The proxy's endpoint: the SDK call, and the body fields it names otherwise.
+    SENDS = {
+        "/v1/chat/completions": ("chat.complete", {}),
+        "/v1/embeddings": ("embeddings.create", {"input": "inputs"}),
+    }
+
+    @classmethod
+    def offers_sync(cls, endpoint: str) -> bool:
+        return endpoint in cls.SENDS
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """One call of the SDK at the standard tier; the answer as Mistral's JSON."""
+        if endpoint not in self.SENDS:
+            raise UpstreamError(f"no synchronous {endpoint} on Mistral", permanent=True)
+        method, renamed = self.SENDS[endpoint]
+        kwargs = {renamed.get(k, k): v for k, v in orjson.loads(body).items()}
+        if endpoint == "/v1/chat/completions":
+            kwargs["service_tier"] = "standard_only"
+        group, name = method.split(".")
+        call = getattr(getattr(self.client(), group), name)
+        try:
+            with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
+                answer = call(**kwargs, timeout_ms=int(timeout * 1000))
+        except TypeError as exc:  # a body field the SDK does not take
+            message = f"Mistral's SDK cannot send this body: {exc}"
+            raise UpstreamError(message, permanent=True, code="sync_unsupported_body") from exc
+        except errors.MistralError as exc:
+            if exc.status_code in (401, 403, 429) or exc.status_code >= 500:
+                raise _translate(exc) from exc
+            return SyncAnswer(exc.status_code, exc.body)  # the request's own error
+        except FAILURES as exc:
+            raise _translate(exc) from exc
+        return SyncAnswer(200, answer.model_dump_json(by_alias=True))
 
     def input_line(self, custom_id, endpoint: str, body: str) -> str:
         """Mistral's line: `{"custom_id", "body"}`; the job names the endpoint."""

@@ -48,6 +48,14 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
     return UpstreamError(str(exc), permanent=False)
 
 
+def _flex_refused(exc: openai.APIStatusError) -> bool:
+    """A 400 about the tier asked, not the request: a model (OpenAI) or a deployment (Azure)
+    without flex answers `unsupported_value` on the `service_tier` parameter."""
+    return exc.status_code == 400 and (
+        getattr(exc, "param", None) == "service_tier" or "service_tier" in str(exc.message)
+    )
+
+
 @observe_upstream  # latency and errors per upstream and operation, for /metrics
 def _call(upstream: str, fn, *args, **kwargs):
     try:
@@ -99,6 +107,15 @@ class OpenAITransport(Transport):
         except openai.APIStatusError as exc:
             if exc.status_code == 429 or exc.status_code >= 500 or exc.status_code in (401, 403):
                 raise _translate(exc) from exc
+            if tier == self.FLEX and _flex_refused(exc):
+                # Not the request's error but the tier's: the caller never sees it, and the
+                # request goes on at the standard tier (batches_app.tiers).
+                raise UpstreamError(
+                    f"flex is not offered for {payload.get('model')} here: {exc.message}",
+                    permanent=True,
+                    code="flex_unsupported",
+                    status=exc.status_code,
+                ) from exc
             return SyncAnswer(exc.status_code, exc.response.text)  # the request's own error
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc

@@ -11,8 +11,11 @@ Markers in a request's text ask for per-request outcomes:
     [[refuse]]       the create of a batch holding it is refused (HTTP 400)
 With `expire=True` a batch ends with its requests after the first `expire_after` `expired`.
 Synchronous calls (`POST /v1/messages`, the standard tier: Anthropic has no flex) are answered
-at once with the Message a batch would give (`sync_calls` lists their bodies); a large
-`step_seconds` holds batches unfinished meanwhile.
+at once with the Message a batch would give (`sync_calls` lists their bodies); with `overloaded`
+set they are refused, 529 `overloaded_error`, as Anthropic refuses them when short of capacity;
+a large `step_seconds` holds batches unfinished meanwhile. `configure(...)` or
+`POST /_fake/configure` sets `step_seconds`, `expire_after`, `overloaded`, `timeout_sleep`
+(fakes/http.py).
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py).
 """
@@ -90,9 +93,12 @@ class FakeAnthropic(FakeServer):
         ("POST", re.compile(r"/v1/messages"), "message"),
     )
 
+    options = (*FakeServer.options, "expire_after", "overloaded")
+
     def reset(self) -> None:
         with self._lock:
             super().reset()
+            self.overloaded = False
             self._batches: dict[str, dict] = {}
             self._deleted: dict[str, dict] = {}
             self._requests: dict[str, list[dict]] = {}
@@ -203,6 +209,8 @@ class FakeAnthropic(FakeServer):
         if operation == "message":
             params = call.json() or {}
             self.sync_calls.append(params)
+            if self.overloaded:
+                return 529, _error(529, "Overloaded.")
             result = _result(params)
             if result["type"] == "errored":
                 error = result["error"]

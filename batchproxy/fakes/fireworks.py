@@ -13,6 +13,8 @@ is not the input's), read through the short-lived signed URLs of
 `GET /datasets/{id}:getDownloadEndpoint` (`filenameToSignedUrls`). Errors are Google's
 `{"error": {"code", "message", "status"}}`.
 
+Synchronous chat completions (`POST /inference/v1/chat/completions`, the inference API) are
+answered at once, as their batch line would be; `sync_calls` lists their bodies.
 Answers echo the request ("echo: <text>") and honour the fake OpenAI's markers
 (`[[status:400]]`, `[[error:server_error]]`, `[[truncate]]`). With `expire_after` set, jobs end
 `JOB_STATE_EXPIRED` with only their first N requests answered. Faults: `inject(operation,
@@ -58,6 +60,7 @@ def _rfc3339(ts: float | None) -> str | None:
 
 
 class FakeFireworks(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets"), "create_dataset"),
         ("POST", re.compile(rf"/v1/accounts/{ID}/datasets/{ID}:upload"), "upload"),
@@ -69,6 +72,7 @@ class FakeFireworks(JobServer):
         ("GET", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs"), "list"),
         ("GET", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs/{ID}"), "retrieve"),
         ("POST", re.compile(rf"/v1/accounts/{ID}/batchInferenceJobs/{ID}:cancel"), "cancel"),
+        ("POST", re.compile(r"/inference/v1/chat/completions"), "sync"),
     )
 
     def reset(self) -> None:

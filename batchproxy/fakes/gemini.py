@@ -23,7 +23,9 @@ With `expire_after=N` a job ends `BATCH_STATE_EXPIRED` with only its first N res
 Synchronous calls (`POST /{v}/models/{model}:generateContent`) are answered at once with the
 response a job would give; `serviceTier: "flex"` is honoured, and refused with 429
 RESOURCE_EXHAUSTED while `refuse_flex` is set (`sync_calls` lists {"model", "service_tier",
-"refused"}); a large `step_seconds` holds jobs unfinished meanwhile.
+"refused"}); a large `step_seconds` holds jobs unfinished meanwhile. `configure(...)` or
+`POST /_fake/configure` sets `step_seconds`, `expire_after`, `fail_batches`, `refuse_flex`,
+`timeout_sleep` (fakes/http.py).
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`
 (fakes/http.py). An upload is two operations: `upload_start` opens the session, `upload` sends
 the bytes and makes the file.
@@ -122,6 +124,8 @@ class FakeGemini(FakeServer):
         ("DELETE", re.compile(V + r"/files/([^/:]+)"), "file_delete"),
         ("POST", re.compile(V + r"/models/([^/:]+):generateContent"), "generate"),
     )
+
+    options = (*FakeServer.options, "expire_after", "fail_batches", "refuse_flex")
 
     def reset(self) -> None:
         with self._lock:

@@ -3,6 +3,10 @@
 A fake names its operations by route (`routes`: method, path pattern, name), answers each in
 `respond`, and can be told to fail the next calls of one operation:
 `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times, after=0)`.
+Another process (a try-out's shell) steers a fake over HTTP, as it does the fake OpenAI, with no
+key: `POST /_fake/configure` sets the fake's `options` (a JSON object; an unknown one is 400),
+`POST /_fake/inject` a fault (`{"operation", "fault", "times"}`), `POST /_fake/reset`, and
+`GET /_fake/state` shows the options and the synchronous calls seen.
 A "timeout" holds the call `timeout_sleep` seconds (past the client's timeout) and then does
 the work; a "disconnect" drops the connection without doing anything; a "lost_response" does
 the work and then drops the connection, as a response lost on the way back would. `after`
@@ -73,6 +77,8 @@ class Call:
 
 class FakeServer:
     routes: tuple[tuple[str, re.Pattern, str], ...] = ()
+    # The attributes `configure` (POST /_fake/configure) may set; a fake adds its own.
+    options: tuple[str, ...] = ("step_seconds", "timeout_sleep")
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, step_seconds: float = 0.0):
         self._address = (host, port)
@@ -86,6 +92,7 @@ class FakeServer:
     def reset(self) -> None:
         """Forget every batch, file, call, key and fault; back to the configured pace."""
         with self._lock:
+            self.sync_calls: list[dict] = []
             self.calls: list[tuple[str, str]] = []
             self.keys: list[str] = []
             self._faults: list[list] = []
@@ -123,6 +130,46 @@ class FakeServer:
             raise ValueError("times must be at least 1, after at least 0")
         with self._lock:
             self._faults.append([operation, fault, times, after])
+
+    def configure(self, **options) -> None:
+        """Set options (`options`); batches take them as they are when created."""
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        with self._lock:
+            for name, value in options.items():
+                setattr(self, name, value)
+
+    def state(self) -> dict:
+        """The options as they are, and the synchronous calls seen (GET /_fake/state)."""
+        with self._lock:
+            options = {name: getattr(self, name) for name in self.options}
+            return {
+                "options": options,
+                "sync_calls": copy.deepcopy(getattr(self, "sync_calls", [])),
+            }
+
+    def control(self, method: str, path: str, raw: bytes) -> Reply:
+        """The /_fake/ endpoints; bad input is 400 in the fake's own error shape."""
+        try:
+            body = json.loads(raw) if raw else {}
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if (method, path) == ("POST", "/_fake/configure"):
+                self.configure(**body)
+            elif (method, path) == ("POST", "/_fake/inject"):
+                fault = body["fault"]
+                fault = int(fault) if isinstance(fault, str) and fault.isdigit() else fault
+                self.inject(body["operation"], fault, int(body.get("times", 1)))
+            elif (method, path) == ("POST", "/_fake/reset"):
+                self.reset()
+            elif (method, path) == ("GET", "/_fake/state"):
+                return Reply(200, self.state())
+            else:
+                return self.error(404, f"Unknown control endpoint {method} {path}.")
+        except (ValueError, TypeError, KeyError) as exc:
+            return self.error(400, f"Bad control request: {exc!r}")
+        return Reply(200, {"ok": True})
 
     def take_fault(self, operation: str):
         with self._lock:
@@ -190,6 +237,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake: FakeServer = self.server.fake
         raw = self._read_body()
         url = urlsplit(self.path)
+        if url.path.startswith("/_fake/"):
+            return self._send(fake.control(method, url.path, raw))
         headers = {name.lower(): value for name, value in self.headers.items()}
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         operation, args = fake.route(method, url.path, query)
@@ -270,3 +319,18 @@ class JobServer(FakeServer):
     def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
         return auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+
+    # The fake OpenAI's answer to one line (`openai._execute`), given by each job fake: the
+    # fake OpenAI imports this module, so this module does not import it.
+    execute = None
+
+    def _sync(self, call: Call, endpoint: str = "chat/completions") -> tuple[int, dict]:
+        """A synchronous call (the standard tier), answered now as its batch line would be;
+        `sync_calls` lists the bodies."""
+        body = call.json() or {}
+        self.sync_calls.append(body)
+        result = self.execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
+        response = result.line["response"]
+        if response is None:
+            raise Refused(500, result.line["error"]["message"])
+        return response["status_code"], response["body"]

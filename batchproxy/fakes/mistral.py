@@ -15,6 +15,8 @@ batch sections) and the `mistralai` SDK's models (BatchJob, FileSchema, ListBatc
   order that is not the input's;
 - errors: `{"object": "error", "message", "type", "param", "code"}`.
 With `expire_after` set, a job ends `TIMEOUT_EXCEEDED` with only its first N requests done.
+Synchronous calls (`POST /v1/chat/completions`, `/v1/embeddings`) are answered at once, as their
+batch line would be; `sync_calls` lists their bodies.
 Answers echo the request ("echo: <text>") and honour the fake OpenAI's markers
 (`[[status:400]]`, `[[error:server_error]]`). Faults: fakes/http.py's `inject`.
 
@@ -53,6 +55,7 @@ def _page(items: list, query: dict) -> dict:
 
 
 class FakeMistral(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(r"/v1/files"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),
@@ -62,6 +65,7 @@ class FakeMistral(JobServer):
         ("GET", re.compile(r"/v1/batch/jobs"), "list"),
         ("GET", re.compile(r"/v1/batch/jobs/([^/]+)"), "retrieve"),
         ("POST", re.compile(r"/v1/batch/jobs/([^/]+)/cancel"), "cancel"),
+        ("POST", re.compile(r"/v1/(chat/completions|embeddings)"), "sync"),
     )
 
     def reset(self) -> None:

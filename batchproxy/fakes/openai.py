@@ -30,8 +30,10 @@ that URL, signed as OpenAI signs them (Standard Webhooks: `webhook-id`, `webhook
 Synchronous calls (`POST /v1/chat/completions`, `/v1/responses`, ... and Azure's
 `/openai/deployments/{name}/...`) are answered at once, the same answers as a batch line's, with
 `service_tier` echoed ("flex" or "default"); with `refuse_flex` configured, a flex call is
-refused with 429 `resource_unavailable`. `sync_calls` lists them. To hold batches unfinished
-(so that only a synchronous send can answer in time), configure `stall_after_lines: 0`.
+refused with 429 `resource_unavailable`; with `flex_unsupported`, answered 400 (param
+`service_tier`), as a deployment without flex answers. `sync_calls` lists them. To hold
+batches unfinished (so that only a synchronous send can answer in time), configure
+`stall_after_lines: 0`.
 
 Run `python -m batchproxy.fakes.openai --port 9488 --step-seconds 2` to serve in the foreground.
 """
@@ -79,6 +81,9 @@ DEFAULTS = {
     # Synchronous calls (POST /v1/chat/completions, ...): refuse `service_tier: "flex"` with
     # 429 resource_unavailable, as OpenAI does when flex capacity is short.
     "refuse_flex": False,
+    # Answer `service_tier: "flex"` with 400 unsupported_value (param `service_tier`), as OpenAI
+    # does for a model without flex and Azure for a deployment that does not offer it.
+    "flex_unsupported": False,
 }
 WEBHOOK_ATTEMPTS = 5
 TERMINAL = ("failed", "completed", "expired", "cancelled")
@@ -1203,6 +1208,13 @@ class FakeOpenAI:
             message = "Flex capacity is temporarily unavailable. Please retry later."
             error = _error_body(message, "rate_limit_error", None, "resource_unavailable")
             return _json_reply(error, 429)
+        if tier == "flex" and self._config["flex_unsupported"]:
+            model = body.get("model")
+            message = f"Unsupported value: 'service_tier' does not support 'flex' with {model}."
+            error = _error_body(
+                message, "invalid_request_error", "service_tier", "unsupported_value"
+            )
+            return _json_reply(error, 400)
         result = _execute(f"/v1/{endpoint}", {"custom_id": "sync", "body": body})
         response = result.line["response"]
         if response is None:

@@ -9,6 +9,8 @@ docs.together.ai/docs/inference/batch: a JSONL file is uploaded with `purpose: b
 and error files hold OpenAI's output lines (`custom_id`, `response`, `error`), in an order that
 is not the input's. Limits: 50,000 requests and 100 MB per file. Errors: `{"error": "message"}`.
 
+Synchronous calls (`POST /v1/chat/completions`, ...) are answered at once, as their batch
+line would be; `sync_calls` lists their bodies.
 Answers echo the request ("echo: <text>") and honour the fake OpenAI's markers
 (`[[status:400]]`, `[[error:server_error]]`). With `expire_after` set, batches end `EXPIRED`
 with only their first N requests answered. Faults: `inject(operation, 500 | 429 | "timeout" |
@@ -50,6 +52,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 class FakeTogether(JobServer):
+    execute = staticmethod(fake_openai._execute)
     routes = (
         ("POST", re.compile(r"/v1/files/upload"), "upload"),
         ("GET", re.compile(r"/v1/files"), "list_files"),
@@ -59,6 +62,7 @@ class FakeTogether(JobServer):
         ("GET", re.compile(r"/v1/batches"), "list"),
         ("GET", re.compile(r"/v1/batches/([^/]+)"), "retrieve"),
         ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "cancel"),
+        ("POST", re.compile(r"/v1/(chat/completions|completions|embeddings)"), "sync"),
     )
 
     def reset(self) -> None:
