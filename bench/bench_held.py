@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.bench_web import free_port
 from bench.common import ROOT, bench_env, django_setup, load, machine, truncate
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 CALL = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"held %s"}]%s}'  # %s: stream
 
 
