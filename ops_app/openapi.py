@@ -87,6 +87,24 @@ DEADLINE_PARAMETERS = [
         "schema": {"type": "string", "enum": ["now", "batch"]},
     },
 ]
+JSON_OBJECT = {"type": "object", "additionalProperties": True}
+# Held calls (requests_app/waiting.py): how long to wait for the answer before the 422.
+PREFER_PARAMETER = {
+    "name": "Prefer",
+    "in": "header",
+    "description": "`wait=N` (RFC 7240): hold the call up to N seconds (at most "
+    "MAX_HOLD_SECONDS) and answer it the moment its answer lands, else with the 422.",
+    "schema": {"type": "string", "example": "wait=300"},
+}
+STREAM_CONTENT = {
+    "text/event-stream": {
+        "schema": {
+            "type": "string",
+            "description": "With `stream: true`: sent at once, keep-alives while the batch "
+            "runs, then the answer as the provider's own stream events.",
+        }
+    }
+}
 RECEIPT_HEADERS = {
     "X-Batch-Tier": {
         "description": "The tier that answered.",
@@ -109,21 +127,24 @@ def _intake_operation(endpoint: str) -> dict:
         ),
         "tags": ["batched calls"],
         "security": [{"proxyKey": []}],
-        "parameters": DEADLINE_PARAMETERS,
+        "parameters": [*DEADLINE_PARAMETERS, PREFER_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}},
         },
         "responses": {
             "200": {
-                "description": "Done: the upstream answer, unchanged.",
+                "description": "Done: the upstream answer, unchanged (or, with `stream: true`, "
+                "the stream that carries it).",
                 "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER, **RECEIPT_HEADERS},
                 "content": {
-                    "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+                    "application/json": {"schema": JSON_OBJECT},
+                    **STREAM_CONTENT,
                 },
             },
             "400": _error(
-                "The body is not a JSON object, `model` is missing, or `stream` is true."
+                "The body is not a JSON object, `model` is missing, or `stream` is not a "
+                "boolean or is true where the endpoint does not stream."
             ),
             "401": _error("Missing or wrong proxy key (`invalid_api_key`)."),
             "409": _error(
@@ -164,6 +185,7 @@ def _provider_operation(
 ) -> dict:
     """An intake of another provider's API: as the other intakes, with its body, key and
     error shape."""
+    parameters = [*extra.pop("parameters", []), PREFER_PARAMETER]
     return extra | {
         "operationId": operation_id,
         "summary": summary,
@@ -174,19 +196,21 @@ def _provider_operation(
         ),
         "tags": ["batched calls"],
         "security": security,
+        "parameters": parameters,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
         },
         "responses": {
             "200": {
-                "description": "Done: the answer, unchanged.",
+                "description": "Done: the answer, unchanged (or the stream that carries it).",
                 "headers": {"X-Batch-Request-Id": REQUEST_ID_HEADER},
                 "content": {
-                    "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+                    "application/json": {"schema": JSON_OBJECT},
+                    **STREAM_CONTENT,
                 },
             },
-            "400": _error("The body is not one the batch can take, or asks to stream.", error),
+            "400": _error("The body is not one the batch can take.", error),
             "401": _error("Missing or wrong proxy key.", error),
             "404": _error(not_served, error),
             "409": _error(
