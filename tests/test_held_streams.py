@@ -177,3 +177,32 @@ def test_curl_n_streams_the_answer(asgi_url, api_key, fake_openai):
     assert out.startswith(": keepalive")
     assert '"content":"echo: curl"' in out.replace(" ", "") or "echo: curl" in out
     assert out.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.parametrize("case", ["chat", "responses", "claude", "gemini"])
+def test_node_sdks_stream_their_own_answer_through_the_proxy(asgi_url, fake_openai, request, case):
+    """The Node SDKs (openai, @anthropic-ai/sdk, @google/genai) read the proxy's streams with
+    their own parsers (tests/node/stream.mjs, whose key is `k`)."""
+    import json
+    import subprocess
+
+    from requests_app.models import ApiKey, hash_key
+
+    from .test_node_sdk import NODE_DIR, node_modules_ensure
+
+    node_modules_ensure()
+    if case in ("claude", "gemini"):
+        request.getfixturevalue(f"fake_{'anthropic' if case == 'claude' else case}")
+    ApiKey.objects.create(key_hash=hash_key("k"), name="node", prefix="k")
+    node = ["node", "stream.mjs", asgi_url, case]
+    with ThreadPoolExecutor(1) as pool:
+        ran = pool.submit(
+            subprocess.run, node, cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+        )
+        try:
+            land_after_keepalives()
+        finally:
+            out = ran.result(timeout=60)
+    assert out.returncode == 0, out.stderr
+    prompt = "Weather?" if case == "claude" else "Hi"
+    assert f"echo: {prompt}" in json.dumps(json.loads(out.stdout))
