@@ -3,6 +3,7 @@ baseline.
 
     python -m bench.bench_web [--one-worker] [--seconds 5] [--rounds 6] [--connections 8]
                               [--count-statements] [--server asgi|wsgi|uvicorn|granian]
+                              [--fill-rows 1000000]
 
 The baseline, bare Django (bench/views.py, mounted only by bench/urls.py and served by
 bench/wsgi.py with no middleware at all), runs on gunicorn's threaded worker with the project's
@@ -315,6 +316,13 @@ def main() -> None:
     parser.add_argument("--one-worker", action="store_true")
     parser.add_argument("--count-statements", action="store_true")
     parser.add_argument(
+        "--fill-rows",
+        type=int,
+        default=0,
+        help="first fill the requests table with this many rows of another key "
+        "(bench_scale's mix), to measure the intake on a full table",
+    )
+    parser.add_argument(
         "--server",
         choices=list(SERVERS),
         default="asgi",
@@ -339,6 +347,10 @@ def main() -> None:
         f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g} s each"
     )
     truncate("requests_app_batchrequest", "bench_bare", "batches_app_batch")
+    if args.fill_rows:
+        from bench.bench_scale import fill
+
+        fill(args.fill_rows)
     secret = ApiKey.new_secret()
     ApiKey.objects.get_or_create(
         key_hash=hash_key(secret), defaults={"name": "bench", "prefix": secret[:8]}

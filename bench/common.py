@@ -50,7 +50,7 @@ def _create_database() -> None:
 def django_setup(*, migrate: bool = True) -> None:
     """Point Django at the benchmark database, migrated, with the baseline's table."""
     os.environ.update(bench_env())
-    if migrate:
+    if migrate and database_url().startswith("postgres"):
         _create_database()
     import django
 
@@ -72,6 +72,10 @@ def truncate(*tables: str) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
+            return
         cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
 
 
@@ -92,13 +96,16 @@ def machine() -> str:
         pass
     from django.db import connection
 
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        pg = cursor.fetchone()[0]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            database = f"PostgreSQL {cursor.fetchone()[0]}"
+    else:
+        database = f"SQLite {connection.Database.sqlite_version}"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"machine: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; "
-        f"Python {platform.python_version()}; PostgreSQL {pg}; {load()}; "
+        f"Python {platform.python_version()}; {database}; {load()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
 
@@ -138,4 +145,5 @@ def analyze(*tables: str) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {', '.join(tables)}")
+        for table in tables:  # SQLite's ANALYZE takes one table
+            cursor.execute(f"ANALYZE {table}")

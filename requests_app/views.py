@@ -3,7 +3,7 @@ import math
 import re
 
 import orjson
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.http import HttpResponse, StreamingHttpResponse
@@ -45,7 +45,7 @@ from .services import (
     requests_take,
 )
 from .videos import video_content_stream
-from .waiting import in_pool, serving, watcher
+from .waiting import answer_wait, in_pool, serving
 
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
@@ -185,8 +185,9 @@ def holding(view):
     hop, as Django would make for a sync view, but not serialised on one thread), then, for a
     held call, the wait in the event loop, costing no thread.
 
-    Under a sync caller (the test client, WSGI) the view runs in the caller's thread, on its
-    database connection."""
+    Under the test client the view runs in the caller's thread, on its database connection.
+    Under WSGI (batchproxy/wsgi.py) Django is handed `sync_view` instead: the DRF view in the
+    worker's thread, as before, and a held call waits on that thread."""
 
     def in_pool_thread(request, *args, **kwargs):
         # What Django's request_started does, in the thread whose connection serves the call.
@@ -195,20 +196,31 @@ def holding(view):
 
     in_caller = sync_to_async(view, thread_sensitive=True)
 
+    async def settled(held: Held, *, pooled: bool) -> HttpResponse:
+        row = await answer_wait(held.row["id"], held.seconds)
+        render = functools.partial(held.render, row or held.row)
+        response = await (in_pool(render) if pooled else sync_to_async(render)())
+        response["Preference-Applied"] = f"wait={held.seconds}"
+        return response
+
     @functools.wraps(view)  # DRF's `cls` and `initkwargs`, csrf_exempt
     async def client_view(request, *args, **kwargs):
-        if serving.get():
+        pooled = serving.get()
+        if pooled:
             response = await in_pool(functools.partial(in_pool_thread, request, *args, **kwargs))
         else:
             response = await in_caller(request, *args, **kwargs)
         if isinstance(response, Held):
-            held = response
-            row = await watcher.wait(held.row["id"], held.seconds)
-            render = functools.partial(held.render, row or held.row)
-            response = await (in_pool(render) if serving.get() else sync_to_async(render)())
-            response["Preference-Applied"] = f"wait={held.seconds}"
+            response = await settled(response, pooled=pooled)
         return response
 
+    def sync_view(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        if isinstance(response, Held):
+            response = async_to_sync(settled)(response, pooled=False)
+        return response
+
+    client_view.sync_view = sync_view
     return client_view
 
 
@@ -221,7 +233,7 @@ def sse_answer(row: dict, call, error_shape) -> StreamingHttpResponse:
     async def events():
         current = row
         while current["status"] in BatchRequest.PENDING:
-            done = await watcher.wait(current["id"], settings.STREAM_KEEPALIVE_SECONDS)
+            done = await answer_wait(current["id"], settings.STREAM_KEEPALIVE_SECONDS)
             if done is None:
                 yield streams.keepalive(call.endpoint)
             else:

@@ -19,6 +19,7 @@ import contextvars
 import logging
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,14 +61,14 @@ class Watcher:
         self.fields = fields
         self.waiting: dict[uuid.UUID, set[asyncio.Future]] = {}
         self.recent: OrderedDict[uuid.UUID, float] = OrderedDict()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
         self.woken = asyncio.Event()
         self.heard: set[uuid.UUID] = set()
+        self.loop = asyncio.get_running_loop()
+        watch = self._listen if connection.vendor == "postgresql" else self._poll
+        self.task = self.loop.create_task(watch())
 
     async def wait(self, request_id: uuid.UUID, timeout: float | None) -> dict | None:
         """The request's row once it is done, or None after `timeout` seconds (None: forever)."""
-        self._start()
         future = self.loop.create_future()
         self.waiting.setdefault(request_id, set()).add(future)
         if request_id in self.recent:
@@ -82,15 +83,6 @@ class Watcher:
                 futures.discard(future)
                 if not futures:
                     del self.waiting[request_id]
-
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.loop is not loop or self.task is None or self.task.done():
-            # A new event loop (a test's, or the server's first): start afresh in it.
-            self.loop, self.woken = loop, asyncio.Event()
-            self.waiting, self.heard = {}, set()
-            watch = self._listen if connection.vendor == "postgresql" else self._poll
-            self.task = loop.create_task(watch())
 
     def _hear(self, request_ids) -> None:
         now = time.monotonic()
@@ -169,7 +161,20 @@ class Watcher:
                 log.exception("polling held requests failed; trying again")
 
 
-watcher = Watcher(ANSWER_FIELDS)
+# One watcher per event loop: the server's (one per process), or, under WSGI and the test
+# client, each call's own short-lived loop.
+_watchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def answer_wait(request_id: uuid.UUID, timeout: float | None) -> dict | None:
+    """The request's row (ANSWER_FIELDS) once it is no longer pending, or None after
+    `timeout` seconds (None: for as long as the caller stays)."""
+    loop = asyncio.get_running_loop()
+    watcher = _watchers.get(loop)
+    if watcher is None or watcher.task.done():
+        watcher = _watchers[loop] = Watcher(ANSWER_FIELDS)
+    return await watcher.wait(request_id, timeout)
+
 
 # The threads that run the client API's views under ASGI, each with its database connection.
 _pool = ThreadPoolExecutor(max_workers=settings.WEB_THREADS, thread_name_prefix="client-api")
