@@ -166,8 +166,9 @@ def hold_seconds(meta: dict, caller: ProxyKey) -> int:
     wait = caller.hold_seconds or 0
     for preference in re.split(r"[,;]", meta.get("HTTP_PREFER", "")):
         name, _, value = preference.partition("=")
-        if name.strip().lower() == "wait" and value.strip().strip('"').isdigit():
-            wait = int(value.strip().strip('"'))
+        value = value.strip().strip('"')
+        if name.strip().lower() == "wait" and value.isdigit():
+            wait = int(value) if len(value) < 10 else settings.MAX_HOLD_SECONDS
     return min(wait, settings.MAX_HOLD_SECONDS)
 
 

@@ -1,6 +1,6 @@
 """Held calls and streams: a caller waits, in the event loop, for its request's answer.
 
-One watcher per process wakes every caller it holds:
+One watcher per event loop (one per process under the ASGI server) wakes every caller it holds:
 - on PostgreSQL it LISTENs on `batchproxy_answers`, where a trigger NOTIFYs the id of each request
   that leaves the queue (answered, failed or cancelled; requests_app/migrations/0016), on a
   connection of its own;

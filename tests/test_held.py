@@ -140,3 +140,25 @@ def test_a_cancelled_request_releases_its_held_caller_with_its_error(held_sdk, a
     [error] = errors
     assert error.status_code == 409
     assert error.code == "batch_cancelled"
+
+
+@pytest.mark.parametrize(
+    ("prefer", "held"),
+    [
+        ("wait=5", 5),
+        ("respond-async, wait=7", 7),
+        ('wait="3"', 3),
+        ("WAIT=2; x=y", 2),
+        ("wait=" + "9" * 5000, 600),  # capped, not a 500 on a huge number
+        ("wait=-1", 0),
+        ("wait=abc", 0),
+        ("handling=lenient", 0),
+        ("", 0),
+    ],
+)
+def test_prefer_wait_is_read_as_rfc_7240_says_and_capped(prefer, held, settings):
+    from requests_app.auth import ProxyKey
+    from requests_app.views import hold_seconds
+
+    settings.MAX_HOLD_SECONDS = 600
+    assert hold_seconds({"HTTP_PREFER": prefer}, ProxyKey("k")) == held
