@@ -30,6 +30,7 @@ FAKE_MODELS = {
     "together": ("meta-llama/*",),
     "mistral": ("mistral-*", "ministral-*", "codestral-*"),
     "fireworks": ("accounts/fireworks/models/*",),
+    "xai": ("grok-*",),
 }
 
 

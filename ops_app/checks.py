@@ -155,6 +155,7 @@ UPSTREAM_KINDS = (
     "together",
     "mistral",
     "fireworks",
+    "xai",
     "anthropic",
     "gemini",
 )

@@ -121,6 +121,15 @@ def fireworks_server():
 
 
 @pytest.fixture(scope="session")
+def xai_server():
+    from batchproxy.fakes.xai import FakeXai
+
+    server = FakeXai().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

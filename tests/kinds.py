@@ -302,6 +302,28 @@ class Fireworks(Together):
         return list(self.fake.datasets)
 
 
+class Xai(Together):
+    """xAI's Batch API: a JSONL file of OpenAI's lines, a batch named after the proxy's, its
+    results paged from the batch (no output file; batches are never deleted)."""
+
+    name, upstream = "xai", "xai-test"
+    model = "grok-4-1-fast-non-reasoning"
+    key = "xai-upstream-test-secret"
+    fake_fixture = "xai_server"
+    operations = OPENAI_OPERATIONS | {"read": "results"}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_XAI_TEST_KIND": "xai",
+            "UPSTREAM_XAI_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_XAI_TEST_MODELS": "grok-*",
+            "UPSTREAM_XAI_TEST_API_KEY": self.key,
+        }
+
+    def upstream_batches(self) -> dict[str, str]:
+        return {batch["batch_id"]: self.fake.status(batch) for batch in self.fake.jobs}
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -486,6 +508,7 @@ KINDS: dict[str, type[Kind]] = {
         Together,
         Mistral,
         Fireworks,
+        Xai,
         Anthropic,
         GeminiInline,
         GeminiFile,

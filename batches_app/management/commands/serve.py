@@ -18,6 +18,7 @@ from batchproxy.fakes.groq import FakeGroq
 from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
+from batchproxy.fakes.xai import FakeXai
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.checks import startup_refusal
 from ops_app.deploy import database_wait, migrations_apply
@@ -33,6 +34,7 @@ FAKES = {
     "together": (FakeTogether, "Together"),
     "mistral": (FakeMistral, "Mistral"),
     "fireworks": (FakeFireworks, "Fireworks"),
+    "xai": (FakeXai, "xAI"),
 }
 
 
