@@ -31,6 +31,8 @@ FAKE_MODELS = {
     "mistral": ("mistral-*", "ministral-*", "codestral-*"),
     "fireworks": ("accounts/fireworks/models/*",),
     "xai": ("grok-*",),
+    # Bedrock's model ids, on its own endpoints (boto3's bedrock-runtime) only.
+    "bedrock": ("anthropic.*", "amazon.*", "meta.*"),
 }
 
 

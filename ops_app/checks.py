@@ -156,6 +156,7 @@ UPSTREAM_KINDS = (
     "mistral",
     "fireworks",
     "xai",
+    "bedrock",
     "anthropic",
     "gemini",
 )

@@ -130,6 +130,15 @@ def xai_server():
 
 
 @pytest.fixture(scope="session")
+def bedrock_server():
+    from batchproxy.fakes.bedrock import FakeBedrock
+
+    server = FakeBedrock().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

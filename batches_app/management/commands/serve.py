@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from django_q.tasks import async_task
 
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
+from batchproxy.fakes.bedrock import FakeBedrock
 from batchproxy.fakes.fireworks import FakeFireworks
 from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.groq import FakeGroq
@@ -36,6 +38,8 @@ FAKES = {
     "fireworks": (FakeFireworks, "Fireworks"),
     "xai": (FakeXai, "xAI"),
 }
+if importlib.util.find_spec("moto") is not None:  # its S3 (a test dependency)
+    FAKES["bedrock"] = (FakeBedrock, "Bedrock")
 
 
 def _listening(host: str, port: int) -> bool:
