@@ -66,6 +66,8 @@ def test_converse_gets_422_then_its_own_answer_through_s3_and_a_job(bedrock, sig
     assert job["modelInvocationType"] == "Converse"
     assert job["jobName"] == f"batchproxy-{Batch.objects.get().pk}"  # found again by name
     assert set(bedrock.fake.keys) == {bedrock.key}  # the proxy's AWS identity, upstream
+    request = BatchRequest.objects.get()
+    assert (request.input_tokens, request.output_tokens) == (4, 5)  # Converse's usage read
     kinds.assert_each_answered_once(bedrock)  # input and output objects deleted
 
 
@@ -159,6 +161,15 @@ def test_a_record_reads_in_openais_output_line_shape():
     throttled = {"recordId": "9", "error": {"errorCode": 429, "errorMessage": "slow"}}
     assert json.loads(result_line(json.dumps(throttled)))["error"]["code"] == "server_error"
     assert json.loads(result_line('{"recordId": "10", "modelOu'))["custom_id"] == "10"
+
+
+def test_the_price_table_has_bedrock_model_ids():
+    from decimal import Decimal
+
+    from batches_app.models import ModelPrice
+
+    price = ModelPrice.objects.get(model="anthropic.claude-3-haiku-20240307-v1:0")
+    assert (price.input_per_million, price.output_per_million) == (Decimal("0.25"), Decimal("1.25"))
 
 
 def test_the_default_limits_are_bedrocks():
