@@ -11,11 +11,18 @@ from gunicorn import util
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9487')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread, with each request received whole by the worker's main loop before a thread takes it:
-# slow clients cost a socket, never a thread (batchproxy/web_worker.py; WEB_READ_TIMEOUT,
-# WEB_BUFFER_BYTES).
-worker_class = os.environ.get("WEB_WORKER_CLASS", "batchproxy.web_worker.BufferingThreadWorker")
-threads = int(os.environ.get("WEB_THREADS", "4"))
+# uvicorn's worker: the ASGI application (batchproxy/asgi.py), an event loop per worker, so a
+# held call, a stream or a slow client costs a socket and a coroutine, never a thread; the
+# client API's views run in a pool of WEB_THREADS threads. The WSGI worker
+# (`batchproxy.web_worker.BufferingThreadWorker`, gthread receiving each request whole before a
+# thread takes it; WEB_READ_TIMEOUT, WEB_BUFFER_BYTES) is still there: it holds a held call or a
+# stream on a thread each (docs/operating.md).
+ASGI_WORKER = "uvicorn_worker.UvicornWorker"
+worker_class = os.environ.get("WEB_WORKER_CLASS", ASGI_WORKER)
+wsgi_app = (
+    "batchproxy.asgi:application" if worker_class == ASGI_WORKER else "batchproxy.wsgi:application"
+)
+threads = int(os.environ.get("WEB_THREADS", "8"))
 # Open connections (kept-alive ones included) one worker takes before leaving the rest to others.
 worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "1000"))
 # Answers never wait on a batch, so a slow request is a stuck one.

@@ -85,13 +85,14 @@ MIDDLEWARE = [
 # and frames are the admin's (about 90 µs of CPU a call for all of MIDDLEWARE; docs/benchmarks.md).
 CLIENT_API_MIDDLEWARE = [
     "ops_app.logs.RequestIdMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "batchproxy.middleware.SecurityMiddleware",
+    "batchproxy.middleware.CommonMiddleware",
 ]
 
 ROOT_URLCONF = "batchproxy.urls"
 ADMIN_URL = env.str("ADMIN_URL", default="admin/").strip("/") + "/"
 WSGI_APPLICATION = "batchproxy.wsgi.application"
+ASGI_APPLICATION = "batchproxy.asgi.application"
 APPEND_SLASH = False
 
 TEMPLATES = [
@@ -294,6 +295,17 @@ BATCH_SUBMIT_TIMEOUT = env.int("BATCH_SUBMIT_TIMEOUT", default=12 * 3600)
 BATCH_INGEST_TIMEOUT = env.int("BATCH_INGEST_TIMEOUT", default=6 * 3600)
 # Seconds between two rounds of the engine's work (flush, poll, ingest), under django-q2.
 TICK_SECONDS = env.float("TICK_SECONDS", default=5.0)
+
+# --- Held calls and streams (requests_app/waiting.py, docs: "Held calls and streams") -----------
+# The most seconds a call is held for its answer (`Prefer: wait=N`, or its key's hold_seconds)
+# before today's 422; streams are held until the answer, however long.
+MAX_HOLD_SECONDS = env.int("MAX_HOLD_SECONDS", default=600)
+# A stream waiting for its batch gets a keep-alive frame this often (read timeouts, proxies).
+STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
+# SQLite has no NOTIFY: each web process checks the requests it holds this often.
+HOLD_POLL_SECONDS = env.float("HOLD_POLL_SECONDS", default=1.0)
+# Threads per web process that run the client API's views (under ASGI; gunicorn's own under WSGI).
+WEB_THREADS = env.int("WEB_THREADS", default=8)
 
 # --- Deadlines and tiers (batches_app/tiers.py, docs: "Deadlines") ----------------------------
 # The deadline of a call that names none and whose key has no default, in seconds from the call

@@ -9,8 +9,8 @@ from ops_app import views as ops_views
 from requests_app import errors, limits, views, views_bedrock
 from requests_app.models import ENDPOINTS
 
-intake = views.Intake.as_view()
-anthropic_intake = views.AnthropicIntake.as_view()
+intake = views.holding(views.Intake.as_view())
+anthropic_intake = views.holding(views.AnthropicIntake.as_view())
 gemini = {"endpoint": "/v1beta/models:generateContent"}
 
 # Every endpoint is served with and without /v1: clients of the original proxy set a base URL
@@ -32,12 +32,12 @@ client_urls = (
         for route in (
             path(
                 f"{version}/models/<str:model>:generateContent",
-                views.GeminiIntake.as_view(),
+                views.holding(views.GeminiIntake.as_view()),
                 gemini,
             ),
             path(
                 f"{version}/models/<str:model>:streamGenerateContent",
-                views.GeminiStreamRefused.as_view(),
+                views.holding(views.GeminiStreamIntake.as_view()),
                 gemini,
             ),
         )

@@ -1,20 +1,22 @@
-"""Intake and repeat asks through gunicorn, side by side with the strict bare-Django baseline.
+"""Intake and repeat asks through the proxy's web server, side by side with the strict bare-Django
+baseline.
 
     python -m bench.bench_web [--one-worker] [--seconds 5] [--rounds 6] [--connections 8]
-                              [--count-statements]
+                              [--count-statements] [--server asgi|wsgi|uvicorn|granian]
 
-One gunicorn, started with the project's own config (batchproxy/gunicorn.conf.py), serves the
-proxy and the baselines (bench/views.py, mounted only by bench/urls.py and served by
-bench/wsgi.py with no middleware at all). `wrk` drives them in alternating order, round after
-round, on loopback, for a bounded time each, so that noise from other processes on the machine
-falls on both alike.
+The baseline, bare Django (bench/views.py, mounted only by bench/urls.py and served by
+bench/wsgi.py with no middleware at all), runs on gunicorn's threaded worker with the project's
+own config (batchproxy/gunicorn.conf.py). The proxy runs on --server, a process of its own
+(`asgi`, the default: gunicorn with uvicorn's worker, as deployed), or, with `wsgi`, in the
+baseline's process. `wrk` drives them in alternating order, round after round, on loopback, for
+a bounded time each, so that noise from other processes on the machine falls on both alike.
 
 - intake: new calls to POST /v1/chat/completions (a ~1 KB body, unique per call) against
   /bare/insert (parse, hash, insert one row with the ORM).
 - repeat: identical calls for queued requests against /bare/fetch (hash, fetch one row by a
   unique index).
 
---one-worker: gunicorn with 1 worker of 8 threads and wrk with 32 connections, as issue 24
+--one-worker: each server with 1 worker of 8 threads and wrk with 32 connections, as issue 24
 measures (with two workers, keep-alive connections land on one worker or both at random).
 --count-statements: also 100 new calls and 100 repeats of each, one at a time, counted by
 PostgreSQL itself (pg_stat_database, pg_stat_user_tables): transactions and index scans per call.
@@ -101,11 +103,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, log: Path, settings: dict[str, str]) -> subprocess.Popen:
+# The servers the proxy can be measured on (--server); the baseline is always bare Django on
+# gunicorn. Each with one worker process.
+SERVERS = {
+    # As deployed: gunicorn with uvicorn's worker, the ASGI application.
+    "asgi": ["gunicorn", "-c", "batchproxy/gunicorn.conf.py"],
+    # gunicorn's threaded worker (the proxy's BufferingThreadWorker), WSGI: the baseline's.
+    "wsgi": ["gunicorn", "-c", "batchproxy/gunicorn.conf.py", "bench.wsgi"],
+    "uvicorn": [
+        "uvicorn", "batchproxy.asgi:application", "--host", "127.0.0.1", "--port", "{port}",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ],
+    "granian": [
+        "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+        "--workers", "1", "--loop", "uvloop", "--no-ws", "--log-level", "warning",
+        "batchproxy.asgi:application",
+    ],
+}  # fmt: skip
+
+
+def start_server(
+    port: int, log: Path, settings: dict[str, str], server: str = "wsgi"
+) -> subprocess.Popen:
     env = bench_env() | {"HOST": "127.0.0.1", "PORT": str(port)} | settings
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    server = subprocess.Popen(  # noqa: S603 (the venv's gunicorn, fixed arguments)
-        [str(gunicorn), "-c", "batchproxy/gunicorn.conf.py", "bench.wsgi"],
+    if server == "wsgi":
+        env["WEB_WORKER_CLASS"] = "batchproxy.web_worker.BufferingThreadWorker"
+    program, *arguments = SERVERS[server]
+    command = [str(Path(sys.executable).with_name(program))]
+    command += [argument.format(port=port) for argument in arguments]
+    server = subprocess.Popen(  # noqa: S603 (the venv's servers, fixed arguments)
+        command,
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -119,7 +146,7 @@ def start_server(port: int, log: Path, settings: dict[str, str]) -> subprocess.P
         except OSError:
             time.sleep(0.2)
     server.terminate()
-    raise SystemExit(f"gunicorn did not start; see {log}")
+    raise SystemExit(f"the server did not start; see {log}")
 
 
 def server_settings(connections: int, *, one_worker: bool = False) -> dict[str, str]:
@@ -186,7 +213,7 @@ def run_wrk(port: int, script: str, seconds: float, connections: int) -> dict:
     }
 
 
-def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: int) -> dict:
+def measure(pair: dict, *, ports: dict, rounds: int, seconds: float, connections: int) -> dict:
     """Alternate the two targets, ABBA-wise; the median of each one's rounds, and the ratio.
 
     The ratio is the median of the rounds' own ratios: the two runs of a round are seconds
@@ -195,11 +222,11 @@ def measure(pair: dict, *, port: int, rounds: int, seconds: float, connections: 
     results = {name: [] for name in pair}
     names = list(pair)
     for name in names:  # warm-up: connections, caches, the query plans
-        run_wrk(port, pair[name](), 2, connections)
+        run_wrk(ports[name], pair[name](), 2, connections)
     for round_no in range(rounds):
         order = names if round_no % 2 == 0 else names[::-1]
         for name in order:
-            result = run_wrk(port, pair[name](), seconds, connections)
+            result = run_wrk(ports[name], pair[name](), seconds, connections)
             results[name].append(result)
             print(
                 f"  round {round_no + 1} {name:>6}: {result['rps']:8.0f} req/s  "
@@ -258,7 +285,8 @@ def counted(port: int, path: str, bodies: list[str], secret: str, expected: int)
     return per_call
 
 
-def count_statements(port: int, secret: str) -> None:
+def count_statements(ports: dict, secret: str) -> None:
+    port = ports["proxy"]
     marker = uuid.uuid4().hex[:8]
     new = [BODY % f"count-{marker}-{i}" for i in range(100)]
     print("PostgreSQL's statistics, per call (100 calls, one at a time, warm):", flush=True)
@@ -273,7 +301,8 @@ def count_statements(port: int, secret: str) -> None:
         ("bare repeat", "/bare/fetch", [BODY % f"rep-{i}" for i in range(100)], 200),
     ]
     for name, path, bodies, expected in cases:
-        print(f"  {name:>12}: {counted(port, path, bodies, secret, expected)}", flush=True)
+        where = ports[name.split()[0]]
+        print(f"  {name:>12}: {counted(where, path, bodies, secret, expected)}", flush=True)
 
 
 def main() -> None:
@@ -285,6 +314,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=None, help="8; 32 with --one-worker")
     parser.add_argument("--one-worker", action="store_true")
     parser.add_argument("--count-statements", action="store_true")
+    parser.add_argument(
+        "--server",
+        choices=list(SERVERS),
+        default="asgi",
+        help="what serves the proxy: asgi (as deployed: gunicorn, uvicorn's worker), wsgi "
+        "(gunicorn's threaded worker, in the baseline's own process), uvicorn or granian. The "
+        "baseline is bare Django on gunicorn's threaded worker",
+    )
     args = parser.parse_args()
     if args.connections is None:
         args.connections = 32 if args.one_worker else 8
@@ -308,13 +345,20 @@ def main() -> None:
     )
 
     tmp = Path(tempfile.mkdtemp(prefix="batchproxy-bench-"))
-    port = free_port()
+    port = bare_port = free_port()
     server = start_server(port, tmp / "gunicorn.log", settings)
+    baseline = None
+    if args.server != "wsgi":
+        print(f"the proxy on {args.server}, one worker; bare Django on gunicorn (WSGI) as above")
+        bare_port, baseline = port, server
+        port = free_port()
+        server = start_server(port, tmp / f"{args.server}.log", settings, args.server)
+    ports = {"proxy": port, "bare": bare_port}
     try:
         for i in range(REPEAT_SET):  # the queued requests that repeat asks find
             body = BODY % f"rep-{i}"
             assert post(port, PROXY_PATH, body, secret) == 422
-            assert post(port, "/bare/insert", body, secret) == 200
+            assert post(bare_port, "/bare/insert", body, secret) == 200
         # Statistics for the tables just emptied and filled, as autovacuum keeps them (it is
         # off on some development servers): plans made for an empty table would scan it.
         analyze("requests_app_batchrequest", "bench_bare")
@@ -342,11 +386,11 @@ def main() -> None:
             )
 
         if args.count_statements:
-            count_statements(port, secret)
+            count_statements(ports, secret)
         print("intake (new requests):", flush=True)
         intake = measure(
             {"proxy": new(PROXY_PATH, 422), "bare": new("/bare/insert", 200)},
-            port=port,
+            ports=ports,
             rounds=args.rounds,
             seconds=args.seconds,
             connections=args.connections,
@@ -354,14 +398,15 @@ def main() -> None:
         print("repeat asks (queued requests):", flush=True)
         repeat_ = measure(
             {"proxy": repeat(PROXY_PATH, 422), "bare": repeat("/bare/fetch", 200)},
-            port=port,
+            ports=ports,
             rounds=args.rounds,
             seconds=args.seconds,
             connections=args.connections,
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in filter(None, (server, baseline)):
+            process.terminate()
+            process.wait(timeout=30)
     summary = {
         "intake_proxy_rps": round(intake["proxy"]),
         "intake_bare_rps": round(intake["bare"]),

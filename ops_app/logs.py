@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -92,32 +93,52 @@ class RequestIdMiddleware:
     never a header or a body.
     """
 
+    sync_capable = async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)  # under ASGI: awaited, no thread of its own
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-Id", "")
-        request_id = incoming if INCOMING_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        started = time.monotonic()
+        if self.is_async:
+            return self._acall(request)
+        token, request_id, started = self._begin(request)
         try:
-            response = self.get_response(request)
-            response["X-Request-Id"] = request_id
-            if settings.LOG_REQUESTS:
-                duration_ms = round((time.monotonic() - started) * 1000, 1)
-                access_log.info(
-                    "%s %s %s %.1fms",
-                    request.method,
-                    request.path,
-                    response.status_code,
-                    duration_ms,
-                    extra={
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status_code,
-                        "duration_ms": duration_ms,
-                    },
-                )
-            return response
+            return self._end(request, self.get_response(request), request_id, started)
         finally:
             request_id_var.reset(token)
+
+    async def _acall(self, request):
+        token, request_id, started = self._begin(request)
+        try:
+            return self._end(request, await self.get_response(request), request_id, started)
+        finally:
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _begin(request) -> tuple:
+        incoming = request.headers.get("X-Request-Id", "")
+        request_id = incoming if INCOMING_ID.match(incoming) else uuid.uuid4().hex
+        return request_id_var.set(request_id), request_id, time.monotonic()
+
+    @staticmethod
+    def _end(request, response, request_id: str, started: float):
+        response["X-Request-Id"] = request_id
+        if settings.LOG_REQUESTS:
+            duration_ms = round((time.monotonic() - started) * 1000, 1)
+            access_log.info(
+                "%s %s %s %.1fms",
+                request.method,
+                request.path,
+                response.status_code,
+                duration_ms,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": duration_ms,
+                },
+            )
+        return response

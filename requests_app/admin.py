@@ -204,8 +204,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name", "default_deadline")
-        fields = ["name", "default_deadline", "prefix_shown", "state", "source", "created_at"]
+            return ("name", "default_deadline", "hold_seconds")
+        fields = [
+            "name",
+            "default_deadline",
+            "hold_seconds",
+            "prefix_shown",
+            "state",
+            "source",
+            "created_at",
+        ]
         fields += ["revoked_at", "usage"]
         if obj.revoked_at is None:
             fields.remove("revoked_at")

@@ -40,10 +40,11 @@ def api_key_for_hash(key_hash: str, token: str = "") -> ApiKey | None:
 # without a lookup. Only the intake's gate reads this (whether the body is worth reading):
 # the statement that answers the call checks the key again, so a key revoked meanwhile is still
 # refused, at most KEY_TRUST_SECONDS late in reading its bodies. Per process, never negative:
-# a wrong key pays one indexed lookup per call, and a key just made works at once.
+# a wrong key pays one indexed lookup per call, and a key just made works at once. With the
+# time, the key's hold_seconds (a change to it applies within KEY_TRUST_SECONDS too).
 KEY_TRUST_SECONDS = 60.0
 KEY_TRUST_MAX = 10_000
-_trusted: dict[str, float] = {}
+_trusted: dict[str, tuple[float, int | None]] = {}
 
 
 class ProxyKey:
@@ -58,6 +59,7 @@ class ProxyKey:
     def __init__(self, token: str):
         self.token = token
         self.key_hash = hash_key(token)
+        self.hold_seconds: int | None = None  # the key's, once `is_trusted` has been asked
 
     @cached_property
     def key(self) -> ApiKey | None:
@@ -72,14 +74,20 @@ class ProxyKey:
         process's memory, else one indexed lookup. The intake asks it before reading a byte
         of the body."""
         now = time.monotonic()
-        if _trusted.get(self.key_hash, 0.0) > now:
+        until, self.hold_seconds = _trusted.get(self.key_hash, (0.0, None))
+        if until > now:
             return True
         if not self.is_authenticated:
             return False
         if len(_trusted) >= KEY_TRUST_MAX:
             _trusted.clear()  # rare, and only costs each key one lookup again
-        _trusted[self.key_hash] = now + KEY_TRUST_SECONDS
+        self.hold_seconds = self.key.hold_seconds
+        _trusted[self.key_hash] = (now + KEY_TRUST_SECONDS, self.hold_seconds)
         return True
+
+    def remembered(self) -> bool:
+        """Whether `is_trusted` answers from this process's memory, without a query."""
+        return _trusted.get(self.key_hash, (0.0, None))[0] > time.monotonic()
 
     def accepts(self, row: dict) -> bool:
         """Whether the key's state joined to a request (`api_key__revoked_at`,

@@ -93,12 +93,15 @@ def anthropic_shaped(response: HttpResponse) -> HttpResponse:
     error = _proxy_error(response)
     if error is None:
         return response
+    return _rewritten(response, anthropic_error(response.status_code, error))
+
+
+def anthropic_error(status: int, error: dict) -> dict:
+    """The proxy's OpenAI-shaped `error` (with its HTTP status) in Anthropic's shape."""
     kind = error.get("type")
     if kind not in PROXY_TYPES:
-        kind = ANTHROPIC_TYPES.get(response.status_code, "invalid_request_error")
-    return _rewritten(
-        response, {"type": "error", "error": {"type": kind, "message": error["message"]}}
-    )
+        kind = ANTHROPIC_TYPES.get(status, "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": error["message"]}}
 
 
 def _proxy_error(response: HttpResponse) -> dict | None:
@@ -108,8 +111,13 @@ def _proxy_error(response: HttpResponse) -> dict | None:
         "application/json"
     ):
         return None
+    return proxy_error(response.content)
+
+
+def proxy_error(content: bytes) -> dict | None:
+    """The `error` of an OpenAI-shaped error body of the proxy's own, else None."""
     try:
-        error = orjson.loads(response.content).get("error")
+        error = orjson.loads(content).get("error")
     except (orjson.JSONDecodeError, AttributeError):
         return None
     if not isinstance(error, dict) or "message" not in error or "code" not in error:
@@ -146,12 +154,16 @@ GOOGLE_STATUSES = {
 
 def gemini_shaped(response: HttpResponse) -> HttpResponse:
     """An OpenAI-shaped error answer rewritten as Google's `{"error": {"code", "message",
-    "status", "details"}}`, headers kept; the proxy's own state (`batch_pending`, ...) is the
-    reason of a google.rpc.ErrorInfo in `details`. Other bodies pass unchanged."""
+    "status", "details"}}`, headers kept. Other bodies pass unchanged."""
     error = _proxy_error(response)
     if error is None:
         return response
-    status = response.status_code
+    return _rewritten(response, google_error(response.status_code, error))
+
+
+def google_error(status: int, error: dict) -> dict:
+    """The proxy's OpenAI-shaped `error` (with its HTTP status) in Google's shape; the proxy's
+    own state (`batch_pending`, ...) is the reason of a google.rpc.ErrorInfo in `details`."""
     body = {
         "code": status,
         "message": error["message"],
@@ -164,7 +176,7 @@ def gemini_shaped(response: HttpResponse) -> HttpResponse:
             }
         ],
     }
-    return _rewritten(response, {"error": body})
+    return {"error": body}
 
 
 @csrf_exempt  # an unknown path is 404 for every method, never a CSRF 403

@@ -65,6 +65,12 @@ class ApiKey(models.Model):
         help_text="Seconds: the deadline of this key's calls that name none (X-Batch-Deadline). "
         "Empty: the proxy's DEFAULT_DEADLINE, if any.",
     )
+    hold_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds this key's calls are held for their answer when they ask no Prefer: "
+        "wait=N (capped by MAX_HOLD_SECONDS). Empty: not held, answered 422 at once.",
+    )
 
     # A key stands in for the user in DRF views.
     is_authenticated = True

@@ -28,6 +28,16 @@ class ParsedCall:
     canonical: bytes
     fingerprint: str
     embedding_inputs: int
+    # How the caller wants its answer, not part of the call: a stream of the provider's own
+    # events, with a last usage chunk (OpenAI's stream_options.include_usage).
+    stream: bool = False
+    include_usage: bool = False
+
+
+# The endpoints whose calls may ask for their answer as a stream (Gemini's streams by its path).
+STREAM_ENDPOINTS = frozenset(
+    {Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES, Endpoint.COMPLETIONS, Endpoint.MESSAGES}
+)
 
 
 def _embedding_inputs(body: dict) -> int:
@@ -123,12 +133,16 @@ def _has_huge_int(raw: bytes) -> bool:
     return False
 
 
-def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> ParsedCall:
+def call_parse(
+    *, endpoint: str, raw: bytes, model: str | None = None, stream: bool = False
+) -> ParsedCall:
     """Validate a call's body and give its canonical form and fingerprint.
 
     Canonical JSON (sorted keys, no insignificant white space) is the request's identity, so
     the same call with its keys in another order is the same request. A `model` given apart
     (Gemini's is in the path) goes into the body, where the identity and the engine find it.
+    `stream` and `stream_options` say how the answer travels, not what is asked: they are
+    neither in the identity nor in the batch line (`stream`: Gemini's streaming path).
     """
     try:
         body = orjson.loads(raw)
@@ -155,10 +169,22 @@ def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> Parsed
             param="model",
         )
     _check_required_fields(endpoint, body)
-    if body.get("stream") not in (None, False):
+    include_usage = False
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise ClientError(
+            400, "'stream' must be true or false.", code="invalid_type", param="stream"
+        )
+    if endpoint in STREAM_ENDPOINTS and body.get("stream"):
+        # Only a stream's flag is dropped: `"stream": false` stays part of the identity it
+        # always was, so a request queued before this proxy streamed is still found.
+        del body["stream"]
+        stream = True
+        options = body.pop("stream_options", None)
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    elif body.get("stream") not in (None, False):
         raise ClientError(
             400,
-            "Streaming is not supported: batched requests are answered whole. Drop 'stream'.",
+            "Streaming is not offered on this endpoint: its answer comes whole. Drop 'stream'.",
             code="unsupported_parameter",
             param="stream",
         )
@@ -172,7 +198,7 @@ def call_parse(*, endpoint: str, raw: bytes, model: str | None = None) -> Parsed
         ) from None
     fingerprint = hashlib.sha256(endpoint.encode() + b"\n" + canonical).hexdigest()
     inputs = _embedding_inputs(body) if endpoint == Endpoint.EMBEDDINGS else 0
-    return ParsedCall(endpoint, model, canonical, fingerprint, inputs)
+    return ParsedCall(endpoint, model, canonical, fingerprint, inputs, stream, include_usage)
 
 
 def request_for_call(*, api_key_id: int, call: ParsedCall) -> BatchRequest:

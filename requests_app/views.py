@@ -1,8 +1,11 @@
+import functools
 import math
+import re
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import close_old_connections, connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -20,7 +23,7 @@ from rest_framework.views import APIView
 
 from batches_app import capacity, catalog, tiers, upstreams
 
-from . import limits
+from . import limits, streams
 from .api import RawBodyParser
 from .auth import (
     AnthropicKeyAuthentication,
@@ -42,6 +45,7 @@ from .services import (
     requests_take,
 )
 from .videos import video_content_stream
+from .waiting import in_pool, serving, watcher
 
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
@@ -156,6 +160,102 @@ def answer(row: dict) -> HttpResponse:
     )
 
 
+def hold_seconds(meta: dict, caller: ProxyKey) -> int:
+    """How long to hold a pending call for its answer: RFC 7240's `Prefer: wait=N`, else the
+    key's hold_seconds, capped by MAX_HOLD_SECONDS (0: answer at once)."""
+    wait = caller.hold_seconds or 0
+    for preference in re.split(r"[,;]", meta.get("HTTP_PREFER", "")):
+        name, _, value = preference.partition("=")
+        if name.strip().lower() == "wait" and value.strip().strip('"').isdigit():
+            wait = int(value.strip().strip('"'))
+    return min(wait, settings.MAX_HOLD_SECONDS)
+
+
+class Held(HttpResponse):
+    """A pending call to be held: what the intake (a DRF view, in a thread) hands to the
+    event loop (`holding`), which waits for the answer there and renders it."""
+
+    def __init__(self, row: dict, seconds: int, render):
+        super().__init__(status=202)
+        self.row, self.seconds, self.render = row, seconds, render
+
+
+def holding(view):
+    """The client API's view as Django serves it: the DRF view in a thread of the pool (one
+    hop, as Django would make for a sync view, but not serialised on one thread), then, for a
+    held call, the wait in the event loop, costing no thread.
+
+    Under a sync caller (the test client, WSGI) the view runs in the caller's thread, on its
+    database connection."""
+
+    def in_pool_thread(request, *args, **kwargs):
+        # What Django's request_started does, in the thread whose connection serves the call.
+        close_old_connections()
+        return view(request, *args, **kwargs)
+
+    in_caller = sync_to_async(view, thread_sensitive=True)
+
+    @functools.wraps(view)  # DRF's `cls` and `initkwargs`, csrf_exempt
+    async def client_view(request, *args, **kwargs):
+        if serving.get():
+            response = await in_pool(functools.partial(in_pool_thread, request, *args, **kwargs))
+        else:
+            response = await in_caller(request, *args, **kwargs)
+        if isinstance(response, Held):
+            held = response
+            row = await watcher.wait(held.row["id"], held.seconds)
+            render = functools.partial(held.render, row or held.row)
+            response = await (in_pool(render) if serving.get() else sync_to_async(render)())
+            response["Preference-Applied"] = f"wait={held.seconds}"
+        return response
+
+    return client_view
+
+
+def sse_answer(row: dict, call, error_shape) -> StreamingHttpResponse:
+    """A call that streams: 200 `text/event-stream` at once, a keep-alive frame every
+    STREAM_KEEPALIVE_SECONDS while its batch runs, then its answer as the provider's own
+    stream events (requests_app/streams.py). A caller that goes away leaves its request queued;
+    the same call again attaches to it."""
+
+    async def events():
+        current = row
+        while current["status"] in BatchRequest.PENDING:
+            done = await watcher.wait(current["id"], settings.STREAM_KEEPALIVE_SECONDS)
+            if done is None:
+                yield streams.keepalive(call.endpoint)
+            else:
+                current = done
+        if current["status"] == BatchRequest.Status.COMPLETED:
+            body = current["response_body"]
+            if current["response_chunks"]:
+                body = await sync_to_async(answer_body, thread_sensitive=not serving.get())(
+                    current["id"]
+                )
+            for frame in streams.stream_events(
+                endpoint=call.endpoint,
+                status=current["response_status"],
+                body=body.encode() if isinstance(body, str) else body,
+                include_usage=call.include_usage,
+            ):
+                yield frame
+        else:
+            error = error_shape(answer(current))  # failed or cancelled: no query
+            yield streams.error_event(call.endpoint, status=error.status_code, body=error.content)
+
+    response = StreamingHttpResponse(events(), content_type=streams.SSE_CONTENT_TYPE)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each frame on at once
+    response["X-Batch-Request-Id"] = str(row["id"])
+    return response
+
+
+def answer_body(request_id) -> str:
+    """A large answer's body, joined from its pieces."""
+    pieces = ResponseChunk.objects.filter(request_id=request_id).order_by("seq")
+    return "".join(pieces.values_list("data", flat=True))
+
+
 def receipt_headers(response: HttpResponse, row: dict) -> None:
     """`X-Batch-Tier` (batch, flex, standard) and `X-Batch-Cost-USD` (absent when unpriced)."""
     if row.get("tier"):
@@ -266,10 +366,19 @@ class Intake(APIView):
     schema = None  # described by hand: ops_app/openapi.py
     # Whether a new call must pass `check_new`, which a repeat ask skips.
     checks_new = False
+    # Whether every call of this endpoint streams (Gemini's streamGenerateContent).
+    streams = False
+    # The proxy's own errors in the caller's SDK's shape (OpenAI's here).
+    error_shape = staticmethod(lambda response: response)
+    call = None
+    hold = 0
 
     @property
     def default_response_headers(self) -> dict:
         return {}  # DRF would add `Allow` to every answer; a 405 has it (errors.py)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        return self.error_shape(super().finalize_response(request, response, *args, **kwargs))
 
     def initial(self, request, *args, **kwargs) -> None:
         # A wrong method is 405 whoever asks, before the key is looked at.
@@ -284,7 +393,10 @@ class Intake(APIView):
         now = timezone.now()
         try:
             refuse_form_upload(request, endpoint)
-            call = call_parse(endpoint=endpoint, raw=_read_body(request), model=model)
+            call = call_parse(
+                endpoint=endpoint, raw=_read_body(request), model=model, stream=self.streams
+            )
+            self.call, self.hold = call, hold_seconds(request._request.META, caller)
             self.check_served(call)
             when = deadline_parse(request._request.META, now=now)
             if when is not None and when.now and not self.answers_now(call):
@@ -322,7 +434,9 @@ class Intake(APIView):
                 raise NotAuthenticated
             if taken.created:
                 return (
-                    self.deadline_apply(taken.row, when, stored=True) if when else answer(taken.row)
+                    self.deadline_apply(taken.row, when, stored=True)
+                    if when
+                    else self.reply(taken.row)
                 )
             if taken.row is not None:
                 return self.found(taken.row, when)
@@ -332,16 +446,24 @@ class Intake(APIView):
             raise NotAuthenticated
         created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
         row = {field: getattr(created, field) for field in ANSWER_FIELDS}
-        return self.deadline_apply(row, when) if when and created.is_pending else answer(row)
+        return self.deadline_apply(row, when) if when and created.is_pending else self.reply(row)
 
     def found(self, row: dict, when: Deadline | None) -> HttpResponse:
         """The answer to a call made before; a deadline it carries may tighten a pending one."""
         if when is not None and row["status"] in BatchRequest.PENDING:
             return self.deadline_apply(row, when)
+        return self.reply(row)
+
+    def reply(self, row: dict) -> HttpResponse:
+        """The answer as the call asked for it: as a stream, held until the answer lands
+        (`Prefer: wait=N`), or at once."""
+        if self.call.stream:
+            return sse_answer(row, self.call, self.error_shape)
+        if self.hold and row["status"] in BatchRequest.PENDING:
+            return Held(row, self.hold, lambda row: self.error_shape(answer(row)))
         return answer(row)
 
-    @staticmethod
-    def deadline_apply(row: dict, when: Deadline, *, stored: bool = False) -> HttpResponse:
+    def deadline_apply(self, row: dict, when: Deadline, *, stored: bool = False) -> HttpResponse:
         """A pending request's call with a deadline: an earlier one tightens the stored one (one
         conditional UPDATE, only for calls that carry the header); `now` sends it at once at
         the standard tier and answers with the upstream's answer."""
@@ -349,10 +471,10 @@ class Intake(APIView):
         if not stored:
             tiers.deadline_tighten(request_id=row["id"], deadline=deadline)
         if not when.now:
-            return answer(row | {"deadline": min(filter(None, (row["deadline"], deadline)))})
+            return self.reply(row | {"deadline": min(filter(None, (row["deadline"], deadline)))})
         tiers.request_answer_now(request_id=row["id"])
         fresh = BatchRequest.objects.filter(pk=row["id"]).values(*ANSWER_FIELDS).first()
-        return answer(fresh or row)
+        return self.reply(fresh or row)
 
     @staticmethod
     def answers_now(call) -> bool:
@@ -391,8 +513,7 @@ class AnthropicIntake(ProviderIntake):
     authentication_classes = [AnthropicKeyAuthentication]
     key_variable = "ANTHROPIC_API_KEY"
 
-    def finalize_response(self, request, response, *args, **kwargs):
-        return anthropic_shaped(super().finalize_response(request, response, *args, **kwargs))
+    error_shape = staticmethod(anthropic_shaped)
 
 
 class GeminiIntake(ProviderIntake):
@@ -407,22 +528,14 @@ class GeminiIntake(ProviderIntake):
     def check_new(self, call) -> None:
         generate_content_check(call)
 
-    def finalize_response(self, request, response, *args, **kwargs):
-        return gemini_shaped(super().finalize_response(request, response, *args, **kwargs))
+    error_shape = staticmethod(gemini_shaped)
 
 
-class GeminiStreamRefused(GeminiIntake):
-    """…:streamGenerateContent: a batch is answered whole, never streamed."""
+class GeminiStreamIntake(GeminiIntake):
+    """…:streamGenerateContent?alt=sse: queued like generateContent, answered as Gemini's
+    stream when the batch lands."""
 
-    def post(self, request: Request, endpoint: str, model: str | None = None) -> HttpResponse:
-        if not request.user.is_authenticated:
-            raise NotAuthenticated
-        raise ClientError(
-            400,
-            "Streaming is not supported: batched requests are answered whole. Call "
-            "generate_content, not generate_content_stream.",
-            code="unsupported_parameter",
-        )
+    streams = True
 
 
 # The proxy's own read endpoints take the key as the caller's SDK sends it: an Anthropic or

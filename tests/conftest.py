@@ -196,3 +196,38 @@ def second_org(fake_openai, settings, monkeypatch):
     settings.UPSTREAMS = [upstream_from_env("openai-2")]
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def asgi_url(django_db_setup, django_db_blocker):
+    """The proxy's ASGI application (batchproxy/asgi.py) served by uvicorn in a thread of this
+    process, on the test database, as `live_server` serves the WSGI one: held calls and
+    streams wait in its event loop. Tests using it need `django_db(transaction=True)`."""
+    import threading
+
+    import uvicorn
+
+    from batchproxy.asgi import application
+
+    from .processes import free_port
+
+    port = free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+        assert thread.is_alive(), "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    connection = connections["default"]
+    if connection.vendor == "postgresql":
+        # The server's threads and its answers listener kept their connections: end them,
+        # so that the test database can be dropped.
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

@@ -1,4 +1,5 @@
-"""The proxy behind gunicorn, with its own config: even gunicorn's refusals are OpenAI-shaped."""
+"""The proxy behind gunicorn, with its own config: uvicorn's worker (ASGI, the default) and the
+threaded WSGI worker; even gunicorn's own refusals are OpenAI-shaped (WSGI worker)."""
 
 import contextlib
 import json
@@ -16,14 +17,19 @@ from .processes import ROOT, free_port, process_env
 pytestmark = pytest.mark.e2e
 
 
+WSGI = {"WEB_WORKER_CLASS": "batchproxy.web_worker.BufferingThreadWorker"}
+ASGI = {}  # the config's default: uvicorn's worker
+BOTH = pytest.mark.parametrize("gunicorn_port", [ASGI, WSGI], ids=["asgi", "wsgi"], indirect=True)
+
+
 @pytest.fixture
 def gunicorn_port(tmp_path, request):
     port = free_port()
-    extra = getattr(request, "param", {})
+    extra = getattr(request, "param", WSGI)
     env = process_env(tmp_path, PORT=str(port), HOST="127.0.0.1", BATCH_SERVER_API_KEY="k", **extra)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "batchproxy/gunicorn.conf.py", "batchproxy.wsgi"],
+        [sys.executable, "-m", "gunicorn", "-c", "batchproxy/gunicorn.conf.py"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -72,6 +78,7 @@ def test_gunicorns_own_refusals_are_openai_shaped(gunicorn_port, head, status):
     assert set(error) == {"message", "type", "param", "code"}
 
 
+@BOTH
 def test_gunicorn_serves_the_proxy(gunicorn_port):
     body = b'{"model": "m", "input": "x"}'
     line, headers, _ = exchange(
@@ -83,9 +90,10 @@ def test_gunicorn_serves_the_proxy(gunicorn_port):
         + body,
     )
     assert line.split()[1] == "422"
-    assert headers["X-Batch-Request-Id"]
+    assert {name.lower(): value for name, value in headers.items()}["x-batch-request-id"]
 
 
+@BOTH
 def test_slow_clients_do_not_take_the_web_workers(gunicorn_port):
     """50 clients send their request a byte a second (half still in the headers, half in a
     body with a good key); meanwhile /healthz answers at once, every time."""
@@ -129,7 +137,7 @@ def test_slow_clients_do_not_take_the_web_workers(gunicorn_port):
             sock.close()
 
 
-@pytest.mark.parametrize("gunicorn_port", [{"WEB_READ_TIMEOUT": "2"}], indirect=True)
+@pytest.mark.parametrize("gunicorn_port", [WSGI | {"WEB_READ_TIMEOUT": "2"}], indirect=True)
 def test_a_request_not_received_in_time_is_408_and_closed(gunicorn_port):
     with socket.create_connection(("127.0.0.1", gunicorn_port), timeout=30) as sock:
         sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")

@@ -51,7 +51,7 @@ def _listening(host: str, port: int) -> bool:
 
 class Command(BaseCommand):
     help = (
-        "Apply migrations, then run the web server (gunicorn, port 9487) and the scheduler "
+        "Apply migrations, then run the web server (gunicorn with uvicorn's worker, port 9487) and the scheduler "
         "(django-q2's qcluster) together until stopped."
     )
 
@@ -171,7 +171,6 @@ class Command(BaseCommand):
                     "gunicorn",
                     "-c",
                     str(settings.BASE_DIR / "batchproxy" / "gunicorn.conf.py"),
-                    "batchproxy.wsgi",
                 ]
             )
         if role in ("all", "scheduler"):

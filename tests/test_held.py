@@ -1,0 +1,142 @@
+"""Held calls (`Prefer: wait=N`, a key's hold_seconds): answered the moment the batch lands.
+
+The proxy is served under ASGI (batchproxy/asgi.py, uvicorn in a thread of the test process);
+the batch is driven by the engine in the test's own thread, as the scheduler would.
+"""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+
+from requests_app.keys import api_key_revoke
+from requests_app.models import BatchRequest
+
+from .engine import cycle
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def chat(client, text: str):
+    return client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
+    )
+
+
+@pytest.fixture
+def held_sdk(asgi_url, api_key, fake_openai):
+    """The OpenAI SDK, unchanged but for base URL, key, timeout and one default header."""
+    return openai.OpenAI(
+        base_url=f"{asgi_url}/v1",
+        api_key=api_key[1],
+        max_retries=0,
+        timeout=60,
+        default_headers={"Prefer": "wait=30"},
+    )
+
+
+def when_queued(count: int, *, seconds: float = 20) -> None:
+    """Wait until `count` requests are queued (the callers are being held)."""
+    deadline = time.monotonic() + seconds
+    while BatchRequest.objects.count() < count:
+        assert time.monotonic() < deadline, "the calls were not queued"
+        time.sleep(0.02)
+
+
+def test_a_held_call_gets_its_answer_in_one_call_the_moment_the_batch_lands(held_sdk):
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(chat, held_sdk, "held question")
+        when_queued(1)
+        time.sleep(0.3)
+        assert not asked.done()  # held, not answered 422
+        cycle()
+        landed = time.monotonic()
+        answer = asked.result(timeout=20)
+        woken_after = time.monotonic() - landed
+    assert answer.choices[0].message.content == "echo: held question"
+    assert woken_after < 3, woken_after
+
+
+def test_a_held_call_whose_batch_does_not_land_in_time_is_todays_422(
+    asgi_url, api_key, fake_openai
+):
+    started = time.monotonic()
+    response = requests.post(
+        f"{asgi_url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "slow"}]},
+        headers={"Authorization": f"Bearer {api_key[1]}", "Prefer": "respond-async, wait=1"},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "batch_pending"
+    assert response.headers["Preference-Applied"] == "wait=1"
+    assert 1 <= time.monotonic() - started < 5
+
+
+def test_the_keys_hold_seconds_holds_calls_without_a_header_capped_by_max_hold(
+    asgi_url, api_key, fake_openai, settings
+):
+    key, secret = api_key
+    key.hold_seconds = 3600
+    key.save()
+    settings.MAX_HOLD_SECONDS = 1
+    started = time.monotonic()
+    response = requests.post(
+        f"{asgi_url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "default"}]},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert response.headers["Preference-Applied"] == "wait=1"
+    assert 1 <= time.monotonic() - started < 5
+
+
+def test_without_a_hold_a_call_is_answered_422_at_once(asgi_url, api_key, fake_openai):
+    response = requests.post(
+        f"{asgi_url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "now"}]},
+        headers={"Authorization": f"Bearer {api_key[1]}"},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert "Preference-Applied" not in response.headers
+
+
+def test_many_held_calls_released_together_each_get_their_own_answer(held_sdk, asgi_url, api_key):
+    texts = [f"caller {i}" for i in range(60)]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        asked = {text: pool.submit(chat, held_sdk, text) for text in texts}
+        when_queued(len(texts))
+        # Meanwhile the web tier answers others: health, and a new call that is not held.
+        assert requests.get(f"{asgi_url}/healthz", timeout=5).status_code == 200
+        cycle()
+        landed = time.monotonic()
+        answers = {text: future.result(timeout=30) for text, future in asked.items()}
+        released_in = time.monotonic() - landed
+    for text, answer in answers.items():
+        assert answer.choices[0].message.content == f"echo: {text}"
+    assert released_in < 5, released_in
+
+
+def test_a_cancelled_request_releases_its_held_caller_with_its_error(held_sdk, api_key):
+    errors = []
+
+    def ask():
+        try:
+            chat(held_sdk, "cancel me")
+        except openai.APIStatusError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    when_queued(1)
+    api_key_revoke(key_id=api_key[0].pk)  # cancels its queued requests
+    thread.join(10)
+    assert not thread.is_alive()
+    [error] = errors
+    assert error.status_code == 409
+    assert error.code == "batch_cancelled"
