@@ -51,8 +51,8 @@ def _listening(host: str, port: int) -> bool:
 
 class Command(BaseCommand):
     help = (
-        "Apply migrations, then run the web server (gunicorn with uvicorn's worker, port 9487) and the scheduler "
-        "(django-q2's qcluster) together until stopped."
+        "Apply migrations, then run the web server (gunicorn with uvicorn's worker, port 9487) "
+        "and the scheduler (django-q2's qcluster) together until stopped."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
