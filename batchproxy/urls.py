@@ -66,6 +66,18 @@ bedrock_urls = [
     )
 ]
 
+# google-genai with vertexai=True and an API key (Vertex AI express mode) posts to
+# `{v1,v1beta1}/publishers/google/models/{model}:generateContent`; served, for now, by the
+# Gemini upstream: the Vertex batch prediction upstream is not built yet (docs/providers.md).
+vertex_urls = [
+    path(
+        f"{version}/publishers/google/models/<str:model>:generateContent",
+        views.GeminiIntake.as_view(),
+        gemini,
+    )
+    for version in ("v1", "v1beta1")
+]
+
 urlpatterns = [
     path("", ops_views.front_page, name="front-page"),
     # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.
@@ -75,6 +87,7 @@ urlpatterns = [
     path(settings.ADMIN_URL, admin.site.urls),
     *client_urls,
     *bedrock_urls,
+    *vertex_urls,
     path("webhooks/openai", batches_views.openai_webhook),
     path("healthz", ops_views.healthz),
     path("readyz", ops_views.readyz),
