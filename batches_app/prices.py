@@ -84,7 +84,23 @@ FIREWORKS_PRICES = {
     "accounts/fireworks/models/llama-v3p1-8b-instruct": ("0.20", "0.20"),
     "accounts/fireworks/models/llama-v3p3-70b-instruct": ("0.90", "0.90"),
 }
-PROVIDER_PRICES = GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES | FIREWORKS_PRICES
+# xAI's synchronous list prices (docs.x.ai/developers/pricing); its Batch API charges half
+# (docs.x.ai, "Batch API").
+XAI_PRICES = {
+    "grok-4.3": ("1.25", "2.50"),
+    "grok-4-1-fast-reasoning": ("0.20", "0.50"),
+    "grok-4-1-fast-non-reasoning": ("0.20", "0.50"),
+}
+# Bedrock's on-demand prices by model id (aws.amazon.com/bedrock/pricing, us-east-1); batch
+# inference charges half of them.
+BEDROCK_PRICES = {
+    "anthropic.claude-3-haiku-20240307-v1:0": ("0.25", "1.25"),
+    "amazon.nova-micro-v1:0": ("0.035", "0.14"),
+    "amazon.nova-lite-v1:0": ("0.06", "0.24"),
+}
+PROVIDER_PRICES = (
+    GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES | FIREWORKS_PRICES | XAI_PRICES | BEDROCK_PRICES
+)
 DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES | PROVIDER_PRICES
 
 

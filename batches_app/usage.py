@@ -9,7 +9,8 @@ def answer_usage(body) -> dict | None:
 
 
 def usage_tokens(usage) -> tuple[int, int]:
-    """(input, output) tokens of a `usage` object of any endpoint or provider, or of a batch.
+    """(input, output) tokens of a `usage` object of any endpoint or provider, or of a batch
+    (OpenAI's, Anthropic's, Gemini's, Bedrock Converse's).
 
     Gemini bills its thinking as output, so its thoughts count with its candidates.
     """
@@ -21,6 +22,8 @@ def usage_tokens(usage) -> tuple[int, int]:
             usage.get("thoughtsTokenCount") or 0
         )
         return int(tokens_in), int(tokens_out)
+    if "inputTokens" in usage or "outputTokens" in usage:  # Bedrock's Converse
+        return int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
     tokens_in = usage.get("input_tokens", usage.get("prompt_tokens")) or 0
     tokens_out = usage.get("output_tokens", usage.get("completion_tokens")) or 0
     return int(tokens_in), int(tokens_out)

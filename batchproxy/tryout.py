@@ -30,6 +30,9 @@ FAKE_MODELS = {
     "together": ("meta-llama/*",),
     "mistral": ("mistral-*", "ministral-*", "codestral-*"),
     "fireworks": ("accounts/fireworks/models/*",),
+    "xai": ("grok-*",),
+    # Bedrock's model ids, on its own endpoints (boto3's bedrock-runtime) only.
+    "bedrock": ("anthropic.*", "amazon.*", "meta.*"),
 }
 
 

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularJSONAPIView
 from batches_app import views as batches_views
 from batches_app.admin import dashboard_urls
 from ops_app import views as ops_views
-from requests_app import errors, limits, views
+from requests_app import errors, limits, views, views_bedrock
 from requests_app.models import ENDPOINTS
 
 intake = views.holding(views.Intake.as_view())
@@ -55,6 +55,29 @@ client_urls = (
     ]
 )
 
+# boto3's bedrock-runtime, with the proxy as its endpoint_url (requests_app/views_bedrock.py).
+bedrock_urls = [
+    path(f"model/<path:model>/{action}", view.as_view(), {"endpoint": endpoint})
+    for action, view, endpoint in (
+        ("converse", views_bedrock.BedrockIntake, "/model/converse"),
+        ("invoke", views_bedrock.BedrockIntake, "/model/invoke"),
+        ("converse-stream", views_bedrock.BedrockStreamRefused, "/model/converse"),
+        ("invoke-with-response-stream", views_bedrock.BedrockStreamRefused, "/model/invoke"),
+    )
+]
+
+# google-genai with vertexai=True and an API key (Vertex AI express mode) posts to
+# `{v1,v1beta1}/publishers/google/models/{model}:generateContent`; served, for now, by the
+# Gemini upstream: the Vertex batch prediction upstream is not built yet (docs/providers.md).
+vertex_urls = [
+    path(
+        f"{version}/publishers/google/models/<str:model>:generateContent",
+        views.GeminiIntake.as_view(),
+        gemini,
+    )
+    for version in ("v1", "v1beta1")
+]
+
 urlpatterns = [
     path("", ops_views.front_page, name="front-page"),
     # Ahead of the admin's own login route, which it shadows: sign-ins are throttled.
@@ -63,6 +86,8 @@ urlpatterns = [
     path(f"{settings.ADMIN_URL}dashboard/", include(dashboard_urls)),
     path(settings.ADMIN_URL, admin.site.urls),
     *client_urls,
+    *bedrock_urls,
+    *vertex_urls,
     path("webhooks/openai", batches_views.openai_webhook),
     path("healthz", ops_views.healthz),
     path("readyz", ops_views.readyz),

@@ -155,6 +155,8 @@ UPSTREAM_KINDS = (
     "together",
     "mistral",
     "fireworks",
+    "xai",
+    "bedrock",
     "anthropic",
     "gemini",
 )

@@ -32,6 +32,10 @@ class Endpoint(models.TextChoices):
     MESSAGES = "/v1/messages"  # Anthropic's
     # Gemini's `models/{model}:generateContent`, under /v1 or /v1beta: the model is the path's.
     GENERATE_CONTENT = "/v1beta/models:generateContent"
+    # Bedrock runtime's `/model/{modelId}/converse` and `/invoke` (boto3's converse and
+    # invoke_model): the model is the path's.
+    BEDROCK_CONVERSE = "/model/converse"
+    BEDROCK_INVOKE = "/model/invoke"
 
 
 # The endpoints whose calls are a prompt (and whose answers are priced per image or second).

@@ -121,6 +121,24 @@ def fireworks_server():
 
 
 @pytest.fixture(scope="session")
+def xai_server():
+    from batchproxy.fakes.xai import FakeXai
+
+    server = FakeXai().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def bedrock_server():
+    from batchproxy.fakes.bedrock import FakeBedrock
+
+    server = FakeBedrock().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

@@ -302,6 +302,99 @@ class Fireworks(Together):
         return list(self.fake.datasets)
 
 
+class Xai(Together):
+    """xAI's Batch API: a JSONL file of OpenAI's lines, a batch named after the proxy's, its
+    results paged from the batch (no output file; batches are never deleted)."""
+
+    name, upstream = "xai", "xai-test"
+    model = "grok-4-1-fast-non-reasoning"
+    key = "xai-upstream-test-secret"
+    fake_fixture = "xai_server"
+    operations = OPENAI_OPERATIONS | {"read": "results"}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_XAI_TEST_KIND": "xai",
+            "UPSTREAM_XAI_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_XAI_TEST_MODELS": "grok-*",
+            "UPSTREAM_XAI_TEST_API_KEY": self.key,
+        }
+
+    def upstream_batches(self) -> dict[str, str]:
+        return {batch["batch_id"]: self.fake.status(batch) for batch in self.fake.jobs}
+
+
+class Bedrock(Kind):
+    """Bedrock's batch inference jobs over S3 (moto's, through the fake): boto3's `converse`
+    calls, records of `{"recordId", "modelInput"}`, the output read from S3 and deleted."""
+
+    name, upstream = "bedrock", "bedrock-test"
+    model = "anthropic.claude-3-haiku-20240307-v1:0"
+    key = "AKIABEDROCKTEST"  # the proxy's AWS access key id, as the fake sees it
+    fake_fixture = "bedrock_server"
+    operations = {
+        "upload": "s3_put",
+        "create": "create",
+        "retrieve": "retrieve",
+        "read": "s3_get",
+        "delete": "s3_delete",
+        "cancel": "cancel",
+        "find_batch": "list",
+        "find_files": "s3_list",
+    }
+
+    def env(self) -> dict[str, str]:
+        from batchproxy.fakes.bedrock import BUCKET
+
+        return {
+            "UPSTREAM_BEDROCK_TEST_KIND": "bedrock",
+            "UPSTREAM_BEDROCK_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_BEDROCK_TEST_MODELS": "anthropic.*,amazon.*",
+            "UPSTREAM_BEDROCK_TEST_KEY_ENV": "AWS_SECRET_ACCESS_KEY",
+            "UPSTREAM_BEDROCK_TEST_S3_URI": f"s3://{BUCKET}/batches",
+            "UPSTREAM_BEDROCK_TEST_S3_ENDPOINT_URL": self.fake.s3_url,
+            "UPSTREAM_BEDROCK_TEST_ROLE_ARN": "arn:aws:iam::123456789012:role/bedrock-batch",
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": "bedrock-upstream-test-secret",
+        }
+
+    def queue(self, text: str):
+        body = {"messages": [{"role": "user", "content": [{"text": text}]}]}
+        return self.client.post(
+            f"/model/{self.model}/converse",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {self.secret}",
+        )
+
+    def text_of(self, body: dict) -> str:
+        return body["messages"][0]["content"][0]["text"]
+
+    def answer_of(self, response: dict) -> str:
+        return response["output"]["message"]["content"][0]["text"]
+
+    def upstream_batches(self) -> dict[str, str]:
+        statuses = {
+            "Submitted": "in_progress",
+            "InProgress": "in_progress",
+            "Stopped": "cancelled",
+            "PartiallyCompleted": "completed",
+        }
+        return {
+            job["jobArn"].rsplit("/", 1)[-1]: statuses.get(job["status"], job["status"].lower())
+            for job in self.fake.jobs
+        }
+
+    def submissions(self) -> list[tuple[str, str]]:
+        return [(r["recordId"], r["batch_id"]) for r in self.fake.submitted()]
+
+    def sent(self) -> list[dict]:
+        return [r["modelInput"] for r in self.fake.submitted()]
+
+    def files(self) -> list[str]:
+        return self.fake.objects
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -486,6 +579,8 @@ KINDS: dict[str, type[Kind]] = {
         Together,
         Mistral,
         Fireworks,
+        Xai,
+        Bedrock,
         Anthropic,
         GeminiInline,
         GeminiFile,

@@ -23,6 +23,7 @@ KINDS = {
     "together": kinds.Together,
     "mistral": kinds.Mistral,
     "fireworks": kinds.Fireworks,
+    "xai": kinds.Xai,
 }
 
 
@@ -83,6 +84,7 @@ def test_one_proxy_serves_every_provider_and_openai_at_once(
     together_server,
     mistral_server,
     fireworks_server,
+    xai_server,
     settings,
     monkeypatch,
 ):
@@ -96,6 +98,7 @@ def test_one_proxy_serves_every_provider_and_openai_at_once(
             (kinds.Together, together_server),
             (kinds.Mistral, mistral_server),
             (kinds.Fireworks, fireworks_server),
+            (kinds.Xai, xai_server),
         )
     ]
     for kind in every[1:]:

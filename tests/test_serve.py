@@ -215,7 +215,8 @@ def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_rea
         shown = manage("shell", "-c", show, data_dir=data_dir, **env)
         assert shown.returncode == 0, shown.stderr
         names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
-        fakes = "['anthropic', 'gemini', 'groq', 'together', 'mistral', 'fireworks', 'openai']"
+        kinds = "anthropic gemini groq together mistral fireworks xai bedrock openai"
+        fakes = str(kinds.split())
         assert names == fakes  # the environment's set aside
         assert (url, key) == (fake_url.strip(), "fake-anthropic")
 
@@ -240,7 +241,17 @@ def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
         (
             "{not json",
             dict.fromkeys(
-                ("openai", "anthropic", "gemini", "groq", "together", "mistral", "fireworks"),
+                (
+                    "openai",
+                    "anthropic",
+                    "gemini",
+                    "groq",
+                    "together",
+                    "mistral",
+                    "fireworks",
+                    "xai",
+                    "bedrock",
+                ),
                 "http://127.0.0.1:9",
             ),
         ),
@@ -261,5 +272,7 @@ def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
         "together": ["meta-llama/*"],
         "mistral": ["mistral-*", "ministral-*", "codestral-*"],
         "fireworks": ["accounts/fireworks/models/*"],
+        "xai": ["grok-*"],
+        "bedrock": ["anthropic.*", "amazon.*", "meta.*"],
     }
     assert others == {kind: expected[kind] for kind in tryout["fakes"] if kind != "openai"}

@@ -21,8 +21,13 @@ __all__ = ["DEFAULT", "KINDS", "METADATA_KEY", "Transport", "Upstream", "Upstrea
 DEFAULT = "openai"
 # The kinds that serve an endpoint family: OpenAI's endpoints, Anthropic's Messages, Gemini's
 # generateContent.
-FAMILIES = {Endpoint.MESSAGES: ("anthropic",), Endpoint.GENERATE_CONTENT: ("gemini",)}
-KINDS = ("openai", "azure", "groq", "together", "mistral", "fireworks")
+FAMILIES = {
+    Endpoint.MESSAGES: ("anthropic",),
+    Endpoint.GENERATE_CONTENT: ("gemini",),
+    Endpoint.BEDROCK_CONVERSE: ("bedrock",),
+    Endpoint.BEDROCK_INVOKE: ("bedrock",),
+}
+KINDS = ("openai", "azure", "groq", "together", "mistral", "fireworks", "xai")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,13 @@ KIND_DEFAULTS = {
     # 150 MB; jobs expire after 24 h. No default URL: it names the account
     # (https://api.fireworks.ai/v1/accounts/<account-id>).
     "fireworks": KindDefaults("", max_bytes=150_000_000),
+    # docs.x.ai, Batch API: most batches end within 24 h; one add-requests call carries at
+    # most 25 MB, taken as the file's limit; batches over 100,000 requests may be throttled.
+    "xai": KindDefaults("https://api.x.ai/v1", max_requests=100_000, max_bytes=25_000_000),
+    # Bedrock's quotas (docs.aws.amazon.com/bedrock, "Quotas"): 50,000 records per job by
+    # default, input files up to 1 GB. No default URL: it names the region
+    # (https://bedrock.<region>.amazonaws.com).
+    "bedrock": KindDefaults("", max_bytes=1_000_000_000),
 }
 OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
 # A batch still running this long past its completion window is treated as expired.
@@ -184,6 +196,8 @@ TRANSPORTS = {
     "together": ("together", "TogetherTransport"),
     "mistral": ("mistral", "MistralTransport"),
     "fireworks": ("fireworks", "FireworksTransport"),
+    "xai": ("xai", "XaiTransport"),
+    "bedrock": ("bedrock", "BedrockTransport"),
 }
 
 

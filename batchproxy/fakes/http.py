@@ -230,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._serve("DELETE")
 
+    def do_PUT(self):
+        self._serve("PUT")  # S3's PutObject (fakes/bedrock.py)
+
     def log_message(self, format, *args):
         pass
 

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import signal
 import socket
@@ -12,12 +13,14 @@ from django_q.tasks import async_task
 
 from batches_app import upstreams
 from batchproxy.fakes.anthropic import FakeAnthropic
+from batchproxy.fakes.bedrock import FakeBedrock
 from batchproxy.fakes.fireworks import FakeFireworks
 from batchproxy.fakes.gemini import FakeGemini
 from batchproxy.fakes.groq import FakeGroq
 from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
+from batchproxy.fakes.xai import FakeXai
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.checks import startup_refusal
 from ops_app.deploy import database_wait, migrations_apply
@@ -33,7 +36,10 @@ FAKES = {
     "together": (FakeTogether, "Together"),
     "mistral": (FakeMistral, "Mistral"),
     "fireworks": (FakeFireworks, "Fireworks"),
+    "xai": (FakeXai, "xAI"),
 }
+if importlib.util.find_spec("moto") is not None:  # its S3 (a test dependency)
+    FAKES["bedrock"] = (FakeBedrock, "Bedrock")
 
 
 def _listening(host: str, port: int) -> bool:
