@@ -12,9 +12,10 @@ are added for the client API:
 
 import asyncio
 import contextlib
+import functools
 import os
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.asgi import get_asgi_application
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 
@@ -30,7 +31,7 @@ from django.urls import set_script_prefix  # noqa: E402
 
 from ops_app.checks import startup_refusal  # noqa: E402
 from requests_app.auth import ProviderKeyAuthentication  # noqa: E402
-from requests_app.waiting import serving  # noqa: E402
+from requests_app.waiting import in_pool, serving  # noqa: E402
 
 if (refusal := startup_refusal()) is not None:
     raise ImproperlyConfigured(refusal)
@@ -66,6 +67,19 @@ class ClientApiHandler(ASGIHandler):
             await self.send_response(response, send)
         response.close()  # request_finished, in the event loop's thread
         body_file.close()
+
+    def make_view_atomic(self, view):
+        """A sync view (the read endpoints) runs in the pool too, as the intake does: Django
+        would run it on its one shared thread, whose connection nothing checks any more."""
+        view = super().make_view_atomic(view)
+        if iscoroutinefunction(view):
+            return view
+
+        @functools.wraps(view)
+        async def in_pool_view(request, *args, **kwargs):
+            return await in_pool(functools.partial(view, request, *args, **kwargs))
+
+        return in_pool_view
 
     async def _send_until_gone(self, response, send, receive) -> None:
         """A stream (a held call's events, a large answer) is sent while Django watches for

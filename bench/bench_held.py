@@ -172,7 +172,8 @@ async def run(args, secret: str, port: int, proxy: subprocess.Popen) -> None:
         for text, (status, data, _) in zip(texts, results, strict=True)
     )
     print(
-        f"answered: {own} of {args.callers} with their own answer; from the ingest's end: "
+        f"answered: {own} of {args.callers} with their own answer; from the end of the engine's "
+        f"cycle (negative: before it returned, as its ingest commits): "
         f"median {statistics.median(delays):.2f} s, p99 {delays[int(len(delays) * 0.99)]:.2f} s,"
         f" last {delays[-1]:.2f} s ({load()})"
     )

@@ -19,13 +19,13 @@ FILL_SQL = """
 INSERT INTO batches_app_batch
     (id, endpoint, model, state, request_count, input_bytes, upstream_id, upstream_status,
      input_file_id, output_file_id, error_file_id, cancel_mode, next_attempt_at,
-     upstream_failures, last_error, created_at, updated_at, finished_at)
+     upstream_failures, last_error, created_at, updated_at, finished_at, counted_tokens, upstream)
 SELECT gen_random_uuid(), '/v1/chat/completions', 'gpt-4o-mini',
        CASE WHEN i <= 20 THEN 'running' ELSE 'done' END, 500, 0, 'batch_' || i,
        CASE WHEN i <= 20 THEN 'in_progress' ELSE 'completed' END, '', '', '', '',
        now() + (i %% 120) * interval '1 second', 0, '',
        now() - i * interval '5 minutes', now(),
-       CASE WHEN i <= 20 THEN NULL ELSE now() - i * interval '5 minutes' END
+       CASE WHEN i <= 20 THEN NULL ELSE now() - i * interval '5 minutes' END, 0, 'default'
 FROM generate_series(1, 2020) AS i;
 
 INSERT INTO requests_app_batchrequest

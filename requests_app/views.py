@@ -5,7 +5,7 @@ import re
 import orjson
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -190,11 +190,6 @@ def holding(view):
     Under WSGI (batchproxy/wsgi.py) Django is handed `sync_view` instead: the DRF view in the
     worker's thread, as before, and a held call waits on that thread."""
 
-    def in_pool_thread(request, *args, **kwargs):
-        # What Django's request_started does, in the thread whose connection serves the call.
-        close_old_connections()
-        return view(request, *args, **kwargs)
-
     in_caller = sync_to_async(view, thread_sensitive=True)
 
     async def settled(held: Held, *, pooled: bool) -> HttpResponse:
@@ -208,7 +203,7 @@ def holding(view):
     async def client_view(request, *args, **kwargs):
         pooled = serving.get()
         if pooled:
-            response = await in_pool(functools.partial(in_pool_thread, request, *args, **kwargs))
+            response = await in_pool(functools.partial(view, request, *args, **kwargs))
         else:
             response = await in_caller(request, *args, **kwargs)
         if isinstance(response, Held):

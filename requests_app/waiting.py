@@ -184,4 +184,11 @@ def in_pool(func):
     """Run `func` (no arguments) in the pool, in this request's context (its request id): a
     plain executor call, which costs a third of asgiref's sync_to_async per call."""
     context = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(_pool, context.run, func)
+    return asyncio.get_running_loop().run_in_executor(_pool, context.run, _fresh, func)
+
+
+def _fresh(func):
+    # What Django's request_started does (CONN_MAX_AGE, CONN_HEALTH_CHECKS), in the thread
+    # whose connection serves the call.
+    close_old_connections()
+    return func()

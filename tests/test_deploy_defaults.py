@@ -78,7 +78,10 @@ def test_https_only_without_a_balancer_and_hsts_tuned(tmp_path):
 
 
 @pytest.mark.e2e
-def test_after_the_database_drops_every_connection_the_next_call_is_answered(tmp_path):
+@pytest.mark.parametrize(
+    "worker", ["uvicorn_worker.UvicornWorker", "batchproxy.web_worker.BufferingThreadWorker"]
+)
+def test_after_the_database_drops_every_connection_the_next_call_is_answered(tmp_path, worker):
     """A PostgreSQL restart kills the web threads' kept connections: each is tested before it
     is reused (CONN_HEALTH_CHECKS), so no call answers 500."""
     with fresh_postgres("ha_restart") as url:
@@ -90,6 +93,7 @@ def test_after_the_database_drops_every_connection_the_next_call_is_answered(tmp
             HOST="127.0.0.1",
             BATCH_SERVER_API_KEY="k",
             WEB_THREADS="1",
+            WEB_WORKER_CLASS=worker,
         )
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
@@ -101,7 +105,6 @@ def test_after_the_database_drops_every_connection_the_next_call_is_answered(tmp
                 "gunicorn",
                 "-c",
                 "batchproxy/gunicorn.conf.py",
-                "batchproxy.wsgi",
             ],
             cwd=ROOT,
             env=env,

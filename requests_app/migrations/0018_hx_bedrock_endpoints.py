@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('requests_app', '0016_held_calls'),
+        ('requests_app', '0017_hy_receipt_labels'),
     ]
 
     operations = [
