@@ -158,7 +158,16 @@ async def run(args, secret: str, port: int, proxy: subprocess.Popen) -> None:
         f"meanwhile 50 new calls (422) and 50 /healthz: statuses {statuses}, "
         f"median {statistics.median(times):.1f} ms, max {times[-1]:.1f} ms"
     )
-    # The engine, as the scheduler runs it; the callers are answered from its ingest on.
+    # The engine, as the scheduler runs it; the callers are answered from its ingest on, while
+    # /healthz is asked every 50 ms.
+    probes = []
+
+    async def probe() -> None:
+        while True:
+            probes.append(await timed(port, HEALTHZ))
+            await asyncio.sleep(0.05)
+
+    probing = asyncio.create_task(probe())
     cycle_started = time.monotonic()
     await sync_to_async(cycle, thread_sensitive=True)()
     landed = time.monotonic()
@@ -166,6 +175,13 @@ async def run(args, secret: str, port: int, proxy: subprocess.Popen) -> None:
         f"flush, submit, poll and ingest of {args.callers} requests: {landed - cycle_started:.1f} s"
     )
     results = await asyncio.gather(*tasks)
+    probing.cancel()
+    slowest = max(ms for _, ms in probes)
+    statuses = sorted({status for status, _ in probes})
+    print(
+        f"/healthz during the release: {len(probes)} asked, statuses {statuses}, "
+        f"slowest {slowest:.0f} ms"
+    )
     delays = sorted(ended - landed for _, _, ended in results)
     own = sum(
         (f"echo: held {text}".encode() in data) and status == 200
