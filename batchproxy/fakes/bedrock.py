@@ -26,7 +26,6 @@ Run `python -m batchproxy.fakes.bedrock --port 9495` to serve in the foreground 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import http.client
@@ -47,8 +46,8 @@ from .http import (
     JobServer,
     Refused,
     Reply,
+    fake_main,
     jsonl,
-    serve_until_signalled,
 )
 
 ACCOUNT = "123456789012"  # moto's
@@ -372,16 +371,7 @@ class FakeBedrock(JobServer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.bedrock",
-        description="Serve a fake Bedrock batch inference API, with S3, until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9495)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeBedrock(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake Bedrock API, S3 at /s3 (step_seconds={args.step_seconds})")
+    fake_main(FakeBedrock, name="bedrock", what="Bedrock API, S3 at /s3", port=9495, argv=argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Run `python -m batchproxy.fakes.fireworks --port 9493` to serve in the foregroun
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -42,8 +41,8 @@ from .http import (
     JobServer,
     Refused,
     Reply,
+    fake_main,
     jsonl,
-    serve_until_signalled,
 )
 
 ACCOUNT = "fake-account"
@@ -317,16 +316,7 @@ class FakeFireworks(JobServer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.fireworks",
-        description="Serve a fake Fireworks datasets + batch inference API until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9493)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeFireworks(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake Fireworks API (step_seconds={args.step_seconds})")
+    fake_main(FakeFireworks, name="fireworks", what="Fireworks API", port=9493, argv=argv)
 
 
 if __name__ == "__main__":

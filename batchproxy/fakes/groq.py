@@ -11,10 +11,9 @@ Run `python -m batchproxy.fakes.groq --port 9490` to serve in the foreground.
 
 from __future__ import annotations
 
-import argparse
 import re
 
-from .http import serve_until_signalled
+from .http import fake_main
 from .openai import FakeOpenAI
 
 WINDOW = re.compile(r"([1-9][0-9]*)([hd])")
@@ -35,16 +34,7 @@ class FakeGroq(FakeOpenAI):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.groq",
-        description="Serve a fake Groq Files + Batches API until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9490)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeGroq(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake Groq API (step_seconds={args.step_seconds})")
+    fake_main(FakeGroq, name="groq", what="Groq API", port=9490, argv=argv)
 
 
 if __name__ == "__main__":

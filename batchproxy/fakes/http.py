@@ -16,6 +16,7 @@ Standard library only; state in memory, under one lock.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import re
@@ -204,6 +205,20 @@ class FakeServer:
 
     def respond(self, call: Call) -> Reply:
         raise NotImplementedError
+
+
+def fake_main(fake_class, *, name: str, what: str, port: int, argv=None) -> None:
+    """`python -m batchproxy.fakes.<name>`: serve one fake in the foreground until signalled."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m batchproxy.fakes.{name}",
+        description=f"Serve a fake {what} until interrupted.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--step-seconds", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    fake = fake_class(args.host, args.port, step_seconds=args.step_seconds)
+    serve_until_signalled(fake, f"Fake {what} (step_seconds={args.step_seconds})")
 
 
 def serve_until_signalled(fake, what: str) -> None:

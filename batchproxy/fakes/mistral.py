@@ -25,7 +25,6 @@ Run `python -m batchproxy.fakes.mistral --port 9492` to serve in the foreground.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -41,8 +40,8 @@ from .http import (
     JobServer,
     Refused,
     Reply,
+    fake_main,
     jsonl,
-    serve_until_signalled,
 )
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
@@ -281,16 +280,7 @@ class FakeMistral(JobServer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.mistral",
-        description="Serve a fake Mistral Files + batch jobs API until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9492)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeMistral(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake Mistral API (step_seconds={args.step_seconds})")
+    fake_main(FakeMistral, name="mistral", what="Mistral API", port=9492, argv=argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Run `python -m batchproxy.fakes.together --port 9491` to serve in the foreground
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -38,8 +37,8 @@ from .http import (
     JobServer,
     Refused,
     Reply,
+    fake_main,
     jsonl,
-    serve_until_signalled,
 )
 
 MAX_LINES = 50_000
@@ -267,16 +266,7 @@ class FakeTogether(JobServer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.together",
-        description="Serve a fake Together Files + Batches API until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9491)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeTogether(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake Together API (step_seconds={args.step_seconds})")
+    fake_main(FakeTogether, name="together", what="Together API", port=9491, argv=argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Run `python -m batchproxy.fakes.xai --port 9494` to serve in the foreground.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -44,7 +43,7 @@ from .http import (
     JobServer,
     Refused,
     Reply,
-    serve_until_signalled,
+    fake_main,
 )
 
 ENDPOINT = "/v1/chat/completions"
@@ -298,16 +297,7 @@ class FakeXai(JobServer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m batchproxy.fakes.xai",
-        description="Serve a fake xAI Files + Batch API until interrupted.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9494)
-    parser.add_argument("--step-seconds", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeXai(args.host, args.port, step_seconds=args.step_seconds)
-    serve_until_signalled(fake, f"Fake xAI API (step_seconds={args.step_seconds})")
+    fake_main(FakeXai, name="xai", what="xAI API", port=9494, argv=argv)
 
 
 if __name__ == "__main__":
