@@ -363,7 +363,8 @@ class Intake(APIView):
     trip on PostgreSQL (`requests_take`: the request found or queued in one statement); on
     SQLite, for Gemini's calls (whose SDK check only a new call pays) and under a queue cap,
     a lookup comes first, and only a new call pays the insert. The answer is the contract's
-    HttpResponse, sent as it is.
+    HttpResponse, sent as it is; a call that streams or asks to be held (`reply`) gets a
+    stream, or a `Held` that `holding` awaits in the event loop.
     """
 
     http_method_names = ["post"]
