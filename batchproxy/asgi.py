@@ -43,9 +43,10 @@ class ClientApiHandler(ASGIHandler):
     Django's opens a ThreadSensitiveContext per request, which starts a thread for the call's
     sync work, and runs the sync receivers of request_started and request_finished (resetting
     and closing the thread's database connections) through sync_to_async. Here the views run
-    in the pool's threads, which do what request_started does themselves (`holding`), and
-    request_finished's receivers run in the event loop, whose thread holds no connection.
-    Measured: docs/benchmarks.md ("ASGI").
+    in the pool's threads, which do what request_started does themselves (`waiting.in_pool`),
+    and request_finished's receivers run in the event loop, whose thread holds no connection.
+    Only a stream is sent while watching for the client going away. Measured:
+    docs/benchmarks.md ("ASGI").
     """
 
     async def __call__(self, scope, receive, send):

@@ -162,3 +162,27 @@ def test_prefer_wait_is_read_as_rfc_7240_says_and_capped(prefer, held, settings)
 
     settings.MAX_HOLD_SECONDS = 600
     assert hold_seconds({"HTTP_PREFER": prefer}, ProxyKey("k")) == held
+
+
+@pytest.mark.parametrize(
+    ("key", "length", "status"),
+    [("bp-wrong", 20_000_000, 401), (None, 10**12, 413)],
+    ids=["wrong-key", "too-large"],
+)
+def test_under_asgi_the_key_and_length_are_checked_before_the_body(
+    asgi_url, api_key, key, length, status
+):
+    """Django's ASGI handler reads a whole body before any view: the proxy's gate does not,
+    so these are answered from the headers while the client has sent no byte of its body."""
+    import socket
+
+    port = int(asgi_url.rsplit(":", 1)[1])
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key or api_key[1]}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.split()[1] == str(status)
