@@ -157,6 +157,7 @@ UPSTREAM_KINDS = (
     "fireworks",
     "xai",
     "bedrock",
+    "vertex",
     "anthropic",
     "gemini",
 )

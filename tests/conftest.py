@@ -139,6 +139,15 @@ def bedrock_server():
 
 
 @pytest.fixture(scope="session")
+def vertex_server():
+    from batchproxy.fakes.vertex import FakeVertex
+
+    server = FakeVertex().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gemini_server():
     from batchproxy.fakes.gemini import FakeGemini
 

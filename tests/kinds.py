@@ -395,6 +395,81 @@ class Bedrock(Kind):
         return self.fake.objects
 
 
+class Vertex(Kind):
+    """Vertex AI's batch prediction jobs over Cloud Storage (the fake's own): google-genai's
+    Vertex calls, `{"request"}` lines labelled with the request id, the predictions read from
+    Cloud Storage and deleted with the input and the job."""
+
+    name, upstream = "vertex", "vertex-test"
+    model = "gemini-2.5-flash"
+    key = "ya29.vertex-upstream-test-token"  # the proxy's OAuth access token, as the fake sees it
+    fake_fixture = "vertex_server"
+    operations = {
+        "upload": "gcs_put",
+        "create": "create",
+        "retrieve": "retrieve",
+        "read": "gcs_get",
+        "delete": "gcs_delete",
+        "cancel": "cancel",
+        "find_batch": "list",
+        "find_files": "gcs_list",
+    }
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UPSTREAM_VERTEX_TEST_KIND": "vertex",
+            "UPSTREAM_VERTEX_TEST_BASE_URL": self.fake.url,
+            "UPSTREAM_VERTEX_TEST_MODELS": "gemini-*",
+            "UPSTREAM_VERTEX_TEST_PROJECT": "batchproxy-test",
+            "UPSTREAM_VERTEX_TEST_LOCATION": "us-central1",
+            "UPSTREAM_VERTEX_TEST_GCS_URI": "gs://batchproxy-test/batches",
+            "UPSTREAM_VERTEX_TEST_STORAGE_URL": self.fake.url,
+            "UPSTREAM_VERTEX_TEST_KEY_ENV": "UPSTREAM_VERTEX_TEST_ACCESS_TOKEN",
+            "UPSTREAM_VERTEX_TEST_ACCESS_TOKEN": self.key,
+        }
+
+    def queue(self, text: str):
+        body = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+        return self.client.post(
+            f"/v1beta1/publishers/google/models/{self.model}:generateContent",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_X_GOOG_API_KEY=self.secret,
+        )
+
+    def text_of(self, body: dict) -> str:
+        return body["contents"][0]["parts"][0]["text"]
+
+    def answer_of(self, response: dict) -> str:
+        return response["candidates"][0]["content"]["parts"][0]["text"]
+
+    def upstream_batches(self) -> dict[str, str]:
+        statuses = {
+            "JOB_STATE_SUCCEEDED": "completed",
+            "JOB_STATE_PARTIALLY_SUCCEEDED": "completed",
+            "JOB_STATE_CANCELLED": "cancelled",
+            "JOB_STATE_EXPIRED": "expired",
+            "JOB_STATE_FAILED": "failed",
+        }
+        return {job["name"]: statuses.get(job["state"], "in_progress") for job in self.fake.history}
+
+    def submissions(self) -> list[tuple[str, str]]:
+        return [
+            (line["request"]["labels"]["batchproxy_request"], line["job"])
+            for line in self.fake.submitted()
+        ]
+
+    def sent(self) -> list[dict]:
+        return [line["request"] for line in self.fake.submitted()]
+
+    def files(self) -> list[str]:
+        return self.fake.objects
+
+    def left_upstream(self) -> list[str]:
+        """Objects and jobs: an ended job is deleted with its predictions."""
+        return self.files() + [job["name"] for job in self.fake.jobs]
+
+
 class Anthropic(Kind):
     """Message Batches: requests inline, results read from the batch, the batch deleted."""
 
@@ -581,6 +656,7 @@ KINDS: dict[str, type[Kind]] = {
         Fireworks,
         Xai,
         Bedrock,
+        Vertex,
         Anthropic,
         GeminiInline,
         GeminiFile,

@@ -23,7 +23,9 @@ DEFAULT = "openai"
 # generateContent.
 FAMILIES = {
     Endpoint.MESSAGES: ("anthropic",),
-    Endpoint.GENERATE_CONTENT: ("gemini",),
+    # Vertex AI serves the same requests: the first upstream of either kind that lists the
+    # model takes it (google-genai's callers, vertexai=True or not, look the same).
+    Endpoint.GENERATE_CONTENT: ("gemini", "vertex"),
     Endpoint.BEDROCK_CONVERSE: ("bedrock",),
     Endpoint.BEDROCK_INVOKE: ("bedrock",),
 }
@@ -59,6 +61,14 @@ KIND_DEFAULTS = {
     # default, input files up to 1 GB. No default URL: it names the region
     # (https://bedrock.<region>.amazonaws.com).
     "bedrock": KindDefaults("", max_bytes=1_000_000_000),
+    # Vertex AI's batch inference for Gemini (docs.cloud.google.com/vertex-ai, "Batch inference
+    # from Cloud Storage"): up to 200,000 requests and a 1 GB input file per job. The base URL
+    # is the endpoint of the upstream's location (UPSTREAM_<NAME>_LOCATION, us-central1).
+    "vertex": KindDefaults(
+        "https://us-central1-aiplatform.googleapis.com/",
+        max_requests=200_000,
+        max_bytes=1_000_000_000,
+    ),
 }
 OPENAI_DEFAULTS = KindDefaults("https://api.openai.com/v1")
 # A batch still running this long past its completion window is treated as expired.
@@ -198,6 +208,7 @@ TRANSPORTS = {
     "fireworks": ("fireworks", "FireworksTransport"),
     "xai": ("xai", "XaiTransport"),
     "bedrock": ("bedrock", "BedrockTransport"),
+    "vertex": ("vertex", "VertexTransport"),
 }
 
 
