@@ -1,38 +1,144 @@
-"""Vertex AI (issue 23), the caller's side only: google-genai with `vertexai=True` and an API key
-(express mode) reaches the proxy at Vertex's paths and is answered like a Gemini caller, by the
-Gemini upstream (the fake Gemini here). The Vertex batch prediction upstream is not built."""
+"""Vertex AI (issue 23): google-genai with `vertexai=True` and an API key (express mode) reaches
+the proxy at Vertex's paths. With an upstream of kind `vertex` its calls go as Vertex AI batch
+prediction jobs over Cloud Storage (fakes/vertex.py: the job API and Cloud Storage's JSON API);
+without one, a Gemini upstream serves them as any Gemini caller."""
 
+import threading
+
+import orjson
 import pytest
 from google import genai
 from google.genai import errors
 
+from batches_app.models import Batch
+from batches_app.upstreams.vertex import result_line
+from requests_app.models import BatchRequest
+
+from . import kinds
 from .engine import cycle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_google_genai_in_vertex_mode_gets_422_then_its_answer(live_server, api_key, fake_gemini):
-    vertex = genai.Client(
+@pytest.fixture
+def vertex(vertex_server, fake_openai, client, api_key, settings, monkeypatch):
+    vertex_server.reset()
+    kind = kinds.Vertex(vertex_server, client=client, secret=api_key[1])
+    kind.configure(settings, monkeypatch)
+    settings.OPENAI_MAX_RETRIES = 0
+    yield kind
+    assert not fake_openai.calls, "a Vertex call reached the fake OpenAI"
+
+
+@pytest.fixture
+def caller(live_server, api_key):
+    """google-genai in Vertex AI express mode, the proxy as its endpoint."""
+    return genai.Client(
         vertexai=True, api_key=api_key[1], http_options={"base_url": live_server.url}
     )
 
-    with pytest.raises(errors.ClientError) as pending:
-        vertex.models.generate_content(model="gemini-2.5-flash", contents="from vertex")
-    assert pending.value.code == 422
-    assert pending.value.details["error"]["details"][0]["reason"] == "BATCH_PENDING"
+
+def ask(caller, text: str):
+    return caller.models.generate_content(model="gemini-2.5-flash", contents=text)
+
+
+def pending(caller, text: str) -> None:
+    with pytest.raises(errors.ClientError) as first:
+        ask(caller, text)
+    assert first.value.code == 422
+    assert first.value.details["error"]["details"][0]["reason"] == "BATCH_PENDING"
+
+
+def test_each_vertex_caller_gets_422_then_its_own_answer_from_one_job(vertex, caller):
+    texts = [f"vertex caller {n}" for n in range(3)]
+    threads = [threading.Thread(target=pending, args=(caller, text)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     cycle()
 
-    answer = vertex.models.generate_content(model="gemini-2.5-flash", contents="from vertex")
-    assert answer.text == "echo: from vertex"
+    for text in texts:
+        assert ask(caller, text).text == f"echo: {text}"
+    [job] = vertex.fake.history
+    assert job["model"] == "publishers/google/models/gemini-2.5-flash"
+    assert job["displayName"] == f"batchproxy-{Batch.objects.get().pk}"  # found again by name
+    [source] = job["inputConfig"]["gcsSource"]["uris"]
+    assert source.startswith("gs://batchproxy-test/batches/input/")
+    assert set(vertex.fake.keys) == {vertex.key}  # the proxy's token, upstream
+    assert len(vertex.sent()) == 3  # each request reached the upstream once
+    kinds.assert_each_answered_once(vertex)  # inputs, predictions and the job deleted
+    usage = {(r.input_tokens, r.output_tokens) for r in BatchRequest.objects.all()}
+    assert usage == {(4, 6)}  # the response's usageMetadata read
+
+
+def test_a_request_vertex_refuses_reaches_its_caller_alone(vertex, caller):
+    pending(caller, "no [[status:400]]")
+    pending(caller, "yes")
+    cycle()
+
+    with pytest.raises(errors.ClientError) as refused:
+        ask(caller, "no [[status:400]]")
+    assert refused.value.code == 400
+    assert refused.value.status == "INVALID_ARGUMENT"
+    assert refused.value.message == "Injected 400."
+    assert ask(caller, "yes").text == "echo: yes"
+    assert len(vertex.sent()) == 2
+    assert not vertex.left_upstream()
+
+
+def test_requests_go_labelled_and_results_are_matched_by_label_not_order(vertex):
+    for text in ("first", "second", "third", "fourth"):
+        assert vertex.queue(text).status_code == 422
+    cycle()
+
+    for line in vertex.sent():
+        assert set(line) == {"contents", "labels"}
+    answers = {
+        vertex.text_of(orjson.loads(body)): vertex.answer_of(orjson.loads(response))
+        for body, response in BatchRequest.objects.values_list("body", "response_body")
+    }
+    assert answers == {text: f"echo: {text}" for text in ("first", "second", "third", "fourth")}
+
+
+def test_a_prediction_line_says_how_its_request_ended():
+    request = {"contents": [], "labels": {"batchproxy_request": "7"}}
+    answered = orjson.loads(result_line(orjson.dumps({"request": request, "response": {"a": 1}})))
+    ok = {"status_code": 200, "body": {"a": 1}}
+    assert answered == {"custom_id": "7", "response": ok, "error": None}
+    throttled = '{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}'
+    line = {"request": request, "status": f"Too Many Requests: {throttled}"}
+    retried = orjson.loads(result_line(orjson.dumps(line)))
+    assert retried["response"] is None and retried["error"]["code"] == "server_error"
+    garbled = orjson.loads(result_line(b'{"request": {"labels": {"batchproxy_request": "9"}'))
+    assert garbled["custom_id"] == "9" and garbled["error"]["code"] == "invalid_result_line"
+
+
+def test_a_missing_cloud_storage_place_waits_and_says_why(vertex, monkeypatch):
+    monkeypatch.delenv("UPSTREAM_VERTEX_TEST_GCS_URI")
+    assert vertex.queue("later").status_code == 422
+    cycle()
+
+    batch = Batch.objects.get()
+    assert batch.state != Batch.State.DONE
+    assert "UPSTREAM_VERTEX_TEST_GCS_URI is not set" in batch.last_error
+    assert not vertex.fake.calls
+
+
+def test_without_a_vertex_upstream_the_gemini_upstream_serves_vertex_callers(caller, fake_gemini):
+    pending(caller, "from vertex")
+    cycle()
+
+    assert ask(caller, "from vertex").text == "echo: from vertex"
     [sent] = fake_gemini.submitted()
     assert sent["request"]["contents"][0]["parts"][0]["text"] == "from vertex"
 
 
-def test_a_wrong_key_is_refused_in_googles_shape(live_server, fake_gemini):
-    vertex = genai.Client(
+def test_a_wrong_key_is_refused_in_googles_shape(live_server, vertex):
+    wrong = genai.Client(
         vertexai=True, api_key="bp-wrong", http_options={"base_url": live_server.url}
     )
     with pytest.raises(errors.ClientError) as refused:
-        vertex.models.generate_content(model="gemini-2.5-flash", contents="no")
+        ask(wrong, "no")
     assert refused.value.code == 401
-    assert not fake_gemini.submitted()
+    assert not BatchRequest.objects.exists()

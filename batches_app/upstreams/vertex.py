@@ -234,7 +234,9 @@ class VertexTransport(Transport):
             status = response.status_code
             transient = status in (401, 403, 408, 409, 429) or status >= 500
             message = f"HTTP {status}: {response.text[:500]}"
-            raise UpstreamError(message, permanent=not transient, code=f"http_{status}", status=status)
+            raise UpstreamError(
+                message, permanent=not transient, code=f"http_{status}", status=status
+            )
         return response
 
     def _bucket_path(self) -> str:

@@ -39,7 +39,8 @@ from .http import REFUSAL, REFUSE_MARKER, Call, JobServer, Refused, Reply, fake_
 V = r"/(?:v1|v1beta1)"
 PARENT = V + r"/projects/([^/]+)/locations/([^/]+)/batchPredictionJobs"
 OBJECTS = r"/storage/v1/b/([^/]+)/o"
-ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED")
+ENDED += ("JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
 
 
@@ -220,7 +221,9 @@ class FakeVertex(JobServer):
                 error = {"code": status, "message": f"Injected {status}."}
                 error["status"] = GRPC.get(status, (2, "UNKNOWN"))[1]
                 reason = REASONS.get(status, "Internal Server Error")
-                out.append({"request": request, "status": f"{reason}: {json.dumps({'error': error})}"})
+                out.append(
+                    {"request": request, "status": f"{reason}: {json.dumps({'error': error})}"}
+                )
                 failed += 1
             else:
                 out.append({"request": request, "response": _result(request, model)["response"]})
