@@ -98,8 +98,21 @@ BEDROCK_PRICES = {
     "amazon.nova-micro-v1:0": ("0.035", "0.14"),
     "amazon.nova-lite-v1:0": ("0.06", "0.24"),
 }
+# Vertex AI's Gemini prices (cloud.google.com/vertex-ai/generative-ai/pricing, us-central1):
+# its batch prediction charges half. The 2.5 models cost what they cost on the Gemini API (the
+# rows above serve both); these are Vertex's versioned ids of the 2.0 models.
+VERTEX_PRICES = {
+    "gemini-2.0-flash-001": ("0.15", "0.60"),
+    "gemini-2.0-flash-lite-001": ("0.075", "0.30"),
+}
 PROVIDER_PRICES = (
-    GROQ_PRICES | TOGETHER_PRICES | MISTRAL_PRICES | FIREWORKS_PRICES | XAI_PRICES | BEDROCK_PRICES
+    GROQ_PRICES
+    | TOGETHER_PRICES
+    | MISTRAL_PRICES
+    | FIREWORKS_PRICES
+    | XAI_PRICES
+    | BEDROCK_PRICES
+    | VERTEX_PRICES
 )
 DEFAULT_PRICES |= CLAUDE_PRICES | GEMINI_PRICES | PROVIDER_PRICES
 

@@ -25,6 +25,9 @@ NOWHERE = "http://127.0.0.1:9"
 FAKE_MODELS = {
     "openai": ("*",),
     "anthropic": ("claude-*",),
+    # Vertex AI's versioned Gemini ids (gemini-2.0-flash-001); ahead of the fake Gemini, which
+    # takes the other gemini-* models.
+    "vertex": ("gemini-*-0[0-9][0-9]",),
     "gemini": ("gemini-*",),
     "groq": ("llama-*", "openai/gpt-oss-*"),
     "together": ("meta-llama/*",),

@@ -215,7 +215,7 @@ def test_try_out_sends_claude_to_its_fake_anthropic_in_every_process_never_a_rea
         shown = manage("shell", "-c", show, data_dir=data_dir, **env)
         assert shown.returncode == 0, shown.stderr
         names, url, key = shown.stdout.strip().splitlines()[-1].rsplit(" ", 2)
-        kinds = "anthropic gemini groq together mistral fireworks xai bedrock openai"
+        kinds = "anthropic vertex gemini groq together mistral fireworks xai bedrock openai"
         fakes = str(kinds.split())
         assert names == fakes  # the environment's set aside
         assert (url, key) == (fake_url.strip(), "fake-anthropic")
@@ -244,6 +244,7 @@ def test_serve_with_a_real_key_refuses_a_try_out_data_directory(tmp_path):
                 (
                     "openai",
                     "anthropic",
+                    "vertex",
                     "gemini",
                     "groq",
                     "together",
@@ -267,6 +268,7 @@ def test_a_try_out_record_is_read_in_each_of_its_forms(tmp_path, record, fakes):
     others = {u["name"]: u["models"] for u in tryout_upstreams(tryout)}
     expected = {
         "anthropic": ["claude-*"],
+        "vertex": ["gemini-*-0[0-9][0-9]"],
         "gemini": ["gemini-*"],
         "groq": ["llama-*", "openai/gpt-oss-*"],
         "together": ["meta-llama/*"],

@@ -142,3 +142,38 @@ def test_a_wrong_key_is_refused_in_googles_shape(live_server, vertex):
         ask(wrong, "no")
     assert refused.value.code == 401
     assert not BatchRequest.objects.exists()
+
+
+def test_a_try_out_sends_versioned_gemini_ids_to_its_fake_vertex(
+    vertex_server, fake_openai, gemini_server, client, api_key, settings
+):
+    """A try-out's fake Vertex takes `gemini-*-001` ids, with its own project, bucket and a
+    placeholder token; the fake Gemini the other gemini-* models."""
+    from batchproxy.tryout import tryout_upstreams
+
+    vertex_server.reset()
+    gemini_server.reset()
+    fakes = {"openai": fake_openai.url, "vertex": vertex_server.url, "gemini": gemini_server.url}
+    settings.TRY_OUT = {"fakes": fakes}
+    settings.UPSTREAMS = tryout_upstreams(settings.TRY_OUT)
+    body = {"contents": [{"role": "user", "parts": [{"text": "try"}]}]}
+    for model in ("gemini-2.0-flash-001", "gemini-2.5-flash"):
+        queued = client.post(
+            f"/v1beta1/publishers/google/models/{model}:generateContent",
+            orjson.dumps(body),
+            content_type="application/json",
+            HTTP_X_GOOG_API_KEY=api_key[1],
+        )
+        assert queued.status_code == 422
+    cycle()
+
+    assert dict(Batch.objects.values_list("model", "upstream")) == {
+        "gemini-2.0-flash-001": "vertex",
+        "gemini-2.5-flash": "gemini",
+    }
+    assert BatchRequest.objects.filter(status=BatchRequest.Status.COMPLETED).count() == 2
+    assert set(vertex_server.keys) == {"fake-vertex"}
+    [job] = vertex_server.history
+    assert job["name"].startswith("projects/batchproxy-try-out/locations/us-central1/")
+    assert job["inputConfig"]["gcsSource"]["uris"][0].startswith("gs://batchproxy-fake/")
+    assert not vertex_server.objects

@@ -20,6 +20,7 @@ from batchproxy.fakes.groq import FakeGroq
 from batchproxy.fakes.mistral import FakeMistral
 from batchproxy.fakes.openai import FakeOpenAI, new_webhook_secret
 from batchproxy.fakes.together import FakeTogether
+from batchproxy.fakes.vertex import FakeVertex
 from batchproxy.fakes.xai import FakeXai
 from batchproxy.tryout import FAKE_MODELS, tryout_path, tryout_record
 from ops_app.checks import startup_refusal
@@ -31,6 +32,7 @@ from requests_app.operators import admin_exists, createsuperuser_command, superu
 FAKES = {
     "openai": (FakeOpenAI, "OpenAI"),
     "anthropic": (FakeAnthropic, "Anthropic"),
+    "vertex": (FakeVertex, "Vertex AI"),
     "gemini": (FakeGemini, "Gemini"),
     "groq": (FakeGroq, "Groq"),
     "together": (FakeTogether, "Together"),
