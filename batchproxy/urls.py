@@ -67,8 +67,8 @@ bedrock_urls = [
 ]
 
 # google-genai with vertexai=True and an API key (Vertex AI express mode) posts to
-# `{v1,v1beta1}/publishers/google/models/{model}:generateContent`; served, for now, by the
-# Gemini upstream: the Vertex batch prediction upstream is not built yet (docs/providers.md).
+# `{v1,v1beta1}/publishers/google/models/{model}:generateContent`; sent by the first upstream
+# of kind vertex (batch prediction jobs) or gemini that lists the model (docs/providers.md).
 vertex_urls = [
     path(
         f"{version}/publishers/google/models/<str:model>:generateContent",
