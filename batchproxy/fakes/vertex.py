@@ -41,6 +41,9 @@ PARENT = V + r"/projects/([^/]+)/locations/([^/]+)/batchPredictionJobs"
 OBJECTS = r"/storage/v1/b/([^/]+)/o"
 ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED")
 ENDED += ("JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+# Vertex's labels: keys and values of lowercase letters, digits, `_` and `-`, up to 63 each.
+LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}
 
 
@@ -163,8 +166,15 @@ class FakeVertex(JobServer):
             try:
                 line = json.loads(raw)
                 assert isinstance(line["request"]["contents"], list)
+                labels = line["request"].get("labels") or {}
+                assert all(
+                    LABEL.fullmatch(key) and LABEL_VALUE.fullmatch(str(value))
+                    for key, value in labels.items()
+                )
             except (ValueError, KeyError, TypeError, AssertionError) as exc:
-                raise Refused(400, f"Line {number} is no {{request: {{contents}}}}.") from exc
+                raise Refused(
+                    400, f"Line {number} is no {{request: {{contents}}}} with valid labels."
+                ) from exc
             lines.append(line)
         if not lines:
             raise Refused(400, "The input holds no requests.")
