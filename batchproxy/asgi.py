@@ -61,6 +61,8 @@ class ClientApiHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
 
+        # A held call watches for its client going away, from the moment it is held (holding).
+        request.client_gone = functools.partial(self.listen_for_disconnect, receive)
         response = await self.run_get_response(request)
         if response.streaming:
             await self._send_until_gone(response, send, receive)

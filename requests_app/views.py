@@ -1,3 +1,4 @@
+import asyncio
 import functools
 import math
 import re
@@ -192,8 +193,18 @@ def holding(view):
 
     in_caller = sync_to_async(view, thread_sensitive=True)
 
-    async def settled(held: Held, *, pooled: bool) -> HttpResponse:
-        row = await answer_wait(held.row["id"], held.seconds)
+    async def settled(held: Held, *, pooled: bool, gone=None) -> HttpResponse:
+        waiting = asyncio.ensure_future(answer_wait(held.row["id"], held.seconds))
+        if gone is not None:  # under the ASGI server: stop waiting if the client goes away
+            watch = asyncio.ensure_future(gone())
+            done, _ = await asyncio.wait((waiting, watch), return_when=asyncio.FIRST_COMPLETED)
+            if watch in done:
+                watch.exception()  # RequestAborted, read so that it is not logged as lost
+            watch.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                return HttpResponse(status=499)  # nobody is there to read it
+        row = await waiting
         render = functools.partial(held.render, row or held.row)
         response = await (in_pool(render) if pooled else sync_to_async(render)())
         response["Preference-Applied"] = f"wait={held.seconds}"
@@ -207,7 +218,8 @@ def holding(view):
         else:
             response = await in_caller(request, *args, **kwargs)
         if isinstance(response, Held):
-            response = await settled(response, pooled=pooled)
+            gone = getattr(request, "client_gone", None)
+            response = await settled(response, pooled=pooled, gone=gone)
         return response
 
     def sync_view(request, *args, **kwargs):

@@ -186,3 +186,33 @@ def test_under_asgi_the_key_and_length_are_checked_before_the_body(
         sock.sendall(head.encode())
         answer = sock.recv(65536).decode("latin-1")
     assert answer.split()[1] == str(status)
+
+
+def test_a_held_caller_that_goes_away_stops_being_held(asgi_url, api_key, fake_openai):
+    """Its request stays queued; the process lets go of the caller at once, not after N s."""
+    import socket
+
+    from requests_app import waiting
+
+    def held_here() -> int:
+        return sum(len(watcher.waiting) for watcher in list(waiting._watchers.values()))
+
+    port = int(asgi_url.rsplit(":", 1)[1])
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "gone"}]}'
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nPrefer: wait=60\r\n"
+        f"Authorization: Bearer {api_key[1]}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head + body)
+        when_queued(1)
+        deadline = time.monotonic() + 5
+        while held_here() == 0:
+            assert time.monotonic() < deadline, "the call was not held"
+            time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while held_here():
+        assert time.monotonic() < deadline, "the caller is still held after it went away"
+        time.sleep(0.02)
+    assert BatchRequest.objects.get().status == BatchRequest.Status.QUEUED
