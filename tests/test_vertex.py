@@ -101,6 +101,21 @@ def test_requests_go_labelled_and_results_are_matched_by_label_not_order(vertex)
     assert answers == {text: f"echo: {text}" for text in ("first", "second", "third", "fourth")}
 
 
+def test_a_vertex_only_field_is_taken_for_a_vertex_model_and_labels_kept(vertex, caller):
+    config = {"routing_config": {"auto_mode": {}}, "labels": {"team": "search"}}
+    with pytest.raises(errors.ClientError) as first:
+        caller.models.generate_content(model=vertex.model, contents="routed", config=config)
+    assert first.value.code == 422  # the Gemini API's batch would refuse routingConfig
+    cycle()
+
+    answer = caller.models.generate_content(model=vertex.model, contents="routed", config=config)
+    assert answer.text == "echo: routed"
+    [sent] = vertex.sent()
+    assert "routingConfig" in sent["generationConfig"]  # as the caller's SDK sent it
+    pk = str(BatchRequest.objects.get().pk)
+    assert sent["labels"] == {"team": "search", "batchproxy_request": pk}
+
+
 def test_a_prediction_line_says_how_its_request_ended():
     request = {"contents": [], "labels": {"batchproxy_request": "7"}}
     answered = orjson.loads(result_line(orjson.dumps({"request": request, "response": {"a": 1}})))

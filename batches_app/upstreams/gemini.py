@@ -30,6 +30,7 @@ from google.genai import batches, errors, types
 from pydantic import BaseModel, ValidationError
 
 from ops_app.metrics import observe_upstream, upstream_observed
+from requests_app.models import Endpoint
 
 from .base import (
     METADATA_KEY,
@@ -162,9 +163,15 @@ def request_check(body: dict) -> None:
 
     What the SDK refuses to send to the Gemini API (Vertex-only fields: routingConfig, ...)
     would fail the whole job's create on every retry: the intake refuses it at once, with the
-    SDK's words, so a batch never holds one (and the flush need not check again).
+    SDK's words, so a batch never holds one (and the flush need not check again). A model sent
+    to Vertex AI (an upstream of kind vertex) takes them: there the SDK must only read it.
     """
-    batches._InlinedRequest_to_mldev(_offline_client()._api_client, inlined_request(body))
+    inlined = inlined_request(body)
+    from . import upstream_route  # the package imports this module
+
+    route = upstream_route(endpoint=Endpoint.GENERATE_CONTENT, model=str(body.get("model") or ""))
+    if route is None or route.kind != "vertex":
+        batches._InlinedRequest_to_mldev(_offline_client()._api_client, inlined)
 
 
 @cache
