@@ -293,17 +293,28 @@ def streamed_answer(row: dict) -> StreamingHttpResponse:
     request_id, pieces = row["id"], row["response_chunks"]
     chunks = ResponseChunk.objects.filter(request_id=request_id)
 
-    def body():
+    def piece(seq: int) -> str | None:
         # One query per piece: a cursor held open across the whole answer would pin a
         # connection (and, on PostgreSQL, a snapshot) to a slow client.
+        return chunks.filter(seq=seq).values_list("data", flat=True).first()
+
+    def body():
         for seq in range(pieces):
-            data = chunks.filter(seq=seq).values_list("data", flat=True).first()
-            if data is None:
+            if (data := piece(seq)) is None:
                 return  # purged while being sent: the short body tells the client
             yield data.encode()
 
+    async def body_in_event_loop():
+        # Under ASGI: Django would read a sync iterator whole before sending a byte.
+        for seq in range(pieces):
+            if (data := await in_pool(functools.partial(piece, seq))) is None:
+                return
+            yield data.encode()
+
     response = StreamingHttpResponse(
-        body(), status=row["response_status"], content_type="application/json"
+        body_in_event_loop() if serving.get() else body(),
+        status=row["response_status"],
+        content_type="application/json",
     )
     response["Content-Length"] = str(row["response_bytes"])
     response["X-Batch-Request-Id"] = str(request_id)

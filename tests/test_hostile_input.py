@@ -501,6 +501,10 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case):
             tried.append(case)
+            if isinstance(case.body, dict) and case.body.get("stream") is True:
+                # A stream of a pending call stays open until its batch lands (tests of
+                # streams: test_held_streams.py); here the input's checks are the point.
+                case.body["stream"] = False
             before = snapshot()
             response = case.call(headers=auth)
             content_type = response.headers.get("content-type", [""])

@@ -17,7 +17,6 @@ from .processes import ROOT, free_port, fresh_postgres, process_env, wait_for_ht
 
 pytestmark = pytest.mark.e2e
 ANSWERS = 8
-WSGI = "batchproxy.wsgi"
 RAW_BYTES = 3_900_000  # 5.2 MB once base64-encoded
 ANSWER_BYTES = len('{"created":1,"data":[{"b64_json":""}]}') + 4 * -(-RAW_BYTES // 3)
 
@@ -94,7 +93,7 @@ def gunicorn_worker(tmp_path, database):
     log = tmp_path / "gunicorn.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "batchproxy/gunicorn.conf.py", WSGI],
+            [sys.executable, "-m", "gunicorn", "-c", "batchproxy/gunicorn.conf.py"],
             cwd=ROOT,
             env=env,
             stdout=out,
