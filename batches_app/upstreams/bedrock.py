@@ -261,7 +261,9 @@ class BedrockTransport(Transport):
         return self._batch(job)
 
     def cancel_batch(self, batch_id: str) -> dict:
-        bedrock = self._client("bedrock")
+        # The engine retries a cancel that failed (and sees it fail); botocore's own retries
+        # would hide it, and a held stop that lands late is the engine's case to handle.
+        bedrock = self._client("bedrock", retries=False)
         self._call("jobs.stop", bedrock.stop_model_invocation_job, jobIdentifier=batch_id)
         return self.retrieve_batch(batch_id)
 
