@@ -209,13 +209,15 @@ class OpenAITransport(Transport):
         self, *, url: str, name: str, event_types: list[str]
     ) -> tuple[str, str]:
         """Register a webhook endpoint upstream; its id and signing secret (shown only now)."""
+        # POST /webhook_endpoints through the SDK's own request path: `webhooks.create` exists only in
+        # the newest 3.x releases, and the test tools' pins (instructor's jiter) hold an older one.
         created = self._call(
-            self.client(retries=False).webhooks.create,
-            url=url,
-            name=name,
-            event_types=event_types,
+            self.client(retries=False).post,
+            "/webhook_endpoints",
+            body={"url": url, "name": name, "event_types": event_types},
+            cast_to=object,
         )
-        return created.id, created.signing_secret
+        return created["id"], created["signing_secret"]
 
     def video_content(
         self, video_id: str, *, variant: str = "video"
