@@ -209,8 +209,8 @@ class OpenAITransport(Transport):
         self, *, url: str, name: str, event_types: list[str]
     ) -> tuple[str, str]:
         """Register a webhook endpoint upstream; its id and signing secret (shown only now)."""
-        # POST /webhook_endpoints through the SDK's own request path: `webhooks.create` exists only in
-        # the newest 3.x releases, and the test tools' pins (instructor's jiter) hold an older one.
+        # POST /webhook_endpoints through the SDK's own request path: `webhooks.create` exists
+        # only in the newest 3.x releases; the test tools' pins (instructor's jiter) hold older.
         created = self._call(
             self.client(retries=False).post,
             "/webhook_endpoints",
