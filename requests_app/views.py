@@ -46,7 +46,7 @@ from .services import (
     requests_take,
 )
 from .videos import video_content_stream
-from .waiting import answer_wait, in_pool, serving
+from .waiting import answer_wait, in_pool, in_thread, serving
 
 # The request with its key's state, by (key hash, fingerprint): the unique index answers it.
 ANSWER_LOOKUP = CompiledValues(
@@ -193,7 +193,7 @@ def holding(view):
 
     in_caller = sync_to_async(view, thread_sensitive=True)
 
-    async def settled(held: Held, *, pooled: bool, gone=None) -> HttpResponse:
+    async def settled(held: Held, *, gone=None) -> HttpResponse:
         waiting = asyncio.ensure_future(answer_wait(held.row["id"], held.seconds))
         if gone is not None:  # under the ASGI server: stop waiting if the client goes away
             watch = asyncio.ensure_future(gone())
@@ -205,27 +205,25 @@ def holding(view):
                 waiting.cancel()
                 return HttpResponse(status=499)  # nobody is there to read it
         row = await waiting
-        render = functools.partial(held.render, row or held.row)
-        response = await (in_pool(render) if pooled else sync_to_async(render)())
+        response = await in_thread(functools.partial(held.render, row or held.row))
         response["Preference-Applied"] = f"wait={held.seconds}"
         return response
 
     @functools.wraps(view)  # DRF's `cls` and `initkwargs`, csrf_exempt
     async def client_view(request, *args, **kwargs):
-        pooled = serving.get()
-        if pooled:
+        if serving.get():
             response = await in_pool(functools.partial(view, request, *args, **kwargs))
         else:
             response = await in_caller(request, *args, **kwargs)
         if isinstance(response, Held):
             gone = getattr(request, "client_gone", None)
-            response = await settled(response, pooled=pooled, gone=gone)
+            response = await settled(response, gone=gone)
         return response
 
     def sync_view(request, *args, **kwargs):
         response = view(request, *args, **kwargs)
         if isinstance(response, Held):
-            response = async_to_sync(settled)(response, pooled=False)
+            response = async_to_sync(settled)(response)
         return response
 
     client_view.sync_view = sync_view
@@ -249,9 +247,7 @@ def sse_answer(row: dict, call, error_shape) -> StreamingHttpResponse:
         if current["status"] == BatchRequest.Status.COMPLETED:
             body = current["response_body"]
             if current["response_chunks"]:
-                body = await sync_to_async(answer_body, thread_sensitive=not serving.get())(
-                    current["id"]
-                )
+                body = await in_thread(functools.partial(answer_body, current["id"]))
             for frame in streams.stream_events(
                 endpoint=call.endpoint,
                 status=current["response_status"],

@@ -187,6 +187,12 @@ def in_pool(func):
     return asyncio.get_running_loop().run_in_executor(_pool, context.run, _fresh, func)
 
 
+def in_thread(func):
+    """Run `func` (no arguments) where sync work belongs: the pool under the ASGI server, else
+    the caller's thread (the test client, WSGI)."""
+    return in_pool(func) if serving.get() else sync_to_async(func)()
+
+
 def _fresh(func):
     # What Django's request_started does (CONN_MAX_AGE, CONN_HEALTH_CHECKS), in the thread
     # whose connection serves the call.
