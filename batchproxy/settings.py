@@ -116,23 +116,20 @@ if _database_url:
     DATABASES = {"default": env.db_url_config(_database_url)}
 else:
     DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "batchproxy.sqlite3",
-            "OPTIONS": {
-                # WAL lets the web server read while the scheduler writes; IMMEDIATE avoids
-                # lock-upgrade deadlocks between the two processes.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 30,
-            },
-        }
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "batchproxy.sqlite3"}
     }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 # A kept connection is tested before each request reuses it: after a database restart the
 # first call of each web thread would otherwise fail on its dead connection (500).
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Embedded or named by a sqlite:// URL alike. WAL lets the web server read while the
+    # scheduler writes; IMMEDIATE avoids lock-upgrade deadlocks between the two processes.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    } | DATABASES["default"].get("OPTIONS", {})
     # A file, not Django's shared in-memory database, whose table locks ignore the busy timeout
     # and fail the concurrent tests that a file in WAL mode passes.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}

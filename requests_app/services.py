@@ -425,6 +425,29 @@ def _take_sql(connection, names: tuple[str, ...]) -> tuple[str, dict]:
     return sql, constants
 
 
+class RecentCalls:
+    """The calls (key hash, fingerprint) this process queued or answered lately, kept as their
+    hashes, up to `size`, then forgotten all at once. On SQLite they decide which statement a
+    call runs first: one met lately is looked up (a repeat ask reads, and never waits for the
+    one write lock), any other is inserted (a new call costs one statement). Only a hint: a
+    call forgotten or mistaken costs one statement more, never another answer."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._hashes: set[int] = set()
+
+    def __contains__(self, call: tuple[str, str]) -> bool:
+        return hash(call) in self._hashes
+
+    def add(self, call: tuple[str, str]) -> None:
+        if len(self._hashes) >= self.size:
+            self._hashes.clear()
+        self._hashes.add(hash(call))
+
+
+RECENT_CALLS = RecentCalls(50_000)  # about 3 MB when full
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """What `requests_take` did: `row` is the call's request (ANSWER_FIELDS) when one was
@@ -439,8 +462,9 @@ def requests_take(*, key_hash: str, call: ParsedCall, deadline=None, now=None) -
     """The request of this call for the active key with this hash: found, or queued now.
 
     On PostgreSQL one statement does it all (one round trip, no transaction). On SQLite it
-    only inserts: the caller looks the call up first (an insert that inserts nothing would
-    still take SQLite's one write lock, and repeat asks would queue behind every writer).
+    only inserts: the caller looks up a call it met lately first (an insert that inserts
+    nothing would still take SQLite's one write lock, and repeat asks would queue behind every
+    writer), and any other after an insert that inserted nothing (RECENT_CALLS).
     Nothing is made when the key is inactive, when its waiting groups are at
     MAX_GROUPS_PER_KEY, or when an identical call racing this one inserted first (ON CONFLICT
     DO NOTHING): then `row` is None and the caller takes the general path

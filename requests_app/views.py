@@ -40,6 +40,7 @@ from .models import ApiKey, BatchRequest, Endpoint, ResponseChunk
 from .services import (
     ANSWER_FIELDS,
     IMAGES_EDITS_JSON_ONLY,
+    RECENT_CALLS,
     CompiledValues,
     call_parse,
     generate_content_check,
@@ -380,8 +381,9 @@ class Intake(APIView):
     read, it is known (from this process's memory of keys seen lately, else one indexed
     lookup), so a wrong key costs the same whatever it sends. Then the call costs one round
     trip on PostgreSQL (`requests_take`: the request found or queued in one statement); on
-    SQLite, for Gemini's calls (whose SDK check only a new call pays) and under a queue cap,
-    a lookup comes first, and only a new call pays the insert. The answer is the contract's
+    SQLite one statement too, as a rule: a lookup for a call this process met lately, else an
+    insert (RECENT_CALLS). For Gemini's calls (whose SDK check only a new call pays) and under a
+    queue cap, a lookup comes first, and only a new call pays the insert. The answer is the contract's
     HttpResponse, sent as it is; a call that streams or asks to be held (`reply`) gets a
     stream, or a `Held` that `holding` awaits in the event loop.
     """
@@ -443,12 +445,14 @@ class Intake(APIView):
             raise
 
         capped = settings.MAX_QUEUED_PER_KEY > 0
-        if self.checks_new or capped or connection.vendor != "postgresql":
-            row = ANSWER_LOOKUP.first(caller.key_hash, call.fingerprint)
-            if row is not None:
-                if not caller.accepts(row):
-                    raise NotAuthenticated
-                return self.found(row, when)
+        seen = (caller.key_hash, call.fingerprint)
+        # SQLite: a call this process has met lately is looked up first (a repeat ask reads
+        # and never waits for the write lock); any other is inserted first.
+        sqlite = connection.vendor != "postgresql"
+        looked = self.checks_new or capped or (sqlite and seen in RECENT_CALLS)
+        if looked:
+            if (found := self.looked_up(caller, when)) is not None:
+                return found
             try:
                 self.check_new(call)
             except ClientError:
@@ -461,6 +465,7 @@ class Intake(APIView):
             if taken.key_active is False:
                 raise NotAuthenticated
             if taken.created:
+                RECENT_CALLS.add(seen)
                 return (
                     self.deadline_apply(taken.row, when, stored=True)
                     if when
@@ -468,6 +473,8 @@ class Intake(APIView):
                 )
             if taken.row is not None:
                 return self.found(taken.row, when)
+            if sqlite and not looked and (found := self.looked_up(caller, when)) is not None:
+                return found
         # A twin won the race, the key is at a cap, or it has just gone: the general path
         # tells which.
         if not caller.is_authenticated:
@@ -475,6 +482,16 @@ class Intake(APIView):
         created = limits.requests_enqueue_capped(api_key_id=caller.key.pk, call=call)
         row = {field: getattr(created, field) for field in ANSWER_FIELDS}
         return self.deadline_apply(row, when) if when and created.is_pending else self.reply(row)
+
+    def looked_up(self, caller: ProxyKey, when: Deadline | None) -> HttpResponse | None:
+        """The answer to this call if it was made before (ANSWER_LOOKUP), else None."""
+        row = ANSWER_LOOKUP.first(caller.key_hash, self.call.fingerprint)
+        if row is None:
+            return None
+        if not caller.accepts(row):
+            raise NotAuthenticated
+        RECENT_CALLS.add((caller.key_hash, self.call.fingerprint))
+        return self.found(row, when)
 
     def found(self, row: dict, when: Deadline | None) -> HttpResponse:
         """The answer to a call made before; a deadline it carries may tighten a pending one."""

@@ -269,14 +269,45 @@ def test_client_endpoints_are_drf_views_with_the_proxy_key_authentication(path):
 
 def test_a_new_call_and_a_repeat_each_cost_one_statement(post, django_assert_num_queries):
     """PostgreSQL: one statement finds the key, inserts the request unless it exists, and
-    answers either way. SQLite: the lookup, then for a new call the insert."""
+    answers either way. SQLite: the insert for a new call, the lookup for a call this process
+    met lately."""
     warm = {**CHAT, "messages": [{"role": "user", "content": "first"}]}
     # A key's first call in a process also looks the key up; capacity is read now and then.
     assert post("/v1/chat/completions", warm).status_code == 422
-    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 2):
+    with django_assert_num_queries(1):
         assert post("/v1/chat/completions", CHAT).status_code == 422
     with django_assert_num_queries(1):
         assert post("/v1/chat/completions", CHAT).status_code == 422
+
+
+@pytest.mark.skipif(connection.vendor == "postgresql", reason="SQLite's order of statements")
+def test_a_call_the_process_forgot_is_found_after_an_insert_that_inserts_nothing(
+    post, django_assert_num_queries, monkeypatch
+):
+    """Another web process queued it, or this one forgot it: the insert inserts nothing, the
+    lookup finds it, and the caller gets its own request, not a second one."""
+    from requests_app import services, views
+
+    first = post("/v1/chat/completions", CHAT)
+    monkeypatch.setattr(views, "RECENT_CALLS", services.RecentCalls(10))
+    with django_assert_num_queries(2):
+        again = post("/v1/chat/completions", CHAT)
+    assert again.status_code == 422
+    assert again["X-Batch-Request-Id"] == first["X-Batch-Request-Id"]
+    assert BatchRequest.objects.count() == 1
+    with django_assert_num_queries(1):  # met now: looked up first
+        assert post("/v1/chat/completions", CHAT).status_code == 422
+
+
+def test_recent_calls_forget_all_at_once_when_full():
+    from requests_app.services import RecentCalls
+
+    recent = RecentCalls(2)
+    recent.add(("key", "a"))
+    recent.add(("key", "b"))
+    assert ("key", "a") in recent and ("key", "c") not in recent
+    recent.add(("key", "c"))
+    assert ("key", "c") in recent and ("key", "a") not in recent
 
 
 def test_a_keys_first_call_looks_the_key_up_before_the_body(post, django_assert_num_queries):
