@@ -382,9 +382,9 @@ class Intake(APIView):
     lookup), so a wrong key costs the same whatever it sends. Then the call costs one round
     trip on PostgreSQL (`requests_take`: the request found or queued in one statement); on
     SQLite one statement too, as a rule: a lookup for a call this process met lately, else an
-    insert (RECENT_CALLS). For Gemini's calls (whose SDK check only a new call pays) and under a
-    queue cap, a lookup comes first, and only a new call pays the insert. The answer is the contract's
-    HttpResponse, sent as it is; a call that streams or asks to be held (`reply`) gets a
+    insert (RECENT_CALLS). For Gemini's calls (whose SDK check only a new call pays) and under
+    a queue cap, a lookup comes first, and only a new call pays the insert. The answer is the
+    contract's HttpResponse, sent as it is; a call that streams or asks to be held (`reply`) gets a
     stream, or a `Held` that `holding` awaits in the event loop.
     """
 
