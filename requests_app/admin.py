@@ -369,12 +369,12 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
     change_form_template = "admin/requests_app/batchrequest/change_form.html"
     # The receipt (batches_app.receipts) and the deadline's course (batches_app.tiers).
     receipt_fields = (
-        ("tier", "cost_usd", "standard_cost_usd", "saving", "paid_twice"),
+        ("tier", "cost_usd", "standard_cost_usd", "saving", "paid_twice_shown"),
         ("deadline", "sync_tier", "sync_attempts", "escalated_at"),
     )
     readonly_fields = (*(f.name for f in BatchRequest._meta.fields), "batch_link", "upstream_batch")
     readonly_fields += ("body_pretty", "response_pretty", "key_link", "waited", "attempt_history")
-    readonly_fields += ("saving",)
+    readonly_fields += ("saving", "paid_twice_shown")
 
     def get_fields(self, request, obj=None):
         """What applies to this request's state, in the order an operator reads it."""
@@ -474,6 +474,13 @@ class BatchRequestAdmin(ChangedByActions, admin.ModelAdmin):
         """Against the standard price; negative when paid twice; none for a model with no
         price (never shown as free)."""
         return "-" if obj.saving_usd is None else obj.saving_usd
+
+    @admin.display(description="paid twice")
+    def paid_twice_shown(self, obj: BatchRequest) -> str:
+        """In words: Django's boolean icon shows a red cross for "no", which reads as a fault."""
+        if obj.paid_twice:
+            return "yes: its batch line and a synchronous send were both billed"
+        return "no"
 
     @admin.display(description="waited")
     def waited(self, obj: BatchRequest) -> str:

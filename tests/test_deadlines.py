@@ -2,6 +2,7 @@
 tier that can (batch, then flex, then standard), over real HTTP against the fakes."""
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -914,6 +915,8 @@ def test_the_dashboard_metrics_and_admin_show_tiers_and_deadlines(
     for label in ("Cost (USD)", "At standard price (USD)", "Saving (USD)", "Synchronous sends"):
         assert f"{label}:" in text
     assert "Cost usd" not in text and "Standard cost usd" not in text
+    # In words, not Django's red cross for False, which reads as a fault.
+    assert re.search(r'Paid twice:</label>\s*<div class="readonly">no</div>', text)
     assert "at standard price" in page
 
 
