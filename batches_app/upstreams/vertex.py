@@ -39,8 +39,8 @@ from google.genai import errors, types
 
 from ops_app.metrics import upstream_observed
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
-from .gemini import DISPLAY_PREFIX, STATES, _translate
+from .base import METADATA_KEY, SyncAnswer, Transport, Upstream, UpstreamError, unreadable_line
+from .gemini import DISPLAY_PREFIX, STATES, _translate, generate_now
 
 API_VERSION = "v1"
 LABEL = "batchproxy_request"  # the label that carries our request id through the job
@@ -56,6 +56,8 @@ TRY_OUT_PLACE = {
     "ACCESS_TOKEN": "fake-vertex",
 }
 SDK_ERRORS = (errors.APIError, httpx2.HTTPError)
+# Flex PayGo's request header (Vertex AI, "Flex PayGo"): flex capacity, at half the price.
+FLEX_HEADERS = {"X-Vertex-AI-LLM-Shared-Request-Type": "flex"}
 
 
 def _status_error(status: str) -> tuple[int, dict]:
@@ -206,6 +208,26 @@ class VertexTransport(Transport):
                 return fn(**kwargs)
             except SDK_ERRORS as exc:
                 raise _translate(exc) from exc
+
+    # -- synchronous sends -------------------------------------------------------------------------
+
+    SYNC = True
+
+    def offers_flex(self) -> bool:
+        return True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """generate_content on the upstream's project and location, as gemini.py sends it; the
+        flex tier is Flex PayGo's header. Flex PayGo takes only some models, at the global
+        endpoint only: a 4xx there says nothing yet about the request, so it is a permanent
+        flex failure, which the standard tier then answers (tiers._send_failed)."""
+        flex = tier == self.FLEX
+        headers = FLEX_HEADERS if flex else None
+        answer = generate_now(self, body=body, tier=tier, timeout=timeout, headers=headers)
+        if flex and 400 <= answer.status < 500:
+            message = f"flex refused: HTTP {answer.status}: {answer.body[:300]}"
+            raise UpstreamError(message, permanent=True, code="flex_refused", status=answer.status)
+        return answer
 
     # -- Cloud Storage's JSON API -----------------------------------------------------------------
 
