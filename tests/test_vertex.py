@@ -324,3 +324,22 @@ def test_a_request_vertex_refuses_at_the_standard_tier_is_its_answer(
     assert response.status_code == 400
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert len(vertex.fake.sync_calls) == 1
+
+
+def test_predictions_without_their_label_are_retried_then_fail_for_good(vertex, settings):
+    """Google's docs show a prediction line carrying its request back but do not say that the
+    request's `labels` survive: a line without ours names no request, so the request is
+    settled as missing (retried, at most MAX_ATTEMPTS jobs), never guessed by its place."""
+    vertex.fake.drop_labels = True
+    settings.MAX_ATTEMPTS = 2
+    assert vertex.queue("unlabelled").status_code == 422
+    for _ in range(3):
+        cycle()
+
+    request = BatchRequest.objects.get()
+    assert request.status == BatchRequest.Status.FAILED
+    assert request.error_code == "missing_result"
+    assert len(vertex.sent()) == 2  # one job an attempt
+    assert vertex.queue("unlabelled").status_code == 502
+    line = {"request": {"contents": []}, "response": {"candidates": []}}
+    assert result_line(orjson.dumps(line)) is None

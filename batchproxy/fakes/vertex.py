@@ -24,7 +24,9 @@ conversions (batches.py, vertexai=True), under `/v1` and `/v1beta1`:
 
 Answers echo the request's text ("echo: <text>"). Markers: `[[status:400]]` fails that request
 with that status, `[[truncate]]` cuts its line in half, `[[refuse]]` refuses the create (400).
-With `expire_after=N` a job ends JOB_STATE_EXPIRED with its first N lines answered.
+With `expire_after=N` a job ends JOB_STATE_EXPIRED with its first N lines answered; with
+`drop_labels` its predictions carry their requests without `labels` (a case Google's docs do
+not rule out: batches_app/upstreams/vertex.py).
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`.
 
 Run `python -m batchproxy.fakes.vertex --port 9496` to serve in the foreground.
@@ -68,7 +70,7 @@ class FakeVertex(JobServer):
         ("DELETE", re.compile(OBJECTS + r"/([^/]+)"), "gcs_delete"),
         ("POST", re.compile(GENERATE), "generate"),
     )
-    options = (*JobServer.options, "expire_after", "refuse_flex")
+    options = (*JobServer.options, "expire_after", "refuse_flex", "drop_labels")
 
     def reset(self) -> None:
         with self._lock:
@@ -79,6 +81,7 @@ class FakeVertex(JobServer):
             self._objects: dict[tuple[str, str], bytes] = {}
             self.expire_after: int | None = None
             self.refuse_flex = False
+            self.drop_labels = False
 
     # -- for tests ---------------------------------------------------------------------------------
 
@@ -244,6 +247,8 @@ class FakeVertex(JobServer):
         model = job["model"].rsplit("/", 1)[-1]
         for line in self._lines[job["name"]][:done]:
             request = line["request"]
+            if self.drop_labels:
+                request = {k: v for k, v in request.items() if k != "labels"}
             if marker := STATUS_MARKER.search(json.dumps(request)):
                 status = int(marker[1])
                 error = {"code": status, "message": f"Injected {status}."}
