@@ -11,11 +11,22 @@ From the Vertex AI docs ("Batch inference from Cloud Storage", the REST referenc
   _FAILED (its `error`), _CANCELLING, _CANCELLED or _EXPIRED (what was answered is written).
 A result line names its request by the request itself, which it carries back: each request goes
 with a label of ours (`labels.batchproxy_request` = our request id; `labels` is a field of
-Vertex's GenerateContentRequest), so no line is matched by its place in the file.
+Vertex's GenerateContentRequest), so no line is matched by its place in the file. Unverified:
+the docs show the output line's `request` but do not say that its `labels` are kept. A line
+without our label names no request and is skipped; its request, left without a result, is
+retried as `missing_result` and fails for good after MAX_ATTEMPTS jobs (never matched by place;
+tests/test_vertex.py drives this with the fake's `drop_labels`).
 A job's display name is `batchproxy-<our batch id>`: `find_batch` finds an interrupted create.
 Cloud Storage is reached with plain authenticated HTTP (its JSON API: upload `uploadType=media`,
 list, `alt=media` download, delete). Input objects and a job's whole output folder are deleted
 once read, and the ended job itself (its "error file", as in gemini.py) with them.
+
+Synchronous sends (a deadline the batch cannot meet, batches_app/tiers.py) are google-genai's
+generate_content on the same project and location (gemini.generate_now). The flex tier is Vertex
+AI's Flex PayGo (docs.cloud.google.com/vertex-ai/generative-ai/docs/flex-paygo: half the
+standard price, some preview models, the `global` location only), asked for with the header
+`X-Vertex-AI-LLM-Shared-Request-Type: flex` (google-genai's HttpOptions.headers, as that page's
+example does); only models an operator lists in the FlexModel table (kind `vertex`) go flex.
 
 An upstream names its place in UPSTREAM_<NAME>_PROJECT, _LOCATION (default us-central1) and
 _GCS_URI (`gs://bucket/prefix`); BASE_URL is Vertex's endpoint (default: the location's) and
