@@ -8,6 +8,9 @@ flex guides as of late 2026 (read them again before relying on a row):
 - Azure OpenAI (flex, preview): the same models where the deployment offers it; an unsupported
   one answers 400, so only listed models are sent.
 - Gemini (ai.google.dev, flex inference): `serviceTier: "flex"` on the 2.5 and later models.
+- Vertex AI's Flex PayGo (header `X-Vertex-AI-LLM-Shared-Request-Type: flex`) takes some
+  preview models at the `global` location only: none is listed by default (add them in the
+  admin for an upstream at `global`).
 - Anthropic has no flex tier: its requests go to the standard Messages API.
 - Mistral has no flex tier (its `service_tier` chooses priority or standard capacity): chat and
   embeddings go to its standard API through the `mistralai` SDK, sent `standard_only`.

@@ -99,8 +99,11 @@ BEDROCK_PRICES = {
     "amazon.nova-lite-v1:0": ("0.06", "0.24"),
 }
 # Vertex AI's Gemini prices (cloud.google.com/vertex-ai/generative-ai/pricing, us-central1):
-# its batch prediction charges half. The 2.5 models cost what they cost on the Gemini API (the
-# rows above serve both); these are Vertex's versioned ids of the 2.0 models.
+# its batch prediction charges half ("Batch requests for Gemini models are discounted 50% from
+# standard requests", Vertex's batch prediction page). The 2.5 models cost what they cost on the
+# Gemini API (the rows above serve both); these are Vertex's versioned ids of the 2.0 models.
+# Unverified: Google's pricing page itself was out of reach (December 2026); Flash-Lite's row
+# agrees with a user's quote of that page ($0.075 / $0.30), Flash's with the Gemini API's.
 VERTEX_PRICES = {
     "gemini-2.0-flash-001": ("0.15", "0.60"),
     "gemini-2.0-flash-lite-001": ("0.075", "0.30"),

@@ -66,16 +66,20 @@ bedrock_urls = [
     )
 ]
 
-# google-genai with vertexai=True and an API key (Vertex AI express mode) posts to
-# `{v1,v1beta1}/publishers/google/models/{model}:generateContent`; sent by the first upstream
-# of kind vertex (batch prediction jobs) or gemini that lists the model (docs/providers.md).
+# google-genai with vertexai=True posts to `{v1,v1beta1}/publishers/google/models/{model}:
+# generateContent` with an API key (Vertex AI express mode), and to `{v}/projects/{project}/
+# locations/{location}/publishers/google/models/{model}:generateContent` with a project,
+# location and credentials (their bearer token the proxy key; the project and location are the
+# caller's and unused). Sent by the first upstream of kind vertex (batch prediction jobs) or
+# gemini that lists the model (docs/providers.md).
 vertex_urls = [
-    path(
-        f"{version}/publishers/google/models/<str:model>:generateContent",
+    re_path(
+        rf"^{version}/{place}publishers/google/models/(?P<model>[^/]+):generateContent$",
         views.GeminiIntake.as_view(),
         gemini,
     )
     for version in ("v1", "v1beta1")
+    for place in ("", "projects/[^/]+/locations/[^/]+/")
 ]
 
 urlpatterns = [

@@ -142,6 +142,10 @@ class AnthropicKeyAuthentication(ProviderKeyAuthentication):
 
 
 class GeminiKeyAuthentication(ProviderKeyAuthentication):
+    """`x-goog-api-key` (the Gemini API, Vertex AI express mode), else a bearer: google-genai
+    with vertexai=True, a project and credentials sends their access token, which for the
+    proxy is the proxy key (`Credentials(token=<proxy key>)`). Either is checked the same way."""
+
     key_headers = ("HTTP_X_GOOG_API_KEY",)
 
 

@@ -192,3 +192,154 @@ def test_a_try_out_sends_versioned_gemini_ids_to_its_fake_vertex(
     assert job["name"].startswith("projects/batchproxy-try-out/locations/us-central1/")
     assert job["inputConfig"]["gcsSource"]["uris"][0].startswith("gs://batchproxy-fake/")
     assert not vertex_server.objects
+
+
+# --- Credentialed callers: the project paths, the proxy key as their bearer token ----------------
+
+
+@pytest.fixture
+def credentialed(live_server, api_key):
+    """google-genai with a project, a location and Google credentials whose access token is the
+    proxy key: a token with no expiry and no refresh token is sent as it is, never refreshed."""
+    from google.oauth2.credentials import Credentials
+
+    def make(token: str) -> genai.Client:
+        return genai.Client(
+            vertexai=True,
+            project="callers-project",
+            location="europe-west4",
+            credentials=Credentials(token=token),
+            http_options={"base_url": live_server.url},
+        )
+
+    return make(api_key[1]), make
+
+
+def test_a_credentialed_caller_gets_422_then_its_answer_at_the_project_path(vertex, credentialed):
+    caller, _ = credentialed
+    pending(caller, "with credentials")
+    pending(caller, "and another")
+    cycle()
+
+    assert ask(caller, "with credentials").text == "echo: with credentials"
+    assert ask(caller, "and another").text == "echo: and another"
+    assert len(vertex.sent()) == 2
+    kinds.assert_each_answered_once(vertex)
+
+
+def test_the_project_path_takes_the_bearer_and_refuses_a_wrong_one(vertex, credentialed, client):
+    _, make = credentialed
+    with pytest.raises(errors.ClientError) as refused:
+        ask(make("bp-wrong"), "no")
+    assert refused.value.code == 401
+    assert refused.value.status == "UNAUTHENTICATED"
+    assert not BatchRequest.objects.exists()
+
+    body = orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    path = "/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-flash"
+    for suffix, status in ((":generateContent", 401), (":countTokens", 404), ("/x:y", 404)):
+        answer = client.post(path + suffix, body, content_type="application/json")
+        assert answer.status_code == status, suffix
+
+
+# --- Deadlines: answered now, through generateContent on the upstream's project ----------------
+
+
+@pytest.fixture
+def due(vertex, client, api_key, settings):
+    """A Vertex call with a deadline its batch cannot meet (the fake's jobs held unfinished)."""
+    from batches_app import forecast
+    from batches_app.flex import flex_forget
+    from batches_app.receipts import prices_forget
+
+    for forget in (forecast.forecast_forget, flex_forget, prices_forget):
+        forget()
+    settings.SYNC_BACKOFF = 0.01
+    vertex.fake.step_seconds = 3600
+    body = orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "due soon"}]}]})
+    path = f"/v1beta1/publishers/google/models/{vertex.model}:generateContent"
+
+    def call(**headers):
+        return client.post(
+            path, body, content_type="application/json", HTTP_X_GOOG_API_KEY=api_key[1], **headers
+        )
+
+    assert call(HTTP_X_BATCH_DEADLINE="30").status_code == 422
+    yield call
+    for forget in (forecast.forecast_forget, flex_forget, prices_forget):
+        forget()
+
+
+def tick():
+    from batches_app import tiers
+
+    return tiers.deadlines_tick(send=tiers.request_send)
+
+
+def test_a_vertex_deadline_is_answered_at_the_standard_tier(vertex, due):
+    tick()
+    response = due()
+    assert response.status_code == 200, response.content
+    assert response["X-Batch-Tier"] == "standard"
+    assert vertex.answer_of(response.json()) == "echo: due soon"
+    [sent] = vertex.fake.sync_calls
+    assert sent["service_tier"] == "standard"
+    assert sent["path"] == (
+        "/v1/projects/batchproxy-test/locations/us-central1/publishers/google/models/"
+        f"{vertex.model}:generateContent"
+    )
+    assert not vertex.fake.history  # no job made
+    assert set(vertex.fake.keys) == {vertex.key}
+
+
+@pytest.mark.parametrize("refusal", [None, 429, 400], ids=["flex", "refused", "not-offered"])
+def test_a_listed_vertex_model_goes_flex_paygo_then_standard_when_refused(vertex, due, refusal):
+    from batches_app.models import FlexModel
+
+    FlexModel.objects.create(kind="vertex", model=vertex.model)
+    if refusal == 429:
+        vertex.fake.refuse_flex = True
+    elif refusal:  # Flex PayGo not offered for this model or location: says nothing of the request
+        vertex.fake.inject("generate", refusal)
+    for _ in range(2):
+        tick()
+    response = due()
+    assert response.status_code == 200, response.content
+    assert response["X-Batch-Tier"] == ("flex" if refusal is None else "standard")
+    tiers_sent = [call["service_tier"] for call in vertex.fake.sync_calls]  # an injected 400
+    assert tiers_sent == {None: ["flex"], 429: ["flex", "standard"], 400: ["standard"]}[refusal]
+    generated = [op for op, _ in vertex.fake.calls if op == "generate"]
+    assert len(generated) == (1 if refusal is None else 2)
+    assert not vertex.fake.history
+
+
+def test_a_request_vertex_refuses_at_the_standard_tier_is_its_answer(
+    vertex, client, api_key, settings
+):
+    settings.SYNC_BACKOFF = 0.01
+    body = orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "bad [[status:400]]"}]}]})
+    path = f"/v1/publishers/google/models/{vertex.model}:generateContent"
+    headers = {"content_type": "application/json", "HTTP_X_GOOG_API_KEY": api_key[1]}
+    response = client.post(path, body, HTTP_X_BATCH_MODE="now", **headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert len(vertex.fake.sync_calls) == 1
+
+
+def test_predictions_without_their_label_are_retried_then_fail_for_good(vertex, settings):
+    """Google's docs show a prediction line carrying its request back but do not say that the
+    request's `labels` survive: a line without ours names no request, so the request is
+    settled as missing (retried, at most MAX_ATTEMPTS jobs), never guessed by its place."""
+    vertex.fake.drop_labels = True
+    settings.MAX_ATTEMPTS = 2
+    assert vertex.queue("unlabelled").status_code == 422
+    for _ in range(3):
+        cycle()
+
+    request = BatchRequest.objects.get()
+    assert request.status == BatchRequest.Status.FAILED
+    assert request.error_code == "missing_result"
+    assert len(vertex.sent()) == 2  # one job an attempt
+    assert vertex.queue("unlabelled").status_code == 502
+    line = {"request": {"contents": []}, "response": {"candidates": []}}
+    assert result_line(orjson.dumps(line)) is None

@@ -258,6 +258,37 @@ def _file_result_line(raw: bytes) -> str | None:
         return unreadable_line(raw, id_field="key")
 
 
+def generate_now(
+    transport: Transport,
+    *,
+    body: str,
+    tier: str,
+    timeout: float,
+    service_tier: types.ServiceTier | None = None,
+    headers: dict[str, str] | None = None,
+) -> SyncAnswer:
+    """One GenerateContentRequest sent now through the transport's google-genai client
+    (`Transport.send`'s contract): the tier the proxy chose goes as `service_tier` (the Gemini
+    API's) or `headers` (Vertex AI's Flex PayGo); the body's own `serviceTier` is replaced, as
+    on OpenAI."""
+    request = inlined_request(orjson.loads(body))
+    config = request.config or types.GenerateContentConfig()
+    config.service_tier = service_tier
+    config.http_options = types.HttpOptions(timeout=int(timeout * 1000), headers=headers)
+    generate = transport.client(retries=False).models.generate_content
+    try:
+        with upstream_observed(f"sync.{tier}", upstream=transport.upstream.name):
+            answer = generate(model=request.model, contents=request.contents, config=config)
+    except errors.APIError as exc:
+        status = exc.code or 500
+        if status in (401, 403, 429) or status >= 500:
+            raise _translate(exc) from exc
+        return SyncAnswer(status, orjson.dumps(exc.details).decode())
+    except httpx2.HTTPError as exc:
+        raise _translate(exc) from exc
+    return SyncAnswer(200, orjson.dumps(_response_json(answer)).decode())
+
+
 class GeminiTransport(Transport):
     def __init__(self, upstream: Upstream, api_key: str):
         super().__init__(upstream)
@@ -289,24 +320,9 @@ class GeminiTransport(Transport):
         return True
 
     def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
-        """generate_content through the SDK, with `service_tier` the tier the proxy chose
-        (the body's own `serviceTier` is replaced, as on OpenAI)."""
-        request = inlined_request(orjson.loads(body))
-        config = request.config or types.GenerateContentConfig()
-        config.service_tier = types.ServiceTier.FLEX if tier == self.FLEX else None
-        config.http_options = types.HttpOptions(timeout=int(timeout * 1000))
-        generate = self.client(retries=False).models.generate_content
-        try:
-            with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
-                answer = generate(model=request.model, contents=request.contents, config=config)
-        except errors.APIError as exc:
-            status = exc.code or 500
-            if status in (401, 403, 429) or status >= 500:
-                raise _translate(exc) from exc
-            return SyncAnswer(status, orjson.dumps(exc.details).decode())
-        except httpx2.HTTPError as exc:
-            raise _translate(exc) from exc
-        return SyncAnswer(200, orjson.dumps(_response_json(answer)).decode())
+        """generate_content through the SDK, with `service_tier` the tier the proxy chose."""
+        flex = types.ServiceTier.FLEX if tier == self.FLEX else None
+        return generate_now(self, body=body, tier=tier, timeout=timeout, service_tier=flex)
 
     def upload_file(self, path: Path, filename: str) -> str:
         config = {"display_name": filename, "mime_type": "application/jsonl"}

@@ -11,11 +11,22 @@ From the Vertex AI docs ("Batch inference from Cloud Storage", the REST referenc
   _FAILED (its `error`), _CANCELLING, _CANCELLED or _EXPIRED (what was answered is written).
 A result line names its request by the request itself, which it carries back: each request goes
 with a label of ours (`labels.batchproxy_request` = our request id; `labels` is a field of
-Vertex's GenerateContentRequest), so no line is matched by its place in the file.
+Vertex's GenerateContentRequest), so no line is matched by its place in the file. Unverified:
+the docs show the output line's `request` but do not say that its `labels` are kept. A line
+without our label names no request and is skipped; its request, left without a result, is
+retried as `missing_result` and fails for good after MAX_ATTEMPTS jobs (never matched by place;
+tests/test_vertex.py drives this with the fake's `drop_labels`).
 A job's display name is `batchproxy-<our batch id>`: `find_batch` finds an interrupted create.
 Cloud Storage is reached with plain authenticated HTTP (its JSON API: upload `uploadType=media`,
 list, `alt=media` download, delete). Input objects and a job's whole output folder are deleted
 once read, and the ended job itself (its "error file", as in gemini.py) with them.
+
+Synchronous sends (a deadline the batch cannot meet, batches_app/tiers.py) are google-genai's
+generate_content on the same project and location (gemini.generate_now). The flex tier is Vertex
+AI's Flex PayGo (docs.cloud.google.com/vertex-ai/generative-ai/docs/flex-paygo: half the
+standard price, some preview models, the `global` location only), asked for with the header
+`X-Vertex-AI-LLM-Shared-Request-Type: flex` (google-genai's HttpOptions.headers, as that page's
+example does); only models an operator lists in the FlexModel table (kind `vertex`) go flex.
 
 An upstream names its place in UPSTREAM_<NAME>_PROJECT, _LOCATION (default us-central1) and
 _GCS_URI (`gs://bucket/prefix`); BASE_URL is Vertex's endpoint (default: the location's) and
@@ -39,8 +50,8 @@ from google.genai import errors, types
 
 from ops_app.metrics import upstream_observed
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
-from .gemini import DISPLAY_PREFIX, STATES, _translate
+from .base import METADATA_KEY, SyncAnswer, Transport, Upstream, UpstreamError, unreadable_line
+from .gemini import DISPLAY_PREFIX, STATES, _translate, generate_now
 
 API_VERSION = "v1"
 LABEL = "batchproxy_request"  # the label that carries our request id through the job
@@ -56,6 +67,8 @@ TRY_OUT_PLACE = {
     "ACCESS_TOKEN": "fake-vertex",
 }
 SDK_ERRORS = (errors.APIError, httpx2.HTTPError)
+# Flex PayGo's request header (Vertex AI, "Flex PayGo"): flex capacity, at half the price.
+FLEX_HEADERS = {"X-Vertex-AI-LLM-Shared-Request-Type": "flex"}
 
 
 def _status_error(status: str) -> tuple[int, dict]:
@@ -206,6 +219,26 @@ class VertexTransport(Transport):
                 return fn(**kwargs)
             except SDK_ERRORS as exc:
                 raise _translate(exc) from exc
+
+    # -- synchronous sends -------------------------------------------------------------------------
+
+    SYNC = True
+
+    def offers_flex(self) -> bool:
+        return True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """generate_content on the upstream's project and location, as gemini.py sends it; the
+        flex tier is Flex PayGo's header. Flex PayGo takes only some models, at the global
+        endpoint only: a 4xx there says nothing yet about the request, so it is a permanent
+        flex failure, which the standard tier then answers (tiers._send_failed)."""
+        flex = tier == self.FLEX
+        headers = FLEX_HEADERS if flex else None
+        answer = generate_now(self, body=body, tier=tier, timeout=timeout, headers=headers)
+        if flex and 400 <= answer.status < 500:
+            message = f"flex refused: HTTP {answer.status}: {answer.body[:300]}"
+            raise UpstreamError(message, permanent=True, code="flex_refused", status=answer.status)
+        return answer
 
     # -- Cloud Storage's JSON API -----------------------------------------------------------------
 

@@ -110,6 +110,22 @@ def _result(request: dict, model: str) -> dict:
     }
 
 
+def generate(fake: FakeServer, call: Call, tier: str) -> Reply:
+    """A synchronous generateContent at `tier`, answered as a job would answer the request
+    (the model its route's last argument); flex refused (429) while `fake.refuse_flex`."""
+    request, model = call.json() or {}, call.args[-1]
+    refused = tier == "flex" and fake.refuse_flex
+    fake.sync_calls.append({"model": model, "service_tier": tier, "refused": refused})
+    if refused:
+        return fake.error(429, "Flex capacity is exhausted; retry later or use standard.")
+    result = _result(request, model)
+    if "error" in result:
+        code = result["error"]["code"]
+        status = next((s for s, (c, _) in GRPC.items() if c == code), 500)
+        return fake.error(status, result["error"]["message"])
+    return Reply(200, result["response"])
+
+
 class FakeGemini(FakeServer):
     routes = (
         ("POST", re.compile(V + r"/models/([^/:]+):batchGenerateContent"), "create"),
@@ -194,18 +210,8 @@ class FakeGemini(FakeServer):
             return Reply(*self._answer(call))
 
     def _generate(self, call: Call) -> Reply:
-        request = call.json() or {}
-        tier = str(request.get("serviceTier") or "standard").lower()
-        refused = tier == "flex" and self.refuse_flex
-        self.sync_calls.append({"model": call.args[0], "service_tier": tier, "refused": refused})
-        if refused:
-            return self.error(429, "Flex capacity is exhausted; retry later or use standard.")
-        result = _result(request, call.args[0])
-        if "error" in result:
-            code = result["error"]["code"]
-            status = next((s for s, (c, _) in GRPC.items() if c == code), 500)
-            return self.error(status, result["error"]["message"])
-        return Reply(200, result["response"])
+        tier = str((call.json() or {}).get("serviceTier") or "standard").lower()
+        return generate(self, call, tier)
 
     # -- jobs ----------------------------------------------------------------------------------
 

@@ -14,11 +14,19 @@ conversions (batches.py, vertexai=True), under `/v1` and `/v1beta1`:
 - Cloud Storage (in memory, any bucket): upload `POST /upload/storage/v1/b/{bucket}/o?
   uploadType=media&name=…`, list `GET /storage/v1/b/{bucket}/o?prefix=…`, download `GET
   /storage/v1/b/{bucket}/o/{object}?alt=media`, delete `DELETE …/o/{object}`.
-- Errors: `{"error": {"code", "message", "status"}}`. Every call needs a bearer token (any).
+- Synchronous calls, `POST …/publishers/google/models/{model}:generateContent` under a
+  project and location or not (express mode), answered at once as a job would answer the
+  request; with `X-Vertex-AI-LLM-Shared-Request-Type: flex` (Flex PayGo) at the flex tier,
+  refused with 429 RESOURCE_EXHAUSTED while `refuse_flex` is set (`sync_calls` lists
+  {"model", "service_tier", "refused", "path"}).
+- Errors: `{"error": {"code", "message", "status"}}`. Every call needs a bearer token (any) or,
+  in express mode, an `x-goog-api-key`.
 
 Answers echo the request's text ("echo: <text>"). Markers: `[[status:400]]` fails that request
 with that status, `[[truncate]]` cuts its line in half, `[[refuse]]` refuses the create (400).
-With `expire_after=N` a job ends JOB_STATE_EXPIRED with its first N lines answered.
+With `expire_after=N` a job ends JOB_STATE_EXPIRED with its first N lines answered; with
+`drop_labels` its predictions carry their requests without `labels` (a case Google's docs do
+not rule out: batches_app/upstreams/vertex.py).
 Faults: `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`.
 
 Run `python -m batchproxy.fakes.vertex --port 9496` to serve in the foreground.
@@ -33,12 +41,14 @@ import re
 import time
 from urllib.parse import unquote
 
-from .gemini import GRPC, STATUS_MARKER, _error_body, _iso, _result
+from .gemini import GRPC, STATUS_MARKER, _error_body, _iso, _result, generate
 from .http import REFUSAL, REFUSE_MARKER, Call, JobServer, Refused, Reply, fake_main, jsonl
 
 V = r"/(?:v1|v1beta1)"
 PARENT = V + r"/projects/([^/]+)/locations/([^/]+)/batchPredictionJobs"
 OBJECTS = r"/storage/v1/b/([^/]+)/o"
+GENERATE = V + r"/(?:projects/[^/]+/locations/[^/]+/)?publishers/google/models/([^/:]+)"
+GENERATE += ":generateContent"
 ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED")
 ENDED += ("JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 # Vertex's labels: keys and values of lowercase letters, digits, `_` and `-`, up to 63 each.
@@ -58,8 +68,9 @@ class FakeVertex(JobServer):
         ("GET", re.compile(OBJECTS), "gcs_list"),
         ("GET", re.compile(OBJECTS + r"/([^/]+)"), "gcs_get"),
         ("DELETE", re.compile(OBJECTS + r"/([^/]+)"), "gcs_delete"),
+        ("POST", re.compile(GENERATE), "generate"),
     )
-    options = (*JobServer.options, "expire_after")
+    options = (*JobServer.options, "expire_after", "refuse_flex", "drop_labels")
 
     def reset(self) -> None:
         with self._lock:
@@ -69,6 +80,8 @@ class FakeVertex(JobServer):
             self._lines: dict[str, list[dict]] = {}
             self._objects: dict[tuple[str, str], bytes] = {}
             self.expire_after: int | None = None
+            self.refuse_flex = False
+            self.drop_labels = False
 
     # -- for tests ---------------------------------------------------------------------------------
 
@@ -101,8 +114,16 @@ class FakeVertex(JobServer):
     def error(self, status: int, message: str) -> Reply:
         return Reply(status, _error_body(status, message))
 
+    def key_of(self, headers: dict[str, str], query: dict[str, str]) -> str:
+        return super().key_of(headers, query) or headers.get("x-goog-api-key", "")
+
     def respond(self, call: Call) -> Reply:
         with self._lock:
+            if call.operation == "generate":
+                flex = call.headers.get("x-vertex-ai-llm-shared-request-type") == "flex"
+                reply = generate(self, call, "flex" if flex else "standard")
+                self.sync_calls[-1]["path"] = call.path
+                return reply
             try:
                 if call.operation == "gcs_get" and call.query.get("alt") == "media":
                     data = self._read(call.args[0], unquote(call.args[1]))
@@ -226,6 +247,8 @@ class FakeVertex(JobServer):
         model = job["model"].rsplit("/", 1)[-1]
         for line in self._lines[job["name"]][:done]:
             request = line["request"]
+            if self.drop_labels:
+                request = {k: v for k, v in request.items() if k != "labels"}
             if marker := STATUS_MARKER.search(json.dumps(request)):
                 status = int(marker[1])
                 error = {"code": status, "message": f"Injected {status}."}
