@@ -15,6 +15,8 @@ On every tick (`deadlines_tick`):
 4. Due sends are claimed, at most SYNC_CONCURRENCY in flight per upstream, and run in
    django-q2 workers (`request_send`), never in the flush, the poll or a web process (but for
    `X-Batch-Mode: now`, which the caller asked to wait for).
+A group too small for a batch of its upstream (Bedrock's jobs take 100 records at least) is
+sent the same way once it has waited BATCH_MIN_WAIT (`group_send_now`, called by the flush).
 
 Crash safety. A send's intent is recorded before the call: `sync_started_at` (a lease of
 SYNC_TIMEOUT plus a minute) and `sync_attempts` (the claim's token). Its answer is recorded by
