@@ -334,9 +334,8 @@ def test_each_request_reaches_bedrock_once(sync, client, api_key):
     assert not sync.fake.jobs
 
 
-def test_a_group_under_the_minimum_waits_then_goes_at_its_cheapest_synchronous_tier(
-    sync, settings, monkeypatch
-):
+def small_group_answered(sync, settings, monkeypatch) -> BatchRequest:
+    """Two requests, under a minimum of three: they wait, then go synchronously (flex)."""
     from batches_app import services, tiers
 
     min_requests(settings, monkeypatch, 3)
@@ -357,6 +356,62 @@ def test_a_group_under_the_minimum_waits_then_goes_at_its_cheapest_synchronous_t
         assert (request.status, request.tier) == (Status.COMPLETED, "flex")
         assert request.cost_usd == request.standard_cost_usd / 2  # the receipt's tier
     assert sync.queue("small a")["X-Batch-Tier"] == "flex"
+    return BatchRequest.objects.order_by("created_at").first()
+
+
+def test_a_group_under_the_minimum_waits_then_goes_at_its_cheapest_synchronous_tier(
+    sync, settings, monkeypatch, admin_client
+):
+    """...and the admin's receipt says which tier answered."""
+    import re
+
+    from django.urls import reverse
+
+    request = small_group_answered(sync, settings, monkeypatch)
+    page = admin_client.get(reverse("admin:requests_app_batchrequest_change", args=[request.pk]))
+    assert page.status_code == 200
+    tier = re.search(r'field-tier">.*?<div class="readonly">([^<]*)<', page.text, re.S)
+    assert tier and tier[1].strip().lower() == "flex"
+
+
+def test_mode_now_is_answered_at_the_standard_tier_by_the_first_call(sync, client, api_key):
+    path = f"/model/{sync.model}/converse"
+    response = client.post(
+        path,
+        json.dumps(converse_ask("right now")),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key[1]}",
+        HTTP_X_BATCH_MODE="now",
+    )
+    assert response.status_code == 200, response.content
+    assert response["X-Batch-Tier"] == "standard"
+    assert response.json()["output"]["message"]["content"][0]["text"] == "echo: right now"
+    assert tiers_sent(sync.fake) == ["default"]
+
+
+def test_a_throttled_send_waits_and_is_sent_again(sync, client, api_key, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from batches_app import tiers
+
+    settings.SYNC_BACKOFF = 5
+    sync.fake.inject("converse", 429)  # ThrottlingException
+    path = f"/model/{sync.model}/converse"
+    body = json.dumps(converse_ask("slow down"))
+    ask = {"content_type": "application/json", "HTTP_AUTHORIZATION": f"Bearer {api_key[1]}"}
+    assert client.post(path, body, HTTP_X_BATCH_DEADLINE="600", **ask).status_code == 422
+    tick()
+    waiting = BatchRequest.objects.get()
+    assert waiting.status == Status.SUBMITTED and waiting.sync_not_before > timezone.now()
+    assert client.post(path, body, **ask).status_code == 422  # the 429 is not its answer
+
+    later = waiting.sync_not_before + timedelta(seconds=1)
+    tiers.deadlines_tick(send=tiers.request_send, now=later)
+    response = client.post(path, body, **ask)
+    assert response.status_code == 200 and response["X-Batch-Tier"] == "standard"
+    assert [op for op, _ in sync.fake.calls if op == "converse"] == ["converse", "converse"]
 
 
 def test_a_group_at_the_minimum_goes_as_a_job(sync, settings, monkeypatch):
