@@ -431,6 +431,8 @@ def _sync_error(exc, *, tier: str) -> SyncAnswer:
         ) from exc
     if tier == Transport.FLEX and status == 400 and "tier" in message.lower():
         # The tier's refusal, not the request's: the request goes on at the standard tier.
+        # (Unverified: how Bedrock refuses flex for a model without it is not documented in
+        # what could be read here; a 400 naming the tier is taken as that refusal.)
         raise UpstreamError(
             f"flex is not offered here: {message}", permanent=True, code="flex_unsupported"
         ) from exc
