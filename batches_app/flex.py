@@ -18,6 +18,8 @@ flex guides as of late 2026 (read them again before relying on a row):
 - Together has no flex tier: its requests go to its OpenAI-compatible standard API.
 - Groq documents a flex service tier; none of its models is listed here by default (add them
   in the admin to send its requests with `service_tier: "flex"`).
+- Bedrock has a flex tier (`serviceTier` `flex`, botocore's bedrock-runtime model), offered per
+  model and region; none is listed by default (unverified which): add them in the admin.
 """
 
 import time

@@ -95,6 +95,13 @@ def _group_due(group: dict, now: datetime, limits: tuple[int, int]) -> bool:
     )
 
 
+def _under_minimum(group: dict, route) -> bool:
+    """Too few requests for one batch of this upstream, which can answer them synchronously."""
+    return group["n"] < upstreams.upstream_min_requests(route) and tiers.sync_offered(
+        route, group["endpoint"]
+    )
+
+
 def _revoked_sweep(now: datetime) -> None:
     """Cancel what keys revoked in the last minutes still have queued: a call that raced its
     key's revocation (its insert committed just after the revocation's cancel) is never sent."""
@@ -113,7 +120,9 @@ def batch_flush(
     2. Count the input tokens of the requests not counted yet.
     3. For each group that is due (size, bytes, embedding inputs, age; or `force`), claim its
        requests a batch at a time, each within OpenAI's limits and the model's queue budget
-       (`capacity`); what does not fit waits for capacity.
+       (`capacity`); what does not fit waits for capacity. A group under its upstream's
+       fewest requests per batch waits BATCH_MIN_WAIT for more instead, then goes to the
+       synchronous tiers (`tiers.group_send_now`).
     The new batches are in state `building`, each for one upstream, endpoint and model;
     `batches_advance` uploads and creates them.
     """
@@ -140,6 +149,16 @@ def batch_flush(
         tokens_fill(endpoint=group["endpoint"], model=group["model"])
         # A deadline the batch can meet only if it starts now flushes its group now.
         urgent = tiers.group_due(group=group, upstream=route, now=now)
+        if _under_minimum(group, route):
+            # Too few for a batch (Bedrock's jobs take 100 records at least): the group waits
+            # for more, then goes synchronously (a forced or urgent flush at once).
+            if (
+                force
+                or urgent
+                or group["oldest"] <= now - timedelta(seconds=settings.BATCH_MIN_WAIT)
+            ):
+                tiers.group_send_now(endpoint=group["endpoint"], model=group["model"], now=now)
+            continue
         if not (force or urgent or _group_due(group, now, upstreams.upstream_limits(route))):
             continue
         while claim := _claim_one_batch(group["endpoint"], group["model"], force=force or urgent):
@@ -258,7 +277,12 @@ def _claim_one_batch(endpoint: str, model: str, *, force: bool) -> Claim | None:
         if room is not None:
             capacity.waiting_mark(upstream=upstream, model=model, waiting=waiting)
         aged = rows[0][3] <= now - timedelta(seconds=settings.BATCH_MAX_WAIT)
-        if not taken or not (full or force or aged):
+        # A remainder under the upstream's minimum is left queued: the next flush sends it
+        # synchronously once it has waited (batch_flush).
+        few = len(taken) < upstreams.upstream_min_requests(route) and tiers.sync_offered(
+            route, endpoint
+        )
+        if not taken or few or not (full or force or aged):
             return Claim(None, waiting) if waiting else None
         batch = Batch.objects.create(
             upstream=upstream,

@@ -15,6 +15,8 @@ On every tick (`deadlines_tick`):
 4. Due sends are claimed, at most SYNC_CONCURRENCY in flight per upstream, and run in
    django-q2 workers (`request_send`), never in the flush, the poll or a web process (but for
    `X-Batch-Mode: now`, which the caller asked to wait for).
+A group too small for a batch of its upstream (Bedrock's jobs take 100 records at least) is
+sent the same way once it has waited BATCH_MIN_WAIT (`group_send_now`, called by the flush).
 
 Crash safety. A send's intent is recorded before the call: `sync_started_at` (a lease of
 SYNC_TIMEOUT plus a minute) and `sync_attempts` (the claim's token). Its answer is recorded by
@@ -72,6 +74,8 @@ SYNC_ENDPOINTS = (
     Endpoint.MODERATIONS,
     Endpoint.MESSAGES,
     Endpoint.GENERATE_CONTENT,
+    Endpoint.BEDROCK_CONVERSE,
+    Endpoint.BEDROCK_INVOKE,
 )
 BACKOFF_CAP = 300.0
 
@@ -185,6 +189,31 @@ def requests_route(*, now: datetime) -> int:
             updated_at=now,
         )
     return routed
+
+
+def group_send_now(*, endpoint: str, model: str, now: datetime) -> int:
+    """Send a group too small for a batch of its upstream synchronously, at its cheapest
+    synchronous tier (the flush's call, once the group has waited BATCH_MIN_WAIT); the sends
+    are claimed and made as any other (`sends_dispatch`)."""
+    upstream = upstreams.upstream_route(endpoint=endpoint, model=model)
+    if not sync_offered(upstream, endpoint):
+        return 0
+    sent = BatchRequest.objects.filter(
+        status=Status.QUEUED,
+        sync_tier="",
+        endpoint=endpoint,
+        model=model,
+        sync_attempts__lt=settings.SYNC_MAX_ATTEMPTS,
+    ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    moved = sent.update(
+        status=Status.SUBMITTED,
+        sync_tier=tier_for(upstream, model),
+        sync_not_before=None,
+        updated_at=now,
+    )
+    if moved:
+        log.info("flush: %d %s requests, too few for a batch, sent synchronously", moved, model)
+    return moved
 
 
 def group_due(*, group: dict, upstream: Upstream, now: datetime) -> bool:
@@ -495,10 +524,11 @@ def request_give_up(*, request_id, attempts: int, reason: str, now: datetime) ->
         if now + timedelta(seconds=batch.p90) + _margin() <= row["deadline"]:
             mine.update(status=Status.QUEUED, **stop)
             return "back to the queue"
+    why = "Its deadline leaves no time for a batch" if row["deadline"] else "No batch takes it"
     failed = mine.update(
         status=Status.FAILED,
         error_code="sync_attempts_exhausted",
-        error_message=f"{message}. Its deadline leaves no time for a batch.",
+        error_message=f"{message}. {why}.",
         finished_at=now,
         **stop,
     )

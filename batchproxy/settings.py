@@ -183,6 +183,7 @@ def upstream_from_env(name: str) -> dict:
         "completion_window": env.str(prefix + "COMPLETION_WINDOW", default=""),
         "max_requests": env.int(prefix + "MAX_REQUESTS", default=0),
         "max_bytes": env.int(prefix + "MAX_BYTES", default=0),
+        "min_requests": env.int(prefix + "MIN_REQUESTS", default=0),
     }
 
 
@@ -244,6 +245,11 @@ BATCH_MAX_REQUESTS = env.int("BATCH_MAX_REQUESTS", default=50_000)
 BATCH_MAX_BYTES = env.int("BATCH_MAX_BYTES", default=190_000_000)
 BATCH_MAX_EMBEDDING_INPUTS = 50_000
 BATCH_MAX_WAIT = env.int("BATCH_MAX_WAIT", default=300)
+# Seconds the oldest request of a group under its upstream's fewest requests per batch (Bedrock:
+# 100 records a job) may wait for the group to grow; then the group is sent synchronously at
+# its cheapest synchronous tier. An hour: a trickle of 100 an hour still fills a job at the
+# batch price, and a slower one is answered well within the hours a job itself takes.
+BATCH_MIN_WAIT = env.int("BATCH_MIN_WAIT", default=3600)
 POLL_INTERVAL = env.int("POLL_INTERVAL", default=60)
 MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 UPSTREAM_BACKOFF = env.int("UPSTREAM_BACKOFF", default=5)

@@ -354,6 +354,9 @@ class Bedrock(Kind):
             "UPSTREAM_BEDROCK_TEST_S3_URI": f"s3://{BUCKET}/batches",
             "UPSTREAM_BEDROCK_TEST_S3_ENDPOINT_URL": self.fake.s3_url,
             "UPSTREAM_BEDROCK_TEST_ROLE_ARN": "arn:aws:iam::123456789012:role/bedrock-batch",
+            # The engine's shared tests batch a request or two: no minimum of 100 (the kind's
+            # default; tests/test_bedrock_sync.py tests it).
+            "UPSTREAM_BEDROCK_TEST_MIN_REQUESTS": "1",
             "AWS_ACCESS_KEY_ID": self.key,
             "AWS_SECRET_ACCESS_KEY": "bedrock-upstream-test-secret",
         }

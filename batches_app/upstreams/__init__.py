@@ -41,6 +41,7 @@ class KindDefaults:
     completion_window: str = "24h"
     max_requests: int = 50_000
     max_bytes: int = 200 * 1024 * 1024
+    min_requests: int = 1
 
 
 KIND_DEFAULTS = {
@@ -58,9 +59,11 @@ KIND_DEFAULTS = {
     # most 25 MB, taken as the file's limit; batches over 100,000 requests may be throttled.
     "xai": KindDefaults("https://api.x.ai/v1", max_requests=100_000, max_bytes=25_000_000),
     # Bedrock's quotas (docs.aws.amazon.com/bedrock, "Quotas"): 50,000 records per job by
-    # default, input files up to 1 GB. No default URL: it names the region
+    # default, input files up to 1 GB, and at least 100 records per job ("Minimum number of
+    # records per batch inference job for <model>", docs.aws.amazon.com/general/latest/gr/
+    # bedrock.html; a per-model quota, 100 by default). No default URL: it names the region
     # (https://bedrock.<region>.amazonaws.com).
-    "bedrock": KindDefaults("", max_bytes=1_000_000_000),
+    "bedrock": KindDefaults("", max_bytes=1_000_000_000, min_requests=100),
     # Vertex AI's batch inference for Gemini (docs.cloud.google.com/vertex-ai, "Batch inference
     # from Cloud Storage"): up to 200,000 requests and a 1 GB input file per job. The base URL
     # is the endpoint of the upstream's location (UPSTREAM_<NAME>_LOCATION, us-central1).
@@ -93,6 +96,7 @@ def upstreams_all() -> list[Upstream]:
             completion_window=item.get("completion_window", ""),
             max_requests=item.get("max_requests", 0),
             max_bytes=item.get("max_bytes", 0),
+            min_requests=item.get("min_requests", 0),
         )
         for item in settings.UPSTREAMS
     ]
@@ -130,6 +134,13 @@ def upstream_limits(upstream: Upstream) -> tuple[int, int]:
     requests = upstream.max_requests or defaults.max_requests
     size = upstream.max_bytes or defaults.max_bytes
     return min(settings.BATCH_MAX_REQUESTS, requests), min(settings.BATCH_MAX_BYTES, size)
+
+
+def upstream_min_requests(upstream: Upstream) -> int:
+    """The fewest requests a batch of this upstream may hold (never above its most): a group
+    under it waits, then goes synchronously (services.batch_flush)."""
+    least = upstream.min_requests or _defaults(upstream.kind).min_requests
+    return max(1, min(least, upstream_limits(upstream)[0]))
 
 
 def upstream_stuck_after(name: str) -> int:

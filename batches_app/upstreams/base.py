@@ -83,6 +83,7 @@ class Upstream:
     completion_window: str = ""
     max_requests: int = 0
     max_bytes: int = 0
+    min_requests: int = 0  # the fewest a batch may hold (Bedrock's jobs); 0: the kind's
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)

@@ -20,6 +20,19 @@ UPSTREAM_<NAME>_ROLE_ARN; its base URL is Bedrock's control plane
 UPSTREAM_<NAME>_S3_ENDPOINT_URL an S3-compatible endpoint, if not AWS's. Credentials are
 boto3's own (environment, profile, instance role); in a try-out, placeholders for the fake.
 Input and output objects are deleted once the batch is read; a job cannot be deleted.
+
+Synchronous sends (batches_app/tiers.py) go through boto3's `bedrock-runtime` client: `converse`
+or `invoke_model` (botocore's `bedrock-runtime` service model, 2023-09-30) with the body the
+caller sent, at Bedrock's `serviceTier` `default` (the standard tier) or `flex` (Converse's
+`serviceTier: {"type"}`, InvokeModel's `X-Amzn-Bedrock-Service-Tier` header; the model's enum
+`priority | default | flex | reserved`; docs.aws.amazon.com/bedrock, "Service tiers for
+optimizing performance and cost"). The runtime's endpoint is
+`https://bedrock-runtime.<region>.amazonaws.com`, the region read from the base URL, or
+UPSTREAM_<NAME>_RUNTIME_ENDPOINT_URL (a fake, a VPC endpoint); a base URL that is not AWS's
+serves both. The answer is Bedrock's own JSON, unchanged; a request's own error (400, 404,
+424) is its answer as `{"message", "__type"}`, which boto3 reads as a runtime error; a 429
+(ThrottlingException, ModelNotReadyException), 408, 5xx, 401/403 or a quota answer is
+transient. Which models Bedrock serves at flex is not listed by default (batches_app/flex.py).
 """
 
 import os
@@ -35,7 +48,15 @@ from django.conf import settings
 from ops_app.metrics import upstream_observed
 from requests_app.models import Endpoint
 
-from .base import METADATA_KEY, Transport, Upstream, UpstreamError, unreadable_line
+from .base import (
+    METADATA_KEY,
+    SyncAnswer,
+    Transport,
+    Upstream,
+    UpstreamError,
+    retry_after_of,
+    unreadable_line,
+)
 
 STATUSES = {
     "Submitted": "validating",
@@ -55,11 +76,14 @@ TRY_OUT_PLACE = {
     "S3_URI": "s3://batchproxy-fake/batches",
     "S3_ENDPOINT_URL": "{url}/s3",
     "ROLE_ARN": "arn:aws:iam::123456789012:role/batchproxy-try-out",
+    "RUNTIME_ENDPOINT_URL": "{url}",
 }
 INVOCATION_TYPES = {Endpoint.BEDROCK_CONVERSE: "Converse", Endpoint.BEDROCK_INVOKE: "InvokeModel"}
 REGION = re.compile(r"bedrock[.-]([a-z0-9-]+)\.amazonaws\.com")
 # A failure of Bedrock's own, retried as OpenAI's server_error; other codes are the record's.
 TRANSIENT_CODES = (408, 429)
+# A synchronous answer that is not the request's own: Bedrock's quota or a model not ready.
+TRANSIENT_ERRORS = ("ServiceQuotaExceededException", "ModelNotReadyException")
 # Bedrock runtime's exception names, by HTTP status, for a record's error a caller's boto3 reads.
 EXCEPTIONS = {
     400: "ValidationException",
@@ -156,22 +180,33 @@ class BedrockTransport(Transport):
             )
         return boto3.Session(region_name=region)
 
-    def _client(self, service: str, *, retries: bool = True):
+    @property
+    def runtime_url(self) -> str | None:
+        """bedrock-runtime's endpoint: the setting, else the control plane's region's, else
+        (a base URL that is not AWS's) the base URL itself."""
+        if override := self._setting("RUNTIME_ENDPOINT_URL", required=False):
+            return override
+        if match := REGION.search(self.upstream.base_url):
+            return f"https://bedrock-runtime.{match[1]}.amazonaws.com"
+        return self.upstream.base_url or None
+
+    def _client(self, service: str, *, retries: bool = True, timeout: float | None = None):
         from botocore.config import Config
 
         config = Config(
-            connect_timeout=settings.OPENAI_TIMEOUT,
-            read_timeout=settings.OPENAI_TIMEOUT,
+            connect_timeout=min(timeout or settings.OPENAI_TIMEOUT, settings.OPENAI_TIMEOUT),
+            read_timeout=timeout or settings.OPENAI_TIMEOUT,
             retries={
                 "mode": "standard",
                 "total_max_attempts": 1 + (settings.OPENAI_MAX_RETRIES if retries else 0),
             },
         )
-        endpoint = (
-            self.upstream.base_url or None
-            if service == "bedrock"
-            else self._setting("S3_ENDPOINT_URL", required=False) or None
-        )
+        if service == "bedrock":
+            endpoint = self.upstream.base_url or None
+        elif service == "bedrock-runtime":
+            endpoint = self.runtime_url
+        else:
+            endpoint = self._setting("S3_ENDPOINT_URL", required=False) or None
         return self._session.client(service, endpoint_url=endpoint, config=config)
 
     def _call(self, operation: str, fn, **kwargs):
@@ -185,6 +220,56 @@ class BedrockTransport(Transport):
             except BotoCoreError as exc:  # no credentials, a timeout, a broken connection
                 message = f"{type(exc).__name__}: {exc}"
                 raise UpstreamError(message, permanent=False, code="connection_error") from exc
+
+    # -- synchronous sends ---------------------------------------------------------------------
+
+    SYNC = True
+
+    @classmethod
+    def offers_sync(cls, endpoint: str) -> bool:
+        return endpoint in INVOCATION_TYPES
+
+    def offers_flex(self) -> bool:
+        return True
+
+    def send(self, *, endpoint: str, body: str, tier: str, timeout: float) -> SyncAnswer:
+        """`converse` or `invoke_model` with the caller's body at the tier the proxy chose (the
+        body's own `serviceTier` is replaced: the receipt prices the tier sent); Bedrock's
+        answer as it came over the wire."""
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+        if endpoint not in INVOCATION_TYPES:
+            raise UpstreamError(f"no synchronous {endpoint} on Bedrock", permanent=True)
+        request = orjson.loads(body)
+        model = request.pop("model")
+        service_tier = "flex" if tier == self.FLEX else "default"
+        runtime = self._client("bedrock-runtime", retries=False, timeout=timeout)
+        raw: list[bytes] = []
+        runtime.meta.events.register(
+            "after-call.bedrock-runtime.Converse",
+            lambda http_response, **_: raw.append(http_response.content),
+        )
+        try:
+            with upstream_observed(f"sync.{tier}", upstream=self.upstream.name):
+                if endpoint == Endpoint.BEDROCK_CONVERSE:
+                    request["serviceTier"] = {"type": service_tier}
+                    runtime.converse(modelId=model, **request)
+                    return SyncAnswer(200, raw[-1].decode())
+                answer = runtime.invoke_model(
+                    modelId=model,
+                    body=orjson.dumps(request),
+                    contentType="application/json",
+                    accept="application/json",
+                    serviceTier=service_tier,
+                )
+                return SyncAnswer(200, answer["body"].read().decode())
+        except ClientError as exc:
+            return _sync_error(exc, tier=tier)
+        except ParamValidationError as exc:  # a body this botocore cannot send as it is
+            raise UpstreamError(str(exc), permanent=True, code="invalid_request") from exc
+        except BotoCoreError as exc:  # a timeout, a broken connection, no credentials
+            message = f"{type(exc).__name__}: {exc}"
+            raise UpstreamError(message, permanent=False, code="connection_error") from exc
 
     # -- the interface -------------------------------------------------------------------------
 
@@ -327,3 +412,29 @@ def _error(exc) -> UpstreamError:
         code=code if code.startswith("http_") else f"http_{status}",
         status=status,
     )
+
+
+def _sync_error(exc, *, tier: str) -> SyncAnswer:
+    """A ClientError of a synchronous send: the request's own answer (a 4xx of its own, in the
+    `{"message", "__type"}` body boto3 reads), or a transient UpstreamError."""
+    meta = exc.response.get("ResponseMetadata") or {}
+    status = int(meta.get("HTTPStatusCode") or 0)
+    error = exc.response.get("Error") or {}
+    code, message = error.get("Code") or "", error.get("Message") or ""
+    if status in (0, 401, 403, 408, 429) or status >= 500 or code in TRANSIENT_ERRORS:
+        raise UpstreamError(
+            f"HTTP {status}: {code}: {message}"[:600],
+            permanent=False,
+            code=f"http_{status}",
+            status=status,
+            retry_after=retry_after_of(meta.get("HTTPHeaders")) if status == 429 else None,
+        ) from exc
+    if tier == Transport.FLEX and status == 400 and "tier" in message.lower():
+        # The tier's refusal, not the request's: the request goes on at the standard tier.
+        # (Unverified: how Bedrock refuses flex for a model without it is not documented in
+        # what could be read here; a 400 naming the tier is taken as that refusal.)
+        raise UpstreamError(
+            f"flex is not offered here: {message}", permanent=True, code="flex_unsupported"
+        ) from exc
+    body = {"message": message, "__type": code or EXCEPTIONS.get(status, "ValidationException")}
+    return SyncAnswer(status, orjson.dumps(body).decode())

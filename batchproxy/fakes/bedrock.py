@@ -20,6 +20,15 @@ S3 is moto's (`ThreadedMotoServer` on loopback), reached through this server und
 `inject(operation, 500 | 429 | "timeout" | "disconnect" | "lost_response", times)`.
 The key recorded for a call is its SigV4 access key id.
 
+The runtime (botocore's `bedrock-runtime` service model): `POST /model/{modelId}/converse`
+answers Converse's output (`output.message`, `stopReason`, `usage`, `metrics`, and the
+`serviceTier` asked), `POST /model/{modelId}/invoke` the model's own body (Anthropic's on
+Bedrock), its tier in `X-Amzn-Bedrock-Service-Tier`. Errors as Bedrock's: `{"message"}` with
+`x-amzn-ErrorType` (`[[status:400]]` ValidationException, `[[error:...]]` a 500
+InternalServerException). `refuse_flex` (`/_fake/configure`) answers a flex call 429
+ThrottlingException; `inject("converse" | "invoke", 429)` throttles any. `sync_calls` lists
+{"operation", "model", "service_tier", "body"}.
+
 Run `python -m batchproxy.fakes.bedrock --port 9495` to serve in the foreground (moto needed:
 `pip install 'moto[server]'`).
 """
@@ -36,7 +45,7 @@ import re
 import secrets
 import time
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from . import openai as fake_openai
 from .http import (
@@ -108,7 +117,10 @@ class FakeBedrock(JobServer):
         ("GET", re.compile(r"/s3/([^/]+)/?"), "s3_list"),
         ("GET", re.compile(r"/s3/([^/]+)/(.+)"), "s3_get"),
         ("DELETE", re.compile(r"/s3/([^/]+)/(.+)"), "s3_delete"),
+        ("POST", re.compile(r"/model/([^/]+)/converse"), "converse"),
+        ("POST", re.compile(r"/model/([^/]+)/invoke"), "invoke"),
     )
+    options = (*JobServer.options, "expire_after", "refuse_flex")
 
     def __init__(self, *args, **kwargs):
         self._moto = None
@@ -135,6 +147,7 @@ class FakeBedrock(JobServer):
             self._lines: dict[str, list[dict]] = {}
             self._tokens: dict[str, str] = {}
             self.expire_after: int | None = None
+            self.refuse_flex = False
             if self._moto is not None:
                 self._empty_bucket()
 
@@ -216,12 +229,43 @@ class FakeBedrock(JobServer):
     def respond(self, call: Call) -> Reply:
         if call.operation.startswith("s3_"):
             return self._forward(call)
+        if call.operation in ("converse", "invoke"):
+            with self._lock:
+                return self._runtime(call, unquote(call.args[0]))
         with self._lock:
             try:
                 status, body = getattr(self, f"_{call.operation}")(call, *call.args)
             except Refused as exc:
                 return self.error(exc.status, str(exc))
         return Reply(status, json.dumps(body).encode())
+
+    # -- the runtime ---------------------------------------------------------------------------
+
+    def _runtime(self, call: Call, model: str) -> Reply:
+        """One converse or invoke_model call, answered as its batch record would be."""
+        try:
+            request = call.json() or {}
+        except ValueError:
+            return self.error(400, "The body is not JSON.")
+        if call.operation == "converse":
+            tier = (request.get("serviceTier") or {}).get("type") or "default"
+        else:
+            tier = call.headers.get("x-amzn-bedrock-service-tier") or "default"
+        body = {k: v for k, v in request.items() if k != "serviceTier"}
+        self.sync_calls.append(
+            {"operation": call.operation, "model": model, "service_tier": tier, "body": body}
+        )
+        if tier == "flex" and self.refuse_flex:
+            return self.error(429, "Flex capacity is not available now; retry or use default.")
+        raw = json.dumps(body)
+        if match := fake_openai.ERROR_MARK.search(raw):
+            return self.error(500, f"The request failed with {match[1]}.")
+        if (match := fake_openai.STATUS_MARK.search(raw)) and match[1] != "200":
+            return self.error(int(match[1]), f"The request failed with status {match[1]}.")
+        if call.operation == "converse":
+            return Reply(200, _output("Converse", _text(body)) | {"serviceTier": {"type": tier}})
+        answer = _output("InvokeModel", _text(body))
+        return Reply(200, answer, headers={"X-Amzn-Bedrock-Service-Tier": tier})
 
     # -- jobs ----------------------------------------------------------------------------------
 
