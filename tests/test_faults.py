@@ -23,9 +23,9 @@ FAULTS = [429, 500, "timeout", "disconnect"]
 def upstream(kind, settings):
     """Three queued requests of the kind under test; its fake quick to time out, the SDK's own
     retries off, so a fault fails a tick."""
-    settings.OPENAI_TIMEOUT = 0.5
+    settings.OPENAI_TIMEOUT = 1.0  # 0.5 s: moto's S3, on a loaded machine, timed out unasked
     settings.OPENAI_MAX_RETRIES = 0
-    kind.hold_timeouts(0.8)
+    kind.hold_timeouts(1.5)
     for i in range(3):
         assert kind.queue(f"fault {i}").status_code == 422
     return kind
