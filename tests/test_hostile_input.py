@@ -449,6 +449,10 @@ def test_generated_bodies_never_crash_and_refusals_store_nothing(
     if response.status_code == 422:  # accepted and queued
         assert json.loads(response.content)["error"]["code"] == "batch_pending"
         return
+    if response.streaming:  # accepted, queued, and answered as the stream it asked for
+        assert (response.status_code, response["Content-Type"]) == (200, "text/event-stream")
+        response.close()
+        return
     assert_refused(response.status_code, response["Content-Type"], response.content)
     assert snapshot() == before
 
@@ -517,6 +521,10 @@ def test_schemathesis_over_the_proxys_own_openapi_description(openapi_schema, ap
             content_type = response.headers.get("content-type", [""])
             content_type = content_type[0] if isinstance(content_type, list) else content_type
             if response.status_code in (200, 422):
+                return
+            if response.status_code == 502 and b'"batch_failed"' in response.content:
+                # Its request's own answer: generated `X-Batch-Mode: now` calls, sent at once
+                # to an upstream with no key here, failed it after SYNC_MAX_ATTEMPTS sends.
                 return
             if case.operation.path == "/v1/messages":
                 assert_refused_as_anthropic(response.status_code, content_type, response.content)
