@@ -6,11 +6,12 @@ import logging
 import os
 import re
 import time
-import uuid
 from datetime import UTC, datetime
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+
+from batchproxy.utils import uuid4
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -119,8 +120,8 @@ class RequestIdMiddleware:
 
     @staticmethod
     def _begin(request) -> tuple:
-        incoming = request.headers.get("X-Request-Id", "")
-        request_id = incoming if INCOMING_ID.match(incoming) else uuid.uuid4().hex
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if INCOMING_ID.match(incoming) else uuid4().hex
         return request_id_var.set(request_id), request_id, time.monotonic()
 
     @staticmethod

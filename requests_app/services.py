@@ -3,7 +3,6 @@
 import hashlib
 import json
 import re
-import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from batches_app.upstreams.gemini import request_check
+from batchproxy import utils
 
 from .errors import ClientError
 from .models import PROMPT_ENDPOINTS, ApiKey, BatchRequest, Endpoint
@@ -325,7 +325,7 @@ def call_row(call: ParsedCall, *, deadline=None, now=None) -> dict:
     storing one more thing of a call is one line here."""
     now = now or timezone.now()
     return {
-        "id": uuid.uuid4(),
+        "id": utils.uuid4(),
         "endpoint": call.endpoint,
         "model": call.model,
         "body": call.canonical.decode(),

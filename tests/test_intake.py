@@ -280,7 +280,9 @@ def test_a_new_call_and_a_repeat_each_cost_one_statement(post, django_assert_num
         assert post("/v1/chat/completions", CHAT).status_code == 422
 
 
-@pytest.mark.skipif(connection.vendor == "postgresql", reason="SQLite's order of statements")
+@pytest.mark.skipif(
+    connection.vendor == "postgresql", reason="PostgreSQL finds it in its one statement"
+)
 def test_a_call_the_process_forgot_is_found_after_an_insert_that_inserts_nothing(
     post, django_assert_num_queries, monkeypatch
 ):
@@ -308,6 +310,22 @@ def test_recent_calls_forget_all_at_once_when_full():
     assert ("key", "a") in recent and ("key", "c") not in recent
     recent.add(("key", "c"))
     assert ("key", "c") in recent and ("key", "a") not in recent
+
+
+def test_request_ids_are_random_version_4_uuids_in_every_thread():
+    """batchproxy.utils.uuid4 reads the random bytes of 256 ids at once, per thread."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batchproxy.utils import uuid4
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [
+            i for part in pool.map(lambda _: [uuid4() for _ in range(600)], range(4)) for i in part
+        ]
+    assert len(set(ids)) == len(ids) == 2400  # past each thread's first 256
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}
+    assert all(len({i.bytes[n] for i in ids}) > 200 for n in (0, 5, 15))  # random bytes
 
 
 def test_a_keys_first_call_looks_the_key_up_before_the_body(post, django_assert_num_queries):
