@@ -13,6 +13,7 @@ are added for the client API:
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
@@ -27,7 +28,8 @@ everything = get_asgi_application()  # sets Django up
 # stops here.
 from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
-from django.urls import set_script_prefix  # noqa: E402
+from django.urls import set_script_prefix, set_urlconf  # noqa: E402
+from django.utils.log import log_response, request_logger  # noqa: E402
 
 from ops_app.checks import startup_refusal  # noqa: E402
 from requests_app.auth import ProviderKeyAuthentication  # noqa: E402
@@ -70,6 +72,21 @@ class ClientApiHandler(ASGIHandler):
             await self.send_response(response, send)
         response.close()  # request_finished, in the event loop's thread
         body_file.close()
+
+    async def get_response_async(self, request):
+        """Django's, less a thread hop for a log line nobody keeps: Django hands every answer
+        of 400 and up to `log_response` through sync_to_async, and each 422 "not ready yet"
+        is one, while LOGGING keeps only django.request's errors. Logged as ever when the
+        logger takes it (a 5xx, or a lower level configured)."""
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        level = logging.ERROR if response.status_code >= 500 else logging.WARNING
+        if response.status_code >= 400 and request_logger.isEnabledFor(level):
+            await sync_to_async(log_response, thread_sensitive=False)(
+                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+            )
+        return response
 
     def make_view_atomic(self, view):
         """A sync view (the read endpoints) runs in the pool too, as the intake does: Django

@@ -42,7 +42,7 @@ SELECT gen_random_uuid(), %(key)s,
        CASE WHEN status = 'submitted' THEN running[1 + i %% 20] END,
        CASE WHEN status = 'completed' THEN 200 END,
        CASE WHEN status = 'completed' THEN '{"object":"chat.completion","choices":[{"message":'
-            || '{"role":"assistant","content":"' || repeat('An answer. ', 50) || '"}}]}' END,
+            || '{"role":"assistant","content":"' || repeat('An answer. ', 50) || '"}]}' END,
        CASE WHEN status = 'failed' THEN 'server_error' ELSE '' END, '',
        CASE WHEN status IN ('queued', 'submitted') THEN now() - (i %% 600) * interval '1 second'
             ELSE now() - (i %% 604800) * interval '1 second' - interval '1 hour' END,
@@ -61,6 +61,67 @@ FROM (
 """
 
 
+# The same mix on SQLite, which has no generate_series, arrays or md5: counted by a recursive
+# CTE, ids and fingerprints from randomblob, times as Django stores them (UTC text).
+FILL_SQLITE = (
+    """
+INSERT INTO batches_app_batch
+    (id, endpoint, model, state, request_count, input_bytes, upstream_id, upstream_status,
+     input_file_id, output_file_id, error_file_id, cancel_mode, next_attempt_at,
+     upstream_failures, last_error, created_at, updated_at, finished_at, counted_tokens, upstream)
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2020)
+SELECT lower(hex(randomblob(16))), '/v1/chat/completions', 'gpt-4o-mini',
+       CASE WHEN i <= 20 THEN 'running' ELSE 'done' END, 500, 0, 'batch_' || i,
+       CASE WHEN i <= 20 THEN 'in_progress' ELSE 'completed' END, '', '', '', '',
+       datetime('now', '+' || (i %% 120) || ' seconds'), 0, '',
+       datetime('now', '-' || (i * 300) || ' seconds'), datetime('now'),
+       CASE WHEN i > 20 THEN datetime('now', '-' || (i * 300) || ' seconds') END, 0, 'default'
+FROM n
+""",
+    """
+INSERT INTO requests_app_batchrequest
+    (id, api_key_id, endpoint, model, body, body_bytes, embedding_inputs, fingerprint, status,
+     attempts, deferrals, batch_id, response_status, response_body, error_code, error_message,
+     created_at, updated_at, finished_at)
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %(rows)s),
+gen AS (
+    SELECT i,
+           '{"messages":[{"content":"Question ' || i || ': '
+               || replace(hex(zeroblob(25)), '00', 'some words ')
+               || '","role":"user"}],"model":"gpt-4o-mini"}' AS body,
+           CASE WHEN i %% 100 < 6 THEN 'queued' WHEN i %% 100 < 8 THEN 'submitted'
+                WHEN i %% 100 < 10 THEN 'failed' ELSE 'completed' END AS status
+    FROM n
+),
+running AS (
+    SELECT id, row_number() OVER (ORDER BY id) - 1 AS k
+    FROM batches_app_batch WHERE state = 'running'
+)
+SELECT lower(hex(randomblob(16))), %(key)s,
+       CASE WHEN i %% 10 = 0 THEN '/v1/embeddings' WHEN i %% 10 = 1 THEN '/v1/responses'
+            ELSE '/v1/chat/completions' END,
+       CASE i %% 4 WHEN 0 THEN 'gpt-4o-mini' WHEN 1 THEN 'gpt-4o' WHEN 2 THEN 'gpt-4.1-mini'
+            ELSE 'text-embedding-3-small' END,
+       body, length(body), CASE WHEN i %% 10 = 0 THEN 1 ELSE 0 END,
+       lower(hex(randomblob(32))), status,
+       CASE WHEN status = 'queued' THEN 0 ELSE 1 END, 0,
+       CASE WHEN status = 'submitted' THEN (SELECT id FROM running WHERE k = i %% 20) END,
+       CASE WHEN status = 'completed' THEN 200 END,
+       CASE WHEN status = 'completed' THEN '{"object":"chat.completion","choices":[{"message":'
+            || '{"role":"assistant","content":"'
+            || replace(hex(zeroblob(50)), '00', 'An answer. ') || '"}}]}' END,
+       CASE WHEN status = 'failed' THEN 'server_error' ELSE '' END, '',
+       CASE WHEN status IN ('queued', 'submitted')
+            THEN datetime('now', '-' || (i %% 600) || ' seconds')
+            ELSE datetime('now', '-' || (i %% 604800 + 3600) || ' seconds') END,
+       datetime('now'),
+       CASE WHEN status IN ('completed', 'failed')
+            THEN datetime('now', '-' || (i %% 604800) || ' seconds') END
+FROM gen
+""",
+)
+
+
 def fill(rows: int) -> None:
     from django.db import connection
 
@@ -70,11 +131,16 @@ def fill(rows: int) -> None:
     truncate("requests_app_batchrequest", "batches_app_batch", "batches_app_upstreamfile")
     key, _ = ApiKey.objects.get_or_create(key_hash="bench-scale", defaults={"name": "bench"})
     began = time.perf_counter()
+    params = {"key": key.pk, "rows": rows}
     with connection.cursor() as cursor:
-        cursor.execute(FILL_SQL, {"key": key.pk, "rows": rows})
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE requests_app_batchrequest")
-        cursor.execute("VACUUM ANALYZE batches_app_batch")
+        if connection.vendor != "postgresql":
+            for sql in FILL_SQLITE:
+                cursor.execute(sql, params)
+            cursor.execute("ANALYZE")
+        else:
+            cursor.execute(FILL_SQL, params)
+            cursor.execute("VACUUM ANALYZE requests_app_batchrequest")
+            cursor.execute("VACUUM ANALYZE batches_app_batch")
     print(f"filled {rows:,} requests in {time.perf_counter() - began:.0f} s")
 
 

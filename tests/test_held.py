@@ -216,3 +216,34 @@ def test_a_held_caller_that_goes_away_stops_being_held(asgi_url, api_key, fake_o
         assert time.monotonic() < deadline, "the caller is still held after it went away"
         time.sleep(0.02)
     assert BatchRequest.objects.get().status == BatchRequest.Status.QUEUED
+
+
+def test_a_pending_answer_reaches_djangos_request_log_only_when_that_log_keeps_it(
+    asgi_url, api_key, fake_openai, monkeypatch
+):
+    """LOGGING keeps django.request's errors only: a 422 is not handed to it (Django would,
+    through a thread hop per answer); with the logger at WARNING it is, as Django does."""
+    import logging
+
+    from batchproxy import asgi
+
+    logged = []
+    monkeypatch.setattr(asgi, "log_response", lambda *a, **kw: logged.append(kw["response"]))
+
+    def ask(text: str) -> int:
+        return requests.post(
+            f"{asgi_url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+            headers={"Authorization": f"Bearer {api_key[1]}"},
+            timeout=30,
+        ).status_code
+
+    assert ask("not logged") == 422
+    assert logged == []
+    request_log = logging.getLogger("django.request")
+    request_log.setLevel(logging.WARNING)
+    try:
+        assert ask("logged") == 422
+    finally:
+        request_log.setLevel(logging.ERROR)
+    assert [response.status_code for response in logged] == [422]
