@@ -14,6 +14,8 @@ def batched(items: Iterable, size: int) -> Iterator[tuple]:
 
 _random = threading.local()
 _VERSION_4 = uuid.UUID(int=0, version=4).int  # the version and variant bits
+# A forked process (gunicorn's workers) must not go on from its parent's bytes.
+os.register_at_fork(after_in_child=lambda: _random.__dict__.clear())
 
 
 def uuid4() -> uuid.UUID:

@@ -328,6 +328,21 @@ def test_request_ids_are_random_version_4_uuids_in_every_thread():
     assert all(len({i.bytes[n] for i in ids}) > 200 for n in (0, 5, 15))  # random bytes
 
 
+def test_a_forked_process_makes_ids_of_its_own():
+    """gunicorn forks its workers: a child must not go on from its parent's random bytes."""
+    import os
+
+    from batchproxy.utils import uuid4
+
+    uuid4()  # the parent's bytes are read
+    read, write = os.pipe()
+    if (child := os.fork()) == 0:
+        os.write(write, uuid4().bytes)
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 16) != uuid4().bytes
+
+
 def test_a_keys_first_call_looks_the_key_up_before_the_body(post, django_assert_num_queries):
     with django_assert_num_queries(1):  # the key: a body is only read for a known key
         response = post("/v1/chat/completions", {"model": 7})
