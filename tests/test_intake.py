@@ -329,18 +329,26 @@ def test_request_ids_are_random_version_4_uuids_in_every_thread():
 
 
 def test_a_forked_process_makes_ids_of_its_own():
-    """gunicorn forks its workers: a child must not go on from its parent's random bytes."""
-    import os
+    """gunicorn forks its workers: a child must not go on from its parent's random bytes.
+    Forked in a Python of its own, away from this test process's connections and threads."""
+    import subprocess
+    import sys
 
-    from batchproxy.utils import uuid4
-
-    uuid4()  # the parent's bytes are read
-    read, write = os.pipe()
-    if (child := os.fork()) == 0:
-        os.write(write, uuid4().bytes)
-        os._exit(0)
-    os.waitpid(child, 0)
-    assert os.read(read, 16) != uuid4().bytes
+    script = (
+        "import os\n"
+        "from batchproxy.utils import uuid4\n"
+        "uuid4()\n"  # the parent's bytes are read
+        "read, write = os.pipe()\n"
+        "if (child := os.fork()) == 0:\n"
+        "    os.write(write, uuid4().bytes)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "print(os.read(read, 16) != uuid4().bytes)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "True"
 
 
 def test_a_keys_first_call_looks_the_key_up_before_the_body(post, django_assert_num_queries):
